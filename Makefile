@@ -1,0 +1,61 @@
+# lmproject: `make demo` runs the whole pipeline offline; `make test` runs lint and the test suite.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+STAMP := $(VENV)/.installed
+
+DATASET ?= tinystories
+DATA_DIR := data/$(DATASET)
+ifeq ($(DATASET),tinystories)
+  TRAIN_TXT := $(DATA_DIR)/TinyStoriesV2-GPT4-train.txt
+  VALID_TXT := $(DATA_DIR)/TinyStoriesV2-GPT4-valid.txt
+  VOCAB_SIZE ?= 10000
+else ifeq ($(DATASET),owt)
+  TRAIN_TXT := $(DATA_DIR)/owt_train.txt
+  VALID_TXT := $(DATA_DIR)/owt_valid.txt
+  VOCAB_SIZE ?= 32000
+else
+  $(error DATASET must be tinystories or owt, got '$(DATASET)')
+endif
+TOKENIZER_DIR := $(DATA_DIR)/tokenizer
+
+.PHONY: install test lint demo bench data tokenizer tokenize clean
+
+# CPU machines get the pinned CPU build of torch first; machines with an NVIDIA driver get the
+# regular (CUDA) build through the normal requirement in pyproject.toml.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q torch==2.13.0; fi
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/pytest -q
+
+demo: install
+	$(PY) -m lmproject.demo --out demo
+
+bench: install
+	$(PY) bench/run_all.py
+
+data: install
+	$(PY) -m lmproject.download $(DATASET) --dest $(DATA_DIR)
+
+tokenizer: install
+	$(BIN)/lmproject-bpe train $(TRAIN_TXT) --vocab-size $(VOCAB_SIZE) \
+	    --special-token '<|endoftext|>' --out $(TOKENIZER_DIR)
+
+tokenize: install
+	$(BIN)/lmproject-bpe encode --tokenizer $(TOKENIZER_DIR) $(TRAIN_TXT) $(DATA_DIR)/train.npy
+	$(BIN)/lmproject-bpe encode --tokenizer $(TOKENIZER_DIR) $(VALID_TXT) $(DATA_DIR)/valid.npy
+
+clean:
+	rm -rf runs demo .pytest_cache .ruff_cache
