@@ -1,0 +1,34 @@
+"""Run every side-by-side benchmark in bench/ in turn (`make bench`); each prints its own figures.
+
+The tokenizer benchmarks need the benchmark corpus: `bash ../shared/bench/make_corpus.sh` writes it to
+/tmp/bench-corpus (override with BENCH_CORPUS_DIR).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+CORPUS_DIR = Path(os.environ.get("BENCH_CORPUS_DIR", "/tmp/bench-corpus"))
+NEEDS_CORPUS = {"bench_bpe_train.py", "bench_encode.py"}
+
+
+def main() -> int:
+    failed = []
+    for script in sorted(BENCH_DIR.glob("bench_*.py")):
+        if script.name in NEEDS_CORPUS and not (CORPUS_DIR / "corpus.txt").exists():
+            print(f"== {script.name}: skipped, no benchmark corpus in {CORPUS_DIR}", flush=True)
+            continue
+        print(f"== {script.name}", flush=True)
+        if subprocess.run([sys.executable, str(script)], cwd=BENCH_DIR.parent).returncode != 0:
+            failed.append(script.name)
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
