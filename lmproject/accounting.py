@@ -1,0 +1,287 @@
+"""Resource accounting for the Transformer LM: parameters, FLOPs, AdamW memory, training time.
+
+Conventions (they reproduce the CS336 reference analysis exactly; tests/test_accounting.py pins the figures):
+
+- Parameters: token embeddings and an untied lm head (vocab x d_model each); per layer four d x d attention
+  projections (q, k, v, output), the FFN (SwiGLU: three d x d_ff matrices w1, w2, w3; the SiLU ablation: two),
+  two RMSNorm gains of d; one final RMSNorm gain. No biases. RoPE has no parameters.
+- FLOPs: only matrix multiplies count, 2 FLOPs per multiply-add, for one sequence of `context_length` tokens:
+  attention projections 2*T*d*4d, attention scores Q K^T plus the weighted sum of values 2 * 2*T*T*d (the full
+  T x T matrix, no causal saving), FFN 2*T*d*d_ff per matrix, lm head 2*T*d*V. The embedding lookup, norms,
+  softmax and activations are elementwise and are not counted.
+- Training step: forward x 3 (the backward pass costs two forward passes: gradients for the inputs and for the
+  weights) times the batch size, plus the optimizer: AdamW spends 14 FLOPs per parameter (m: 3, v: 4,
+  the update m / (sqrt(v) + eps) scaled by the learning rate: 5, decoupled weight decay: 2).
+- Memory: float32 (4 bytes) everywhere; GB = 1e9 bytes. Parameters, gradients (one per parameter) and AdamW's
+  two moments give 16 bytes per parameter. Activations follow the handout's list per layer: both RMSNorm
+  outputs (2*T*d), Q, K, V (3*T*d), the scores Q K^T and their softmax (2*h*T*T), the weighted sum (T*d), the
+  output projection (T*d), the FFN's W1 output and SiLU (2*T*d_ff) and W2 output (T*d); then the final
+  RMSNorm (T*d), the logits (T*V) and the cross-entropy's softmax over them (T*V).
+
+Two reference figures are rounded there and exact here: the reference's constant memory term 34.04 GB is
+8.51 + 8.51 + 17.02 (parameters, gradients, optimizer state each rounded to 10 MB first), exactly 34.03 GB;
+its "about 6,581 days" divides the per-step FLOPs rounded to 1.386e16, the exact figure is 6,583.5 days.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from lmproject.errors import UserError, run_cli
+
+BYTES_PER_FLOAT = 4
+GB = 1e9
+ADAMW_FLOPS_PER_PARAM = 14
+FFN_MATRICES = {"swiglu": 3, "silu": 2}
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The hyperparameters that decide the model's size and cost."""
+
+    vocab_size: int
+    context_length: int
+    d_model: int
+    num_layers: int
+    num_heads: int
+    d_ff: int
+    ffn: str = "swiglu"
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name != "ffn" and (not isinstance(value, int) or value <= 0):
+                raise UserError(f"{f.name} must be a positive integer, got {value!r}")
+        if self.ffn not in FFN_MATRICES:
+            raise UserError(f"ffn must be one of {sorted(FFN_MATRICES)}, got {self.ffn!r}")
+
+
+def parameter_counts(shape: ModelShape) -> dict[str, int]:
+    """Trainable parameters by component."""
+    d, n_layers = shape.d_model, shape.num_layers
+    return {
+        "token embeddings": shape.vocab_size * d,
+        "attention": n_layers * 4 * d * d,
+        "ffn": n_layers * FFN_MATRICES[shape.ffn] * d * shape.d_ff,
+        "rmsnorm": n_layers * 2 * d + d,
+        "lm head": shape.vocab_size * d,
+    }
+
+
+def forward_flops(shape: ModelShape) -> dict[str, int]:
+    """Forward-pass matmul FLOPs for one sequence of `context_length` tokens, by component."""
+    t, d, n_layers = shape.context_length, shape.d_model, shape.num_layers
+    return {
+        "attention projections": n_layers * 2 * t * d * 4 * d,
+        "attention scores + weighted sum": n_layers * 2 * 2 * t * t * d,
+        "ffn": n_layers * 2 * t * d * shape.d_ff * FFN_MATRICES[shape.ffn],
+        "lm head": 2 * t * d * shape.vocab_size,
+    }
+
+
+def flop_shares(shape: ModelShape) -> dict[str, float]:
+    """Percent of forward FLOPs in attention (projections + scores), the FFN and the lm head."""
+    flops = forward_flops(shape)
+    total = sum(flops.values())
+    attention = flops["attention projections"] + flops["attention scores + weighted sum"]
+    return {
+        name: 100 * value / total
+        for name, value in [("attention", attention), ("ffn", flops["ffn"]), ("lm head", flops["lm head"])]
+    }
+
+
+def train_flops_per_token(
+    vocab_size: int, context_length: int, d_model: int, num_layers: int, d_ff: int, ffn: str = "swiglu"
+) -> float:
+    """Training FLOPs per token (forward x 3) for MFU: multiply by tokens/s and divide by the peak FLOP/s.
+
+    The optimizer's per-step cost is left out (it is about 1e-6 of a step for any realistic batch)."""
+    shape = ModelShape(vocab_size, context_length, d_model, num_layers, 1, d_ff, ffn)
+    return 3 * sum(forward_flops(shape).values()) / context_length
+
+
+def train_step_flops(shape: ModelShape, batch_size: int) -> int:
+    """FLOPs of one training step: forward x 3 over the batch plus the AdamW update."""
+    params = sum(parameter_counts(shape).values())
+    return 3 * sum(forward_flops(shape).values()) * batch_size + ADAMW_FLOPS_PER_PARAM * params
+
+
+def activation_floats(shape: ModelShape) -> int:
+    """Activations kept for the backward pass of one sequence, in floats (the handout's list)."""
+    t, d, h = shape.context_length, shape.d_model, shape.num_heads
+    per_layer = 2 * t * d + 3 * t * d + 2 * h * t * t + t * d + t * d + 2 * t * shape.d_ff + t * d
+    return shape.num_layers * per_layer + t * d + 2 * t * shape.vocab_size
+
+
+def adamw_memory_bytes(shape: ModelShape, batch_size: int) -> dict[str, int]:
+    """Peak float32 memory of an AdamW training step, by component."""
+    params = sum(parameter_counts(shape).values())
+    return {
+        "parameters": BYTES_PER_FLOAT * params,
+        "gradients": BYTES_PER_FLOAT * params,
+        "optimizer state": 2 * BYTES_PER_FLOAT * params,
+        "activations": BYTES_PER_FLOAT * activation_floats(shape) * batch_size,
+    }
+
+
+def max_batch_size(shape: ModelShape, memory_bytes: float) -> int:
+    """Largest batch whose AdamW step fits in `memory_bytes` (0 if not even the weights and state fit)."""
+    fixed = sum(adamw_memory_bytes(shape, 0).values())
+    per_sequence = adamw_memory_bytes(shape, 1)["activations"]
+    return max(0, math.floor((memory_bytes - fixed) / per_sequence))
+
+
+def training_seconds(shape: ModelShape, batch_size: int, steps: int, mfu: float, peak_flops: float) -> float:
+    """Wall-clock time of `steps` training steps at a model FLOPs utilization of `mfu` of `peak_flops`."""
+    return train_step_flops(shape, batch_size) * steps / (mfu * peak_flops)
+
+
+# GPT-2's shapes as the reference analysis uses them (SwiGLU FFN, untied lm head, d_ff = 4 * d_model).
+PRESETS = {
+    "gpt2-small": ModelShape(50257, 1024, 768, 12, 12, 3072),
+    "gpt2-medium": ModelShape(50257, 1024, 1024, 24, 16, 4096),
+    "gpt2-large": ModelShape(50257, 1024, 1280, 36, 20, 5120),
+    "gpt2-xl": ModelShape(50257, 1024, 1600, 48, 25, 6400),
+}
+SHAPE_FIELDS = [f.name for f in fields(ModelShape)]
+
+
+def _find_model_args(node: object) -> dict | None:
+    """The first mapping under the config's `model:` that holds `d_model` (flat or under init_args)."""
+    if isinstance(node, dict):
+        if "d_model" in node:
+            return node
+        for value in node.values():
+            found = _find_model_args(value)
+            if found is not None:
+                return found
+    return None
+
+
+def _read_config(path: Path) -> tuple[dict, dict]:
+    """(model hyperparameters, other defaults such as batch size and steps) from a LightningCLI YAML."""
+    import yaml
+
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    model = _find_model_args(config.get("model") if isinstance(config, dict) else None)
+    if model is None:
+        raise UserError(f"{path}: no model hyperparameters (d_model, ...) under `model:`")
+    shape_args = {name: model[name] for name in SHAPE_FIELDS if name in model}
+    data = _find_key(config.get("data"), "batch_size")
+    steps = _find_key(config.get("trainer"), "max_steps")
+    return shape_args, {"batch_size": data, "steps": steps if steps and steps > 0 else None}
+
+
+def _find_key(node: object, key: str) -> object:
+    if isinstance(node, dict):
+        if key in node:
+            return node[key]
+        for value in node.values():
+            found = _find_key(value, key)
+            if found is not None:
+                return found
+    return None
+
+
+def _table(title: str, rows: dict[str, float], unit: str, fmt: str = ",.0f") -> str:
+    total = sum(rows.values())
+    width = max(len(name) for name in [*rows, "total"])
+    lines = [f"{title}", f"  {'component':<{width}}  {unit:>22}  {'share':>7}"]
+    for name, value in [*rows.items(), ("total", total)]:
+        share = 100 * value / total if total else 0.0
+        lines.append(f"  {name:<{width}}  {value:>22{fmt}}  {share:>6.2f}%")
+    return "\n".join(lines)
+
+
+def report(shape: ModelShape, batch_size: int, memory_gb: float, mfu: float, peak: float, steps: int) -> str:
+    """All the tables for one model shape, as printed by `lmproject accounting`."""
+    memory = {k: v / GB for k, v in adamw_memory_bytes(shape, batch_size).items()}
+    per_seq_gb = adamw_memory_bytes(shape, 1)["activations"] / GB
+    fixed_gb = sum(memory.values()) - memory["activations"]
+    step = train_step_flops(shape, batch_size)
+    seconds = training_seconds(shape, batch_size, steps, mfu, peak)
+    shape_line = ", ".join(f"{k}={v}" for k, v in asdict(shape).items())
+    return "\n\n".join(
+        [
+            f"model: {shape_line}",
+            _table("parameters", parameter_counts(shape), "parameters"),
+            _table(
+                f"forward matmul FLOPs per sequence of {shape.context_length} tokens",
+                forward_flops(shape),
+                "FLOPs",
+            )
+            + "\n  shares: "
+            + ", ".join(f"{name} {share:.2f}%" for name, share in flop_shares(shape).items()),
+            f"training step FLOPs (forward x 3 over batch {batch_size} + AdamW): {step:.4e}\n"
+            f"training FLOPs per token: {step / (batch_size * shape.context_length):.4e}",
+            _table(f"AdamW peak memory, float32, batch {batch_size}", memory, "GB (1e9 bytes)", ",.2f")
+            + f"\n  = {per_seq_gb:.2f} * batch + {fixed_gb:.2f} GB; largest batch in {memory_gb:g} GB: "
+            f"{max_batch_size(shape, memory_gb * GB)}",
+            f"training time for {steps:,} steps of batch {batch_size} at {100 * mfu:g}% MFU of "
+            f"{peak / 1e12:g} TFLOP/s: {seconds:,.0f} s = {seconds / 3600:,.1f} h = "
+            f"{seconds / 86400:,.1f} days",
+        ]
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="lmproject accounting",
+        description="Parameters, FLOPs, AdamW memory and training time of a Transformer LM shape.",
+    )
+    p.add_argument("--config", type=Path, help="LightningCLI YAML whose `model:` holds the hyperparameters")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="a GPT-2 shape instead of a config")
+    for name in SHAPE_FIELDS[:-1]:
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, help="override the config's value")
+    p.add_argument("--ffn", choices=sorted(FFN_MATRICES), help="FFN type (default swiglu)")
+    p.add_argument("--batch-size", type=int, help="default: the config's data batch_size, else 1")
+    p.add_argument("--memory-gb", type=float, default=80.0, help="accelerator memory, GB = 1e9 bytes")
+    p.add_argument("--mfu", type=float, default=0.5, help="model FLOPs utilization, 0 < mfu <= 1")
+    p.add_argument("--peak-flops", type=float, default=19.5e12, help="peak FLOP/s (default A100 float32)")
+    p.add_argument("--steps", type=int, help="training steps (default: the config's max_steps, else 1)")
+    return p
+
+
+def _run(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    shape_args: dict = {}
+    defaults: dict = {}
+    if args.preset:
+        shape_args = asdict(PRESETS[args.preset])
+    if args.config:
+        if not args.config.is_file():
+            raise UserError(f"--config {args.config}: no such file")
+        shape_args, defaults = _read_config(args.config)
+    for name in SHAPE_FIELDS:
+        if getattr(args, name) is not None:
+            shape_args[name] = getattr(args, name)
+    missing = [n for n in SHAPE_FIELDS[:-1] if n not in shape_args]
+    if missing:
+        flags = ", ".join("--" + n.replace("_", "-") for n in missing)
+        raise UserError(f"missing model hyperparameters {flags} (give --config, --preset or the flags)")
+    shape = ModelShape(**shape_args)
+    batch = args.batch_size or defaults.get("batch_size") or 1
+    steps = args.steps or defaults.get("steps") or 1
+    if batch <= 0 or steps <= 0:
+        raise UserError(f"--batch-size and --steps must be positive, got {batch} and {steps}")
+    if not 0 < args.mfu <= 1 or args.peak_flops <= 0 or args.memory_gb <= 0:
+        raise UserError("--mfu must be in (0, 1]; --peak-flops and --memory-gb must be positive")
+    print(report(shape, batch, args.memory_gb, args.mfu, args.peak_flops, steps))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`lmproject accounting ...`: print the accounting tables; bad input exits 2 with a one-line error."""
+    import sys
+
+    return run_cli(lambda: _run(sys.argv[1:] if argv is None else argv), "lmproject accounting")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,92 @@
+"""The accounting module reproduces every figure of the reference analysis (CS336 assignment 1)."""
+
+from dataclasses import replace
+
+import pytest
+
+from lmproject import accounting as acc
+
+XL = acc.PRESETS["gpt2-xl"]
+
+
+def test_gpt2_xl_parameters_and_forward_flops():
+    assert sum(acc.parameter_counts(XL).values()) == 2_127_057_600
+    assert sum(acc.forward_flops(XL).values()) == 4_513_336_524_800
+    shares = acc.flop_shares(XL)
+    assert [round(shares[k], 2) for k in ("attention", "ffn", "lm head")] == [29.44, 66.91, 3.65]
+
+
+@pytest.mark.parametrize(
+    "preset, total, shares",
+    [
+        ("gpt2-small", 3.50e11, [27.64, 49.75, 22.61]),
+        ("gpt2-medium", 1.03e12, [29.93, 59.87, 10.20]),
+        ("gpt2-large", 2.26e12, [29.96, 64.20, 5.84]),
+    ],
+)
+def test_gpt2_family_flops_and_shares(preset, total, shares):
+    shape = acc.PRESETS[preset]
+    assert float(f"{sum(acc.forward_flops(shape).values()):.2e}") == total
+    got = acc.flop_shares(shape)
+    assert [round(got[k], 2) for k in ("attention", "ffn", "lm head")] == shares
+
+
+def test_gpt2_xl_long_context_is_dominated_by_attention():
+    shape = replace(XL, context_length=16_384)
+    assert float(f"{sum(acc.forward_flops(shape).values()):.2e}") == 1.50e14
+    got = acc.flop_shares(shape)
+    assert [round(got[k], 2) for k in ("attention", "ffn", "lm head")] == [65.92, 32.32, 1.76]
+
+
+def test_adamw_memory_line_and_largest_batch():
+    per_batch = acc.adamw_memory_bytes(XL, 1)["activations"] / acc.GB
+    fixed = acc.adamw_memory_bytes(XL, 0)
+    assert round(per_batch, 2) == 15.52
+    # The reference's 34.04 adds the three components after rounding each; the exact sum is 34.03.
+    rounded = [round(fixed[k] / acc.GB, 2) for k in ("parameters", "gradients", "optimizer state")]
+    assert rounded == [8.51, 8.51, 17.02] and round(sum(rounded), 2) == 34.04
+    assert round(sum(fixed.values()) / acc.GB, 2) == 34.03
+    assert acc.max_batch_size(XL, 80e9) == 2
+    assert acc.max_batch_size(XL, 20e9) == 0
+
+
+def test_training_time_of_gpt2_xl():
+    seconds = acc.training_seconds(XL, batch_size=1024, steps=400_000, mfu=0.5, peak_flops=19.5e12)
+    assert seconds / 86_400 == pytest.approx(6_583.6, abs=0.1)
+    # The reference's "about 6,581 days" uses the per-step FLOPs rounded to 4 significant digits.
+    step = float(f"{acc.train_step_flops(XL, 1024):.3e}")
+    assert step == 1.386e16 and round(step * 400_000 / (0.5 * 19.5e12) / 86_400) == 6_581
+
+
+def test_train_flops_per_token_matches_the_step_formula():
+    per_token = acc.train_flops_per_token(50257, 1024, 1600, 48, 6400)
+    assert per_token == 3 * 4_513_336_524_800 / 1024
+    silu = acc.train_flops_per_token(50257, 1024, 1600, 48, 6400, ffn="silu")
+    assert per_token - silu == 3 * 2 * 1600 * 6400 * 48
+
+
+def test_cli_prints_tables_from_a_config(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "model:\n  class_path: x.Y\n  init_args:\n    vocab_size: 50257\n    context_length: 1024\n"
+        "    d_model: 1600\n    num_layers: 48\n    num_heads: 25\n    d_ff: 6400\n"
+        "data:\n  init_args:\n    batch_size: 1024\ntrainer:\n  max_steps: 400000\n"
+    )
+    assert acc.main(["--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "2,127,057,600" in out and "4,513,336,524,800" in out
+    assert "15.52 * batch + 34.03 GB; largest batch in 80 GB: 2" in out
+    assert "6,583.6 days" in out
+
+
+def test_cli_rejects_missing_or_bad_input(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        acc.main(["--d-model", "64"])
+    assert exit_info.value.code == 2
+    assert "missing model hyperparameters --vocab-size" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        acc.main(["--preset", "gpt2-small", "--num-heads", "0"])
+    assert "num_heads must be a positive integer" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        acc.main(["--config", str(tmp_path / "absent.yaml")])
+    assert "absent.yaml: no such file" in capsys.readouterr().err
