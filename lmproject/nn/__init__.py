@@ -1,0 +1,22 @@
+"""The Transformer LM written from first principles: functions, layers, and the model with its KV cache."""
+
+from lmproject.nn.functional import cross_entropy, scaled_dot_product_attention, silu, softmax
+from lmproject.nn.layers import Embedding, Linear, RMSNorm, RotaryEmbedding, SiLUFFN, SwiGLU
+from lmproject.nn.transformer import KVCache, MultiHeadSelfAttention, TransformerBlock, TransformerLM
+
+__all__ = [
+    "Embedding",
+    "KVCache",
+    "Linear",
+    "MultiHeadSelfAttention",
+    "RMSNorm",
+    "RotaryEmbedding",
+    "SiLUFFN",
+    "SwiGLU",
+    "TransformerBlock",
+    "TransformerLM",
+    "cross_entropy",
+    "scaled_dot_product_attention",
+    "silu",
+    "softmax",
+]

@@ -1,0 +1,104 @@
+"""The parameterized building blocks: Linear, Embedding, RMSNorm, the feed-forward nets and RoPE."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from lmproject.nn.functional import silu
+
+
+class Linear(nn.Module):
+    """y = x Wᵀ, no bias; W is (d_out, d_in), truncated normal with variance 2/(d_in+d_out), cut at ±3σ."""
+
+    def __init__(self, d_in: int, d_out: int, device=None, dtype=None):
+        super().__init__()
+        self.d_in, self.d_out = d_in, d_out
+        std = math.sqrt(2.0 / (d_in + d_out))
+        weight = torch.empty(d_out, d_in, device=device, dtype=dtype)
+        self.weight = nn.Parameter(nn.init.trunc_normal_(weight, std=std, a=-3 * std, b=3 * std))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight.T
+
+    def extra_repr(self) -> str:
+        return f"d_in={self.d_in}, d_out={self.d_out}"
+
+
+class Embedding(nn.Module):
+    """Row lookup in a (num_embeddings, d_model) table, truncated-normal init σ=1 cut at ±3."""
+
+    def __init__(self, num_embeddings: int, d_model: int, device=None, dtype=None):
+        super().__init__()
+        weight = torch.empty(num_embeddings, d_model, device=device, dtype=dtype)
+        self.weight = nn.Parameter(nn.init.trunc_normal_(weight, std=1.0, a=-3.0, b=3.0))
+
+    def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
+        return self.weight[token_ids]
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * gain over the last dim; computed in float32 (stable under bf16) and cast back."""
+
+    def __init__(self, d_model: int, eps: float = 1e-5, device=None, dtype=None):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d_model, device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        inv_rms = torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        return (x32 * inv_rms * self.weight.float()).to(x.dtype)
+
+
+class SwiGLU(nn.Module):
+    """Gated feed-forward net: w2(silu(w1 x) * w3 x)."""
+
+    def __init__(self, d_model: int, d_ff: int, device=None, dtype=None):
+        super().__init__()
+        self.w1 = Linear(d_model, d_ff, device=device, dtype=dtype)
+        self.w2 = Linear(d_ff, d_model, device=device, dtype=dtype)
+        self.w3 = Linear(d_model, d_ff, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(silu(self.w1(x)) * self.w3(x))
+
+
+class SiLUFFN(nn.Module):
+    """Ungated feed-forward w2(silu(w1 x)), the SwiGLU ablation (d_ff = 4·d_model matches its size)."""
+
+    def __init__(self, d_model: int, d_ff: int, device=None, dtype=None):
+        super().__init__()
+        self.w1 = Linear(d_model, d_ff, device=device, dtype=dtype)
+        self.w2 = Linear(d_ff, d_model, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(silu(self.w1(x)))
+
+
+class RotaryEmbedding(nn.Module):
+    """RoPE: rotates each adjacent pair (x0,x1), (x2,x3), … of the last dim by position·θ^(-2k/d_k).
+
+    cos/sin tables for positions 0..max_seq_len-1 live in non-persistent buffers (not in the state dict).
+    """
+
+    def __init__(self, theta: float, d_k: int, max_seq_len: int, device=None):
+        super().__init__()
+        if d_k % 2:
+            raise ValueError(f"RoPE needs an even head dimension, got d_k={d_k}")
+        inv_freq = theta ** (-torch.arange(0, d_k, 2, device=device, dtype=torch.float32) / d_k)
+        angles = torch.arange(max_seq_len, device=device, dtype=torch.float32)[:, None] * inv_freq
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x: torch.Tensor, token_positions: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (..., seq, d_k); token_positions (..., seq) broadcasts to x's leading dims, default 0..."""
+        if token_positions is None:
+            token_positions = torch.arange(x.shape[-2], device=x.device)
+        cos = self.cos[token_positions].to(x.dtype)
+        sin = self.sin[token_positions].to(x.dtype)
+        even, odd = x[..., 0::2], x[..., 1::2]
+        rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
+        return rotated.flatten(-2)

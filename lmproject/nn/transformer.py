@@ -1,0 +1,243 @@
+"""Causal multi-head self-attention, the Transformer block, the full LM, and the KV cache for generation."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmproject.nn.functional import scaled_dot_product_attention
+from lmproject.nn.layers import Embedding, Linear, RMSNorm, RotaryEmbedding, SiLUFFN, SwiGLU
+
+NORMS = ("pre", "post", "none")
+POSITIONS = ("rope", "none")
+FFNS = ("swiglu", "silu")
+ATTENTIONS = ("fused", "math")
+
+
+class MultiHeadSelfAttention(nn.Module):
+    """Causal self-attention with q/k/v/output projections; RoPE (if given) rotates q and k of every head.
+
+    attention="math" runs the from-scratch softmax attention of lmproject.nn.functional; "fused" calls
+    torch's scaled_dot_product_attention (flash / memory-efficient kernels) for the same result.
+    """
+
+    def __init__(
+        self, d_model: int, num_heads: int, rope: RotaryEmbedding | None = None, attention: str = "fused"
+    ):
+        super().__init__()
+        if d_model % num_heads:
+            raise ValueError(f"d_model={d_model} is not divisible by num_heads={num_heads}")
+        if attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
+        self.num_heads, self.attention = num_heads, attention
+        self.q_proj = Linear(d_model, d_model)
+        self.k_proj = Linear(d_model, d_model)
+        self.v_proj = Linear(d_model, d_model)
+        self.output_proj = Linear(d_model, d_model)
+        self.rope = rope
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        token_positions: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        kv_cache: LayerKVCache | None = None,
+    ) -> torch.Tensor:
+        """x: (batch, seq, d_model) -> (batch, seq, d_model).
+
+        token_positions: (batch, seq) or (seq,). mask: boolean, broadcastable to (batch, heads, seq, keys),
+        True = may attend; default causal. kv_cache: this layer's past keys/values, extended by this call.
+        """
+        batch, seq, d_model = x.shape
+        q, k, v = (self._split_heads(proj(x)) for proj in (self.q_proj, self.k_proj, self.v_proj))
+        if self.rope is not None:
+            # Every head sees the same positions: add a head axis to broadcast over.
+            positions = None if token_positions is None else token_positions.unsqueeze(-2)
+            q, k = self.rope(q, positions), self.rope(k, positions)
+        if kv_cache is not None:
+            k, v = kv_cache.append(k, v)
+        if self.attention == "fused":
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
+        else:
+            if mask is None:
+                mask = torch.ones(seq, seq, dtype=torch.bool, device=x.device).tril()
+            out = scaled_dot_product_attention(q, k, v, mask)
+        return self.output_proj(out.transpose(1, 2).reshape(batch, seq, d_model))
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, seq, d_model) -> (batch, heads, seq, d_head)."""
+        batch, seq, d_model = x.shape
+        return x.view(batch, seq, self.num_heads, d_model // self.num_heads).transpose(1, 2)
+
+
+class TransformerBlock(nn.Module):
+    """One layer. norm="pre": x + attn(ln1(x)), then + ffn(ln2(x)); "post": ln1(x + attn(x)), then
+    ln2(x + ffn(x)); "none": no ln1/ln2 at all (they are absent from the state dict)."""
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        d_ff: int,
+        rope: RotaryEmbedding | None = None,
+        norm: str = "pre",
+        ffn: str = "swiglu",
+        attention: str = "fused",
+    ):
+        super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        if ffn not in FFNS:
+            raise ValueError(f"ffn must be one of {FFNS}, got {ffn!r}")
+        self.norm = norm
+        self.ln1 = nn.Identity() if norm == "none" else RMSNorm(d_model)
+        self.attn = MultiHeadSelfAttention(d_model, num_heads, rope, attention)
+        self.ln2 = nn.Identity() if norm == "none" else RMSNorm(d_model)
+        self.ffn = SwiGLU(d_model, d_ff) if ffn == "swiglu" else SiLUFFN(d_model, d_ff)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        token_positions: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        kv_cache: LayerKVCache | None = None,
+    ) -> torch.Tensor:
+        if self.norm == "post":
+            x = self.ln1(x + self.attn(x, token_positions, mask, kv_cache))
+            return self.ln2(x + self.ffn(x))
+        x = x + self.attn(self.ln1(x), token_positions, mask, kv_cache)
+        return x + self.ffn(self.ln2(x))
+
+
+class TransformerLM(nn.Module):
+    """Decoder-only LM: token_embeddings -> layers -> ln_final -> lm_head, returning logits.
+
+    Switches (for the ablations): norm "pre" | "post" | "none" (ln_final exists only for "pre": a post-norm
+    stack already ends normalized); position "rope" | "none" (NoPE); ffn "swiglu" | "silu" (the caller
+    passes d_ff, 4·d_model for "silu" so the parameter count roughly matches); tie_embeddings shares one
+    (vocab, d_model) matrix between token_embeddings and lm_head; attention "fused" | "math".
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        context_length: int,
+        d_model: int,
+        num_layers: int,
+        num_heads: int,
+        d_ff: int,
+        rope_theta: float = 10000.0,
+        norm: str = "pre",
+        position: str = "rope",
+        ffn: str = "swiglu",
+        tie_embeddings: bool = False,
+        attention: str = "fused",
+    ):
+        super().__init__()
+        if position not in POSITIONS:
+            raise ValueError(f"position must be one of {POSITIONS}, got {position!r}")
+        self.vocab_size, self.context_length, self.d_model = vocab_size, context_length, d_model
+        self.num_layers, self.num_heads, self.d_ff, self.rope_theta = num_layers, num_heads, d_ff, rope_theta
+        self.norm, self.position, self.ffn, self.attention = norm, position, ffn, attention
+        self.tie_embeddings = tie_embeddings
+
+        self.token_embeddings = Embedding(vocab_size, d_model)
+        d_head = d_model // num_heads
+        rope = RotaryEmbedding(rope_theta, d_head, context_length) if position == "rope" else None
+        self.layers = nn.ModuleList(
+            TransformerBlock(d_model, num_heads, d_ff, rope, norm, ffn, attention) for _ in range(num_layers)
+        )
+        self.ln_final = RMSNorm(d_model) if norm == "pre" else nn.Identity()
+        self.lm_head = Linear(d_model, vocab_size)
+        if tie_embeddings:
+            self.lm_head.weight = self.token_embeddings.weight
+
+    def forward(
+        self,
+        token_ids: torch.Tensor,
+        token_positions: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """token_ids (batch, seq) -> logits (batch, seq, vocab_size).
+
+        Without a cache the sequence is one causal window starting at position 0 (or `token_positions`).
+        With a cache, token_ids continue the cached sequence: positions and the padding-aware mask come from
+        the cache, and the cache is extended by these tokens.
+        """
+        seq = token_ids.shape[-1]
+        mask = None
+        if kv_cache is not None:
+            if kv_cache.length + seq > self.context_length:
+                raise ValueError(
+                    f"KV cache overflow: {kv_cache.length} cached + {seq} new tokens > "
+                    f"context_length={self.context_length}"
+                )
+            if token_positions is None:
+                token_positions = kv_cache.positions(seq)
+            mask = kv_cache.attention_mask(seq)
+        elif seq > self.context_length:
+            raise ValueError(f"sequence of {seq} tokens is longer than context_length={self.context_length}")
+
+        x = self.token_embeddings(token_ids)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, token_positions, mask, None if kv_cache is None else kv_cache.layers[i])
+        if kv_cache is not None:
+            kv_cache.length += seq
+        return self.lm_head(self.ln_final(x))
+
+
+class KVCache:
+    """Past keys and values of every layer, so each generation step only runs the new token.
+
+    A batch of prompts of different lengths is left-padded to a common length: row b starts with
+    pad_lengths[b] padding slots. No query attends to a padding slot (except a padding query to itself,
+    so no attention row is empty), and the real tokens of row b get positions 0, 1, 2, … — each prompt is
+    computed exactly as if it were alone. Room for model.context_length positions in total.
+    """
+
+    def __init__(self, model: TransformerLM, batch_size: int, pad_lengths: torch.Tensor | None = None):
+        device = model.lm_head.weight.device
+        self.capacity = model.context_length
+        self.length = 0
+        self.pad_lengths = (
+            torch.zeros(batch_size, dtype=torch.long, device=device)
+            if pad_lengths is None
+            else pad_lengths.to(device=device, dtype=torch.long)
+        )
+        self.layers = [LayerKVCache(self) for _ in range(model.num_layers)]
+
+    def positions(self, seq: int) -> torch.Tensor:
+        """RoPE positions (batch, seq) of the next `seq` slots: slot minus padding (padding slots get 0)."""
+        slots = torch.arange(self.length, self.length + seq, device=self.pad_lengths.device)
+        return (slots - self.pad_lengths[:, None]).clamp(min=0)
+
+    def attention_mask(self, seq: int) -> torch.Tensor:
+        """(batch, 1, seq, length+seq) boolean: causal, never onto padding keys, always onto itself."""
+        device = self.pad_lengths.device
+        queries = torch.arange(self.length, self.length + seq, device=device)[:, None]
+        keys = torch.arange(self.length + seq, device=device)[None, :]
+        real_key = keys[None] >= self.pad_lengths[:, None, None]
+        mask = ((keys <= queries) & real_key) | (keys == queries)
+        return mask[:, None]
+
+
+class LayerKVCache:
+    """One layer's key/value buffers (batch, heads, capacity, d_head), allocated on first use in k's dtype."""
+
+    def __init__(self, cache: KVCache):
+        self.cache = cache
+        self.keys: torch.Tensor | None = None
+        self.values: torch.Tensor | None = None
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store this step's k, v (batch, heads, seq, d_head) and return all keys and values so far."""
+        if self.keys is None:
+            batch, heads, _, d_head = k.shape
+            self.keys = k.new_empty(batch, heads, self.cache.capacity, d_head)
+            self.values = v.new_empty(batch, heads, self.cache.capacity, d_head)
+        start = self.cache.length
+        end = start + k.shape[-2]
+        self.keys[:, :, start:end] = k
+        self.values[:, :, start:end] = v
+        return self.keys[:, :, :end], self.values[:, :, :end]

@@ -1,0 +1,88 @@
+"""AdamW, the warmup + cosine learning-rate schedule, and global gradient-norm clipping."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+import torch
+
+
+class AdamW(torch.optim.Optimizer):
+    """Adam with decoupled weight decay (Loshchilov & Hutter), as the CS336 handout writes it.
+
+    Per parameter, at step t: m ← β1·m + (1−β1)·g;  v ← β2·v + (1−β2)·g²;
+    αt = lr·√(1−β2^t)/(1−β1^t);  θ ← θ − αt·m/(√v + ε);  θ ← θ − lr·λ·θ.
+    The moments and step count live in `self.state`, so `state_dict()` saves and restores them.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.nn.Parameter] | Iterable[dict],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.01,
+    ):
+        if lr < 0:
+            raise ValueError(f"AdamW: lr must be >= 0, got {lr}")
+        if not all(0.0 <= beta < 1.0 for beta in betas):
+            raise ValueError(f"AdamW: betas must be in [0, 1), got {betas}")
+        if eps <= 0:
+            raise ValueError(f"AdamW: eps must be > 0, got {eps}")
+        if weight_decay < 0:
+            raise ValueError(f"AdamW: weight_decay must be >= 0, got {weight_decay}")
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, (beta1, beta2), eps, decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+                state["step"] += 1
+                t, m, v = state["step"], state["exp_avg"], state["exp_avg_sq"]
+                m.mul_(beta1).add_(p.grad, alpha=1 - beta1)
+                v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+                step_size = lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)
+                p.addcdiv_(m, v.sqrt().add_(eps), value=-step_size)
+                p.mul_(1 - lr * decay)
+        return loss
+
+
+def cosine_lr(t: int, lr_max: float, lr_min: float, warmup_iters: int, cosine_cycle_iters: int) -> float:
+    """Learning rate at step t: linear warmup to lr_max over warmup_iters, cosine decay to lr_min at
+    cosine_cycle_iters, then lr_min."""
+    if t < warmup_iters:
+        return t / warmup_iters * lr_max
+    if t > cosine_cycle_iters:
+        return lr_min
+    decay_iters = cosine_cycle_iters - warmup_iters
+    progress = (t - warmup_iters) / decay_iters if decay_iters > 0 else 0.0
+    return lr_min + 0.5 * (1 + math.cos(math.pi * progress)) * (lr_max - lr_min)
+
+
+def clip_grad_norm(parameters: Iterable[torch.nn.Parameter], max_norm: float) -> float:
+    """Scale all gradients by max_norm/(norm+1e-6) when their global L2 norm exceeds max_norm.
+
+    Parameters without a gradient are skipped. Returns the norm before clipping.
+    """
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return 0.0
+    total = torch.sqrt(sum(g.detach().float().pow(2).sum() for g in grads))
+    if total > max_norm:
+        scale = max_norm / (total + 1e-6)
+        for g in grads:
+            g.detach().mul_(scale.to(g.dtype))
+    return float(total)
