@@ -149,16 +149,16 @@ PRESETS = {
 SHAPE_FIELDS = [f.name for f in fields(ModelShape)]
 
 
-def _find_model_args(node: object) -> dict | None:
-    """The first mapping under the config's `model:` that holds `d_model` (flat or under init_args)."""
+def _mapping_with(node: object, key: str) -> dict:
+    """The first mapping, depth first, that holds `key` (LightningCLI nests values under init_args)."""
     if isinstance(node, dict):
-        if "d_model" in node:
+        if key in node:
             return node
         for value in node.values():
-            found = _find_model_args(value)
-            if found is not None:
+            found = _mapping_with(value, key)
+            if found:
                 return found
-    return None
+    return {}
 
 
 def _read_config(path: Path) -> tuple[dict, dict]:
@@ -169,24 +169,15 @@ def _read_config(path: Path) -> tuple[dict, dict]:
         config = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-    model = _find_model_args(config.get("model") if isinstance(config, dict) else None)
-    if model is None:
+    if not isinstance(config, dict):
+        raise UserError(f"{path}: expected a mapping with a `model:` section")
+    model = _mapping_with(config.get("model"), "d_model")
+    if not model:
         raise UserError(f"{path}: no model hyperparameters (d_model, ...) under `model:`")
     shape_args = {name: model[name] for name in SHAPE_FIELDS if name in model}
-    data = _find_key(config.get("data"), "batch_size")
-    steps = _find_key(config.get("trainer"), "max_steps")
-    return shape_args, {"batch_size": data, "steps": steps if steps and steps > 0 else None}
-
-
-def _find_key(node: object, key: str) -> object:
-    if isinstance(node, dict):
-        if key in node:
-            return node[key]
-        for value in node.values():
-            found = _find_key(value, key)
-            if found is not None:
-                return found
-    return None
+    batch = _mapping_with(config.get("data"), "batch_size").get("batch_size")
+    steps = _mapping_with(config.get("trainer"), "max_steps").get("max_steps")
+    return shape_args, {"batch_size": batch, "steps": steps if steps and steps > 0 else None}
 
 
 def _table(title: str, rows: dict[str, float], unit: str, fmt: str = ",.0f") -> str:
