@@ -1,0 +1,220 @@
+"""Byte-level BPE encoding and decoding with a trained (or GPT-2's) vocab and merge list.
+
+Encoding cuts the text at special tokens (longest first), cuts each piece into pre-tokens with the GPT-2
+regex, and turns each pre-token into ids by applying the merges in rank order to its UTF-8 bytes. Natural
+text repeats its pre-tokens, so the ids of each distinct pre-token are cached: most of the text costs one
+regex match and one dict lookup per pre-token, and the merge loop only runs for new ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator
+from itertools import chain, repeat
+from pathlib import Path
+
+from lmproject.errors import UserError
+from lmproject.tokenizer.files import (
+    atomic_write,
+    load_merges,
+    load_vocab,
+    read_text,
+    save_merges,
+    save_vocab,
+)
+from lmproject.tokenizer.pretokenize import PRETOKEN_RE, special_token_re, validate_special_tokens
+
+VOCAB_FILE = "vocab.json"
+MERGES_FILE = "merges.txt"
+SPECIAL_TOKENS_FILE = "special_tokens.json"
+_NOT_A_MERGE = float("inf")
+
+
+class Tokenizer:
+    """A byte-level BPE tokenizer: `encode(text) -> ids`, `decode(ids) -> text`.
+
+    `vocab` maps ids to token bytes and must contain the 256 single bytes and every merge result; `merges`
+    lists the (left, right) pairs in the order they were learned. Special tokens are kept whole, matched
+    longest first; one missing from the vocab gets the next free id. Text that merely looks like a special
+    token (say `<|endoftext|>` when no special tokens are configured) is encoded as ordinary text.
+    """
+
+    def __init__(
+        self,
+        vocab: dict[int, bytes],
+        merges: list[tuple[bytes, bytes]],
+        special_tokens: list[str] | None = None,
+        *,
+        cache_entries: int = 1 << 17,
+    ) -> None:
+        self.special_tokens = validate_special_tokens(special_tokens)
+        self.vocab = dict(vocab)
+        self.merges = list(merges)
+        id_of = {token: token_id for token_id, token in self.vocab.items()}
+        if len(id_of) != len(self.vocab):
+            raise ValueError("the vocab maps two ids to the same bytes")
+        for token in self.special_tokens:
+            if token.encode("utf-8") not in id_of:
+                new_id = max(self.vocab, default=-1) + 1
+                self.vocab[new_id] = token.encode("utf-8")
+                id_of[self.vocab[new_id]] = new_id
+        self._special_ids = {token: id_of[token.encode("utf-8")] for token in self.special_tokens}
+        self._special_re = special_token_re(self.special_tokens)
+        missing = [byte for byte in range(256) if bytes([byte]) not in id_of]
+        if missing:
+            raise ValueError(f"the vocab lacks single-byte tokens, first {bytes([missing[0]])!r}")
+        self._byte_ids = [id_of[bytes([byte])] for byte in range(256)]
+        self._merge_ranks: dict[tuple[int, int], int] = {}  # (left id, right id) -> rank
+        self._merge_pairs: list[tuple[int, int]] = []  # rank -> (left id, right id)
+        self._merge_results: list[int] = []  # rank -> merged id
+        for rank, (left, right) in enumerate(self.merges):
+            ids = [id_of.get(token) for token in (left, right, left + right)]
+            if None in ids:
+                raise ValueError(f"merge {rank + 1} ({left!r}, {right!r}) involves a token not in the vocab")
+            self._merge_ranks.setdefault((ids[0], ids[1]), rank)
+            self._merge_pairs.append((ids[0], ids[1]))
+            self._merge_results.append(ids[2])
+        self._cache = _PretokenCache(self._bpe, cache_entries)
+
+    @classmethod
+    def from_files(
+        cls,
+        vocab_path: str | os.PathLike[str],
+        merges_path: str | os.PathLike[str],
+        special_tokens: list[str] | None = None,
+    ) -> Tokenizer:
+        """Load GPT-2-format vocab.json and merges.txt (GPT-2's own files included)."""
+        vocab, merges = load_vocab(vocab_path), load_merges(merges_path)
+        try:
+            return cls(vocab, merges, special_tokens)
+        except ValueError as err:
+            raise UserError(f"{vocab_path} and {merges_path} do not fit together: {err}") from None
+
+    @classmethod
+    def from_dir(cls, directory: str | os.PathLike[str]) -> Tokenizer:
+        """Load a tokenizer directory written by `save`: vocab.json, merges.txt, special_tokens.json."""
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise UserError(f"{directory}: not a directory (expected {VOCAB_FILE} and {MERGES_FILE} in it)")
+        specials_path = directory / SPECIAL_TOKENS_FILE
+        special_tokens = []
+        if specials_path.exists():
+            try:
+                special_tokens = json.loads(read_text(specials_path))
+            except json.JSONDecodeError as err:
+                raise UserError(f"{specials_path}: line {err.lineno}: not valid JSON ({err.msg})") from None
+            if not isinstance(special_tokens, list):
+                raise UserError(f"{specials_path}: expected a JSON list of strings")
+            special_tokens = validate_special_tokens(special_tokens, f"{specials_path}: special token")
+        return cls.from_files(directory / VOCAB_FILE, directory / MERGES_FILE, special_tokens)
+
+    def save(self, directory: str | os.PathLike[str]) -> None:
+        """Write vocab.json, merges.txt and special_tokens.json into `directory` (created if missing)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_vocab(self.vocab, directory / VOCAB_FILE)
+        save_merges(self.merges, directory / MERGES_FILE)
+        with atomic_write(directory / SPECIAL_TOKENS_FILE) as file:
+            json.dump(self.special_tokens, file, ensure_ascii=False)
+            file.write("\n")
+
+    @property
+    def vocab_size(self) -> int:
+        """One more than the largest id: the size of an embedding table that holds every id."""
+        return max(self.vocab) + 1
+
+    def encode(self, text: str) -> list[int]:
+        """The token ids of `text`."""
+        ids: list[int] = []
+        if self._special_re is None:
+            self._encode_ordinary(text, ids)
+            return ids
+        start = 0
+        for match in self._special_re.finditer(text):
+            self._encode_ordinary(text[start : match.start()], ids)
+            ids.append(self._special_ids[match.group()])
+            start = match.end()
+        self._encode_ordinary(text[start:], ids)
+        return ids
+
+    def encode_iterable(self, texts: Iterable[str]) -> Iterator[int]:
+        """Yield the ids of the concatenated texts (a file's lines, say) without holding them all.
+
+        Only the tail that more text could still change is held back: a possible start of a special
+        token, and the pre-tokens near the end.
+        """
+        pending = ""
+        for text in texts:
+            pending += text
+            done = self._stable_prefix_length(pending)
+            if done:
+                yield from self.encode(pending[:done])
+                pending = pending[done:]
+        yield from self.encode(pending)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """The text of `ids`; bytes that are not valid UTF-8 become U+FFFD."""
+        try:
+            data = b"".join(map(self.vocab.__getitem__, ids))
+        except (KeyError, TypeError) as err:
+            bad = err.args[0] if isinstance(err, KeyError) else "of a non-integer type"
+            raise ValueError(f"token id {bad!r} is not in the vocab (0..{self.vocab_size - 1})") from None
+        return data.decode("utf-8", errors="replace")
+
+    def __reduce__(self):
+        """Pickle (for worker processes) as the definition only, not the cache."""
+        return (type(self), (self.vocab, self.merges, self.special_tokens))
+
+    def _encode_ordinary(self, text: str, ids: list[int]) -> None:
+        ids.extend(chain.from_iterable(map(self._cache.__getitem__, PRETOKEN_RE.findall(text))))
+
+    def _bpe(self, pretoken: str) -> tuple[int, ...]:
+        """Merge a pre-token's bytes: repeatedly join the adjacent pair whose merge was learned first."""
+        ids = [self._byte_ids[byte] for byte in pretoken.encode("utf-8")]
+        rank_of = self._merge_ranks.get
+        while len(ids) > 1:
+            pairs = list(zip(ids, ids[1:], strict=False))
+            rank = min(map(rank_of, pairs, repeat(_NOT_A_MERGE)))
+            if rank == _NOT_A_MERGE:
+                break
+            # Join the leftmost occurrence; any others are joined in the next rounds, still left to right.
+            at = pairs.index(self._merge_pairs[rank])
+            ids[at : at + 2] = (self._merge_results[rank],)
+        return tuple(ids)
+
+    def _stable_prefix_length(self, text: str) -> int:
+        """How much of `text` encodes the same whatever text follows it."""
+        end = len(text)
+        if self._special_re is not None:
+            # Hold back a suffix that may be the start of a special token.
+            longest = max(map(len, self.special_tokens))
+            for start in range(max(0, end - longest + 1), end):
+                if any(token.startswith(text[start:]) for token in self.special_tokens):
+                    end = start
+                    break
+            last_special = deque(self._special_re.finditer(text, 0, end), maxlen=1)
+            segment_start = last_special[0].end() if last_special else 0
+        else:
+            segment_start = 0
+        # A pre-token's match depends on at most one character after it: it is final once that is in.
+        for match in PRETOKEN_RE.finditer(text, segment_start, end):
+            if match.end() > end - 2:
+                return match.start()
+        return end
+
+
+class _PretokenCache(dict):
+    """Pre-token string -> ids, filled by BPE on a miss and emptied when full, so memory stays bounded."""
+
+    def __init__(self, bpe, max_entries: int) -> None:
+        super().__init__()
+        self._bpe = bpe
+        self._max_entries = max_entries
+
+    def __missing__(self, pretoken: str) -> tuple[int, ...]:
+        if len(self) >= self._max_entries:
+            self.clear()
+        ids = self[pretoken] = self._bpe(pretoken)
+        return ids
