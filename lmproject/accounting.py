@@ -4,7 +4,8 @@ Conventions (they reproduce the CS336 reference analysis exactly; tests/test_acc
 
 - Parameters: token embeddings and an untied lm head (vocab x d_model each); per layer four d x d attention
   projections (q, k, v, output), the FFN (SwiGLU: three d x d_ff matrices w1, w2, w3; the SiLU ablation: two),
-  two RMSNorm gains of d; one final RMSNorm gain. No biases. RoPE has no parameters.
+  two RMSNorm gains of d; one final RMSNorm gain. No biases. RoPE has no parameters. The ablations' switches
+  (`norm` post/none, `ffn` silu, `tie_embeddings`) change the counts exactly as lmproject.nn builds the model.
 - FLOPs: only matrix multiplies count, 2 FLOPs per multiply-add, for one sequence of `context_length` tokens:
   attention projections 2*T*d*4d, attention scores Q K^T plus the weighted sum of values 2 * 2*T*T*d (the full
   T x T matrix, no causal saving), FFN 2*T*d*d_ff per matrix, lm head 2*T*d*V. The embedding lookup, norms,
@@ -16,7 +17,7 @@ Conventions (they reproduce the CS336 reference analysis exactly; tests/test_acc
   two moments give 16 bytes per parameter. Activations follow the handout's list per layer: both RMSNorm
   outputs (2*T*d), Q, K, V (3*T*d), the scores Q K^T and their softmax (2*h*T*T), the weighted sum (T*d), the
   output projection (T*d), the FFN's W1 output and SiLU (2*T*d_ff) and W2 output (T*d); then the final
-  RMSNorm (T*d), the logits (T*V) and the cross-entropy's softmax over them (T*V).
+  RMSNorm (T*d), the logits (T*V) and the cross-entropy's softmax over them (T*V). Absent norms store nothing.
 
 Two reference figures are rounded there and exact here: the reference's constant memory term 34.04 GB is
 8.51 + 8.51 + 17.02 (parameters, gradients, optimizer state each rounded to 10 MB first), exactly 34.03 GB;
@@ -36,6 +37,9 @@ BYTES_PER_FLOAT = 4
 GB = 1e9
 ADAMW_FLOPS_PER_PARAM = 14
 FFN_MATRICES = {"swiglu": 3, "silu": 2}
+# RMSNorms per layer and after the last layer: pre-norm has ln1, ln2 and ln_final; post-norm has no ln_final.
+NORM_COUNTS = {"pre": (2, 1), "post": (2, 0), "none": (0, 0)}
+SIZE_FIELDS = ("vocab_size", "context_length", "d_model", "num_layers", "num_heads", "d_ff")
 
 
 @dataclass(frozen=True)
@@ -49,25 +53,30 @@ class ModelShape:
     num_heads: int
     d_ff: int
     ffn: str = "swiglu"
+    norm: str = "pre"
+    tie_embeddings: bool = False
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name != "ffn" and (not isinstance(value, int) or value <= 0):
-                raise UserError(f"{f.name} must be a positive integer, got {value!r}")
+        for name in SIZE_FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise UserError(f"{name} must be a positive integer, got {value!r}")
         if self.ffn not in FFN_MATRICES:
             raise UserError(f"ffn must be one of {sorted(FFN_MATRICES)}, got {self.ffn!r}")
+        if self.norm not in NORM_COUNTS:
+            raise UserError(f"norm must be one of {sorted(NORM_COUNTS)}, got {self.norm!r}")
 
 
 def parameter_counts(shape: ModelShape) -> dict[str, int]:
     """Trainable parameters by component."""
     d, n_layers = shape.d_model, shape.num_layers
+    per_layer_norms, final_norms = NORM_COUNTS[shape.norm]
     return {
         "token embeddings": shape.vocab_size * d,
         "attention": n_layers * 4 * d * d,
         "ffn": n_layers * FFN_MATRICES[shape.ffn] * d * shape.d_ff,
-        "rmsnorm": n_layers * 2 * d + d,
-        "lm head": shape.vocab_size * d,
+        "rmsnorm": (n_layers * per_layer_norms + final_norms) * d,
+        "lm head": 0 if shape.tie_embeddings else shape.vocab_size * d,
     }
 
 
@@ -99,7 +108,7 @@ def train_flops_per_token(
     """Training FLOPs per token (forward x 3) for MFU: multiply by tokens/s and divide by the peak FLOP/s.
 
     The optimizer's per-step cost is left out (it is about 1e-6 of a step for any realistic batch)."""
-    shape = ModelShape(vocab_size, context_length, d_model, num_layers, 1, d_ff, ffn)
+    shape = ModelShape(vocab_size, context_length, d_model, num_layers, 1, d_ff, ffn=ffn)
     return 3 * sum(forward_flops(shape).values()) / context_length
 
 
@@ -112,8 +121,11 @@ def train_step_flops(shape: ModelShape, batch_size: int) -> int:
 def activation_floats(shape: ModelShape) -> int:
     """Activations kept for the backward pass of one sequence, in floats (the handout's list)."""
     t, d, h = shape.context_length, shape.d_model, shape.num_heads
-    per_layer = 2 * t * d + 3 * t * d + 2 * h * t * t + t * d + t * d + 2 * t * shape.d_ff + t * d
-    return shape.num_layers * per_layer + t * d + 2 * t * shape.vocab_size
+    per_layer_norms, final_norms = NORM_COUNTS[shape.norm]
+    per_layer = (
+        per_layer_norms * t * d + 3 * t * d + 2 * h * t * t + t * d + t * d + 2 * t * shape.d_ff + t * d
+    )
+    return shape.num_layers * per_layer + final_norms * t * d + 2 * t * shape.vocab_size
 
 
 def adamw_memory_bytes(shape: ModelShape, batch_size: int) -> dict[str, int]:
@@ -228,9 +240,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", type=Path, help="LightningCLI YAML whose `model:` holds the hyperparameters")
     p.add_argument("--preset", choices=sorted(PRESETS), help="a GPT-2 shape instead of a config")
-    for name in SHAPE_FIELDS[:-1]:
+    for name in SIZE_FIELDS:
         p.add_argument(f"--{name.replace('_', '-')}", type=int, help="override the config's value")
     p.add_argument("--ffn", choices=sorted(FFN_MATRICES), help="FFN type (default swiglu)")
+    p.add_argument("--norm", choices=sorted(NORM_COUNTS), help="RMSNorm placement (default pre)")
+    p.add_argument("--tie-embeddings", action="store_true", default=None, help="lm head shares embeddings")
     p.add_argument("--batch-size", type=int, help="default: the config's data batch_size, else 1")
     p.add_argument("--memory-gb", type=float, default=80.0, help="accelerator memory, GB = 1e9 bytes")
     p.add_argument("--mfu", type=float, default=0.5, help="model FLOPs utilization, 0 < mfu <= 1")
@@ -252,7 +266,7 @@ def _run(argv: list[str]) -> int:
     for name in SHAPE_FIELDS:
         if getattr(args, name) is not None:
             shape_args[name] = getattr(args, name)
-    missing = [n for n in SHAPE_FIELDS[:-1] if n not in shape_args]
+    missing = [n for n in SIZE_FIELDS if n not in shape_args]
     if missing:
         flags = ", ".join("--" + n.replace("_", "-") for n in missing)
         raise UserError(f"missing model hyperparameters {flags} (give --config, --preset or the flags)")

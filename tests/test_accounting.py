@@ -90,3 +90,25 @@ def test_cli_rejects_missing_or_bad_input(tmp_path, capsys):
     with pytest.raises(SystemExit):
         acc.main(["--config", str(tmp_path / "absent.yaml")])
     assert "absent.yaml: no such file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "switches",
+    [{}, {"norm": "post"}, {"norm": "none"}, {"ffn": "silu", "d_ff": 64}, {"tie_embeddings": True}],
+)
+def test_parameter_count_matches_the_model_it_describes(switches):
+    from lmproject.nn import TransformerLM
+
+    args = {
+        "vocab_size": 97,
+        "context_length": 16,
+        "d_model": 16,
+        "num_layers": 2,
+        "num_heads": 4,
+        "d_ff": 48,
+    }
+    args.update(switches)
+    model = TransformerLM(**args)
+    assert sum(acc.parameter_counts(acc.ModelShape(**args)).values()) == sum(
+        p.numel() for p in model.parameters()
+    )
