@@ -1,0 +1,187 @@
+"""`lmproject plot RUN_DIR... --out PNG`: learning curves of several runs in one picture.
+
+Each run is read from its Lightning CSVLogger file (RUN_DIR/metrics.csv, or the newest metrics.csv below
+RUN_DIR). The left panel draws train and val loss against the optimizer step, the right panel against
+wall-clock seconds when the run logged them (a column named in WALL_CLOCK_COLUMNS; steps in between take
+interpolated times). A run diverged where its loss is NaN/inf or more than DIVERGENCE_FACTOR times the lowest
+loss it had reached before; that point gets an X and the legend says at which step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lmproject.errors import UserError, run_cli
+
+TRAIN_COLUMNS = ("train/loss", "train/loss_step", "train_loss")
+VAL_COLUMNS = ("val/loss", "val_loss")
+WALL_CLOCK_COLUMNS = ("time/elapsed_s", "elapsed_s", "wall_time", "time")
+DIVERGENCE_FACTOR = 2.0
+
+
+@dataclass
+class Run:
+    """The curves of one run: (step, value) pairs, and the (step, seconds) pairs of the wall clock."""
+
+    name: str
+    train: list[tuple[int, float]] = field(default_factory=list)
+    val: list[tuple[int, float]] = field(default_factory=list)
+    clock: list[tuple[int, float]] = field(default_factory=list)
+
+    def diverged_at(self) -> int | None:
+        """First step whose train (else val) loss is non-finite or explodes above its best so far."""
+        for curve in (self.train, self.val):
+            best = math.inf
+            for step, loss in curve:
+                if not math.isfinite(loss) or loss > DIVERGENCE_FACTOR * best:
+                    return step
+                best = min(best, loss)
+        return None
+
+    def seconds(self, step: int) -> float | None:
+        """Wall-clock seconds at `step`, linearly interpolated between logged times (None if none)."""
+        if not self.clock:
+            return None
+        import numpy as np
+
+        steps, times = zip(*self.clock, strict=True)
+        return float(np.interp(step, steps, times))
+
+
+def find_metrics(run_dir: Path) -> Path:
+    """RUN_DIR/metrics.csv, or the most recently written metrics.csv anywhere below RUN_DIR."""
+    if run_dir.is_file() and run_dir.suffix == ".csv":
+        return run_dir
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such run directory")
+    found = sorted(run_dir.rglob("metrics.csv"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise UserError(f"{run_dir}: no metrics.csv (is it a run directory with a CSV logger?)")
+    return found[-1]
+
+
+def _first_present(header: list[str], names: tuple[str, ...]) -> str | None:
+    return next((name for name in names if name in header), None)
+
+
+def read_run(run_dir: Path) -> Run:
+    """Read one run's losses and wall clock from its metrics.csv."""
+    path = find_metrics(run_dir)
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        train_col, val_col = _first_present(header, TRAIN_COLUMNS), _first_present(header, VAL_COLUMNS)
+        clock_col = _first_present(header, WALL_CLOCK_COLUMNS)
+        if "step" not in header or not (train_col or val_col):
+            raise UserError(
+                f"{path}: expected a 'step' column and a loss column ({TRAIN_COLUMNS[0]} or {VAL_COLUMNS[0]})"
+            )
+        run = Run(name=run_dir.name if run_dir.is_dir() else run_dir.stem)
+        for row in reader:
+            try:
+                step = int(float(row["step"]))
+                for column, curve in ((train_col, run.train), (val_col, run.val), (clock_col, run.clock)):
+                    if column and row.get(column):
+                        curve.append((step, float(row[column])))
+            except ValueError as err:
+                raise UserError(f"{path}, line {reader.line_num}: not a number ({err})") from None
+    if not run.train and not run.val:
+        raise UserError(f"{path}: no loss values logged yet")
+    return run
+
+
+def _draw(ax, run: Run, color: str, use_clock: bool) -> None:
+    """Train loss (thin line) and val loss (dashed, dots) of one run; an X where it diverged."""
+    for curve, style in (
+        (run.train, {"lw": 1, "alpha": 0.8}),
+        (run.val, {"ls": "--", "marker": "o", "ms": 3}),
+    ):
+        if not curve:
+            continue
+        xs = [run.seconds(s) if use_clock else s for s, _ in curve]
+        ax.plot(xs, [v for _, v in curve], color=color, **style)
+    step = run.diverged_at()
+    if step is not None:
+        curve = run.train or run.val
+        finite = [v for s, v in curve if s <= step and math.isfinite(v)]
+        x = run.seconds(step) if use_clock else step
+        ax.plot([x], [finite[-1] if finite else 0.0], marker="X", ms=11, color=color, mec="black")
+
+
+def plot_runs(runs: list[Run], out: Path, title: str | None = None) -> None:
+    """Write the two-panel PNG atomically (temp file in the same folder, then rename)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(13, 5), constrained_layout=True)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    finite = [v for r in runs for _, v in r.train + r.val if math.isfinite(v)]
+    starts = [next((v for _, v in r.train + r.val if math.isfinite(v)), None) for r in runs]
+    top = max((v for v in starts if v is not None), default=1.0)  # the highest initial loss
+    for i, run in enumerate(runs):
+        color = colors[i % len(colors)]
+        step = run.diverged_at()
+        label = run.name + (f" (diverged at step {step})" if step is not None else "")
+        by_step.plot([], [], color=color, label=label)
+        _draw(by_step, run, color, use_clock=False)
+        if run.clock:
+            _draw(by_time, run, color, use_clock=True)
+    for ax, xlabel in ((by_step, "optimizer step"), (by_time, "wall-clock seconds")):
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("loss (solid: train, dashed: val)")
+        ax.grid(alpha=0.3)
+        if finite:
+            ax.set_ylim(min(finite) * 0.95, top * 1.05)  # exploded losses run off the top, marked with X
+    if not any(run.clock for run in runs):
+        by_time.text(0.5, 0.5, "no wall-clock column in these logs", ha="center", transform=by_time.transAxes)
+    by_step.legend(fontsize=8)
+    fig.suptitle(title or "learning curves")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, out)
+    finally:
+        plt.close(fig)
+        Path(tmp).unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`lmproject plot RUN_DIR... [--out PNG] [--title TEXT]`."""
+    import sys
+
+    p = argparse.ArgumentParser(prog="lmproject plot", description="Plot the learning curves of runs.")
+    p.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="run folders (or metrics.csv files)")
+    p.add_argument("--out", type=Path, default=Path("learning_curves.png"), help="PNG to write")
+    p.add_argument("--title", help="figure title")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+
+    def run() -> int:
+        runs = [read_run(d) for d in args.runs]
+        plot_runs(runs, args.out, args.title)
+        for r in runs:
+            step = r.diverged_at()
+            last = (r.val or r.train)[-1]
+            status = (
+                f"diverged at step {step}"
+                if step is not None
+                else f"last loss {last[1]:.4f} at step {last[0]}"
+            )
+            print(f"{r.name}: {status}")
+        print(f"wrote {args.out}")
+        return 0
+
+    return run_cli(run, "lmproject plot")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

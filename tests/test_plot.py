@@ -1,0 +1,72 @@
+"""`lmproject plot`: curves of several runs from CSVLogger files, divergence found and marked."""
+
+import csv
+import math
+
+import pytest
+
+from lmproject import plot
+
+
+def write_metrics(folder, losses, val_every=5, clock=True, nan_at=None):
+    """A CSVLogger-shaped metrics.csv: sparse rows, train and val losses on separate rows."""
+    folder.mkdir(parents=True)
+    columns = ["epoch", "step", "train/loss", "val/loss", "lr"] + (["time/elapsed_s"] if clock else [])
+    with (folder / "metrics.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        for step, loss in enumerate(losses):
+            row = {"epoch": 0, "step": step, "train/loss": "nan" if step == nan_at else loss, "lr": 1e-3}
+            if clock:
+                row["time/elapsed_s"] = 0.5 * step
+            writer.writerow(row)
+            if step % val_every == val_every - 1:
+                writer.writerow({"epoch": 0, "step": step, "val/loss": loss + 0.1})
+
+
+def test_two_runs_one_diverged_make_a_png(tmp_path, capsys):
+    good = [6.0 * math.exp(-step / 10) + 1.0 for step in range(40)]
+    exploding = good[:20] + [good[19] * 3**k for k in range(1, 21)]
+    write_metrics(tmp_path / "lr_1e-3", good)
+    write_metrics(tmp_path / "lr_1e-1" / "csv" / "version_0", exploding)
+    out = tmp_path / "plots" / "curves.png"
+    assert plot.main([str(tmp_path / "lr_1e-3"), str(tmp_path / "lr_1e-1"), "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
+    assert [p.name for p in out.parent.iterdir()] == ["curves.png"]  # no temp file left
+    printed = capsys.readouterr().out
+    assert "lr_1e-1: diverged at step 20" in printed and "lr_1e-3: last loss" in printed
+
+
+def test_divergence_rules():
+    steady = plot.Run("a", train=[(0, 5.0), (1, 3.0), (2, 3.4), (3, 2.9)])
+    assert steady.diverged_at() is None
+    assert plot.Run("b", train=[(0, 5.0), (1, 2.0), (2, 4.5)]).diverged_at() == 2
+    assert plot.Run("c", train=[(0, 5.0), (1, float("inf"))]).diverged_at() == 1
+
+
+def test_nan_loss_and_missing_clock_are_handled(tmp_path, capsys):
+    write_metrics(tmp_path / "nan_run", [5.0, 4.0, 3.0, 2.5, 2.4, 2.3], clock=False, nan_at=4)
+    run = plot.read_run(tmp_path / "nan_run")
+    assert run.diverged_at() == 4 and run.clock == [] and run.seconds(3) is None
+    assert plot.main([str(tmp_path / "nan_run"), "--out", str(tmp_path / "x.png")]) == 0
+    assert (tmp_path / "x.png").exists()
+
+
+def test_wall_clock_is_interpolated_between_logged_times():
+    run = plot.Run("a", clock=[(0, 0.0), (10, 20.0)])
+    assert run.seconds(5) == pytest.approx(10.0)
+
+
+def test_bad_run_directories_are_one_line_errors(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "metrics.csv").write_text("step,accuracy\n1,0.5\n")
+    for folder, message in [
+        ("missing", "no such run directory"),
+        ("empty", "no metrics.csv"),
+        ("bad", "expected a 'step' column and a loss column"),
+    ]:
+        with pytest.raises(SystemExit) as info:
+            plot.main([str(tmp_path / folder), "--out", str(tmp_path / "o.png")])
+        assert info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "o.png").exists()
