@@ -67,14 +67,12 @@ class Tokenizer:
             raise ValueError(f"the vocab lacks single-byte tokens, first {bytes([missing[0]])!r}")
         self._byte_ids = [id_of[bytes([byte])] for byte in range(256)]
         self._merge_ranks: dict[tuple[int, int], int] = {}  # (left id, right id) -> rank
-        self._merge_pairs: list[tuple[int, int]] = []  # rank -> (left id, right id)
         self._merge_results: list[int] = []  # rank -> merged id
         for rank, (left, right) in enumerate(self.merges):
             ids = [id_of.get(token) for token in (left, right, left + right)]
             if None in ids:
                 raise ValueError(f"merge {rank + 1} ({left!r}, {right!r}) involves a token not in the vocab")
             self._merge_ranks.setdefault((ids[0], ids[1]), rank)
-            self._merge_pairs.append((ids[0], ids[1]))
             self._merge_results.append(ids[2])
         self._cache = _PretokenCache(self._bpe, cache_entries)
 
@@ -171,17 +169,30 @@ class Tokenizer:
         ids.extend(chain.from_iterable(map(self._cache.__getitem__, PRETOKEN_RE.findall(text))))
 
     def _bpe(self, pretoken: str) -> tuple[int, ...]:
-        """Merge a pre-token's bytes: repeatedly join the adjacent pair whose merge was learned first."""
-        ids = [self._byte_ids[byte] for byte in pretoken.encode("utf-8")]
-        rank_of = self._merge_ranks.get
-        while len(ids) > 1:
-            pairs = list(zip(ids, ids[1:], strict=False))
-            rank = min(map(rank_of, pairs, repeat(_NOT_A_MERGE)))
-            if rank == _NOT_A_MERGE:
+        """Merge a pre-token's bytes: repeatedly join the adjacent pair whose merge was learned first.
+
+        Equal pairs are joined leftmost first, which gives the same result as joining them all at once:
+        a merge that uses the new token has a higher rank, so it cannot come in between.
+        """
+        ids = list(map(self._byte_ids.__getitem__, pretoken.encode("utf-8")))
+        if len(ids) < 2:
+            return tuple(ids)
+        rank_of, merged_id = self._merge_ranks.get, self._merge_results
+        # ranks[i] is the rank of the pair ids[i], ids[i + 1].
+        ranks = list(map(rank_of, zip(ids, ids[1:], strict=False), repeat(_NOT_A_MERGE)))
+        rank = min(ranks)
+        while rank != _NOT_A_MERGE:
+            at = ranks.index(rank)
+            new = ids[at] = merged_id[rank]
+            del ids[at + 1], ranks[at]
+            # Only the pairs on either side of the new token changed.
+            if at:
+                ranks[at - 1] = rank_of((ids[at - 1], new), _NOT_A_MERGE)
+            if at < len(ranks):
+                ranks[at] = rank_of((new, ids[at + 1]), _NOT_A_MERGE)
+            elif not ranks:
                 break
-            # Join the leftmost occurrence; any others are joined in the next rounds, still left to right.
-            at = pairs.index(self._merge_pairs[rank])
-            ids[at : at + 2] = (self._merge_results[rank],)
+            rank = min(ranks)
         return tuple(ids)
 
     def _stable_prefix_length(self, text: str) -> int:

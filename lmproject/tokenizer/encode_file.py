@@ -1,0 +1,136 @@
+"""Encode a whole text file into a `.npy` array of token ids, in parallel over the cores.
+
+The file is cut at special tokens (or safe line breaks) into chunks that encode the same on their own as
+within the whole text (`pretokenize.find_chunk_boundaries`). Worker processes encode the chunks and write
+each one's ids to a raw part file; the parts are then concatenated behind a `.npy` header into a temp file
+that is renamed to the output. No process holds more than one chunk's ids, and a failure leaves no output.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from lmproject.errors import UserError
+from lmproject.tokenizer.files import atomic_write
+from lmproject.tokenizer.pretokenize import find_chunk_boundaries
+from lmproject.tokenizer.tokenizer import Tokenizer
+
+MAX_CHUNK_BYTES = 8 << 20
+"""Largest chunk one worker encodes at once (its ids as a Python list are ~4x the text's size)."""
+
+MIN_CHUNK_BYTES = 1 << 20
+
+
+def token_dtype(tokenizer: Tokenizer) -> np.dtype:
+    """uint16 while every id fits in it (vocab up to 65,536), else uint32; little-endian either way."""
+    return np.dtype("<u2") if tokenizer.vocab_size <= 1 << 16 else np.dtype("<u4")
+
+
+def encode_file(
+    tokenizer: Tokenizer,
+    input_path: str | os.PathLike[str],
+    output_path: str | os.PathLike[str],
+    *,
+    num_workers: int | None = None,
+    chunk_bytes: int | None = None,
+    errors: str = "strict",
+    progress: bool = True,
+) -> int:
+    """Encode the UTF-8 text file `input_path` into the 1-D array `output_path` (.npy); return its length.
+
+    `num_workers` processes encode (default: all cores; 1 encodes in this process). `errors="strict"`
+    rejects invalid UTF-8 with the byte offset of the first bad byte; `errors="replace"` uses U+FFFD.
+    """
+    input_path, output_path = Path(input_path), Path(output_path)
+    if errors not in ("strict", "replace"):
+        raise UserError(f"errors must be 'strict' or 'replace', got {errors!r}")
+    if input_path.is_dir():
+        raise UserError(f"{input_path}: is a directory, expected a text file")
+    if output_path.is_dir():
+        raise UserError(f"{output_path}: is a directory, expected a .npy file name")
+    if not output_path.parent.is_dir():
+        raise UserError(f"{output_path}: directory {output_path.parent} does not exist")
+    num_workers = num_workers or os.cpu_count() or 1
+    if num_workers < 1:
+        raise UserError(f"num_workers must be at least 1, got {num_workers}")
+    try:
+        size = input_path.stat().st_size
+        if chunk_bytes is None:
+            chunk_bytes = min(MAX_CHUNK_BYTES, max(MIN_CHUNK_BYTES, -(-size // (4 * num_workers))))
+        bounds = find_chunk_boundaries(input_path, chunk_bytes, tokenizer.special_tokens)
+    except OSError as err:
+        raise UserError(f"{input_path}: cannot read: {err.strerror or err}") from None
+
+    dtype = token_dtype(tokenizer)
+    parts_dir = Path(
+        tempfile.mkdtemp(dir=output_path.parent, prefix=f".{output_path.name}.", suffix=".parts")
+    )
+    try:
+        jobs = [
+            (str(input_path), start, end, errors, str(parts_dir / f"{index:06d}.bin"), dtype.str)
+            for index, (start, end) in enumerate(zip(bounds, bounds[1:], strict=False))
+        ]
+        bar = tqdm(
+            total=size, unit="B", unit_scale=True, desc=f"encode {input_path.name}", disable=not progress
+        )
+        with bar:
+            if num_workers == 1 or len(jobs) == 1:
+                _init_worker(tokenizer)
+                counts = _collect(map(_encode_chunk, jobs), jobs, bar)
+            else:
+                with multiprocessing.Pool(min(num_workers, len(jobs)), _init_worker, (tokenizer,)) as pool:
+                    counts = _collect(pool.imap(_encode_chunk, jobs), jobs, bar)
+        _assemble([job[4] for job in jobs], sum(counts), dtype, output_path)
+        return sum(counts)
+    finally:
+        shutil.rmtree(parts_dir, ignore_errors=True)
+
+
+def _collect(counts: Iterable[int], jobs: list[tuple], bar: tqdm) -> list[int]:
+    """The chunks' id counts in file order (so the first bad chunk is the one reported), advancing the bar."""
+    collected = []
+    for job, count in zip(jobs, counts, strict=False):
+        collected.append(count)
+        bar.update(job[2] - job[1])
+    return collected
+
+
+def _assemble(part_paths: list[str], length: int, dtype: np.dtype, output_path: Path) -> None:
+    """Write the .npy header for `length` ids, then the parts' bytes in order, into `output_path`."""
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (length,)}
+    with atomic_write(output_path, "wb") as out:
+        np.lib.format.write_array_header_1_0(out, header)
+        for part in part_paths:
+            with open(part, "rb") as file:
+                shutil.copyfileobj(file, out, 1 << 20)
+
+
+_worker_tokenizer: Tokenizer | None = None
+
+
+def _init_worker(tokenizer: Tokenizer) -> None:
+    global _worker_tokenizer
+    _worker_tokenizer = tokenizer
+
+
+def _encode_chunk(job: tuple[str, int, int, str, str, str]) -> int:
+    """Encode bytes [start, end) of the file into a raw part file; return the number of ids."""
+    path, start, end, errors, part_path, dtype = job
+    with open(path, "rb") as file:
+        file.seek(start)
+        data = file.read(end - start)
+    try:
+        text = data.decode("utf-8", errors=errors)
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: invalid UTF-8 at byte offset {start + err.start}") from None
+    ids = np.array(_worker_tokenizer.encode(text), dtype=dtype)
+    ids.tofile(part_path)
+    return len(ids)
