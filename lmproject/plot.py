@@ -12,12 +12,11 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmproject.errors import UserError, run_cli
+from lmproject.tokenizer.files import atomic_write
 
 TRAIN_COLUMNS = ("train/loss", "train/loss_step", "train_loss")
 VAL_COLUMNS = ("val/loss", "val_loss")
@@ -115,7 +114,7 @@ def _draw(ax, run: Run, color: str, use_clock: bool) -> None:
 
 
 def plot_runs(runs: list[Run], out: Path, title: str | None = None) -> None:
-    """Write the two-panel PNG atomically (temp file in the same folder, then rename)."""
+    """Write the two-panel PNG atomically (a reader never sees a half-written file)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -145,14 +144,11 @@ def plot_runs(runs: list[Run], out: Path, title: str | None = None) -> None:
     by_step.legend(fontsize=8)
     fig.suptitle(title or "learning curves")
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, out)
+        with atomic_write(out, "wb") as f:
+            fig.savefig(f, format="png", dpi=110)
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:

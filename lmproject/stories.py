@@ -14,15 +14,14 @@ Documents are separated by `<|endoftext|>` on its own line, as in the TinyStorie
 from __future__ import annotations
 
 import argparse
-import os
 import random
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from tqdm import tqdm
 
 from lmproject.errors import UserError, run_cli
+from lmproject.tokenizer.files import atomic_write
 
 SEPARATOR = "<|endoftext|>"
 
@@ -241,27 +240,19 @@ def write_corpus(out: Path, size_mb: float, seed: int, progress: bool = True) ->
         raise UserError(f"--size-mb must be positive, got {size_mb}")
     target = int(size_mb * 1e6)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     written = 0
-    try:
-        with (
-            os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f,
-            tqdm(
-                total=target, unit="B", unit_scale=True, desc=f"stories -> {out}", disable=not progress
-            ) as bar,
-        ):
-            for story in generate_stories(seed):
-                chunk = f"{story}\n{SEPARATOR}\n"
-                f.write(chunk)
-                size = len(chunk.encode("utf-8"))
-                written += size
-                bar.update(size)
-                if written >= target:
-                    break
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with (
+        atomic_write(out) as f,
+        tqdm(total=target, unit="B", unit_scale=True, desc=f"stories -> {out}", disable=not progress) as bar,
+    ):
+        for story in generate_stories(seed):
+            chunk = f"{story}\n{SEPARATOR}\n"
+            f.write(chunk)
+            size = len(chunk.encode("utf-8"))
+            written += size
+            bar.update(size)
+            if written >= target:
+                break
     return written
 
 
