@@ -9,6 +9,7 @@ Writes are atomic (a temp file renamed into place), and files that do not parse 
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import tempfile
@@ -140,6 +141,29 @@ def read_text(path: str | os.PathLike[str]) -> str:
         raise UserError(f"{path}: no such file") from None
     except UnicodeDecodeError as err:
         raise UserError(f"{path}: invalid UTF-8 at byte offset {err.start}") from None
+
+
+def iter_text_blocks(path: str | os.PathLike[str], block_bytes: int = 1 << 20) -> Iterator[str]:
+    """A UTF-8 file's text in blocks of about `block_bytes`, for streaming; invalid UTF-8 is a UserError
+    naming the byte offset of the first bad byte."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, expected a file")
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0  # bytes read before this block
+    with open(path, "rb") as file:
+        while True:
+            data = file.read(block_bytes)
+            held = len(decoder.getstate()[0])  # an incomplete character carried over from the last block
+            try:
+                text = decoder.decode(data, final=not data)
+            except UnicodeDecodeError as err:
+                raise UserError(f"{path}: invalid UTF-8 at byte offset {offset - held + err.start}") from None
+            offset += len(data)
+            if text:
+                yield text
+            if not data:
+                return
 
 
 def _decode_token(token: str, where: str) -> bytes:
