@@ -1,0 +1,115 @@
+"""Training callbacks: throughput and MFU logging; Ctrl-C that stops at a step boundary with a checkpoint."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import lightning as L
+from lightning.fabric.utilities.throughput import get_available_flops
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from lmproject.accounting import train_flops_per_token
+
+
+class ThroughputMonitor(L.Callback):
+    """Logs throughput/tokens_per_s (all devices together) and throughput/mfu every `window` optimizer steps.
+
+    MFU = tokens/s x training FLOPs per token (lmproject.accounting) / (peak FLOP/s x devices).
+    `peak_flops` is the peak of one device; by default Lightning's table for the GPU and precision in use
+    (no MFU on CPUs, whose peak is not in the table). Time spent in validation is not counted.
+    """
+
+    def __init__(self, peak_flops: float | None = None, window: int = 10):
+        self.peak_flops, self.window = peak_flops, window
+        self._start: float | None = None
+        self._tokens = 0
+        self._steps = 0
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        hp = pl_module.hparams
+        self.flops_per_token = train_flops_per_token(
+            hp.vocab_size, hp.context_length, hp.d_model, hp.num_layers, hp.d_ff, hp.ffn
+        )
+        if self.peak_flops is None:
+            precision = trainer.precision if trainer.precision in ("bf16-mixed", "16-mixed") else "32-true"
+            self.peak_flops = get_available_flops(pl_module.device, precision)
+
+    def _restart(self) -> None:
+        self._start, self._tokens, self._steps = time.perf_counter(), 0, 0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restart()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restart()
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx
+    ) -> None:
+        self._step_before = trainer.global_step
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx):
+        self._tokens += batch[0].numel() * trainer.world_size
+        if trainer.global_step == self._step_before:
+            return  # gradient accumulation: no optimizer step yet
+        self._steps += 1
+        if self._steps < self.window or self._start is None:
+            return
+        tokens_per_s = self._tokens / (time.perf_counter() - self._start)
+        pl_module.log("throughput/tokens_per_s", tokens_per_s)
+        if self.peak_flops:
+            mfu = tokens_per_s * self.flops_per_token / (self.peak_flops * trainer.world_size)
+            pl_module.log("throughput/mfu", mfu)
+        self._restart()
+
+
+class GracefulInterrupt(L.Callback):
+    """First Ctrl-C: finish the current optimizer step, save `last.ckpt`, stop. Second Ctrl-C: abort now."""
+
+    def __init__(self):
+        self.requested = False
+        self.saved: Path | None = None
+        self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nCtrl-C: saving a checkpoint after this step (press again to abort)", file=sys.stderr)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore()
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        self._restore()
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx
+    ) -> None:
+        self._step_before = trainer.global_step
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx):
+        if trainer.global_step == self._step_before:
+            return  # only stop between optimizer steps, never inside gradient accumulation
+        if not trainer.strategy.reduce_boolean_decision(self.requested, all=False):
+            return
+        checkpointer = trainer.checkpoint_callback
+        directory = Path(checkpointer.dirpath if checkpointer else trainer.default_root_dir)
+        self.saved = directory / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
+        trainer.save_checkpoint(self.saved)
+        trainer.should_stop = True

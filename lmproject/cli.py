@@ -1,0 +1,165 @@
+"""`lmproject`: LightningCLI (fit / validate / test / predict) plus the `accounting` and `plot` commands.
+
+Run layout (trainer.default_root_dir, e.g. runs/tinystories): checkpoints/ holds periodic checkpoints and
+last.ckpt (the same directory on every resume, so `--ckpt_path last` finds it); logs/version_N/ holds each
+invocation's metrics.csv and config.yaml.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from jsonargparse import ArgumentError, Namespace
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from lmproject.callbacks import GracefulInterrupt, ThroughputMonitor
+from lmproject.checkpointing import AtomicCheckpointIO, check_checkpoint, find_last
+from lmproject.data import TokenDataModule
+from lmproject.errors import UserError, run_cli
+from lmproject.module import ARCHITECTURE, LanguageModel
+
+DEFAULT_RUN_DIR = "runs/default"
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU runs bfloat16 matmuls natively (x86 avx512_bf16/AMX, or an Arm core with BF16)."""
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def _on_cpu(trainer: Namespace) -> bool:
+    accelerator = str(trainer.get("accelerator", "auto"))
+    return accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+
+
+class LMCLI(LightningCLI):
+    """LightningCLI with the project's defaults, links and up-front checks."""
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        kwargs.setdefault("exit_on_error", False)  # errors become one-line messages in main()
+        return super().init_parser(**kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(
+            "--train_tokens",
+            type=int | None,
+            default=None,
+            help="Training token budget: max_steps = tokens / (batch x context x accumulation x devices).",
+        )
+        parser.link_arguments("model.vocab_size", "data.vocab_size")
+        parser.link_arguments("model.context_length", "data.context_length")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.every_n_train_steps": 1000})
+        parser.add_lightning_class_args(ThroughputMonitor, "throughput")
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        config = self.config[self.config.subcommand]
+        self._fill_run_layout(config)
+        self._choose_precision(config.trainer)
+        self._resolve_checkpoint(config)
+
+    @staticmethod
+    def _fill_run_layout(config: Namespace) -> None:
+        root = config.trainer.default_root_dir or DEFAULT_RUN_DIR
+        config.trainer.default_root_dir = root
+        if config.checkpoint.dirpath is None:
+            config.checkpoint.dirpath = str(Path(root) / "checkpoints")
+        if config.trainer.logger is None or config.trainer.logger is True:
+            config.trainer.logger = Namespace(
+                class_path="lightning.pytorch.loggers.CSVLogger",
+                init_args=Namespace(save_dir=root, name="logs"),
+            )
+
+    @staticmethod
+    def _choose_precision(trainer: Namespace) -> None:
+        if str(trainer.precision).startswith("bf16") and _on_cpu(trainer) and not cpu_supports_bf16():
+            warnings.warn(
+                "this CPU has no native bfloat16: training in float32 (precision 32-true)", stacklevel=1
+            )
+            trainer.precision = "32-true"
+
+    def _resolve_checkpoint(self, config: Namespace) -> None:
+        if not config.get("ckpt_path"):
+            return
+        path = config.ckpt_path
+        if path == "last":
+            found = find_last(Path(config.checkpoint.dirpath))
+            if found is None:
+                print(
+                    f"lmproject: no last checkpoint in {config.checkpoint.dirpath}; starting from scratch",
+                    file=sys.stderr,
+                )
+                config.ckpt_path = None
+                return
+            path = config.ckpt_path = str(found)
+        check_checkpoint(Path(path), config.model.as_dict(), ARCHITECTURE)
+
+    def before_fit(self) -> None:
+        tokens = self.config.fit.train_tokens
+        if tokens is None:
+            return
+        trainer = self.trainer
+        if trainer.max_steps != -1:
+            raise UserError(
+                "set either train_tokens or trainer.max_steps, not both (use --train_tokens null)"
+            )
+        per_step = (
+            self.datamodule.batch_size * self.datamodule.context_length
+            * trainer.accumulate_grad_batches * trainer.world_size
+        )  # fmt: skip
+        trainer.fit_loop.epoch_loop.max_steps = math.ceil(tokens / per_step)
+
+    def after_fit(self) -> None:
+        interrupt = next(c for c in self.trainer.callbacks if isinstance(c, GracefulInterrupt))
+        if interrupt.saved is not None:
+            print(
+                f"lmproject: interrupted; saved {interrupt.saved} (resume with --ckpt_path last)",
+                file=sys.stderr,
+            )
+            raise SystemExit(130)
+
+
+def _one_line(err: Exception) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return "; ".join(lines)
+
+
+def run_lightning(argv: list[str]) -> LMCLI:
+    """Parse argv, build the trainer, model and data, and run the subcommand."""
+    try:
+        return LMCLI(
+            LanguageModel,
+            TokenDataModule,
+            args=argv,
+            seed_everything_default=0,
+            save_config_kwargs={"overwrite": True},
+            trainer_defaults={
+                "plugins": [AtomicCheckpointIO()],
+                "callbacks": [GracefulInterrupt()],
+                "check_val_every_n_epoch": None,
+                "val_check_interval": 1000,
+                "max_epochs": -1,
+            },
+        )
+    except ArgumentError as err:
+        raise UserError(_one_line(err)) from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["accounting"]:
+        from lmproject import accounting
+
+        return accounting.main(argv[1:])
+    if argv[:1] == ["plot"]:
+        from lmproject import plot
+
+        return plot.main(argv[1:])
+    run_cli(lambda: run_lightning(argv), "lmproject")
+    return 0

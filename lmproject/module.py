@@ -1,0 +1,157 @@
+"""The LightningModule: the from-scratch TransformerLM with its loss, optimizer, schedule and clipping.
+
+One training step is `training_step` (forward, cross-entropy, a finite-loss check); Lightning runs backward,
+then `configure_gradient_clipping` clips with the project's `clip_grad_norm`, then the project's AdamW steps
+and the LambdaLR advances the warmup + cosine schedule by one optimizer step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+from torchmetrics import MeanMetric
+
+from lmproject.errors import UserError
+from lmproject.nn import TransformerLM, cross_entropy
+from lmproject.optim import AdamW, clip_grad_norm, cosine_lr
+
+ARCHITECTURE = (
+    "vocab_size",
+    "context_length",
+    "d_model",
+    "num_layers",
+    "num_heads",
+    "d_ff",
+    "rope_theta",
+    "norm",
+    "position",
+    "ffn",
+    "tie_embeddings",
+)
+
+
+class NonFiniteLossError(UserError):
+    """Training diverged: the loss became NaN or infinite."""
+
+
+class LanguageModel(L.LightningModule):
+    """LightningCLI's `model:` section: architecture, optimizer and schedule of one training run."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        context_length: int,
+        d_model: int,
+        num_layers: int,
+        num_heads: int,
+        d_ff: int,
+        rope_theta: float = 10000.0,
+        norm: str = "pre",
+        position: str = "rope",
+        ffn: str = "swiglu",
+        tie_embeddings: bool = False,
+        attention: str = "fused",
+        lr_max: float = 1e-3,
+        lr_min: float = 1e-4,
+        warmup_iters: int = 100,
+        cosine_cycle_iters: int | None = None,
+        betas: tuple[float, float] = (0.9, 0.95),
+        eps: float = 1e-8,
+        weight_decay: float = 0.1,
+        max_grad_norm: float | None = 1.0,
+        compile: bool = False,
+    ):
+        """
+        Args:
+            vocab_size, context_length, d_model, num_layers, num_heads, d_ff, rope_theta, norm, position, ffn,
+                tie_embeddings, attention: the TransformerLM (see lmproject.nn.TransformerLM).
+            lr_max: peak learning rate, reached after warmup_iters optimizer steps.
+            lr_min: learning rate at the end of the cosine decay and after it.
+            warmup_iters: optimizer steps of linear warmup.
+            cosine_cycle_iters: optimizer step where the cosine reaches lr_min (default: the run's max_steps).
+            betas, eps, weight_decay: AdamW.
+            max_grad_norm: clip the global gradient norm to this (null: no clipping, norm still logged).
+            compile: torch.compile the model (in place, so checkpoint names do not change).
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = TransformerLM(
+            vocab_size, context_length, d_model, num_layers, num_heads, d_ff, rope_theta,
+            norm, position, ffn, tie_embeddings, attention,
+        )  # fmt: skip
+        if compile:
+            self.model.compile()
+        self.eval_loss = MeanMetric()
+        self.grad_norm: float | None = None
+
+    def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(token_ids)
+
+    def _loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x, y = batch
+        return cross_entropy(self.model(x), y)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self._loss(batch)
+        if not torch.isfinite(loss):
+            checkpoint = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none saved yet"
+            raise NonFiniteLossError(
+                f"loss is {loss.item()} at step {self.global_step}; training stopped "
+                f"(last good checkpoint: {checkpoint}); try a lower lr_max or max_grad_norm"
+            )
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("lr", self.lr_schedulers().get_last_lr()[0])
+        return loss
+
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
+        if gradient_clip_val is not None:
+            raise UserError("set model.max_grad_norm instead of trainer.gradient_clip_val")
+        limit = math.inf if self.hparams.max_grad_norm is None else self.hparams.max_grad_norm
+        self.grad_norm = clip_grad_norm(self.parameters(), limit)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.grad_norm is not None:
+            self.log("grad_norm", self.grad_norm)
+
+    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+        self.eval_loss.update(self._loss(batch), weight=batch[1].numel())
+
+    def _log_evaluation(self, stage: str) -> None:
+        loss = self.eval_loss.compute()  # synced across DDP ranks
+        self.eval_loss.reset()
+        self.log(f"{stage}/loss", loss, prog_bar=True)
+        self.log(f"{stage}/perplexity", torch.exp(loss))
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_evaluation("val")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_evaluation("test")
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        cycle = hp.cosine_cycle_iters or self.trainer.max_steps
+        if cycle is None or cycle <= 0:
+            raise UserError(
+                "the cosine schedule needs a length: set train_tokens or model.cosine_cycle_iters"
+            )
+        optimizer = AdamW(
+            self.parameters(), lr=hp.lr_max, betas=hp.betas, eps=hp.eps, weight_decay=hp.weight_decay
+        )
+
+        def factor(step: int) -> float:  # LambdaLR multiplies the initial lr (lr_max) by this
+            return cosine_lr(step, hp.lr_max, hp.lr_min, hp.warmup_iters, cycle) / hp.lr_max
+
+        schedule = LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
