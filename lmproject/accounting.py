@@ -189,6 +189,9 @@ def _read_config(path: Path) -> tuple[dict, dict]:
     shape_args = {name: model[name] for name in SHAPE_FIELDS if name in model}
     batch = _mapping_with(config.get("data"), "batch_size").get("batch_size")
     steps = _mapping_with(config.get("trainer"), "max_steps").get("max_steps")
+    tokens = config.get("train_tokens")
+    if tokens and batch and "context_length" in shape_args:  # LightningCLI's train_tokens sets max_steps
+        steps = math.ceil(tokens / (batch * shape_args["context_length"]))
     return shape_args, {"batch_size": batch, "steps": steps if steps and steps > 0 else None}
 
 
@@ -204,9 +207,11 @@ def _table(title: str, rows: dict[str, float], unit: str, fmt: str = ",.0f") -> 
 
 def report(shape: ModelShape, batch_size: int, memory_gb: float, mfu: float, peak: float, steps: int) -> str:
     """All the tables for one model shape, as printed by `lmproject accounting`."""
-    memory = {k: v / GB for k, v in adamw_memory_bytes(shape, batch_size).items()}
-    per_seq_gb = adamw_memory_bytes(shape, 1)["activations"] / GB
-    fixed_gb = sum(memory.values()) - memory["activations"]
+    memory_bytes = adamw_memory_bytes(shape, batch_size)
+    unit, scale = ("GB", GB) if sum(memory_bytes.values()) >= GB else ("MB", 1e6)
+    memory = {k: v / scale for k, v in memory_bytes.items()}
+    per_seq = adamw_memory_bytes(shape, 1)["activations"] / scale
+    fixed = sum(memory.values()) - memory["activations"]
     step = train_step_flops(shape, batch_size)
     seconds = training_seconds(shape, batch_size, steps, mfu, peak)
     shape_line = ", ".join(f"{k}={v}" for k, v in asdict(shape).items())
@@ -223,8 +228,13 @@ def report(shape: ModelShape, batch_size: int, memory_gb: float, mfu: float, pea
             + ", ".join(f"{name} {share:.2f}%" for name, share in flop_shares(shape).items()),
             f"training step FLOPs (forward x 3 over batch {batch_size} + AdamW): {step:.4e}\n"
             f"training FLOPs per token: {step / (batch_size * shape.context_length):.4e}",
-            _table(f"AdamW peak memory, float32, batch {batch_size}", memory, "GB (1e9 bytes)", ",.2f")
-            + f"\n  = {per_seq_gb:.2f} * batch + {fixed_gb:.2f} GB; largest batch in {memory_gb:g} GB: "
+            _table(
+                f"AdamW peak memory, float32, batch {batch_size}",
+                memory,
+                f"{unit} (1e{math.log10(scale):.0f} bytes)",
+                ",.2f",
+            )
+            + f"\n  = {per_seq:.2f} * batch + {fixed:.2f} {unit}; largest batch in {memory_gb:g} GB: "
             f"{max_batch_size(shape, memory_gb * GB)}",
             f"training time for {steps:,} steps of batch {batch_size} at {100 * mfu:g}% MFU of "
             f"{peak / 1e12:g} TFLOP/s: {seconds:,.0f} s = {seconds / 3600:,.1f} h = "
@@ -249,7 +259,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-gb", type=float, default=80.0, help="accelerator memory, GB = 1e9 bytes")
     p.add_argument("--mfu", type=float, default=0.5, help="model FLOPs utilization, 0 < mfu <= 1")
     p.add_argument("--peak-flops", type=float, default=19.5e12, help="peak FLOP/s (default A100 float32)")
-    p.add_argument("--steps", type=int, help="training steps (default: the config's max_steps, else 1)")
+    p.add_argument("--steps", type=int, help="default: the config's max_steps or train_tokens, else 1")
     return p
 
 
