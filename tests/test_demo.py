@@ -1,0 +1,66 @@
+"""`python -m lmproject.demo`: the README's first command, end to end at toy scale, and its folder safety."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from lmproject import demo
+from lmproject.errors import UserError
+
+
+def test_prepare_out_replaces_only_a_previous_demo(tmp_path):
+    out = tmp_path / "demo"
+    demo.prepare_out(out)
+    (out / "old.txt").write_text("from the last demo")
+    demo.prepare_out(out)
+    assert sorted(p.name for p in out.iterdir()) == [demo.MARKER]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(UserError, match="was not made by the demo"):
+        demo.prepare_out(mine)
+    assert (mine / "notes.txt").read_text() == "keep me"
+
+
+def test_config_gets_the_demo_paths_and_tiny_sizes(tmp_path):
+    import yaml
+
+    path = demo.write_config(
+        tmp_path / "c.yaml", demo.TINY, tmp_path / "tok", tmp_path / "bpe", tmp_path / "run"
+    )
+    config = yaml.safe_load(path.read_text())
+    assert config["data"]["train_path"] == str(tmp_path / "tok" / "train.npy")
+    assert config["trainer"]["default_root_dir"] == str(tmp_path / "run")
+    assert config["model"]["vocab_size"] == demo.TINY.vocab_size and config["model"]["d_model"] == 32
+    assert config["model"]["lr_max"] == yaml.safe_load(demo.CONFIG.read_text())["model"]["lr_max"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    importlib.util.find_spec("lmproject.generate") is None,
+    reason="lmproject.generate (sampling for `lmproject predict`) has not landed yet",
+)
+def test_tiny_demo_runs_every_stage(tmp_path):
+    out = tmp_path / "demo"
+    result = subprocess.run(
+        [sys.executable, "-m", "lmproject.demo", "--tiny", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("vocab.json", "merges.txt"):
+        assert (out / "tokenizer" / name).stat().st_size > 0
+    for split in ("train", "valid"):
+        ids = np.load(out / "tokens" / f"{split}.npy", mmap_mode="r")
+        assert ids.dtype == np.uint16 and len(ids) > 1000 and ids.max() < demo.TINY.vocab_size
+    assert (out / "run" / "checkpoints" / "last.ckpt").is_file()
+    assert list((out / "run").rglob("metrics.csv"))
+    assert (out / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
+    sample = (out / "sample.txt").read_text()
+    assert demo.PROMPT in sample and len(sample) > len(demo.PROMPT)
+    timings = json.loads((out / "timings.json").read_text())
+    assert list(timings) == ["stories", "tokenizer", "tokens", "fit", "validate", "predict", "plot"]
+    assert f"Sample ({out / 'sample.txt'})" in result.stdout
