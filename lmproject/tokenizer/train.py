@@ -1,0 +1,285 @@
+"""Byte-level BPE training: count pre-tokens of a file in parallel, then merge the most frequent pairs.
+
+Phase 1 (`count_pretokens`) streams the file in chunks cut at special tokens (see `pretokenize`) and counts
+pre-tokens in worker processes. Phase 2 (`merge_pretokens`) is the merge loop. It works on each distinct
+pre-token ("word") once, weighted by its count, and keeps pair counts up to date incrementally: merging
+(a, b) into c only touches the words that contain (a, b) (found through an index from pair to words) and
+only the pairs next to each merged spot. A heap finds the most frequent pair; its entries are checked
+lazily when popped instead of being updated on every change.
+"""
+
+from __future__ import annotations
+
+import heapq
+import multiprocessing
+import os
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from itertools import compress, repeat
+from operator import is_not
+
+from tqdm import tqdm
+
+from lmproject.errors import UserError
+from lmproject.tokenizer.pretokenize import (
+    PRETOKEN_RE,
+    find_chunk_boundaries,
+    split_on_special_tokens,
+    validate_special_tokens,
+)
+
+DEFAULT_CHUNK_BYTES = 32 << 20
+"""Largest chunk a worker reads at once: bounds memory whatever the file size."""
+
+MIN_CHUNK_BYTES = 1 << 20
+"""Smaller files are still cut into several chunks (for balance and progress), but not below this size."""
+
+
+def train_bpe(
+    input_path: str | os.PathLike[str],
+    vocab_size: int,
+    special_tokens: Sequence[str] | None = None,
+    *,
+    num_workers: int | None = None,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    errors: str = "strict",
+    progress: bool = True,
+) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
+    """Train a byte-level BPE tokenizer on a UTF-8 text file.
+
+    Returns `(vocab, merges)`: ids 0..255 are the single bytes, then the special tokens in the given
+    order, then one token per merge, in merge order; `vocab_size` counts all of them. Merging stops early
+    when no pair is left. Special tokens split the text and are never merged or counted; ties between
+    equally frequent pairs go to the lexicographically greater `(bytes, bytes)` pair.
+
+    `num_workers` processes pre-tokenize (default: all cores; 1 runs in this process). `errors="strict"`
+    rejects invalid UTF-8 with the byte offset of the first bad byte; `errors="replace"` replaces it with
+    U+FFFD. A corpus with no text outside special tokens is a UserError (there is nothing to learn from).
+
+    >>> vocab, merges = train_bpe("corpus.txt", 1000, ["<|endoftext|>"])  # doctest: +SKIP
+    >>> merges[:2]  # doctest: +SKIP
+    [(b' ', b't'), (b'h', b'e')]
+    """
+    special_tokens = validate_special_tokens(special_tokens)
+    initial_size = 256 + len(special_tokens)
+    if vocab_size < initial_size:
+        raise UserError(
+            f"vocab_size {vocab_size} is too small: the 256 bytes and {len(special_tokens)} special "
+            f"tokens alone take {initial_size}"
+        )
+    counts = count_pretokens(
+        input_path,
+        special_tokens,
+        num_workers=num_workers,
+        chunk_bytes=chunk_bytes,
+        errors=errors,
+        progress=progress,
+    )
+    if not counts:
+        raise UserError(f"{input_path}: no text to train on (the file is empty or holds only special tokens)")
+    return merge_pretokens(counts, vocab_size, special_tokens, progress=progress)
+
+
+# ---- phase 1: pre-token counting ----
+
+
+def count_pretokens(
+    input_path: str | os.PathLike[str],
+    special_tokens: Sequence[str] | None = None,
+    *,
+    num_workers: int | None = None,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    errors: str = "strict",
+    progress: bool = True,
+) -> dict[bytes, int]:
+    """How often each pre-token (as UTF-8 bytes) occurs in the file, outside special tokens."""
+    special_tokens = validate_special_tokens(special_tokens)
+    if errors not in ("strict", "replace"):
+        raise UserError(f"errors must be 'strict' or 'replace', got {errors!r}")
+    if num_workers is None:
+        num_workers = (
+            len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        )
+    if num_workers < 1:
+        raise UserError(f"num_workers must be at least 1, got {num_workers}")
+    if chunk_bytes < 1:
+        raise UserError(f"chunk_bytes must be positive, got {chunk_bytes}")
+    path = os.fspath(input_path)
+    if os.path.isdir(path):
+        raise UserError(f"{path}: is a directory, expected a text file")
+    try:
+        size = os.path.getsize(path)
+        # Several chunks per worker balance the load; DEFAULT_CHUNK_BYTES bounds the memory per chunk.
+        target = max(MIN_CHUNK_BYTES, -(-size // (4 * num_workers)))
+        bounds = find_chunk_boundaries(path, min(chunk_bytes, target), special_tokens)
+    except OSError as err:
+        raise UserError(f"{path}: cannot read: {err.strerror or err}") from None
+    jobs = [
+        (path, start, end, special_tokens, errors) for start, end in zip(bounds, bounds[1:], strict=False)
+    ]
+
+    counts: Counter[str] = Counter()
+    with tqdm(
+        total=size, unit="B", unit_scale=True, desc="pre-tokenize", disable=not progress, smoothing=0.1
+    ) as bar:
+        if num_workers == 1 or len(jobs) == 1:
+            results: Iterable[Counter[str]] = map(_count_chunk, jobs)
+            _merge_counts(counts, results, jobs, bar)
+        else:
+            with multiprocessing.Pool(min(num_workers, len(jobs))) as pool:
+                _merge_counts(counts, pool.imap(_count_chunk, jobs), jobs, bar)
+    return {token.encode("utf-8"): count for token, count in counts.items()}
+
+
+def _merge_counts(counts: Counter[str], results: Iterable[Counter[str]], jobs: list, bar: tqdm) -> None:
+    """Add each chunk's counts, in file order, so that the first invalid chunk is the one reported."""
+    for (_, start, end, _, _), chunk_counts in zip(jobs, results, strict=False):
+        counts.update(chunk_counts)
+        bar.update(end - start)
+
+
+def _count_chunk(job: tuple[str, int, int, list[str], str]) -> Counter[str]:
+    """Count the pre-tokens of bytes [start, end) of a file (runs in a worker process)."""
+    path, start, end, special_tokens, errors = job
+    with open(path, "rb") as file:
+        file.seek(start)
+        data = file.read(end - start)
+    try:
+        text = data.decode("utf-8", errors=errors)
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: invalid UTF-8 at byte offset {start + err.start}") from None
+    del data
+    counts: Counter[str] = Counter()
+    for piece in split_on_special_tokens(text, special_tokens):
+        counts.update(PRETOKEN_RE.findall(piece))
+    return counts
+
+
+# ---- phase 2: the merge loop ----
+#
+# Representation, chosen so that the hot operations run in C: a word is a str with one character per
+# token, chr(token_id) (so a fresh word is its bytes decoded as Latin-1), and a pair is the 2-character
+# str of its two tokens. Merging (a, b) into c in a word is `word.replace(a + b, c)`, which goes left to
+# right exactly like BPE. The heap holds (-count, tie_key, pair); tie_key orders the pairs by descending
+# (bytes, bytes) so that heapq's minimum is the most frequent pair with the greatest bytes (see _desc_key).
+
+
+def merge_pretokens(
+    pretoken_counts: dict[bytes, int],
+    vocab_size: int,
+    special_tokens: Sequence[str] | None = None,
+    *,
+    progress=True,
+) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
+    """The BPE merge loop on pre-token counts: returns `(vocab, merges)` as described in `train_bpe`."""
+    special_tokens = validate_special_tokens(special_tokens)
+    vocab = {i: bytes([i]) for i in range(256)}
+    for token in special_tokens:
+        vocab[len(vocab)] = token.encode("utf-8")
+    desc_keys = [_desc_key(vocab.get(i, b"")) for i in range(len(vocab))]
+
+    words = [token.decode("latin-1") for token in pretoken_counts]
+    counts = list(pretoken_counts.values())
+    pair_counts: defaultdict[str, int] = defaultdict(int)
+    where: defaultdict[str, list[int]] = defaultdict(
+        list
+    )  # pair -> words that contain (or once contained) it
+    for index, word in enumerate(words):
+        count = counts[index]
+        for pair in map(str.__add__, word, word[1:]):
+            pair_counts[pair] += count
+            where[pair].append(index)
+    heap = [(-count, desc_keys[ord(p[0])] + desc_keys[ord(p[1])], p) for p, count in pair_counts.items()]
+    heapq.heapify(heap)
+
+    merges: list[tuple[bytes, bytes]] = []
+    num_merges = vocab_size - len(vocab)
+    with tqdm(total=num_merges, unit="merge", desc="merge", disable=not progress, smoothing=0.1) as bar:
+        while len(merges) < num_merges and heap:
+            neg_count, tie_key, pair = heapq.heappop(heap)
+            count = pair_counts.get(pair, 0)
+            if count != -neg_count:  # stale: the pair lost occurrences since this entry was pushed
+                if count > 0:
+                    heapq.heappush(heap, (-count, tie_key, pair))
+                continue
+            new_id = len(vocab)
+            first, second = ord(pair[0]), ord(pair[1])
+            vocab[new_id] = vocab[first] + vocab[second]
+            desc_keys.append(desc_keys[first][:-1] + desc_keys[second])
+            merges.append((vocab[first], vocab[second]))
+            new_counts = _merge_pair(pair, chr(new_id), words, counts, pair_counts, where)
+            for new_pair, new_count in new_counts.items():
+                key = desc_keys[ord(new_pair[0])] + desc_keys[ord(new_pair[1])]
+                heapq.heappush(heap, (-new_count, key, new_pair))
+            if len(merges) % 64 == 0:
+                bar.update(64)
+        bar.update(len(merges) % 64)
+    return vocab, merges
+
+
+def _desc_key(token: bytes) -> str:
+    """A str whose ascending order is the descending order of the byte strings.
+
+    Each byte b becomes chr(255 - b), and chr(256) ends the key, so a prefix sorts after its extensions
+    (b"a" < b"ab", so the key of b"a" must be greater). Keys of pairs are the two keys concatenated: the
+    terminator makes that compare like the (bytes, bytes) tuple.
+    """
+    return "".join(chr(255 - b) for b in token) + chr(256)
+
+
+def _merge_pair(
+    pair: str,
+    merged: str,
+    words: list[str],
+    counts: list[int],
+    pair_counts: defaultdict[str, int],
+    where: defaultdict[str, list[int]],
+) -> dict[str, int]:
+    """Replace `pair` by the token `merged` in every word that has it, updating pair counts and the index.
+
+    Returns the counts of the pairs that contain the new token: they are all new, and since later merges
+    only take occurrences away, these are the highest counts they will ever have.
+    """
+    first, second = pair
+    new_counts: defaultdict[str, int] = defaultdict(int)
+    new_where: defaultdict[str, list[int]] = defaultdict(list)
+    # Gather the listed words and their merged forms with C-level loops: most listed words changed, but
+    # some lost the pair through earlier merges, and `replace` returns those unchanged, as the same object.
+    indices = set(where.pop(pair))
+    old_words = list(map(words.__getitem__, indices))
+    new_words = list(map(str.replace, old_words, repeat(pair), repeat(merged)))
+    is_changed = map(is_not, old_words, new_words)
+    changed_words = compress(zip(indices, old_words, new_words, strict=True), is_changed)
+    for index, word, new_word in changed_words:
+        words[index] = new_word
+        count = counts[index]
+        length = len(word)
+        if length - len(new_word) == 1:
+            # One occurrence: only the neighbours' pairs change, (x, a) -> (x, c) and (b, y) -> (c, y).
+            at = word.find(pair)
+            if at:
+                left = word[at - 1]
+                pair_counts[left + first] -= count
+                changed = left + merged
+                new_counts[changed] += count
+                new_where[changed].append(index)
+            if at + 2 < length:
+                right = word[at + 2]
+                pair_counts[second + right] -= count
+                changed = merged + right
+                new_counts[changed] += count
+                new_where[changed].append(index)
+        else:
+            # Several occurrences (rare): recount the word's pairs.
+            for old in map(str.__add__, word, word[1:]):
+                pair_counts[old] -= count
+            for changed in map(str.__add__, new_word, new_word[1:]):
+                if merged in changed:
+                    new_counts[changed] += count
+                    new_where[changed].append(index)
+                else:
+                    pair_counts[changed] += count
+    del pair_counts[pair]
+    pair_counts.update(new_counts)
+    where.update(new_where)
+    return new_counts
