@@ -30,6 +30,7 @@ VOCAB_FILE = "vocab.json"
 MERGES_FILE = "merges.txt"
 SPECIAL_TOKENS_FILE = "special_tokens.json"
 _NOT_A_MERGE = float("inf")
+_STREAM_BLOCK = 1 << 16  # characters that encode_iterable gathers before encoding
 
 
 class Tokenizer:
@@ -140,17 +141,22 @@ class Tokenizer:
     def encode_iterable(self, texts: Iterable[str]) -> Iterator[int]:
         """Yield the ids of the concatenated texts (a file's lines, say) without holding them all.
 
-        Only the tail that more text could still change is held back: a possible start of a special
-        token, and the pre-tokens near the end.
+        Texts are gathered into blocks of about 64K characters; each block is encoded except for the
+        tail that more text could still change (a possible start of a special token, and the pre-tokens
+        near the end), which is carried over to the next.
         """
-        pending = ""
+        pending: list[str] = []
+        pending_length = 0
         for text in texts:
-            pending += text
-            done = self._stable_prefix_length(pending)
-            if done:
-                yield from self.encode(pending[:done])
-                pending = pending[done:]
-        yield from self.encode(pending)
+            pending.append(text)
+            pending_length += len(text)
+            if pending_length < _STREAM_BLOCK:
+                continue  # gather short texts (lines, say) to encode them in bulk
+            joined = "".join(pending)
+            done = self._stable_prefix_length(joined)
+            yield from self.encode(joined[:done])
+            pending, pending_length = [joined[done:]], len(joined) - done
+        yield from self.encode("".join(pending))
 
     def decode(self, ids: Iterable[int]) -> str:
         """The text of `ids`; bytes that are not valid UTF-8 become U+FFFD."""
