@@ -1,0 +1,61 @@
+"""Save and restore model + optimizer + iteration without Lightning (plain `torch.save` dictionaries)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, BinaryIO
+
+import torch
+
+from lmproject.errors import UserError
+
+Target = str | os.PathLike | BinaryIO | IO[bytes]
+
+
+def save_checkpoint(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, iteration: int, out: Target
+) -> None:
+    """Write {"model", "optimizer", "iteration"} to `out`, a path or a binary file object.
+
+    A path is written atomically: to a temporary file in the same directory, then renamed over `out`, so
+    an interrupted save never leaves a truncated checkpoint (and never damages an older one).
+    """
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": int(iteration)}
+    if not isinstance(out, (str, os.PathLike)):
+        torch.save(state, out)
+        return
+    path = Path(out)
+    handle, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            torch.save(state, file)
+        os.replace(partial, path)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(src: Target, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> int:
+    """Restore model (and optimizer, if given) from `src`, a path or a binary file object; return the
+    iteration. An unreadable file or one that does not fit the model raises UserError naming it."""
+    name = (
+        os.fspath(src) if isinstance(src, (str, os.PathLike)) else getattr(src, "name", "<checkpoint stream>")
+    )
+    if isinstance(src, (str, os.PathLike)) and not Path(src).is_file():
+        raise UserError(f"checkpoint {name}: no such file")
+    try:
+        state = torch.load(src, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for damaged files (pickle, zip, EOF, runtime)
+        raise UserError(f"checkpoint {name}: cannot read it ({type(err).__name__}: {err})") from None
+    if not isinstance(state, dict) or not {"model", "optimizer", "iteration"} <= state.keys():
+        raise UserError(f"checkpoint {name}: not a save_checkpoint file (needs model, optimizer, iteration)")
+    try:
+        model.load_state_dict(state["model"])
+        if optimizer is not None:
+            optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as err:
+        detail = " ".join(str(err).split())  # state-dict errors span several lines; keep one
+        raise UserError(f"checkpoint {name}: does not match the model/optimizer: {detail}") from None
+    return int(state["iteration"])
