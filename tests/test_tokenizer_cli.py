@@ -1,0 +1,126 @@
+"""`lmproject-bpe train|encode|inspect`: the workflow users run, and one-line errors with no partial output."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lmproject.tokenizer import Tokenizer
+from lmproject.tokenizer.cli import main
+
+EOT = "<|endoftext|>"
+STORIES = (
+    "".join(
+        f"Once upon a time, {name} found a {thing}. {name} was happy!\n{EOT}"
+        for name in ("Tom", "Lily", "Ben", "Sue")
+        for thing in ("ball", "red kite", "little dog", "box of toys")
+    )
+    * 5
+)
+
+
+@pytest.fixture
+def corpus(tmp_path) -> Path:
+    path = tmp_path / "stories.txt"
+    path.write_text(STORIES, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def tokenizer_dir(tmp_path, corpus) -> Path:
+    out = tmp_path / "tok"
+    assert main(["train", str(corpus), "--vocab-size", "300", "--special-token", EOT, "--out", str(out)]) == 0
+    return out
+
+
+def fails(argv: list[str], capsys) -> str:
+    """Run the CLI expecting a bad-input exit; return its one-line error."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("lmproject-bpe") and ": error: " in err
+    return err
+
+
+def test_train_encode_inspect(tmp_path, corpus, tokenizer_dir, capsys):
+    assert sorted(p.name for p in tokenizer_dir.iterdir()) == [
+        "merges.txt",
+        "special_tokens.json",
+        "vocab.json",
+    ]
+    tokenizer = Tokenizer.from_dir(tokenizer_dir)
+    assert len(tokenizer.vocab) == 300 and tokenizer.special_tokens == [EOT]
+
+    out = tmp_path / "stories.npy"
+    assert main(["encode", "--tokenizer", str(tokenizer_dir), str(corpus), str(out), "--workers", "2"]) == 0
+    ids = np.load(out, mmap_mode="r")
+    assert ids.dtype == np.uint16 and ids.tolist() == tokenizer.encode(STORIES)
+    assert f"wrote {out}: {len(ids):,} tokens (uint16)" in capsys.readouterr().out
+
+    assert main(["inspect", "--tokenizer", str(tokenizer_dir), "--text", str(corpus), "--top", "3"]) == 0
+    shown = capsys.readouterr().out
+    assert "vocab size: 300" in shown and "merges: 43" in shown and f"special tokens: '{EOT}'" in shown
+    first = tokenizer.merges[0]
+    assert f"first merges: {first[0].decode()!r}+{first[1].decode()!r}" in shown
+    longest = max((t for t in tokenizer.vocab.values() if t != EOT.encode()), key=len)
+    assert f"longest tokens: {longest.decode()!r}" in shown
+    ratio = len(STORIES.encode()) / len(ids)
+    assert f"{len(ids):,} tokens, {ratio:.2f} bytes/token" in shown
+
+
+def test_python_dash_m_runs_the_same_cli(tmp_path, corpus, tokenizer_dir):
+    out = tmp_path / "m.npy"
+    command = [sys.executable, "-m", "lmproject.tokenizer", "encode", "--tokenizer", str(tokenizer_dir)]
+    result = subprocess.run([*command, str(corpus), str(out)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert np.load(out).tolist() == Tokenizer.from_dir(tokenizer_dir).encode(STORIES)
+    result = subprocess.run(
+        [*command, str(tmp_path / "missing.txt"), str(out)], capture_output=True, text=True
+    )
+    assert result.returncode == 2 and result.stderr.strip().startswith("lmproject-bpe: error: ")
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_training_input(tmp_path, corpus, capsys):
+    out = tmp_path / "tok"
+    train = ["train", "--special-token", EOT, "--out", str(out)]
+    assert "missing.txt" in fails([*train, str(tmp_path / "missing.txt"), "--vocab-size", "300"], capsys)
+    assert "is a directory" in fails([*train, str(tmp_path), "--vocab-size", "300"], capsys)
+    assert "vocab_size 100" in fails([*train, str(corpus), "--vocab-size", "100"], capsys)
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(STORIES.encode() + b"\xc3(" + STORIES.encode())
+    assert f"byte offset {len(STORIES.encode())}" in fails([*train, str(bad), "--vocab-size", "300"], capsys)
+    assert not out.exists()
+    assert main([*train, str(bad), "--vocab-size", "300", "--replace-invalid-utf8"]) == 0
+    assert "\ufffd" in Tokenizer.from_dir(out).decode(Tokenizer.from_dir(out).encode("\ufffd"))
+    assert "--workers: expected a positive integer, got 0" in fails(
+        [*train, str(corpus), "--workers", "0"], capsys
+    )
+
+
+def test_bad_encoding_input(tmp_path, corpus, tokenizer_dir, capsys):
+    encode = ["encode", "--tokenizer", str(tokenizer_dir)]
+    assert "does not exist" in fails([*encode, str(corpus), str(tmp_path / "nodir" / "x.npy")], capsys)
+    assert "missing.txt" in fails([*encode, str(tmp_path / "missing.txt"), str(tmp_path / "x.npy")], capsys)
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"Once upon a time\n\xff\n")
+    assert "bad.txt: invalid UTF-8 at byte offset 17" in fails(
+        [*encode, str(bad), str(tmp_path / "x.npy")], capsys
+    )
+    assert not (tmp_path / "x.npy").exists()
+    assert "not a directory" in fails(["inspect", "--tokenizer", str(tmp_path / "none")], capsys)
+
+    merges = tokenizer_dir / "merges.txt"
+    merges.write_text(merges.read_text(encoding="utf-8") + "a b c\n", encoding="utf-8")
+    line = len(merges.read_text(encoding="utf-8").splitlines())
+    assert f"merges.txt: line {line}: expected two tokens" in fails([*encode, str(corpus), "x.npy"], capsys)
+    (tokenizer_dir / "vocab.json").write_text('{"a": 0,\n"b": }', encoding="utf-8")
+    assert "vocab.json: line 2: not valid JSON" in fails(
+        ["inspect", "--tokenizer", str(tokenizer_dir)], capsys
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.txt", "stories.txt", "tok"]
