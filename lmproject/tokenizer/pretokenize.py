@@ -111,6 +111,21 @@ def find_chunk_boundaries(
     return boundaries
 
 
+def read_chunk(path: str | os.PathLike[str], start: int, end: int, errors: str = "strict") -> str:
+    """Bytes [start, end) of a file decoded as UTF-8 (a chunk from `find_chunk_boundaries`).
+
+    Invalid UTF-8 is a UserError naming the file and the byte offset of the first bad byte in the file,
+    unless `errors="replace"`, which replaces it with U+FFFD.
+    """
+    with open(path, "rb") as file:
+        file.seek(start)
+        data = file.read(end - start)
+    try:
+        return data.decode("utf-8", errors=errors)
+    except UnicodeDecodeError as err:
+        raise UserError(f"{os.fspath(path)}: invalid UTF-8 at byte offset {start + err.start}") from None
+
+
 def _next_boundary(
     file: BinaryIO, target: int, size: int, candidate_re: regex.Pattern, specials: list[bytes], reach: int
 ) -> int:

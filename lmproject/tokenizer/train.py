@@ -24,6 +24,7 @@ from lmproject.errors import UserError
 from lmproject.tokenizer.pretokenize import (
     PRETOKEN_RE,
     find_chunk_boundaries,
+    read_chunk,
     split_on_special_tokens,
     validate_special_tokens,
 )
@@ -141,14 +142,7 @@ def _merge_counts(counts: Counter[str], results: Iterable[Counter[str]], jobs: l
 def _count_chunk(job: tuple[str, int, int, list[str], str]) -> Counter[str]:
     """Count the pre-tokens of bytes [start, end) of a file (runs in a worker process)."""
     path, start, end, special_tokens, errors = job
-    with open(path, "rb") as file:
-        file.seek(start)
-        data = file.read(end - start)
-    try:
-        text = data.decode("utf-8", errors=errors)
-    except UnicodeDecodeError as err:
-        raise UserError(f"{path}: invalid UTF-8 at byte offset {start + err.start}") from None
-    del data
+    text = read_chunk(path, start, end, errors)
     counts: Counter[str] = Counter()
     for piece in split_on_special_tokens(text, special_tokens):
         counts.update(PRETOKEN_RE.findall(piece))
