@@ -1,4 +1,4 @@
-"""`lmproject-bpe train|encode|inspect`: the workflow users run, and one-line errors with no partial output."""
+"""`lmproject-bpe train|encode|inspect`: the user's workflow, and one-line errors with no partial output."""
 
 from __future__ import annotations
 
