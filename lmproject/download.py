@@ -120,9 +120,7 @@ def fetch(remote: RemoteFile, path: Path, *, progress: bool = True) -> str:
     actual = digest.hexdigest()
     if expected is not None and actual != expected:
         part.unlink()
-        raise UserError(
-            f"{remote.url}: SHA-256 {actual} is not the expected {expected} ({source}); removed it"
-        )
+        raise UserError(f"{remote.url}: SHA-256 {actual} differs from {expected} ({source}); removed it")
     os.replace(part, path)
     with atomic_write(path.with_name(path.name + ".sha256")) as file:
         file.write(f"{actual}  {path.name}\n")
