@@ -1,0 +1,57 @@
+# The handout's experiments (CS336 assignment 1, section 7): a learning-rate sweep, a batch-size sweep and
+# four architecture ablations. The Makefile includes this file; every run is
+#   lmproject fit --config $(EXP_CONFIG) --config <overlay> --trainer.default_root_dir $(RUNS)/<sweep>/<point>
+# and each sweep ends with `lmproject plot` of its runs into $(RUNS)/<sweep>/curves.png.
+#
+#   make lr-sweep                       configs/sweeps/lr/*.yaml (lr_max 1e-4 ... 1e-1; some diverge)
+#   make batch-size-sweep               configs/sweeps/batch_size/*.yaml (batch 1 ... 512, same token budget)
+#   make ablations                      baseline + configs/ablations/{no_rmsnorm,post_norm,nope,silu}.yaml
+#   make lr-sweep LR_POINTS="lr_1e-3 lr_3e-3"     only some points
+#   make lr-sweep EXP_CONFIG=configs/demo.yaml    the same sweep on another base config
+#   make lr-sweep EXP_ARGS="--train_tokens=40960000"   extra `lmproject fit` arguments for every run
+#
+# A finished run leaves $(RUNS)/<sweep>/<point>/fit.status (the exit status of fit: 0, or 2 when it
+# diverged or failed); make skips it next time. An interrupted run (Ctrl-C) leaves no status and resumes from
+# its last checkpoint. `make -k` is not needed: a diverged run is a result, not a failure of the sweep.
+
+EXP_CONFIG ?= configs/tinystories.yaml
+EXP_ARGS ?=
+RUNS ?= runs
+LM := $(BIN)/lmproject
+LR_POINTS ?= lr_1e-4 lr_3e-4 lr_1e-3 lr_3e-3 lr_1e-2 lr_3e-2 lr_1e-1
+BATCH_POINTS ?= bs_1 bs_8 bs_32 bs_64 bs_128 bs_256 bs_512
+ABLATIONS ?= no_rmsnorm post_norm nope silu
+
+.PHONY: experiments lr-sweep batch-size-sweep ablations
+
+experiments: lr-sweep batch-size-sweep ablations
+
+# One training run: $(call fit_run,<overlay or empty>,<run dir>). Exit status 130 (Ctrl-C) stops make.
+define fit_run
+mkdir -p $(2) && $(LM) fit --config $(EXP_CONFIG) $(if $(1),--config $(1)) --trainer.default_root_dir $(2) \
+    --ckpt_path last $(EXP_ARGS); status=$$?; \
+    if [ $$status -eq 130 ]; then exit 130; fi; echo $$status > $(2)/fit.status
+endef
+
+$(RUNS)/lr/%/fit.status: | install
+	$(call fit_run,configs/sweeps/lr/$*.yaml,$(RUNS)/lr/$*)
+
+$(RUNS)/batch_size/%/fit.status: | install
+	$(call fit_run,configs/sweeps/batch_size/$*.yaml,$(RUNS)/batch_size/$*)
+
+$(RUNS)/ablations/baseline/fit.status: | install
+	$(call fit_run,,$(RUNS)/ablations/baseline)
+
+$(RUNS)/ablations/%/fit.status: | install
+	$(call fit_run,configs/ablations/$*.yaml,$(RUNS)/ablations/$*)
+
+lr-sweep: $(foreach p,$(LR_POINTS),$(RUNS)/lr/$(p)/fit.status)
+	$(LM) plot $(foreach p,$(LR_POINTS),$(RUNS)/lr/$(p)) --out $(RUNS)/lr/curves.png --title "learning-rate sweep"
+
+batch-size-sweep: $(foreach p,$(BATCH_POINTS),$(RUNS)/batch_size/$(p)/fit.status)
+	$(LM) plot $(foreach p,$(BATCH_POINTS),$(RUNS)/batch_size/$(p)) --out $(RUNS)/batch_size/curves.png \
+	    --title "batch-size sweep"
+
+ablations: $(foreach a,baseline $(ABLATIONS),$(RUNS)/ablations/$(a)/fit.status)
+	$(LM) plot $(foreach a,baseline $(ABLATIONS),$(RUNS)/ablations/$(a)) --out $(RUNS)/ablations/curves.png \
+	    --title "ablations"

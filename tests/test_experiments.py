@@ -1,0 +1,62 @@
+"""experiments.mk and its overlays: every point names a real overlay whose keys the training CLI accepts."""
+
+import inspect
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+MAKEFILE = ROOT / "experiments.mk"
+
+
+def make_variable(name: str) -> list[str]:
+    match = re.search(rf"^{name} \?= (.*)$", MAKEFILE.read_text(), re.MULTILINE)
+    assert match, f"{name} not set in experiments.mk"
+    return match.group(1).split()
+
+
+@pytest.mark.parametrize("variable, folder", [("LR_POINTS", "lr"), ("BATCH_POINTS", "batch_size")])
+def test_sweep_points_are_overlays_with_known_keys(variable, folder):
+    from lmproject.data import TokenDataModule
+    from lmproject.module import LanguageModel
+
+    accepted = {
+        "model": set(inspect.signature(LanguageModel).parameters),
+        "data": set(inspect.signature(TokenDataModule).parameters),
+    }
+    points = make_variable(variable)
+    files = sorted(p.stem for p in (ROOT / "configs" / "sweeps" / folder).glob("*.yaml"))
+    assert sorted(points) == files
+    for point in points:
+        overlay = yaml.safe_load((ROOT / "configs" / "sweeps" / folder / f"{point}.yaml").read_text())
+        for section, values in overlay.items():
+            assert set(values) <= accepted[section], f"{point}: unknown keys in {section}"
+
+
+def test_lr_points_match_their_names():
+    for point in make_variable("LR_POINTS"):
+        overlay = yaml.safe_load((ROOT / "configs" / "sweeps" / "lr" / f"{point}.yaml").read_text())
+        lr = float(point.removeprefix("lr_"))
+        assert overlay["model"] == {"lr_max": lr, "lr_min": pytest.approx(lr / 10)}
+
+
+def test_make_plans_one_run_per_point_and_a_plot(tmp_path):
+    plan = subprocess.run(
+        ["make", "-n", "-f", "Makefile", "-f", "experiments.mk", "lr-sweep", "ablations", f"RUNS={tmp_path}"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    fits = re.findall(r"lmproject fit .*?--trainer.default_root_dir (\S+)", plan)
+    expected = [f"{tmp_path}/lr/{p}" for p in make_variable("LR_POINTS")]
+    expected += [f"{tmp_path}/ablations/{a}" for a in ["baseline", *make_variable("ABLATIONS")]]
+    assert fits == expected
+    assert plan.count("lmproject plot") == 2
+    for ablation in make_variable("ABLATIONS"):
+        assert f"--config configs/ablations/{ablation}.yaml" in plan
+
+
+def test_every_ablation_has_its_overlay():
+    for ablation in make_variable("ABLATIONS"):
+        assert (ROOT / "configs" / "ablations" / f"{ablation}.yaml").is_file(), ablation
