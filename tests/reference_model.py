@@ -111,3 +111,15 @@ def single_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def greedy_recompute(model, prompt: list[int], max_new_tokens: int) -> list[int]:
+    """Greedy decoding of one prompt without a cache: every step runs the model on the whole sequence
+    (its last context_length tokens), the baseline the KV-cached generator must reproduce."""
+    ids = list(prompt)
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            window = torch.tensor(ids[-model.context_length :], device=device)[None]
+            ids.append(int(model(window)[0, -1].argmax()))
+    return ids[len(prompt) :]

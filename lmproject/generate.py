@@ -1,0 +1,180 @@
+"""Sampling text from a TransformerLM: temperature, top-k, nucleus (top-p), per-sequence EOS, KV cache.
+
+How a batch runs. Prompts of different lengths are left-padded to a common width; the KVCache masks the
+padding and numbers each prompt's real tokens from position 0, so every row is computed as if alone. The
+prompts are encoded once (prefill), then each step feeds only the newly sampled token per row.
+
+Sliding window. The model sees at most its context_length most recent tokens. Once a row's sequence is
+longer, each step re-encodes that window from scratch (a shifted window changes every token's RoPE
+position, so cached keys cannot be reused): past context_length, generation runs at the speed of
+recomputing the whole window each step, and gives exactly what that recomputation gives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+
+from lmproject.errors import UserError
+from lmproject.nn.functional import softmax
+from lmproject.nn.transformer import KVCache, TransformerLM
+
+
+def filter_top_k(probs: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the k most probable tokens of each row (..., vocab) and renormalize."""
+    top = probs.topk(min(k, probs.shape[-1]), dim=-1).indices
+    kept = torch.zeros_like(probs).scatter(-1, top, probs.gather(-1, top))
+    return kept / kept.sum(dim=-1, keepdim=True)
+
+
+def filter_top_p(probs: torch.Tensor, p: float) -> torch.Tensor:
+    """Nucleus filter: keep the smallest set of most probable tokens whose probabilities sum to at least p,
+    and renormalize. A token is kept when the mass of the tokens ranked above it is still below p."""
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    mass_above = sorted_probs.cumsum(dim=-1) - sorted_probs
+    keep = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, order, mass_above < p)
+    kept = probs * keep
+    return kept / kept.sum(dim=-1, keepdim=True)
+
+
+def sample_next_token(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One token id per row of logits (batch, vocab): greedy when temperature is 0, else sampled from
+    softmax(logits / temperature) after the optional top-k and then top-p filters."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = softmax(logits.float() / temperature, dim=-1)
+    if top_k is not None:
+        probs = filter_top_k(probs, top_k)
+    if top_p < 1.0:
+        probs = filter_top_p(probs, top_p)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def generate_steps(
+    model: TransformerLM,
+    prompt_ids: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int | None = None,
+    eos_id: int | None = None,
+    seed: int | None = None,
+) -> Iterator[list[int | None]]:
+    """Yield, at each step, the new token of every prompt (None for a prompt that already ended).
+
+    A prompt ends after it samples eos_id (that token is yielded) or after max_new_tokens steps.
+    The same seed (and inputs) gives the same tokens; seed=None draws from torch's global generator.
+    """
+    _check_arguments(model, prompt_ids, max_new_tokens, temperature, top_p, top_k)
+    if max_new_tokens == 0:
+        return
+    device = model.lm_head.weight.device
+    generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
+    width = max(len(prompt) for prompt in prompt_ids)
+    tokens = torch.zeros(len(prompt_ids), width, dtype=torch.long, device=device)
+    for row, prompt in enumerate(prompt_ids):
+        tokens[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+    pad = torch.tensor([width - len(prompt) for prompt in prompt_ids], device=device)
+    finished = torch.zeros(len(prompt_ids), dtype=torch.bool, device=device)
+
+    with torch.no_grad():
+        cache, tokens, pad, logits = _encode_window(model, tokens, pad)
+        for step in range(max_new_tokens):
+            new = sample_next_token(logits, temperature, top_p, top_k, generator)
+            yield [
+                None if done else token for done, token in zip(finished.tolist(), new.tolist(), strict=True)
+            ]
+            if eos_id is not None:
+                finished |= new == eos_id
+            if finished.all() or step == max_new_tokens - 1:
+                return
+            tokens = torch.cat([tokens, new[:, None]], dim=1)
+            if cache.length < model.context_length:
+                logits = model(new[:, None], kv_cache=cache)[:, -1]
+            else:
+                cache, tokens, pad, logits = _encode_window(model, tokens, pad)
+
+
+def generate(
+    model: TransformerLM,
+    prompt_ids: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int | None = None,
+    eos_id: int | None = None,
+    seed: int | None = None,
+) -> list[list[int]]:
+    """The new tokens of each prompt (a batch of prompts of any lengths). A completion that stops at
+    eos_id ends with it (the EOS token is included); otherwise it has max_new_tokens tokens."""
+    completions: list[list[int]] = [[] for _ in prompt_ids]
+    steps = generate_steps(model, prompt_ids, max_new_tokens, temperature, top_p, top_k, eos_id, seed)
+    for step_tokens in steps:
+        for completion, token in zip(completions, step_tokens, strict=True):
+            if token is not None:
+                completion.append(token)
+    return completions
+
+
+def stream(
+    model: TransformerLM,
+    prompt_ids: Sequence[int],
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int | None = None,
+    eos_id: int | None = None,
+    seed: int | None = None,
+) -> Iterator[int]:
+    """The completion of a single prompt, one token at a time as it is sampled (EOS included, then stop)."""
+    steps = generate_steps(model, [prompt_ids], max_new_tokens, temperature, top_p, top_k, eos_id, seed)
+    for (token,) in steps:
+        yield token
+
+
+def _encode_window(
+    model: TransformerLM, tokens: torch.Tensor, pad: torch.Tensor
+) -> tuple[KVCache, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Crop the left-padded batch to the last context_length columns, encode it into a fresh cache, and
+    return (cache, cropped tokens, their padding, next-token logits)."""
+    dropped = max(0, tokens.shape[1] - model.context_length)
+    tokens, pad = tokens[:, dropped:], (pad - dropped).clamp(min=0)
+    cache = KVCache(model, tokens.shape[0], pad)
+    logits = model(tokens, kv_cache=cache)[:, -1]
+    return cache, tokens, pad, logits
+
+
+def _check_arguments(
+    model: TransformerLM,
+    prompt_ids: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    top_k: int | None,
+) -> None:
+    """Refuse bad input with a message that names the argument."""
+    if len(prompt_ids) == 0:
+        raise UserError("generate: prompt_ids is empty (give at least one prompt)")
+    for i, prompt in enumerate(prompt_ids):
+        if len(prompt) == 0:
+            raise UserError(f"generate: prompt {i} is empty (it needs at least one token)")
+        bad = [t for t in prompt if not 0 <= t < model.vocab_size]
+        if bad:
+            raise UserError(
+                f"generate: prompt {i} has token id {bad[0]} outside the vocabulary 0..{model.vocab_size - 1}"
+            )
+    if max_new_tokens < 0:
+        raise UserError(f"generate: max_new_tokens must be >= 0, got {max_new_tokens}")
+    if temperature < 0:
+        raise UserError(f"generate: temperature must be >= 0 (0 = greedy), got {temperature}")
+    if not 0 < top_p <= 1:
+        raise UserError(f"generate: top_p must be in (0, 1], got {top_p}")
+    if top_k is not None and top_k < 1:
+        raise UserError(f"generate: top_k must be >= 1, got {top_k}")

@@ -1,0 +1,141 @@
+"""generate: KV-cached greedy equals full recomputation, sampling filters, seeds, EOS, bad input."""
+
+import pytest
+import torch
+from reference_model import greedy_recompute, single_thread
+
+from lmproject.errors import UserError
+from lmproject.generate import filter_top_k, filter_top_p, generate, sample_next_token, stream
+from lmproject.nn import KVCache, TransformerLM
+
+SMALL = dict(vocab_size=64, context_length=16, d_model=32, num_layers=2, num_heads=4, d_ff=48)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with single_thread():  # token-by-token loops over a tiny model
+        yield
+
+
+def small_model(seed=0, **switches):
+    torch.manual_seed(seed)
+    return TransformerLM(**SMALL, **switches)
+
+
+def test_cached_forward_matches_full_forward_for_left_padded_rows():
+    model = small_model()
+    prompts = [torch.randint(0, 64, (n,)) for n in (3, 9)]
+    cache = KVCache(model, 2, torch.tensor([6, 0]))
+    padded = torch.stack([torch.cat([torch.zeros(6, dtype=torch.long), prompts[0]]), prompts[1]])
+    prefill = model(padded, kv_cache=cache)
+    step = model(torch.tensor([[5], [7]]), kv_cache=cache)[:, 0]
+    for row, prompt in enumerate(prompts):
+        full = model(torch.cat([prompt, torch.tensor([[5], [7]][row])])[None])[0]
+        torch.testing.assert_close(prefill[row, -len(prompt) :], full[:-1], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(step[row], full[-1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("attention", ["fused", "math"])
+def test_greedy_with_cache_equals_recomputing_each_step(attention):
+    model = small_model(attention=attention).double()  # float64: no near-ties flip an argmax
+    prompts = [[5], [1, 2, 3, 4, 5, 6, 7], list(range(20, 40))]  # the last is longer than the context
+    completions = generate(model, prompts, max_new_tokens=30, temperature=0)  # runs past context_length
+    for prompt, completion in zip(prompts, completions, strict=True):
+        assert completion == greedy_recompute(model, prompt, 30)
+
+
+def test_stream_yields_the_same_tokens_as_generate():
+    model = small_model()
+    streamed = list(stream(model, [3, 1, 4, 1, 5], max_new_tokens=12, temperature=0.8, seed=7))
+    assert streamed == generate(model, [[3, 1, 4, 1, 5]], max_new_tokens=12, temperature=0.8, seed=7)[0]
+
+
+def test_eos_stops_each_sequence_on_its_own():
+    model = small_model().double()
+    prompts = [[1, 2, 3], [9, 8]]
+    free = generate(model, prompts, max_new_tokens=12, temperature=0)
+    eos = free[0][3]
+    stopped = generate(model, prompts, max_new_tokens=12, temperature=0, eos_id=eos)
+    for row in range(2):
+        end = free[row].index(eos) + 1 if eos in free[row] else len(free[row])
+        assert stopped[row] == free[row][:end]  # includes the EOS token, nothing after it
+    assert stopped[0][-1] == eos and len(stopped[0]) <= 4
+
+
+def test_same_seed_same_samples_and_different_seed_different_samples():
+    model = small_model()
+    prompts = [[1, 2], [3, 4, 5]]
+    first = generate(model, prompts, max_new_tokens=20, temperature=1.0, seed=123)
+    assert generate(model, prompts, max_new_tokens=20, temperature=1.0, seed=123) == first
+    assert generate(model, prompts, max_new_tokens=20, temperature=1.0, seed=124) != first
+
+
+def test_zero_new_tokens_gives_empty_completions():
+    assert generate(small_model(), [[1], [2, 3]], max_new_tokens=0) == [[], []]
+
+
+PROBS = torch.tensor([[0.125, 0.5, 0.125, 0.25]])
+
+
+@pytest.mark.parametrize(
+    "p,expected",
+    [
+        (0.4, [0, 1, 0, 0]),  # the top token alone already reaches p
+        (0.7, [0, 2 / 3, 0, 1 / 3]),
+        (0.75, [0, 2 / 3, 0, 1 / 3]),  # {0.5, 0.25} sums to exactly p: the smallest such set
+        (0.8, [1 / 7, 4 / 7, 0, 2 / 7]),  # ties broken by sort order: one of the two 0.125s
+        (1.0, [0.125, 0.5, 0.125, 0.25]),
+    ],
+)
+def test_top_p_keeps_the_smallest_set_reaching_p(p, expected):
+    filtered = filter_top_p(PROBS, p)
+    if p == 0.8:  # either 0.125 token may be the one kept
+        assert sorted(filtered[0].tolist()) == pytest.approx(sorted(expected))
+    else:
+        torch.testing.assert_close(filtered, torch.tensor([expected], dtype=torch.float32))
+
+
+def test_top_k_keeps_the_k_most_probable():
+    torch.testing.assert_close(filter_top_k(PROBS, 2), torch.tensor([[0, 2 / 3, 0, 1 / 3]]))
+    torch.testing.assert_close(filter_top_k(PROBS, 10), PROBS)
+
+
+def test_sampling_follows_the_temperature_scaled_distribution():
+    logits = PROBS.log().repeat(20_000, 1)
+    generator = torch.Generator().manual_seed(0)
+    counts = torch.bincount(sample_next_token(logits, temperature=2.0, generator=generator), minlength=4)
+    expected = PROBS[0].sqrt() / PROBS[0].sqrt().sum()  # softmax(log p / 2) ∝ √p
+    torch.testing.assert_close(counts / counts.sum(), expected, atol=0.015, rtol=0)
+
+
+def test_greedy_and_degenerate_filters_pick_the_argmax():
+    logits = torch.randn(50, 64)
+    generator = torch.Generator().manual_seed(0)
+    assert torch.equal(sample_next_token(logits, temperature=0), logits.argmax(-1))
+    assert torch.equal(sample_next_token(logits, top_k=1, generator=generator), logits.argmax(-1))
+    assert torch.equal(sample_next_token(logits, top_p=1e-6, generator=generator), logits.argmax(-1))
+
+
+@pytest.mark.parametrize(
+    "prompts,kwargs,message",
+    [
+        ([], {}, "prompt_ids is empty"),
+        ([[1], []], {}, "prompt 1 is empty"),
+        ([[1, 64]], {}, "token id 64 outside the vocabulary 0..63"),
+        ([[-1]], {}, "token id -1 outside"),
+        ([[1]], {"temperature": -0.5}, "temperature must be >= 0"),
+        ([[1]], {"top_p": 0.0}, r"top_p must be in \(0, 1\]"),
+        ([[1]], {"top_p": 1.5}, r"top_p must be in \(0, 1\]"),
+        ([[1]], {"top_k": 0}, "top_k must be >= 1"),
+    ],
+)
+def test_bad_input_is_refused_with_a_clear_message(prompts, kwargs, message):
+    with pytest.raises(UserError, match=message):
+        generate(small_model(), prompts, max_new_tokens=4, **kwargs)
+
+
+def test_top_k_1_sampling_through_generate_is_greedy():
+    model = small_model().double()
+    prompts = [[1, 2, 3], [4]]
+    greedy = generate(model, prompts, max_new_tokens=10, temperature=0)
+    assert generate(model, prompts, max_new_tokens=10, temperature=1.5, top_k=1, seed=3) == greedy
