@@ -67,6 +67,23 @@ class ThroughputMonitor(L.Callback):
         self._restart()
 
 
+class RunCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint that also leaves `last.ckpt` at the final step (Lightning's keeps the last periodic
+    one) and can write it on request, for Ctrl-C."""
+
+    def save_last_now(self, trainer: L.Trainer) -> Path:
+        path = Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
+        if self._last_global_step_saved != trainer.global_step or not path.exists():
+            trainer.save_checkpoint(path)
+            self._last_global_step_saved = trainer.global_step
+            self.last_model_path = str(path)
+        return path
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.save_last:
+            self.save_last_now(trainer)
+
+
 class GracefulInterrupt(L.Callback):
     """First Ctrl-C: finish the current optimizer step, save `last.ckpt`, stop. Second Ctrl-C: abort now."""
 
@@ -109,7 +126,9 @@ class GracefulInterrupt(L.Callback):
         if not trainer.strategy.reduce_boolean_decision(self.requested, all=False):
             return
         checkpointer = trainer.checkpoint_callback
-        directory = Path(checkpointer.dirpath if checkpointer else trainer.default_root_dir)
-        self.saved = directory / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
-        trainer.save_checkpoint(self.saved)
+        if isinstance(checkpointer, RunCheckpoint):
+            self.saved = checkpointer.save_last_now(trainer)
+        else:
+            self.saved = Path(trainer.default_root_dir) / "interrupted.ckpt"
+            trainer.save_checkpoint(self.saved)
         trainer.should_stop = True

@@ -8,6 +8,7 @@ invocation's metrics.csv and config.yaml.
 from __future__ import annotations
 
 import math
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -15,11 +16,10 @@ from typing import Any
 
 import torch
 from jsonargparse import ArgumentError, Namespace
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from lmproject.callbacks import GracefulInterrupt, ThroughputMonitor
-from lmproject.checkpointing import AtomicCheckpointIO, check_checkpoint, find_last
+from lmproject.callbacks import GracefulInterrupt, RunCheckpoint, ThroughputMonitor
+from lmproject.checkpointing import check_checkpoint, find_last
 from lmproject.data import TokenDataModule
 from lmproject.errors import UserError, run_cli
 from lmproject.module import ARCHITECTURE, LanguageModel
@@ -53,7 +53,7 @@ class LMCLI(LightningCLI):
         )
         parser.link_arguments("model.vocab_size", "data.vocab_size")
         parser.link_arguments("model.context_length", "data.context_length")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.every_n_train_steps": 1000})
         parser.add_lightning_class_args(ThroughputMonitor, "throughput")
 
@@ -126,12 +126,17 @@ class LMCLI(LightningCLI):
 
 
 def _one_line(err: Exception) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return "; ".join(lines)
+    """jsonargparse's multi-line parse errors as one line, e.g. `model.d_model: expected int, got None`."""
+    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    return re.sub(
+        r'Parser key "([^"]+)": Expected a <class \'(\w+)\'>\. Got value: (.*)',
+        r"\1: expected \2, got \3",
+        text,
+    )
 
 
-def run_lightning(argv: list[str]) -> LMCLI:
-    """Parse argv, build the trainer, model and data, and run the subcommand."""
+def run_lightning(argv: list[str] | None) -> LMCLI:
+    """Parse argv (None: the command line), build the trainer, model and data, and run the subcommand."""
     try:
         return LMCLI(
             LanguageModel,
@@ -140,7 +145,7 @@ def run_lightning(argv: list[str]) -> LMCLI:
             seed_everything_default=0,
             save_config_kwargs={"overwrite": True},
             trainer_defaults={
-                "plugins": [AtomicCheckpointIO()],
+                "plugins": [{"class_path": "lmproject.checkpointing.AtomicCheckpointIO"}],
                 "callbacks": [GracefulInterrupt()],
                 "check_val_every_n_epoch": None,
                 "val_check_interval": 1000,
@@ -152,14 +157,18 @@ def run_lightning(argv: list[str]) -> LMCLI:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["accounting"]:
+    words = sys.argv[1:] if argv is None else argv
+    if words[:1] == ["accounting"]:
         from lmproject import accounting
 
-        return accounting.main(argv[1:])
-    if argv[:1] == ["plot"]:
+        return accounting.main(words[1:])
+    if words[:1] == ["plot"]:
         from lmproject import plot
 
-        return plot.main(argv[1:])
+        return plot.main(words[1:])
     run_cli(lambda: run_lightning(argv), "lmproject")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

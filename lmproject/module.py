@@ -97,14 +97,17 @@ class LanguageModel(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch)
         if not torch.isfinite(loss):
-            checkpoint = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none saved yet"
-            raise NonFiniteLossError(
-                f"loss is {loss.item()} at step {self.global_step}; training stopped "
-                f"(last good checkpoint: {checkpoint}); try a lower lr_max or max_grad_norm"
-            )
+            self._stop(f"loss is {loss.item()}")
         self.log("train/loss", loss, prog_bar=True)
         self.log("lr", self.lr_schedulers().get_last_lr()[0])
         return loss
+
+    def _stop(self, what: str) -> None:
+        checkpoint = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none saved yet"
+        raise NonFiniteLossError(
+            f"{what} at step {self.global_step}; training stopped before the weights were touched "
+            f"(last good checkpoint: {checkpoint}); try a lower lr_max or max_grad_norm"
+        )
 
     def configure_gradient_clipping(
         self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
@@ -113,6 +116,8 @@ class LanguageModel(L.LightningModule):
             raise UserError("set model.max_grad_norm instead of trainer.gradient_clip_val")
         limit = math.inf if self.hparams.max_grad_norm is None else self.hparams.max_grad_norm
         self.grad_norm = clip_grad_norm(self.parameters(), limit)
+        if not math.isfinite(self.grad_norm):
+            self._stop(f"gradient norm is {self.grad_norm}")
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if self.grad_norm is not None:

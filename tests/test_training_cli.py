@@ -1,0 +1,162 @@
+"""Training through `lmproject fit` in-process: exact resume, Ctrl-C, NaN stop, token budget, bad input."""
+
+import csv
+import math
+import os
+import signal
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from lmproject.cli import main
+
+TINY_MODEL = {
+    "vocab_size": 64, "context_length": 16, "d_model": 32, "num_layers": 2, "num_heads": 2, "d_ff": 64,
+    "lr_max": 1e-2, "lr_min": 1e-3, "warmup_iters": 2,
+}  # fmt: skip
+BATCH = 4
+
+
+class SigintAt(L.Callback):
+    """Presses Ctrl-C (sends SIGINT to this process) after optimizer step `step`."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+class PoisonAt(L.Callback):
+    """Makes the weights NaN after optimizer step `step`, so the next loss is NaN."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                pl_module.model.lm_head.weight.fill_(math.nan)
+
+
+def write_tokens(directory, vocab_size=64, n=4000):
+    """Train/valid token files with learnable structure (a noisy counter modulo the vocabulary)."""
+    rng = np.random.default_rng(0)
+    ids = (np.arange(n) + rng.integers(0, 2, n)) % vocab_size
+    np.save(directory / "train.npy", ids.astype(np.uint16))
+    np.save(directory / "valid.npy", ids[: n // 4].astype(np.uint16))
+
+
+def write_config(directory, run_dir, callbacks=(), **model):
+    """A complete fit config for a tiny model on write_tokens' files; returns its path."""
+    hooks = [{"class_path": f"{c.__module__}.{c.__name__}", "init_args": a} for c, a in callbacks]
+    config = {
+        "trainer": {
+            "accelerator": "cpu", "devices": 1, "precision": "32-true", "default_root_dir": str(run_dir),
+            "log_every_n_steps": 1, "val_check_interval": 4, "enable_progress_bar": False,
+            "enable_model_summary": False, "callbacks": hooks,
+        },
+        "model": {**TINY_MODEL, **model},
+        "data": {"train_path": str(directory / "train.npy"), "val_path": str(directory / "valid.npy"),
+                 "batch_size": BATCH, "val_windows": 8},
+        "checkpoint": {"every_n_train_steps": 2},
+    }  # fmt: skip
+    path = run_dir.parent / f"{run_dir.name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def train_losses(run_dir):
+    """{step: train/loss} over every invocation's metrics.csv in a run directory."""
+    losses = {}
+    for metrics in sorted(run_dir.glob("logs/version_*/metrics.csv")):
+        with metrics.open() as f:
+            for row in csv.DictReader(f):
+                if row.get("train/loss"):
+                    losses[int(row["step"])] = float(row["train/loss"])
+    return losses
+
+
+def fails(argv, capsys):
+    """Run the CLI expecting a one-line error; returns the message."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith("lmproject: error: ")
+    return lines[-1]
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    write_tokens(tmp_path)
+    return tmp_path
+
+
+def test_ctrl_c_then_resume_from_last_continues_the_exact_trajectory(data_dir):
+    steps = 8
+    budget = ["--train_tokens", str(steps * BATCH * TINY_MODEL["context_length"])]
+    straight = data_dir / "straight"
+    main(["fit", "--config", str(write_config(data_dir, straight)), *budget])
+
+    resumed = data_dir / "resumed"
+    config = write_config(data_dir, resumed, callbacks=[(SigintAt, {"step": 3})])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), *budget])
+    assert exit_info.value.code == 130
+    interrupted_at = torch.load(resumed / "checkpoints/last.ckpt", weights_only=True)["global_step"]
+    assert interrupted_at == 3  # stopped right after the step where Ctrl-C arrived, not at the end
+    main(["fit", "--config", str(write_config(data_dir, resumed)), *budget, "--ckpt_path", "last"])
+
+    expected = train_losses(straight)
+    assert len(expected) == steps
+    assert train_losses(resumed) == expected  # bitwise: same batches, weights, optimizer state, lr
+    final = torch.load(resumed / "checkpoints/last.ckpt", weights_only=True)
+    assert final["global_step"] == steps
+    straight_weights = torch.load(straight / "checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.equal(straight_weights[k], v) for k, v in final["state_dict"].items())
+
+
+def test_token_budget_counts_gradient_accumulation(data_dir):
+    run = data_dir / "run"
+    tokens = 6 * BATCH * TINY_MODEL["context_length"]
+    main(["fit", "--config", str(write_config(data_dir, run)), "--train_tokens", str(tokens),
+          "--trainer.accumulate_grad_batches", "2"])  # fmt: skip
+    assert torch.load(run / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 3
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(data_dir, capsys):
+    run = data_dir / "run"
+    config = write_config(data_dir, run, callbacks=[(PoisonAt, {"step": 3})])  # checkpoints every 2 steps
+    message = fails(["fit", "--config", str(config), "--trainer.max_steps", "8"], capsys)
+    assert "loss is nan at step 3" in message and "last.ckpt" in message
+    last = torch.load(run / "checkpoints/last.ckpt", weights_only=True)
+    assert last["global_step"] == 2
+    assert all(torch.isfinite(w).all() for w in last["state_dict"].values())
+
+
+def test_bad_input_gets_one_line_errors(data_dir, capsys):
+    run = data_dir / "run"
+    config = str(write_config(data_dir, run))
+    assert "nonsense" in fails(["fit", "--config", config, "--model.nonsense", "1"], capsys)
+    assert "d_model" in fails(["fit", "--config", config, "--model.d_model", "null"], capsys)
+    assert "train_tokens or trainer.max_steps" in fails(
+        ["fit", "--config", config, "--trainer.max_steps", "2", "--train_tokens", "1000"], capsys
+    )
+    assert "train.npy: token id 63" in fails(["fit", "--config", config, "--model.vocab_size", "32"], capsys)
+
+    main(["fit", "--config", config, "--trainer.max_steps", "2"])
+    checkpoint = run / "checkpoints/last.ckpt"
+    message = fails(
+        ["validate", "--config", config, "--model.d_model", "64", "--ckpt_path", str(checkpoint)], capsys
+    )
+    assert "different architecture: d_model=32 in the checkpoint, 64 in the config" in message
+    corrupt = data_dir / "corrupt.ckpt"
+    corrupt.write_bytes(checkpoint.read_bytes()[:1000])
+    assert "not a readable checkpoint" in fails(
+        ["validate", "--config", config, "--ckpt_path", str(corrupt)], capsys
+    )
