@@ -67,7 +67,9 @@ def generate_steps(
     eos_id: int | None = None,
     seed: int | None = None,
 ) -> Iterator[list[int | None]]:
-    """Yield, at each step, the new token of every prompt (None for a prompt that already ended).
+    """The streaming form of `generate`: yield, at each step, the new token of every prompt (None for a
+    prompt that already ended), e.g. `for (token,) in generate_steps(model, [prompt], ...)` to print one
+    completion as it is sampled.
 
     A prompt ends after it samples eos_id (that token is yielded) or after max_new_tokens steps.
     The same seed (and inputs) gives the same tokens; seed=None draws from torch's global generator.
@@ -121,22 +123,6 @@ def generate(
             if token is not None:
                 completion.append(token)
     return completions
-
-
-def stream(
-    model: TransformerLM,
-    prompt_ids: Sequence[int],
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    top_k: int | None = None,
-    eos_id: int | None = None,
-    seed: int | None = None,
-) -> Iterator[int]:
-    """The completion of a single prompt, one token at a time as it is sampled (EOS included, then stop)."""
-    steps = generate_steps(model, [prompt_ids], max_new_tokens, temperature, top_p, top_k, eos_id, seed)
-    for (token,) in steps:
-        yield token
 
 
 def _encode_window(

@@ -5,7 +5,7 @@ import torch
 from reference_model import greedy_recompute, single_thread
 
 from lmproject.errors import UserError
-from lmproject.generate import filter_top_k, filter_top_p, generate, sample_next_token, stream
+from lmproject.generate import filter_top_k, filter_top_p, generate, generate_steps, sample_next_token
 from lmproject.nn import KVCache, TransformerLM
 
 SMALL = dict(vocab_size=64, context_length=16, d_model=32, num_layers=2, num_heads=4, d_ff=48)
@@ -44,10 +44,12 @@ def test_greedy_with_cache_equals_recomputing_each_step(attention):
         assert completion == greedy_recompute(model, prompt, 30)
 
 
-def test_stream_yields_the_same_tokens_as_generate():
+def test_generate_steps_streams_the_same_tokens_as_generate():
     model = small_model()
-    streamed = list(stream(model, [3, 1, 4, 1, 5], max_new_tokens=12, temperature=0.8, seed=7))
-    assert streamed == generate(model, [[3, 1, 4, 1, 5]], max_new_tokens=12, temperature=0.8, seed=7)[0]
+    prompts = [[3, 1, 4, 1, 5], [2, 7]]
+    steps = list(generate_steps(model, prompts, max_new_tokens=12, temperature=0.8, eos_id=9, seed=7))
+    streamed = [[step[row] for step in steps if step[row] is not None] for row in range(2)]
+    assert streamed == generate(model, prompts, max_new_tokens=12, temperature=0.8, eos_id=9, seed=7)
 
 
 def test_eos_stops_each_sequence_on_its_own():
