@@ -9,15 +9,17 @@ from unittest import mock
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from lmproject.errors import UserError
 from lmproject.tokenizer import Tokenizer
 from lmproject.tokenizer import tokenizer as tokenizer_module
 from lmproject.tokenizer.encode_file import encode_file
+from lmproject.tokenizer.pretokenize import PRETOKEN_RE
 
 EOT = "<|endoftext|>"
+ASCII_EDGES = " \t\n\r\x0b\x0c\x1c\x1f'sltvea1!"
 BYTES = {i: bytes([i]) for i in range(256)}
 
 
@@ -103,6 +105,13 @@ def test_decode_inverts_encode(text):
     assert tokenizer.decode(tokenizer.encode(text)) == text
 
 
+@settings(max_examples=500, deadline=None)
+@given(st.text(st.characters(max_codepoint=127)) | st.lists(st.sampled_from(list(ASCII_EDGES))).map("".join))
+def test_ascii_fast_path_pre_tokenizes_like_the_gpt2_regex(text):
+    """Pure-ASCII text goes through `re` with ASCII classes; \\x1c-\\x1f are `re` but not `regex` spaces."""
+    assert tokenizer_module._ASCII_PRETOKEN_RE.findall(text) == PRETOKEN_RE.findall(text)
+
+
 # Text built from the pieces where chunk edges are delicate: contractions, whitespace runs, special tokens
 # (and prefixes of them), numbers, non-ASCII letters.
 DELICATE = st.lists(
@@ -114,6 +123,9 @@ DELICATE = st.lists(
 
 @settings(max_examples=300, deadline=None)
 @given(DELICATE, st.lists(st.integers(0, 200), max_size=12), st.booleans())
+@example(EOT + EOT, [], True)  # the longer special token must win although the shorter one ends first
+@example("\n\n''", [], False)  # "\n\n" alone is one pre-token, but two before "'"
+@example("a\n\n  the", [1, 4], False)
 def test_encode_iterable_matches_encode_for_any_chunking(text, cuts, overlapping_specials):
     specials = [EOT, EOT + EOT] if overlapping_specials else [EOT]
     tokenizer = make_tokenizer(ENGLISH_MERGES, specials)

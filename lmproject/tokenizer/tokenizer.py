@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-from collections import deque
+import re
 from collections.abc import Iterable, Iterator
 from itertools import chain, repeat
 from pathlib import Path
+
+import regex
 
 from lmproject.errors import UserError
 from lmproject.tokenizer.files import (
@@ -172,7 +174,8 @@ class Tokenizer:
         return (type(self), (self.vocab, self.merges, self.special_tokens))
 
     def _encode_ordinary(self, text: str, ids: list[int]) -> None:
-        ids.extend(chain.from_iterable(map(self._cache.__getitem__, PRETOKEN_RE.findall(text))))
+        pretokens = (_ASCII_PRETOKEN_RE if text.isascii() else PRETOKEN_RE).findall(text)
+        ids.extend(chain.from_iterable(map(self._cache.__getitem__, pretokens)))
 
     def _bpe(self, pretoken: str) -> tuple[int, ...]:
         """Merge a pre-token's bytes: repeatedly join the adjacent pair whose merge was learned first.
@@ -203,23 +206,78 @@ class Tokenizer:
 
     def _stable_prefix_length(self, text: str) -> int:
         """How much of `text` encodes the same whatever text follows it."""
-        end = len(text)
+        end, segment_start = len(text), 0
         if self._special_re is not None:
-            # Hold back a suffix that may be the start of a special token.
+            # From the first suffix that more text could complete into a special token, nothing is final.
             longest = max(map(len, self.special_tokens))
             for start in range(max(0, end - longest + 1), end):
-                if any(token.startswith(text[start:]) for token in self.special_tokens):
+                suffix = text[start:]
+                if any(
+                    len(token) > len(suffix) and token.startswith(suffix) for token in self.special_tokens
+                ):
                     end = start
                     break
-            last_special = deque(self._special_re.finditer(text, 0, end), maxlen=1)
-            segment_start = last_special[0].end() if last_special else 0
-        else:
-            segment_start = 0
-        # A pre-token's match depends on at most one character after it: it is final once that is in.
-        for match in PRETOKEN_RE.finditer(text, segment_start, end):
-            if match.end() > end - 2:
-                return match.start()
-        return end
+            # Special tokens that start before that are final, even one that reaches past it.
+            for match in self._special_re.finditer(text):
+                if match.start() >= end:
+                    break
+                segment_start = match.end()
+            if segment_start >= end:
+                return segment_start
+        return _last_safe_cut(text, segment_start, end)
+
+
+def _last_safe_cut(text: str, start: int, end: int) -> int:
+    """The last offset in text[start:end] where the text can be cut without changing its pre-tokens (nor
+    depending on what comes after `end`), or `start` if there is none.
+
+    A cut must fall between pre-tokens, and not next to whitespace: a whitespace run splits differently
+    when it ends the text (`\\s+(?!\\S)`). Between two ASCII graphic characters of different kinds (letter,
+    digit, other) there is always a pre-token boundary, unless the first is an apostrophe ("'s"); that
+    cheap test usually finds a cut in the last few characters. Otherwise, the pre-tokens tell.
+    """
+    for cut in range(end - 1, max(start, end - 4096), -1):
+        before, after = _ASCII_KIND.get(text[cut - 1]), _ASCII_KIND.get(text[cut])
+        if before and after and before != after and text[cut - 1] != "'":
+            return cut
+    safe = start
+    for match in PRETOKEN_RE.finditer(text, start, end):
+        cut = match.start()
+        if cut > start and not (_WHITESPACE.match(text, cut - 1) or _WHITESPACE.match(text, cut)):
+            safe = cut
+    return safe
+
+
+_WHITESPACE = regex.compile(r"\s")
+_ASCII_KIND = {chr(c): 1 if chr(c).isalpha() else 2 if chr(c).isdigit() else 3 for c in range(0x21, 0x7F)}
+
+
+def ascii_only_regex(pattern: str) -> re.Pattern:
+    """The pre-tokenizer `pattern` restricted to ASCII input, for Python's faster built-in `re`.
+
+    On ASCII text, \\p{L} is [A-Za-z], \\p{N} is [0-9] and \\s is [\\t\\n\\v\\f\\r ] (Unicode White_Space; not
+    `re`'s \\s, which adds \\x1c-\\x1f), and everything else in the GPT-2 pattern means the same in both
+    engines. The pattern is rewritten from `pretokenize`'s, not restated, and any other escape is refused.
+    """
+    space, letter, digit = r"\t\n\x0b\x0c\r ", "A-Za-z", "0-9"
+    inside = {r"\s": space, r"\p{L}": letter, r"\p{N}": digit}
+    outside = {r"\S": f"[^{space}]"} | {escape: f"[{chars}]" for escape, chars in inside.items()}
+    out, in_class = [], False
+    for piece in regex.split(r"(\\p\{\w+\}|\\.|\[\^?|\])", pattern):
+        if piece.startswith("["):
+            in_class = True
+        elif piece == "]":
+            in_class = False
+        elif piece.startswith("\\"):
+            table = inside if in_class else outside
+            if piece not in table:
+                raise ValueError(f"no ASCII rewrite for {piece!r} in the pre-tokenizer pattern")
+            piece = table[piece]
+        out.append(piece)
+    return re.compile("".join(out))
+
+
+_ASCII_PRETOKEN_RE = ascii_only_regex(PRETOKEN_RE.pattern)
 
 
 class _PretokenCache(dict):
