@@ -29,8 +29,8 @@ from lmproject.tokenizer.pretokenize import (
     validate_special_tokens,
 )
 
-DEFAULT_CHUNK_BYTES = 32 << 20
-"""Largest chunk a worker reads at once: bounds memory whatever the file size."""
+DEFAULT_CHUNK_BYTES = 8 << 20
+"""Largest chunk a worker reads at once: bounds memory (about 20x this per worker) whatever the file size."""
 
 MIN_CHUNK_BYTES = 1 << 20
 """Smaller files are still cut into several chunks (for balance and progress), but not below this size."""
@@ -235,8 +235,7 @@ def _merge_pair(
     only take occurrences away, these are the highest counts they will ever have.
     """
     first, second = pair
-    new_counts: defaultdict[str, int] = defaultdict(int)
-    new_where: defaultdict[str, list[int]] = defaultdict(list)
+    new_where: defaultdict[str, list[int]] = defaultdict(list)  # new pair -> its words, once per occurrence
     # Gather the listed words and their merged forms with C-level loops: most listed words changed, but
     # some lost the pair through earlier merges, and `replace` returns those unchanged, as the same object.
     indices = set(where.pop(pair))
@@ -254,26 +253,22 @@ def _merge_pair(
             if at:
                 left = word[at - 1]
                 pair_counts[left + first] -= count
-                changed = left + merged
-                new_counts[changed] += count
-                new_where[changed].append(index)
+                new_where[left + merged].append(index)
             if at + 2 < length:
                 right = word[at + 2]
                 pair_counts[second + right] -= count
-                changed = merged + right
-                new_counts[changed] += count
-                new_where[changed].append(index)
+                new_where[merged + right].append(index)
         else:
             # Several occurrences (rare): recount the word's pairs.
             for old in map(str.__add__, word, word[1:]):
                 pair_counts[old] -= count
             for changed in map(str.__add__, new_word, new_word[1:]):
                 if merged in changed:
-                    new_counts[changed] += count
                     new_where[changed].append(index)
                 else:
                     pair_counts[changed] += count
     del pair_counts[pair]
+    new_counts = {new: sum(map(counts.__getitem__, listed)) for new, listed in new_where.items()}
     pair_counts.update(new_counts)
     where.update(new_where)
     return new_counts
