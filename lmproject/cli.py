@@ -17,12 +17,15 @@ from typing import Any
 import torch
 from jsonargparse import ArgumentError, Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from torch.utils.data import DataLoader
 
 from lmproject.callbacks import GracefulInterrupt, RunCheckpoint, ThroughputMonitor
 from lmproject.checkpointing import check_checkpoint, find_last
 from lmproject.data import TokenDataModule
 from lmproject.errors import UserError, run_cli
 from lmproject.module import ARCHITECTURE, LanguageModel
+from lmproject.predict import CompletionWriter, SamplingOptions, TokenPrinter, requests
+from lmproject.tokenizer import Tokenizer
 
 DEFAULT_RUN_DIR = "runs/default"
 
@@ -57,9 +60,19 @@ class LMCLI(LightningCLI):
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.every_n_train_steps": 1000})
         parser.add_lightning_class_args(ThroughputMonitor, "throughput")
 
+    def _prepare_subcommand_parser(
+        self, klass: type, subcommand: str, **kwargs: Any
+    ) -> LightningArgumentParser:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand == "predict":
+            parser.add_class_arguments(SamplingOptions, nested_key=None, as_group=True)
+        return parser
+
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
         config = self.config[self.config.subcommand]
+        if self.config.subcommand == "predict":
+            self.sampling = SamplingOptions.from_config(config)
         self._fill_run_layout(config)
         self._choose_precision(config.trainer)
         self._resolve_checkpoint(config)
@@ -123,6 +136,33 @@ class LMCLI(LightningCLI):
                 file=sys.stderr,
             )
             raise SystemExit(130)
+
+    def predict(
+        self, model: LanguageModel, datamodule: TokenDataModule, ckpt_path: str | None = None, **_
+    ) -> None:
+        """Sample completions of the prompts with the model (from ckpt_path) and print/write them."""
+        options = self.sampling
+        tokenizer = Tokenizer.from_dir(datamodule.tokenizer_dir)
+        if tokenizer.vocab_size > model.hparams.vocab_size:
+            raise UserError(
+                f"{datamodule.tokenizer_dir}: tokenizer has {tokenizer.vocab_size} ids, "
+                f"more than the model's vocab_size={model.hparams.vocab_size}"
+            )
+        if ckpt_path is None:
+            print("lmproject: no --ckpt_path: sampling from an untrained model", file=sys.stderr)
+        prompts = requests(options, tokenizer)
+        single = len(prompts) == 1 and options.num_samples == 1
+        stream = single and sys.stdout.isatty() if options.stream is None else options.stream
+        if stream and not single:
+            raise UserError("predict: --stream needs one prompt and --num_samples 1")
+        if stream:
+            model.token_callback = TokenPrinter(tokenizer, prompts[0]["prompt"])
+            if self.trainer.progress_bar_callback is not None:
+                self.trainer.progress_bar_callback.disable()
+        self.trainer.callbacks.append(CompletionWriter(tokenizer, options, ckpt_path))
+        loader = DataLoader(prompts, batch_size=None, collate_fn=lambda request: request)
+        warnings.filterwarnings("ignore", "Couldn't infer the batch indices")  # one request per batch: none
+        self.trainer.predict(model, dataloaders=loader, ckpt_path=ckpt_path, return_predictions=False)
 
 
 def _one_line(err: Exception) -> str:

@@ -8,6 +8,8 @@ and the LambdaLR advances the warmup + cosine schedule by one optimizer step.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import lightning as L
 import torch
@@ -15,6 +17,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric
 
 from lmproject.errors import UserError
+from lmproject.generate import generate, generate_steps
 from lmproject.nn import TransformerLM, cross_entropy
 from lmproject.optim import AdamW, clip_grad_norm, cosine_lr
 
@@ -86,6 +89,7 @@ class LanguageModel(L.LightningModule):
             self.model.compile()
         self.eval_loss = MeanMetric()
         self.grad_norm: float | None = None
+        self.token_callback: Callable[[int], None] | None = None  # `lmproject predict --stream` sets it
 
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
         return self.model(token_ids)
@@ -143,6 +147,19 @@ class LanguageModel(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_evaluation("test")
+
+    def predict_step(self, request: dict[str, Any], batch_idx: int) -> list[list[int]]:
+        """Sample request["num_samples"] completions of one prompt; with a token_callback (one sample),
+        each token goes to it as soon as it is sampled."""
+        prompts = [request["prompt_ids"]] * request["num_samples"]
+        settings = [request[k] for k in ("max_new_tokens", "temperature", "top_p", "top_k", "eos_id", "seed")]
+        if self.token_callback is None:
+            return generate(self.model, prompts, *settings)
+        completion = []
+        for (token,) in generate_steps(self.model, prompts[:1], *settings):
+            completion.append(token)
+            self.token_callback(token)
+        return [completion]
 
     def configure_optimizers(self):
         hp = self.hparams

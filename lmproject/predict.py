@@ -1,0 +1,162 @@
+"""`lmproject predict`: the sampling options, the prompt requests, and printing/JSONL-writing the completions.
+
+Each prompt becomes one request: `num_samples` copies of the prompt sampled together by the model's
+`predict_step` (lmproject.generate), seeded with `seed + prompt index`, so a rerun of the same command gives
+the same text. Completions print to stdout as each request finishes; with one prompt and one sample on a
+terminal they stream token by token instead. `--output` gets one JSON line per completion, written at the
+end through a temporary file (an interrupted run leaves no partial file).
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import sys
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+from lmproject.errors import UserError
+from lmproject.tokenizer import Tokenizer
+from lmproject.tokenizer.files import atomic_write
+
+EOS_TOKEN = "<|endoftext|>"
+SETTINGS = ("max_new_tokens", "temperature", "top_p", "top_k")
+
+
+@dataclass
+class SamplingOptions:
+    """Options of `lmproject predict` (top-level flags: --prompt, --temperature, ...).
+
+    Args:
+        prompt: one prompt text.
+        prompts_file: a text file with one prompt per line (blank lines skipped).
+        num_samples: completions per prompt.
+        max_new_tokens: the most tokens to sample per completion (it stops earlier at <|endoftext|>).
+        temperature: softmax temperature; 0 is greedy decoding.
+        top_p: nucleus sampling: keep the smallest set of tokens whose probability sums to at least top_p.
+        top_k: keep only the k most probable tokens (default: all).
+        seed: sampling seed; prompt i is sampled with seed + i.
+        output: JSONL file for the completions (prompt, completion, token counts, settings, seed).
+        stream: print tokens as they are sampled (default: when one completion goes to a terminal).
+    """
+
+    prompt: str | None = None
+    prompts_file: str | None = None
+    num_samples: int = 1
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int | None = None
+    seed: int = 0
+    output: str | None = None
+    stream: bool | None = None
+
+    @classmethod
+    def from_config(cls, config: Any) -> SamplingOptions:
+        """The options from a parsed `lmproject predict` config, checked."""
+        options = cls(**{f.name: config[f.name] for f in fields(cls)})
+        options.check()
+        return options
+
+    def check(self) -> None:
+        """Refuse bad options before any model or checkpoint is loaded."""
+        if (self.prompt is None) == (self.prompts_file is None):
+            raise UserError("predict: give exactly one of --prompt or --prompts_file")
+        if self.prompt is not None and not self.prompt.strip():
+            raise UserError("predict: --prompt is empty")
+        if self.prompts_file is not None and not Path(self.prompts_file).is_file():
+            raise UserError(f"{self.prompts_file}: prompts file not found")
+        checks = [
+            (self.num_samples >= 1, f"--num_samples must be >= 1, got {self.num_samples}"),
+            (self.max_new_tokens >= 1, f"--max_new_tokens must be >= 1, got {self.max_new_tokens}"),
+            (self.temperature >= 0, f"--temperature must be >= 0 (0 = greedy), got {self.temperature}"),
+            (0 < self.top_p <= 1, f"--top_p must be in (0, 1], got {self.top_p}"),
+            (self.top_k is None or self.top_k >= 1, f"--top_k must be >= 1, got {self.top_k}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(f"predict: {message}")
+        if self.output is not None and not Path(self.output).resolve().parent.is_dir():
+            raise UserError(f"{self.output}: directory {Path(self.output).parent} does not exist")
+
+    def prompts(self) -> list[str]:
+        if self.prompt is not None:
+            return [self.prompt]
+        prompts = [
+            line for line in Path(self.prompts_file).read_text(encoding="utf-8").splitlines() if line.strip()
+        ]
+        if not prompts:
+            raise UserError(f"{self.prompts_file}: no prompts in the file (one prompt per line)")
+        return prompts
+
+
+def eos_id(tokenizer: Tokenizer) -> int | None:
+    """The id of <|endoftext|> when the tokenizer has it as a special token."""
+    return tokenizer.encode(EOS_TOKEN)[0] if EOS_TOKEN in tokenizer.special_tokens else None
+
+
+def requests(options: SamplingOptions, tokenizer: Tokenizer) -> list[dict[str, Any]]:
+    """One request per prompt: what `LanguageModel.predict_step` samples."""
+    settings = {k: getattr(options, k) for k in SETTINGS}
+    return [
+        {"prompt": text, "prompt_ids": tokenizer.encode(text), "num_samples": options.num_samples,
+         "seed": options.seed + i, "eos_id": eos_id(tokenizer), **settings}
+        for i, text in enumerate(options.prompts())
+    ]  # fmt: skip
+
+
+class TokenPrinter:
+    """Prints a completion token by token, decoding UTF-8 incrementally (a character may span tokens)."""
+
+    def __init__(self, tokenizer: Tokenizer, prompt: str):
+        self.tokenizer, self.prompt = tokenizer, prompt
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def __call__(self, token: int) -> None:
+        if self.prompt is not None:
+            sys.stdout.write(self.prompt)
+            self.prompt = None
+        if token != eos_id(self.tokenizer):
+            sys.stdout.write(self.decoder.decode(self.tokenizer.vocab[token]))
+            sys.stdout.flush()
+
+
+class CompletionWriter(BasePredictionWriter):
+    """Decodes each request's completions, prints them (unless streamed), and writes the JSONL at the end."""
+
+    def __init__(self, tokenizer: Tokenizer, options: SamplingOptions, checkpoint: str | None):
+        super().__init__(write_interval="batch")
+        self.tokenizer, self.options, self.checkpoint = tokenizer, options, checkpoint
+        self.records: list[dict[str, Any]] = []
+
+    def write_on_batch_end(
+        self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0
+    ):
+        eos = batch["eos_id"]
+        for sample, ids in enumerate(prediction):
+            ended = bool(ids) and ids[-1] == eos
+            text = self.tokenizer.decode(ids[:-1] if ended else ids)
+            record = {
+                "prompt": batch["prompt"],
+                "completion": text,
+                "prompt_tokens": len(batch["prompt_ids"]),
+            }
+            record.update(completion_tokens=len(ids), stopped_at_eos=ended, sample=sample, seed=batch["seed"])
+            record.update(settings={k: batch[k] for k in SETTINGS}, checkpoint=self.checkpoint)
+            self.records.append(record)
+            if pl_module.token_callback is None:
+                header = f"--- prompt {batch_idx + 1}, sample {sample + 1} ---"
+                print(f"{header}\n{batch['prompt']}{text}\n", flush=True)
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if pl_module.token_callback is not None:
+            print(flush=True)
+        if self.options.output is not None and trainer.is_global_zero:
+            with atomic_write(self.options.output) as file:
+                for record in self.records:
+                    file.write(json.dumps(record, ensure_ascii=False) + "\n")
+            print(f"wrote {len(self.records)} completions to {self.options.output}", file=sys.stderr)
