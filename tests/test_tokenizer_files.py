@@ -65,35 +65,35 @@ def test_reference_files_load():
 
 
 @pytest.mark.parametrize(
-    "content, message",
+    "name, content, message",
     [
-        ('{"a": 0,\n "b": 1,\n "c" 2}', r"vocab.json: line 3: not valid JSON"),
-        ('{"a": 0,\n "b": "one"}', r"vocab.json: line 2: token 'b': id 'one' is not a non-negative integer"),
-        ('{"a": 0,\n "b": 0}', r"vocab.json: line 2: token 'b': id 0 is used twice"),
-        ('{"a": 0,\n "a b": 1}', r"vocab.json: line 2: token 'a b': has a character outside"),
-        ('["a", "b"]', r"vocab.json: expected a JSON object"),
+        ("vocab.json", '{"a": 0,\n "b": 1,\n "c" 2}', r"vocab.json: line 3: not valid JSON"),
+        (
+            "vocab.json",
+            '{"a": 0,\n "b": "one"}',
+            r"vocab.json: line 2: token 'b': id 'one' is not a",
+        ),
+        ("vocab.json", '{"a": 0,\n "b": 0}', r"vocab.json: line 2: token 'b': id 0 is used twice"),
+        ("vocab.json", '{"a": 0,\n "a b": 1}', r"vocab.json: line 2: token 'a b': has a character outside"),
+        ("vocab.json", '["a", "b"]', r"vocab.json: expected a JSON object"),
+        (
+            "merges.txt",
+            "#version: 0.2\nĠ t\nh e r\n",
+            r"merges.txt: line 3: expected two tokens and",
+        ),
+        ("merges.txt", "Ġ t\nhe\n", r"merges.txt: line 2: expected two tokens"),
+        (
+            "merges.txt",
+            "Ġ t\nh \u00a0\n",
+            r"merges.txt: line 2: character '\\xa0' is not in GPT-2's",
+        ),
     ],
 )
-def test_bad_vocab_names_file_and_line(tmp_path, content, message):
-    path = tmp_path / "vocab.json"
+def test_bad_files_name_file_and_line(tmp_path, name, content, message):
+    path = tmp_path / name
     path.write_text(content, encoding="utf-8")
     with pytest.raises(UserError, match=message):
-        load_vocab(path)
-
-
-@pytest.mark.parametrize(
-    "content, message",
-    [
-        ("#version: 0.2\nĠ t\nh e r\n", r"merges.txt: line 3: expected two tokens and one space, got 'h e r"),
-        ("Ġ t\nhe\n", r"merges.txt: line 2: expected two tokens"),
-        ("Ġ t\nh \u00a0\n", r"merges.txt: line 2: character '\\xa0' is not in GPT-2's byte alphabet"),
-    ],
-)
-def test_bad_merges_names_file_and_line(tmp_path, content, message):
-    path = tmp_path / "merges.txt"
-    path.write_text(content, encoding="utf-8")
-    with pytest.raises(UserError, match=message):
-        load_merges(path)
+        (load_vocab if name == "vocab.json" else load_merges)(path)
 
 
 def test_unreadable_files_are_user_errors(tmp_path):
