@@ -73,6 +73,15 @@ def test_train_encode_inspect(tmp_path, corpus, tokenizer_dir, capsys):
     assert f"{len(ids):,} tokens, {ratio:.2f} bytes/token" in shown
 
 
+def test_empty_text_encodes_to_an_empty_array(tmp_path, tokenizer_dir, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    assert main(["encode", "--tokenizer", str(tokenizer_dir), str(empty), str(tmp_path / "e.npy")]) == 0
+    assert np.load(tmp_path / "e.npy", mmap_mode="r").shape == (0,)
+    assert main(["inspect", "--tokenizer", str(tokenizer_dir), "--text", str(empty)]) == 0
+    assert "no tokens (empty text)" in capsys.readouterr().out
+
+
 def test_python_dash_m_runs_the_same_cli(tmp_path, corpus, tokenizer_dir):
     out = tmp_path / "m.npy"
     command = [sys.executable, "-m", "lmproject.tokenizer", "encode", "--tokenizer", str(tokenizer_dir)]

@@ -112,7 +112,7 @@ def _encode(args: argparse.Namespace) -> int:
     size = os.path.getsize(args.input)
     print(
         f"wrote {args.output}: {count:,} tokens ({token_dtype(tokenizer).name}), "
-        f"{size / max(count, 1):.2f} bytes/token, {size / 1e6 / max(seconds, 1e-9):.1f} MB/s"
+        f"{_bytes_per_token(size, count)}, {size / 1e6 / max(seconds, 1e-9):.1f} MB/s"
     )
     return 0
 
@@ -132,7 +132,8 @@ def _inspect(args: argparse.Namespace) -> int:
     if args.text is not None:
         size = args.text.stat().st_size
         count = sum(1 for _ in tokenizer.encode_iterable(_blocks_with_progress(args.text, size)))
-        print(f"compression on {args.text}: {size:,} bytes, {count:,} tokens, {size / count:.2f} bytes/token")
+        ratio = _bytes_per_token(size, count)
+        print(f"compression on {args.text}: {size:,} bytes, {count:,} tokens, {ratio}")
     return 0
 
 
@@ -144,6 +145,10 @@ def _blocks_with_progress(path: Path, size: int) -> Iterator[str]:
         for block in iter_text_blocks(path):
             bar.update(len(block.encode("utf-8")))
             yield block
+
+
+def _bytes_per_token(size: int, count: int) -> str:
+    return f"{size / count:.2f} bytes/token" if count else "no tokens (empty text)"
 
 
 def _show(token: bytes) -> str:
