@@ -25,6 +25,16 @@ from lmproject.tokenizer.files import atomic_write
 
 EOS_TOKEN = "<|endoftext|>"
 SETTINGS = ("max_new_tokens", "temperature", "top_p", "top_k")
+UNKNOWN = "\ufffd".encode()  # a model's vocab may be larger than its tokenizer's: such ids print as �
+
+
+def token_bytes(tokenizer: Tokenizer, token: int) -> bytes:
+    return tokenizer.vocab.get(token, UNKNOWN)
+
+
+def decode(tokenizer: Tokenizer, ids: list[int]) -> str:
+    """Text of sampled ids, tolerating ids the tokenizer does not have (a model vocab padded beyond it)."""
+    return b"".join(token_bytes(tokenizer, token) for token in ids).decode("utf-8", errors="replace")
 
 
 @dataclass
@@ -121,7 +131,7 @@ class TokenPrinter:
             sys.stdout.write(self.prompt)
             self.prompt = None
         if token != eos_id(self.tokenizer):
-            sys.stdout.write(self.decoder.decode(self.tokenizer.vocab[token]))
+            sys.stdout.write(self.decoder.decode(token_bytes(self.tokenizer, token)))
             sys.stdout.flush()
 
 
@@ -139,7 +149,7 @@ class CompletionWriter(BasePredictionWriter):
         eos = batch["eos_id"]
         for sample, ids in enumerate(prediction):
             ended = bool(ids) and ids[-1] == eos
-            text = self.tokenizer.decode(ids[:-1] if ended else ids)
+            text = decode(self.tokenizer, ids[:-1] if ended else ids)
             record = {
                 "prompt": batch["prompt"],
                 "completion": text,

@@ -1,0 +1,157 @@
+"""`lmproject predict`: greedy output equals generate() on the checkpoint; JSONL, streaming, errors."""
+
+import io
+import itertools
+import json
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+from lmproject.cli import main
+from lmproject.generate import generate
+from lmproject.module import LanguageModel
+from lmproject.predict import decode
+from lmproject.stories import generate_stories
+from lmproject.tokenizer import Tokenizer, train_bpe
+
+EOS = "<|endoftext|>"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A tiny tokenizer trained on generated stories, token files it encoded, a config and a checkpoint."""
+    root = tmp_path_factory.mktemp("predict")
+    text = f"\n{EOS}\n".join(itertools.islice(generate_stories(seed=0), 60))
+    (root / "stories.txt").write_text(text)
+    vocab, merges = train_bpe(root / "stories.txt", 300, [EOS], progress=False)
+    tokenizer = Tokenizer(vocab, merges, [EOS])
+    tokenizer.save(root / "tokenizer")
+    ids = np.array(tokenizer.encode(text), dtype=np.uint16)
+    np.save(root / "train.npy", ids)
+    np.save(root / "valid.npy", ids[: len(ids) // 5])
+    config = {
+        "trainer": {"accelerator": "cpu", "precision": "32-true", "default_root_dir": str(root / "run"),
+                    "enable_progress_bar": False, "enable_model_summary": False, "max_steps": 3},
+        "model": {"vocab_size": 320, "context_length": 32, "d_model": 32, "num_layers": 1, "num_heads": 2,
+                  "d_ff": 64, "lr_max": 1e-2, "warmup_iters": 1},
+        "data": {"train_path": str(root / "train.npy"), "val_path": str(root / "valid.npy"), "batch_size": 4,
+                 "val_windows": 4, "tokenizer_dir": str(root / "tokenizer")},
+    }  # fmt: skip
+    (root / "config.yaml").write_text(yaml.safe_dump(config))
+    main(["fit", "--config", str(root / "config.yaml")])
+    (root / "prompts.txt").write_text("Once upon a time\n\nTom and his dog\n")
+    return root
+
+
+def test_ids_beyond_the_tokenizer_decode_as_replacement_characters(run):
+    tokenizer = Tokenizer.from_dir(run / "tokenizer")
+    ids = tokenizer.encode("Tom and his dog")
+    assert decode(tokenizer, ids) == tokenizer.decode(ids) == "Tom and his dog"
+    assert decode(tokenizer, [*ids, tokenizer.vocab_size + 5]) == "Tom and his dog\ufffd"
+
+
+def predict(run, *args):
+    checkpoint = run / "run/checkpoints/last.ckpt"
+    main(["predict", "--config", str(run / "config.yaml"), "--ckpt_path", str(checkpoint), *args])
+
+
+def test_greedy_completions_equal_generate_on_the_checkpoint_and_go_to_jsonl(run, capsys):
+    out = run / "greedy.jsonl"
+    predict(run, "--prompts_file", str(run / "prompts.txt"), "--num_samples", "2", "--temperature", "0",
+            "--max_new_tokens", "12", "--output", str(out))  # fmt: skip
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["prompt"], r["sample"]) for r in records] == [
+        ("Once upon a time", 0), ("Once upon a time", 1), ("Tom and his dog", 0), ("Tom and his dog", 1)
+    ]  # fmt: skip
+
+    tokenizer = Tokenizer.from_dir(run / "tokenizer")
+    model = LanguageModel.load_from_checkpoint(
+        run / "run/checkpoints/last.ckpt", map_location="cpu"
+    ).model.eval()
+    eos = tokenizer.encode(EOS)[0]
+    printed = capsys.readouterr().out
+    for record in records:
+        prompt_ids = tokenizer.encode(record["prompt"])
+        [expected] = generate(model, [prompt_ids], 12, temperature=0, eos_id=eos)
+        ended = expected[-1:] == [eos]
+        assert record["completion"] == decode(tokenizer, expected[:-1] if ended else expected)
+        assert (record["prompt_tokens"], record["completion_tokens"]) == (len(prompt_ids), len(expected))
+        assert record["stopped_at_eos"] == ended
+        assert record["settings"] == {"max_new_tokens": 12, "temperature": 0.0, "top_p": 1.0, "top_k": None}
+        assert record["prompt"] + record["completion"] in printed
+    assert [r["seed"] for r in records] == [0, 0, 1, 1]
+
+
+def test_sampling_is_reproducible_from_the_seed(run):
+    outputs = []
+    for name, seed in [("a", "7"), ("b", "7"), ("c", "8")]:
+        out = run / f"{name}.jsonl"
+        predict(run, "--prompt", "Once upon a time", "--num_samples", "3", "--top_p", "0.9",
+                "--max_new_tokens", "16", "--seed", seed, "--output", str(out))  # fmt: skip
+        outputs.append([json.loads(line)["completion"] for line in out.read_text().splitlines()])
+    assert outputs[0] == outputs[1]
+    assert outputs[0] != outputs[2]
+    assert len(set(outputs[0])) > 1  # samples of one prompt differ from each other
+
+
+class Terminal(io.StringIO):
+    """A stdout that says it is a terminal and remembers each write."""
+
+    def __init__(self):
+        super().__init__()
+        self.writes = []
+
+    def isatty(self):
+        return True
+
+    def write(self, text):
+        self.writes.append(text)
+        return super().write(text)
+
+
+def test_a_single_prompt_streams_token_by_token_to_a_terminal(run, monkeypatch):
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    out = run / "stream.jsonl"
+    predict(
+        run,
+        "--prompt",
+        "Once upon a time",
+        "--temperature",
+        "0",
+        "--max_new_tokens",
+        "10",
+        "--output",
+        str(out),
+    )
+    [record] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert terminal.getvalue().startswith("Once upon a time" + record["completion"])
+    token_writes = terminal.writes[1:]  # the prompt first, then one write per sampled token
+    assert len(token_writes) >= record["completion_tokens"] - 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--prompt", "Hi", "--temperature", "-1"], "--temperature must be >= 0"),
+        (["--prompt", "Hi", "--top_p", "0"], "--top_p must be in (0, 1]"),
+        (["--prompt", "Hi", "--top_p", "1.5"], "--top_p must be in (0, 1]"),
+        (["--prompt", "Hi", "--top_k", "0"], "--top_k must be >= 1"),
+        (["--prompt", "Hi", "--num_samples", "0"], "--num_samples must be >= 1"),
+        (["--prompt", " "], "--prompt is empty"),
+        ([], "exactly one of --prompt or --prompts_file"),
+        (["--prompt", "Hi", "--prompts_file", "p.txt"], "exactly one of --prompt or --prompts_file"),
+        (["--prompts_file", "missing.txt"], "missing.txt: prompts file not found"),
+        (["--prompt", "Hi", "--num_samples", "2", "--stream", "true"], "--stream needs one prompt"),
+    ],
+)
+def test_bad_sampling_arguments_are_one_line_errors_and_write_nothing(run, capsys, args, message):
+    out = run / "bad.jsonl"
+    with pytest.raises(SystemExit) as exit_info:
+        predict(run, *args, "--output", str(out))
+    assert exit_info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("lmproject: error: ") and message in last
+    assert not out.exists()
