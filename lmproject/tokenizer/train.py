@@ -175,9 +175,8 @@ def merge_pretokens(
     words = [token.decode("latin-1") for token in pretoken_counts]
     counts = list(pretoken_counts.values())
     pair_counts: defaultdict[str, int] = defaultdict(int)
-    where: defaultdict[str, list[int]] = defaultdict(
-        list
-    )  # pair -> words that contain (or once contained) it
+    # pair -> the words that had it when it was listed (once per occurrence); words may lose it later
+    where: defaultdict[str, list[int]] = defaultdict(list)
     for index, word in enumerate(words):
         count = counts[index]
         for pair in map(str.__add__, word, word[1:]):
