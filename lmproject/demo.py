@@ -7,7 +7,7 @@ Each stage runs the same command a user would type, and the demo prints it:
   3. tokens     lmproject-bpe encode              both texts -> .npy token ids
   4. fit        lmproject fit --config configs/demo.yaml
   5. validate   lmproject validate ... --ckpt_path last
-  6. predict    lmproject predict ... --ckpt_path last --prompt "Once upon a time"
+  6. predict    lmproject predict ... --ckpt_path last --prompt "Once upon a time" --output samples.jsonl
   7. plot       lmproject plot RUN --out learning_curves.png
 
 `--tiny` runs the same stages at toy scale (a smaller corpus, vocab and model, a few dozen steps) for tests.
@@ -76,15 +76,14 @@ class Pipeline:
     def __init__(self):
         self.seconds: dict[str, float] = {}
 
-    def run(self, stage: str, argv: list[str], capture: bool = False) -> str:
+    def run(self, stage: str, argv: list[str]) -> None:
         shown = " ".join(shlex.quote(a if i else Path(a).name) for i, a in enumerate(argv))
         print(f"\n==> [{stage}] {shown}", flush=True)
         start = time.perf_counter()
-        result = subprocess.run(argv, stdout=subprocess.PIPE if capture else None, text=True)
+        result = subprocess.run(argv)
         self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
         if result.returncode != 0:
             raise UserError(f"stage {stage} failed (exit status {result.returncode}): {shown}")
-        return result.stdout or ""
 
 
 def prepare_out(out: Path) -> None:
@@ -148,13 +147,14 @@ def run_demo(out: Path, scale: Scale) -> dict[str, float]:
     lm = _tool("lmproject")
     pipe.run("fit", [lm, "fit", *common])
     pipe.run("validate", [lm, "validate", *common, "--ckpt_path", "last"])
-    sample = pipe.run(
+    pipe.run(
         "predict",
         [lm, "predict", *common, "--ckpt_path", "last", "--prompt", PROMPT,
-         "--max_new_tokens", str(scale.max_new_tokens)],
-        capture=True,
+         "--max_new_tokens", str(scale.max_new_tokens), "--output", str(out / "samples.jsonl")],
     )  # fmt: skip
-    (out / "sample.txt").write_text(sample)
+    record = json.loads((out / "samples.jsonl").read_text().splitlines()[0])
+    sample = record["prompt"] + record["completion"]
+    (out / "sample.txt").write_text(sample + "\n")
     pipe.run(
         "plot",
         [lm, "plot", str(run_dir), "--out", str(out / "learning_curves.png"), "--title", "lmproject demo"],
@@ -172,12 +172,14 @@ def _summary(out: Path, seconds: dict[str, float], sample: str) -> None:
         ("config", out / "config.yaml", "configs/demo.yaml with these paths"),
         ("run", out / "run", "checkpoints/ (last.ckpt) and logs/version_N/metrics.csv"),
         ("curves", out / "learning_curves.png", "train/val loss by step and wall clock"),
-        ("sample", out / "sample.txt", f"the model's continuation of {PROMPT!r}"),
+        ("samples", out / "samples.jsonl", "the completion with its sampling settings and seed"),
+        ("sample", out / "sample.txt", f"the prompt {PROMPT!r} and the model's continuation"),
         ("timings", out / "timings.json", "seconds per stage"),
     ]
+    width = max(len(str(path)) for _, path, _ in rows)
     print("\n==> done. Artifacts:")
     for name, path, what in rows:
-        print(f"  {name:<10} {path}  ({what})")
+        print(f"  {name:<10} {str(path):<{width}}  {what}")
     print("\nSeconds per stage: " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))
     print(f"total {sum(seconds.values()):.1f} s")
     print(f"\nSample ({out / 'sample.txt'}):\n{sample.strip()}")

@@ -60,7 +60,9 @@ def test_tiny_demo_runs_every_stage(tmp_path):
     assert list((out / "run").rglob("metrics.csv"))
     assert (out / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
     sample = (out / "sample.txt").read_text()
-    assert demo.PROMPT in sample and len(sample) > len(demo.PROMPT)
+    assert sample.startswith(demo.PROMPT) and len(sample) > len(demo.PROMPT) + 1
+    record = json.loads((out / "samples.jsonl").read_text().splitlines()[0])
+    assert record["prompt"] == demo.PROMPT and sample == record["prompt"] + record["completion"] + "\n"
     timings = json.loads((out / "timings.json").read_text())
     assert list(timings) == ["stories", "tokenizer", "tokens", "fit", "validate", "predict", "plot"]
     assert f"Sample ({out / 'sample.txt'})" in result.stdout
