@@ -162,6 +162,7 @@ def test_invalid_utf8_is_replaced_on_request(tmp_path):
     ("content", "vocab_size", "specials", "message"),
     [
         ("text", 256, [EOT], r"vocab_size 256 is too small: .* take 257"),
+        ("text", 2_000_000, [EOT], "above the supported maximum"),
         ("text", 300, [""], "special token must not be empty"),
         ("text", 300, [EOT, EOT], "given twice"),
         ("", 300, [EOT], "no text to train on"),

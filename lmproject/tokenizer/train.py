@@ -32,6 +32,9 @@ from lmproject.tokenizer.pretokenize import (
 DEFAULT_CHUNK_BYTES = 8 << 20
 """Largest chunk a worker reads at once: bounds memory (about 20x this per worker) whatever the file size."""
 
+MAX_VOCAB_SIZE = 0x110000
+"""The merge loop stores token ids as characters, chr(id)."""
+
 MIN_CHUNK_BYTES = 1 << 20
 """Smaller files are still cut into several chunks (for balance and progress), but not below this size."""
 
@@ -68,6 +71,8 @@ def train_bpe(
             f"vocab_size {vocab_size} is too small: the 256 bytes and {len(special_tokens)} special "
             f"tokens alone take {initial_size}"
         )
+    if vocab_size > MAX_VOCAB_SIZE:
+        raise UserError(f"vocab_size {vocab_size} is above the supported maximum of {MAX_VOCAB_SIZE}")
     counts = count_pretokens(
         input_path,
         special_tokens,
