@@ -39,61 +39,54 @@ def main() -> int:
     tokenizer = load_or_train(corpus)
     reference = as_tiktoken(tokenizer)
     print(f"tokenizer: {len(tokenizer.vocab):,} tokens trained on {corpus}; machine: {os.cpu_count()} CPUs")
-
-    text = heldout.read_text(encoding="utf-8")
-    megabytes = len(text.encode("utf-8")) / 1e6
-    expected = reference.encode(text, allowed_special="all")
-    tiktoken_s = best_time(lambda: reference.encode(text, allowed_special="all"))
-    cold_s, cold_ids = float("inf"), None
-    for _ in range(REPEATS):
-        fresh = Tokenizer(tokenizer.vocab, tokenizer.merges, tokenizer.special_tokens)
-        started = time.perf_counter()
-        cold_ids = fresh.encode(text)
-        cold_s = min(cold_s, time.perf_counter() - started)
-    warm_s = best_time(lambda: fresh.encode(text))
-    print(f"\n{heldout.name} ({megabytes:.2f} MB, {len(expected):,} tokens), best of {REPEATS}, one process:")
-    print(f"  tiktoken encode        {megabytes / tiktoken_s:6.2f} MB/s")
-    print(
-        f"  ours, cold cache       {megabytes / cold_s:6.2f} MB/s   ratio {tiktoken_s / cold_s:.2f}x tiktoken"
-    )
-    print(
-        f"  ours, warm cache       {megabytes / warm_s:6.2f} MB/s   ratio {tiktoken_s / warm_s:.2f}x tiktoken"
-    )
-    print(f"  ids identical: {cold_ids == expected and fresh.encode(text) == expected}")
-
-    big = corpus.read_text(encoding="utf-8")
-    big_mb = len(big.encode("utf-8")) / 1e6
-    started = time.perf_counter()
-    big_expected = reference.encode(big, allowed_special="all")
-    big_tiktoken_s = time.perf_counter() - started
-    fresh = Tokenizer(tokenizer.vocab, tokenizer.merges, tokenizer.special_tokens)
-    started = time.perf_counter()
-    big_ids = fresh.encode(big)
-    big_ours_s = time.perf_counter() - started
-    print(f"\n{corpus.name} ({big_mb:.1f} MB) in one pass from a fresh tokenizer, one process:")
-    print(f"  tiktoken {big_mb / big_tiktoken_s:.2f} MB/s, ours {big_mb / big_ours_s:.2f} MB/s, "
-          f"ratio {big_tiktoken_s / big_ours_s:.2f}x, ids identical: {big_ids == big_expected}")  # fmt: skip
-    del big, big_ids, big_expected
-
-    print(f"\nencode_file({corpus.name}) -> .npy (lmproject-bpe encode); 1 worker runs in this process:")
-    with tempfile.TemporaryDirectory() as tmp:
-        for workers in (1, 2):
-            out = Path(tmp) / f"ids{workers}.npy"
-            started = time.perf_counter()
-            count = encode_file(tokenizer, corpus, out, num_workers=workers, progress=False)
-            seconds = time.perf_counter() - started
-            same = np.array_equal(np.load(out, mmap_mode="r"), np.load(Path(tmp) / "ids1.npy", mmap_mode="r"))
-            print(f"  {workers} worker(s): {big_mb / seconds:.2f} MB/s ({count:,} tokens, {seconds:.1f} s), "
-                  f"same as 1 worker: {same}")  # fmt: skip
-        minutes = TINYSTORIES_TRAIN_BYTES / 1e6 / (big_mb / seconds) / 60
-        print(f"  extrapolated for TinyStories train (2.1 GB) with 2 workers: about {minutes:.0f} minutes")
-    peak_child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(f"  peak RSS of a worker process: {peak_child:.0f} MB; of this process: {peak_self():.0f} MB")
+    bench_encode_file(tokenizer, corpus)  # first, while this process (which workers fork from) is small
+    compare(tokenizer, reference, heldout, REPEATS, warm=True)
+    compare(tokenizer, reference, corpus, 2, warm=False)
     return 0
 
 
-def peak_self() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def compare(tokenizer: Tokenizer, reference: tiktoken.Encoding, path: Path, repeats: int, warm: bool) -> None:
+    """Best-of-`repeats` MB/s of tiktoken and of ours on one file, runs interleaved so that load from other
+    processes hits both alike; ours from a fresh tokenizer (cold cache), then again (warm cache)."""
+    text = path.read_text(encoding="utf-8")
+    megabytes = len(text.encode("utf-8")) / 1e6
+    best = {"tiktoken": float("inf"), "ours, cold cache": float("inf")} | (
+        {"ours, warm cache": float("inf")} if warm else {}
+    )
+    identical = True
+    for _ in range(repeats):
+        seconds, expected = timed(reference.encode, text, allowed_special="all")
+        best["tiktoken"] = min(best["tiktoken"], seconds)
+        fresh = Tokenizer(tokenizer.vocab, tokenizer.merges, tokenizer.special_tokens)
+        for name in list(best)[1:]:
+            seconds, ids = timed(fresh.encode, text)
+            best[name] = min(best[name], seconds)
+            identical &= ids == expected
+    print(f"\n{path.name} ({megabytes:.2f} MB, {len(expected):,} tokens), one process, best of {repeats}:")
+    for name, seconds in best.items():
+        print(f"  {name:17s} {megabytes / seconds:6.2f} MB/s   {best['tiktoken'] / seconds:.2f}x tiktoken")
+    print(f"  ids identical: {identical}")
+
+
+def bench_encode_file(tokenizer: Tokenizer, corpus: Path) -> None:
+    """`lmproject-bpe encode`'s path: MB/s with 1 worker (this process) and 2 worker processes."""
+    megabytes = corpus.stat().st_size / 1e6
+    print(f"\nencode_file({corpus.name}) -> .npy, {megabytes:.1f} MB; 1 worker runs in this process:")
+    with tempfile.TemporaryDirectory() as tmp:
+        for workers in (1, 2):
+            out = Path(tmp) / f"ids{workers}.npy"
+            seconds, count = timed(encode_file, tokenizer, corpus, out, num_workers=workers, progress=False)
+            same = np.array_equal(np.load(out), np.load(Path(tmp) / "ids1.npy"))
+            rate = megabytes / seconds
+            print(f"  {workers} worker(s): {rate:.2f} MB/s, {count:,} ids, {seconds:.1f} s, same ids: {same}")
+    minutes = TINYSTORIES_TRAIN_BYTES / 1e6 / (megabytes / seconds) / 60
+    print(f"  extrapolated for TinyStories train (2.1 GB) with 2 workers: about {minutes:.0f} minutes")
+    rss = {
+        who: resource.getrusage(who).ru_maxrss / 1024
+        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    }
+    print(f"  peak RSS: this process {rss[resource.RUSAGE_SELF]:.0f} MB, "
+          f"largest worker {rss[resource.RUSAGE_CHILDREN]:.0f} MB")  # fmt: skip
 
 
 def load_or_train(corpus: Path) -> Tokenizer:
@@ -113,13 +106,10 @@ def as_tiktoken(tokenizer: Tokenizer) -> tiktoken.Encoding:
     return tiktoken.Encoding("bench", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens=specials)
 
 
-def best_time(run) -> float:
-    best = float("inf")
-    for _ in range(REPEATS):
-        started = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - started)
-    return best
+def timed(function, *args, **kwargs):
+    started = time.perf_counter()
+    result = function(*args, **kwargs)
+    return time.perf_counter() - started, result
 
 
 if __name__ == "__main__":
