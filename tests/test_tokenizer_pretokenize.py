@@ -14,6 +14,7 @@ from lmproject.tokenizer import pretokenize
 from lmproject.tokenizer.pretokenize import (
     PRETOKEN_RE,
     find_chunk_boundaries,
+    find_pretokens,
     special_token_re,
     split_on_special_tokens,
     validate_special_tokens,
@@ -43,6 +44,22 @@ def test_gpt2_regex_splits_words_numbers_punctuation_and_whitespace():
         "!",
         "\n\n",
     ]
+
+
+ASCII = "".join(map(chr, range(128)))
+
+
+def test_ascii_fast_path_agrees_on_every_pair_of_ascii_characters():
+    for a in ASCII:
+        for b in ASCII:
+            for text in (a + b, f"{a} {b}", f"{a}  {b}\n"):
+                assert find_pretokens(text) == PRETOKEN_RE.findall(text), repr(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from(ASCII + "é€\u00a0"), max_size=40))
+def test_fast_path_finds_the_gpt2_pretokens(text):
+    assert find_pretokens(text) == PRETOKEN_RE.findall(text)
 
 
 def test_special_tokens_match_longest_first():

@@ -8,6 +8,7 @@ tokens (which are never merged or counted) and then cut each piece with the GPT-
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Sequence
 from typing import BinaryIO
 
@@ -23,6 +24,25 @@ GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+
 """
 
 PRETOKEN_RE = regex.compile(GPT2_PATTERN)
+
+# The same pattern for ASCII-only text, with each class cut down to its ASCII members (\p{L} -> [A-Za-z],
+# \p{N} -> [0-9], \s -> the six ASCII spaces). On ASCII input it finds exactly the same pre-tokens (a test
+# checks the classes character by character), and the stdlib `re` engine runs it about 1.5x faster.
+_ASCII_SPACE = r"\t\n\x0b\x0c\r "
+_ASCII_PRETOKEN_RE = re.compile(
+    rf"""'(?:[sdmt]|ll|ve|re)| ?[A-Za-z]+| ?[0-9]+| ?[^{_ASCII_SPACE}A-Za-z0-9]+"""
+    rf"""|[{_ASCII_SPACE}]+(?![^{_ASCII_SPACE}])|[{_ASCII_SPACE}]+"""
+)
+
+
+def find_pretokens(text: str) -> list[str]:
+    """`PRETOKEN_RE.findall(text)`, faster when the text is ASCII-only (checking that is free in CPython).
+
+    >>> find_pretokens("It's 42°C")
+    ['It', "'s", ' 42', '°', 'C']
+    """
+    return (_ASCII_PRETOKEN_RE if text.isascii() else PRETOKEN_RE).findall(text)
+
 
 # A byte offset right after b"\n" with an ASCII graphic character on both sides (for example b"x\ny") is
 # a safe place to cut the text: the newline is a pre-token of its own whether or not the text continues,

@@ -22,8 +22,8 @@ from tqdm import tqdm
 
 from lmproject.errors import UserError
 from lmproject.tokenizer.pretokenize import (
-    PRETOKEN_RE,
     find_chunk_boundaries,
+    find_pretokens,
     read_chunk,
     split_on_special_tokens,
     validate_special_tokens,
@@ -150,7 +150,7 @@ def _count_chunk(job: tuple[str, int, int, list[str], str]) -> Counter[str]:
     text = read_chunk(path, start, end, errors)
     counts: Counter[str] = Counter()
     for piece in split_on_special_tokens(text, special_tokens):
-        counts.update(PRETOKEN_RE.findall(piece))
+        counts.update(find_pretokens(piece))
     return counts
 
 
