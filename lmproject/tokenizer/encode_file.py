@@ -58,7 +58,8 @@ def encode_file(
         raise UserError(f"{output_path}: is a directory, expected a .npy file name")
     if not output_path.parent.is_dir():
         raise UserError(f"{output_path}: directory {output_path.parent} does not exist")
-    num_workers = num_workers or os.cpu_count() or 1
+    if num_workers is None:
+        num_workers = _usable_cores()
     if num_workers < 1:
         raise UserError(f"num_workers must be at least 1, got {num_workers}")
     try:
@@ -92,6 +93,10 @@ def encode_file(
         return sum(counts)
     finally:
         shutil.rmtree(parts_dir, ignore_errors=True)
+
+
+def _usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _collect(counts: Iterable[int], jobs: list[tuple], bar: tqdm) -> list[int]:
