@@ -237,7 +237,7 @@ def report(shape: ModelShape, batch_size: int, memory_gb: float, mfu: float, pea
             + f"\n  = {per_seq:.2f} * batch + {fixed:.2f} {unit}; largest batch in {memory_gb:g} GB: "
             f"{max_batch_size(shape, memory_gb * GB)}",
             f"training time for {steps:,} steps of batch {batch_size} at {100 * mfu:g}% MFU of "
-            f"{peak / 1e12:g} TFLOP/s: {seconds:,.0f} s = {seconds / 3600:,.1f} h = "
+            f"{peak / 1e12:g} TFLOP/s: {seconds:,.0f} s = {seconds / 3600:,.2f} h = "
             f"{seconds / 86400:,.1f} days",
         ]
     )
