@@ -232,9 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m lmproject.download DATASET --dest DIR [--mirror URL]`."""
 
     def run() -> int:
-        parser = argparse.ArgumentParser(
-            prog="python -m lmproject.download", description=__doc__.split("\n")[0]
-        )
+        parser = argparse.ArgumentParser(prog="python -m lmproject.download", description=_DESCRIPTION)
         parser.add_argument("dataset", choices=sorted(DATASETS), help="which corpus")
         parser.add_argument("--dest", type=Path, required=True, help="directory to put the files in")
         parser.add_argument("--mirror", help="base URL to fetch the same file names from instead")
