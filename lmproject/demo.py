@@ -5,7 +5,7 @@ Each stage runs the same command a user would type, and the demo prints it:
   1. stories    python -m lmproject.stories       train and validation text (a stand-in for TinyStories)
   2. tokenizer  lmproject-bpe train               byte-level BPE on the training text
   3. tokens     lmproject-bpe encode              both texts -> .npy token ids
-  4. fit        lmproject fit --config configs/demo.yaml
+  4. fit        lmproject fit --config OUT/config.yaml  (configs/demo.yaml with the demo's paths)
   5. validate   lmproject validate ... --ckpt_path last
   6. predict    lmproject predict ... --ckpt_path last --prompt "Once upon a time" --output samples.jsonl
   7. plot       lmproject plot RUN --out learning_curves.png
