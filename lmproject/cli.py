@@ -70,8 +70,9 @@ class LMCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
-        config = self.config[self.config.subcommand]
-        if self.config.subcommand == "predict":
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else self.config
+        if subcommand == "predict":
             self.sampling = SamplingOptions.from_config(config)
         self._fill_run_layout(config)
         self._choose_precision(config.trainer)
@@ -83,11 +84,14 @@ class LMCLI(LightningCLI):
         config.trainer.default_root_dir = root
         if config.checkpoint.dirpath is None:
             config.checkpoint.dirpath = str(Path(root) / "checkpoints")
-        if config.trainer.logger is None or config.trainer.logger is True:
+        logger = config.trainer.logger
+        if logger is None or logger is True:
             config.trainer.logger = Namespace(
                 class_path="lightning.pytorch.loggers.CSVLogger",
                 init_args=Namespace(save_dir=root, name="logs"),
             )
+        elif isinstance(logger, Namespace) and logger.get("init_args.save_dir", "") is None:
+            logger.init_args.save_dir = root  # e.g. configs/wandb.yaml: files under the run directory
 
     @staticmethod
     def _choose_precision(trainer: Namespace) -> None:
@@ -175,13 +179,15 @@ def _one_line(err: Exception) -> str:
     )
 
 
-def run_lightning(argv: list[str] | None) -> LMCLI:
-    """Parse argv (None: the command line), build the trainer, model and data, and run the subcommand."""
+def run_lightning(argv: list[str] | None, run: bool = True) -> LMCLI:
+    """Parse argv (None: the command line), build the trainer, model and data, and run the subcommand
+    (run=False: parse and build only, argv without a subcommand)."""
     try:
         return LMCLI(
             LanguageModel,
             TokenDataModule,
             args=argv,
+            run=run,
             seed_everything_default=0,
             save_config_kwargs={"overwrite": True},
             trainer_defaults={

@@ -1,0 +1,80 @@
+"""The shipped configs build the intended runs; wandb goes offline without a key; bf16 falls back on CPU."""
+
+from pathlib import Path
+
+import pytest
+
+from lmproject import cli
+from lmproject.accounting import ModelShape, parameter_counts
+from lmproject.loggers import WandbLogger
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+OVERLAYS = {
+    None: {"norm": "pre", "position": "rope", "ffn": "swiglu", "d_ff": 1344},
+    "no_rmsnorm": {"norm": "none"},
+    "post_norm": {"norm": "post"},
+    "nope": {"position": "none"},
+    "silu": {"ffn": "silu", "d_ff": 2048},
+}
+
+
+def build(*configs, extra=()):
+    args = [a for config in configs for a in ("--config", str(CONFIGS / config))]
+    return cli.run_lightning([*args, *extra], run=False)
+
+
+def test_tinystories_config_builds_the_cs336_model_with_vocab_and_context_set_once():
+    built = build("tinystories.yaml")
+    hp = built.model.hparams
+    expected = {"vocab_size": 10_000, "context_length": 256, "d_model": 512, "num_layers": 4, "num_heads": 16,
+                "d_ff": 1344, "rope_theta": 10_000.0, **OVERLAYS[None]}  # fmt: skip
+    assert {k: hp[k] for k in expected} == expected
+    assert (built.datamodule.vocab_size, built.datamodule.context_length) == (10_000, 256)  # linked
+    assert built.config.train_tokens == 327_680_000
+    assert built.config.trainer.precision == ("bf16-mixed" if cli.cpu_supports_bf16() else "32-true")
+    shape = ModelShape(**{k: hp[k] for k in ("vocab_size", "context_length", "d_model", "num_layers",
+                                             "num_heads", "d_ff", "ffn", "norm")})  # fmt: skip
+    assert sum(p.numel() for p in built.model.parameters()) == sum(parameter_counts(shape).values())
+
+
+@pytest.mark.parametrize("overlay", [name for name in OVERLAYS if name])
+def test_ablation_overlays_change_only_their_switch(overlay):
+    base, ablated = (
+        build("smoke.yaml").model.hparams,
+        build("smoke.yaml", f"ablations/{overlay}.yaml").model.hparams,
+    )
+    changed = {k: ablated[k] for k in ablated if ablated[k] != base[k]}
+    assert changed == OVERLAYS[overlay]
+
+
+def test_owt_and_smoke_configs_build():
+    small = [
+        "--model.d_model",
+        "16",
+        "--model.num_heads",
+        "2",
+        "--model.d_ff",
+        "32",
+    ]  # parse, don't build 45M
+    assert build("owt.yaml", extra=small).model.hparams.vocab_size == 32_000
+    smoke = build("smoke.yaml")
+    assert sum(p.numel() for p in smoke.model.parameters()) < 1_000_000
+
+
+def test_wandb_overlay_is_offline_without_an_api_key_and_logs_under_the_run(monkeypatch, tmp_path):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    logger = build("smoke.yaml", "wandb.yaml").trainer.logger
+    assert isinstance(logger, WandbLogger) and logger._offline
+    assert logger.save_dir == "runs/smoke"
+    monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
+    assert not build("smoke.yaml", "wandb.yaml").trainer.logger._offline
+
+
+def test_bf16_falls_back_to_float32_on_a_cpu_without_it(monkeypatch):
+    monkeypatch.setattr(cli, "cpu_supports_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="no native bfloat16"):
+        built = build(
+            "smoke.yaml", extra=["--trainer.accelerator", "cpu", "--trainer.precision", "bf16-mixed"]
+        )
+    assert built.trainer.precision == "32-true"
