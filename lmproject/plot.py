@@ -1,10 +1,11 @@
 """`lmproject plot RUN_DIR... --out PNG`: learning curves of several runs in one picture.
 
-Each run is read from its Lightning CSVLogger file (RUN_DIR/metrics.csv, or the newest metrics.csv below
-RUN_DIR). The left panel draws train and val loss against the optimizer step, the right panel against
-wall-clock seconds when the run logged them (a column named in WALL_CLOCK_COLUMNS; steps in between take
-interpolated times). A run diverged where its loss is NaN/inf or more than DIVERGENCE_FACTOR times the lowest
-loss it had reached before; that point gets an X and the legend says at which step.
+Each run is read from its Lightning CSVLogger files (every metrics.csv below RUN_DIR, one per invocation,
+joined in version order so a resumed run is one curve), or from a metrics.csv given directly. The left
+panel draws train and val loss against the optimizer step, the right panel against wall-clock seconds
+when the run logged them (a column named in WALL_CLOCK_COLUMNS; steps in between take interpolated
+times). A run diverged where its loss is NaN/inf or more than DIVERGENCE_FACTOR times the lowest loss it
+had reached before; that point gets an X and the legend says at which step.
 """
 
 from __future__ import annotations
@@ -53,25 +54,30 @@ class Run:
         return float(np.interp(step, steps, times))
 
 
-def find_metrics(run_dir: Path) -> Path:
-    """RUN_DIR/metrics.csv, or the most recently written metrics.csv anywhere below RUN_DIR."""
+def find_metrics(run_dir: Path) -> list[Path]:
+    """The metrics.csv files of a run in order: RUN_DIR itself if it is a CSV file, else every metrics.csv
+    below it sorted by the logger's version number (one per invocation: fit, its resumes, validate...)."""
     if run_dir.is_file() and run_dir.suffix == ".csv":
-        return run_dir
+        return [run_dir]
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run directory")
-    found = sorted(run_dir.rglob("metrics.csv"), key=lambda p: p.stat().st_mtime)
+    found = sorted(run_dir.rglob("metrics.csv"), key=lambda p: (_version(p.parent.name), p.stat().st_mtime))
     if not found:
         raise UserError(f"{run_dir}: no metrics.csv (is it a run directory with a CSV logger?)")
-    return found[-1]
+    return found
+
+
+def _version(folder: str) -> int:
+    number = folder.removeprefix("version_")
+    return int(number) if number.isdigit() else -1
 
 
 def _first_present(header: list[str], names: tuple[str, ...]) -> str | None:
     return next((name for name in names if name in header), None)
 
 
-def read_run(run_dir: Path) -> Run:
-    """Read one run's losses and wall clock from its metrics.csv."""
-    path = find_metrics(run_dir)
+def read_metrics(path: Path, name: str) -> Run:
+    """The losses and wall clock in one metrics.csv."""
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
         header = reader.fieldnames or []
@@ -81,7 +87,7 @@ def read_run(run_dir: Path) -> Run:
             raise UserError(
                 f"{path}: expected a 'step' column and a loss column ({TRAIN_COLUMNS[0]} or {VAL_COLUMNS[0]})"
             )
-        run = Run(name=run_dir.name if run_dir.is_dir() else run_dir.stem)
+        run = Run(name)
         for row in reader:
             try:
                 step = int(float(row["step"]))
@@ -90,8 +96,26 @@ def read_run(run_dir: Path) -> Run:
                         curve.append((step, float(row[column])))
             except ValueError as err:
                 raise UserError(f"{path}, line {reader.line_num}: not a number ({err})") from None
-    if not run.train and not run.val:
-        raise UserError(f"{path}: no loss values logged yet")
+    return run
+
+
+def read_run(run_dir: Path) -> Run:
+    """One run's curves from its training logs. A resume's log replaces the steps it repeats and its wall
+    clock continues where the previous log's stopped; logs without train loss (validate, predict) are left
+    out unless no log has any."""
+    name = run_dir.name if run_dir.is_dir() else run_dir.stem
+    parts = [read_metrics(path, name) for path in find_metrics(run_dir)]
+    fits = [part for part in parts if part.train] or [part for part in parts if part.val]
+    if not fits:
+        raise UserError(f"{run_dir}: no loss values logged yet")
+    run = Run(name)
+    for part in fits:
+        first = min(step for step, _ in part.train + part.val)
+        run.train = [p for p in run.train if p[0] < first] + part.train
+        run.val = [p for p in run.val if p[0] < first] + part.val
+        kept = [p for p in run.clock if p[0] < first]
+        offset = kept[-1][1] if kept else 0.0
+        run.clock = kept + [(step, seconds + offset) for step, seconds in part.clock]
     return run
 
 

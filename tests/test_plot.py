@@ -8,17 +8,17 @@ import pytest
 from lmproject import plot
 
 
-def write_metrics(folder, losses, val_every=5, clock=True, nan_at=None):
+def write_metrics(folder, losses, val_every=5, clock=True, nan_at=None, first_step=0):
     """A CSVLogger-shaped metrics.csv: sparse rows, train and val losses on separate rows."""
     folder.mkdir(parents=True)
     columns = ["epoch", "step", "train/loss", "val/loss", "lr"] + (["time/elapsed_s"] if clock else [])
     with (folder / "metrics.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, columns)
         writer.writeheader()
-        for step, loss in enumerate(losses):
+        for step, loss in enumerate(losses, start=first_step):
             row = {"epoch": 0, "step": step, "train/loss": "nan" if step == nan_at else loss, "lr": 1e-3}
             if clock:
-                row["time/elapsed_s"] = 0.5 * step
+                row["time/elapsed_s"] = 0.5 * (step - first_step)
             writer.writerow(row)
             if step % val_every == val_every - 1:
                 writer.writerow({"epoch": 0, "step": step, "val/loss": loss + 0.1})
@@ -70,3 +70,16 @@ def test_bad_run_directories_are_one_line_errors(tmp_path, capsys):
             plot.main([str(tmp_path / folder), "--out", str(tmp_path / "o.png")])
         assert info.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "o.png").exists()
+
+
+def test_a_resumed_run_is_one_curve_and_validate_logs_are_left_out(tmp_path):
+    logs = tmp_path / "run" / "logs"
+    write_metrics(logs / "version_0", [5.0 - 0.1 * i for i in range(12)])  # interrupted after step 11
+    write_metrics(logs / "version_1", [3.9 - 0.1 * i for i in range(10)], first_step=10)  # resumed at 10
+    (logs / "version_2").mkdir()
+    (logs / "version_2" / "metrics.csv").write_text("step,val/loss,val/perplexity\n0,2.9,18.2\n")
+    run = plot.read_run(tmp_path / "run")
+    assert [s for s, _ in run.train] == list(range(20))
+    assert run.train[10][1] == pytest.approx(3.9)  # the resume's value replaces the repeated step
+    assert run.clock[-1] == (19, pytest.approx(0.5 * 9 + 0.5 * 9))  # continues from the clock at step 9
+    assert all(step > 0 for step, _ in run.val)
