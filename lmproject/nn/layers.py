@@ -79,9 +79,11 @@ class SiLUFFN(nn.Module):
 
 
 class RotaryEmbedding(nn.Module):
-    """RoPE: rotates each adjacent pair (x0,x1), (x2,x3), … of the last dim by position·θ^(-2k/d_k).
+    """RoPE: rotates each adjacent pair (x0,x1), (x2,x3), … of the last dim by the angle position·θ^(-2k/d_k).
 
-    cos/sin tables for positions 0..max_seq_len-1 live in non-persistent buffers (not in the state dict).
+    Rotating the pair (a, b) by φ gives (a·cos φ − b·sin φ, a·sin φ + b·cos φ) = (a, b)·cos φ + (−b, a)·sin φ,
+    so the whole vector is x·cos + rot90(x)·sin with each pair's cos/sin repeated twice. The tables for
+    positions 0..max_seq_len-1 live in non-persistent buffers (not in the state dict).
     """
 
     def __init__(self, theta: float, d_k: int, max_seq_len: int, device=None):
@@ -90,15 +92,16 @@ class RotaryEmbedding(nn.Module):
             raise ValueError(f"RoPE needs an even head dimension, got d_k={d_k}")
         inv_freq = theta ** (-torch.arange(0, d_k, 2, device=device, dtype=torch.float32) / d_k)
         angles = torch.arange(max_seq_len, device=device, dtype=torch.float32)[:, None] * inv_freq
+        angles = angles.repeat_interleave(2, dim=-1)  # (max_seq_len, d_k): both members of a pair
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
     def forward(self, x: torch.Tensor, token_positions: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (..., seq, d_k); token_positions (..., seq) broadcasts to x's leading dims, default 0..."""
-        if token_positions is None:
-            token_positions = torch.arange(x.shape[-2], device=x.device)
-        cos = self.cos[token_positions].to(x.dtype)
-        sin = self.sin[token_positions].to(x.dtype)
+        """x: (..., seq, d_k); token_positions (..., seq) broadcasts to x's leading dims, default 0.."""
+        if token_positions is None:  # positions 0..seq-1: a slice of the tables, no gather
+            cos, sin = self.cos[: x.shape[-2]], self.sin[: x.shape[-2]]
+        else:
+            cos, sin = self.cos[token_positions], self.sin[token_positions]
         even, odd = x[..., 0::2], x[..., 1::2]
-        rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
-        return rotated.flatten(-2)
+        rot90 = torch.stack((-odd, even), dim=-1).flatten(-2)  # (a, b) -> (-b, a) in every pair
+        return x * cos.to(x.dtype) + rot90 * sin.to(x.dtype)
