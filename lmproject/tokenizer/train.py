@@ -60,19 +60,12 @@ def train_bpe(
     rejects invalid UTF-8 with the byte offset of the first bad byte; `errors="replace"` replaces it with
     U+FFFD. A corpus with no text outside special tokens is a UserError (there is nothing to learn from).
 
-    >>> vocab, merges = train_bpe("corpus.txt", 1000, ["<|endoftext|>"])  # doctest: +SKIP
-    >>> merges[:2]  # doctest: +SKIP
-    [(b' ', b't'), (b'h', b'e')]
+    >>> vocab, merges = train_bpe("../shared/data/corpus.en", 500, ["<|endoftext|>"])  # doctest: +SKIP
+    >>> merges[:3], vocab[256], vocab[257]  # doctest: +SKIP
+    ([(b' ', b't'), (b' ', b'a'), (b'h', b'e')], b'<|endoftext|>', b' t')
     """
     special_tokens = validate_special_tokens(special_tokens)
-    initial_size = 256 + len(special_tokens)
-    if vocab_size < initial_size:
-        raise UserError(
-            f"vocab_size {vocab_size} is too small: the 256 bytes and {len(special_tokens)} special "
-            f"tokens alone take {initial_size}"
-        )
-    if vocab_size > MAX_VOCAB_SIZE:
-        raise UserError(f"vocab_size {vocab_size} is above the supported maximum of {MAX_VOCAB_SIZE}")
+    _check_vocab_size(vocab_size, special_tokens)
     counts = count_pretokens(
         input_path,
         special_tokens,
@@ -84,6 +77,17 @@ def train_bpe(
     if not counts:
         raise UserError(f"{input_path}: no text to train on (the file is empty or holds only special tokens)")
     return merge_pretokens(counts, vocab_size, special_tokens, progress=progress)
+
+
+def _check_vocab_size(vocab_size: int, special_tokens: list[str]) -> None:
+    initial_size = 256 + len(special_tokens)
+    if vocab_size < initial_size:
+        raise UserError(
+            f"vocab_size {vocab_size} is too small: the 256 bytes and {len(special_tokens)} special "
+            f"tokens alone take {initial_size}"
+        )
+    if vocab_size > MAX_VOCAB_SIZE:
+        raise UserError(f"vocab_size {vocab_size} is above the supported maximum of {MAX_VOCAB_SIZE}")
 
 
 # ---- phase 1: pre-token counting ----
@@ -168,10 +172,11 @@ def merge_pretokens(
     vocab_size: int,
     special_tokens: Sequence[str] | None = None,
     *,
-    progress=True,
+    progress: bool = True,
 ) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
     """The BPE merge loop on pre-token counts: returns `(vocab, merges)` as described in `train_bpe`."""
     special_tokens = validate_special_tokens(special_tokens)
+    _check_vocab_size(vocab_size, special_tokens)
     vocab = {i: bytes([i]) for i in range(256)}
     for token in special_tokens:
         vocab[len(vocab)] = token.encode("utf-8")
