@@ -74,7 +74,7 @@ class RunCheckpoint(ModelCheckpoint):
     def save_last_now(self, trainer: L.Trainer) -> Path:
         path = Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
         if self._last_global_step_saved != trainer.global_step or not path.exists():
-            trainer.save_checkpoint(path)
+            trainer.save_checkpoint(path, weights_only=False)
             self._last_global_step_saved = trainer.global_step
             self.last_model_path = str(path)
         return path
@@ -130,5 +130,5 @@ class GracefulInterrupt(L.Callback):
             self.saved = checkpointer.save_last_now(trainer)
         else:
             self.saved = Path(trainer.default_root_dir) / "interrupted.ckpt"
-            trainer.save_checkpoint(self.saved)
+            trainer.save_checkpoint(self.saved, weights_only=False)
         trainer.should_stop = True

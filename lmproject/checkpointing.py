@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +9,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lmproject.errors import UserError
+from lmproject.tokenizer.files import atomic_write
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -17,14 +17,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     crash or Ctrl-C during a save never leaves a truncated checkpoint under the final name."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.partial")
-        try:
-            torch.save(checkpoint, partial)
-            os.replace(partial, path)
-        finally:
-            partial.unlink(missing_ok=True)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path, "wb") as file:
+            torch.save(checkpoint, file)
 
 
 def find_last(directory: Path) -> Path | None:

@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from lmproject.checkpointing import AtomicCheckpointIO
 from lmproject.cli import main
 
 TINY_MODEL = {
@@ -160,3 +161,12 @@ def test_bad_input_gets_one_line_errors(data_dir, capsys):
     assert "not a readable checkpoint" in fails(
         ["validate", "--config", config, "--ckpt_path", str(corrupt)], capsys
     )
+
+
+def test_a_failed_checkpoint_save_leaves_the_previous_checkpoint_intact(tmp_path):
+    path = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"step": 1}, path)
+    with pytest.raises(Exception, match="pickle"):
+        AtomicCheckpointIO().save_checkpoint({"step": 2, "unpicklable": lambda: None}, path)
+    assert torch.load(path, weights_only=True) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left behind
