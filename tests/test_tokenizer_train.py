@@ -100,21 +100,26 @@ def test_heap_key_orders_pairs_by_descending_bytes(a, b, c, d):
 TEXT_PIECES = ["a", "b", "ab", "ba", " a", " b", "aa", "\n", "  ", "x!", "é", EOT]
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.lists(st.sampled_from(TEXT_PIECES), max_size=80), st.integers(257, 300), st.integers(1, 40))
-def test_agrees_with_the_naive_algorithm_for_any_chunking(parts, vocab_size, chunk_bytes):
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(st.sampled_from(TEXT_PIECES), max_size=80),
+    st.integers(257, 300),
+    st.integers(1, 40),
+    st.sampled_from([[], [EOT]]),
+)
+def test_agrees_with_the_naive_algorithm_for_any_chunking(parts, vocab_size, chunk_bytes, specials):
     text = "".join(parts)
     with tempfile.TemporaryDirectory() as folder:
         path = write(Path(folder), text)
-        if not split_on_special_tokens(text, [EOT]):
+        if not split_on_special_tokens(text, specials):
             with pytest.raises(UserError, match="no text to train on"):
-                train_bpe(path, vocab_size, [EOT], num_workers=1, progress=False)
+                train_bpe(path, vocab_size, specials, num_workers=1, progress=False)
             return
         vocab, merges = train_bpe(
-            path, vocab_size, [EOT], num_workers=1, chunk_bytes=chunk_bytes, progress=False
+            path, vocab_size, specials, num_workers=1, chunk_bytes=chunk_bytes, progress=False
         )
-    assert merges == naive_bpe(text, vocab_size, [EOT])
-    assert len(vocab) == 257 + len(merges)
+    assert merges == naive_bpe(text, vocab_size, specials)
+    assert len(vocab) == 256 + len(specials) + len(merges)
 
 
 def test_same_merges_whatever_the_workers_and_chunk_size(tmp_path):
