@@ -19,8 +19,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from lmproject.errors import UserError, run_cli
+from lmproject.tokenizer.encode_file import encode_file, token_dtype
 from lmproject.tokenizer.files import iter_text_blocks
 from lmproject.tokenizer.tokenizer import Tokenizer
+from lmproject.tokenizer.train import train_bpe
 
 PROG = "lmproject-bpe"
 
@@ -86,8 +88,6 @@ def _positive_int(text: str) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from lmproject.tokenizer.train import train_bpe
-
     if args.out.exists() and not args.out.is_dir():
         raise UserError(f"--out {args.out}: exists and is not a directory")
     started = time.perf_counter()
@@ -102,8 +102,6 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _encode(args: argparse.Namespace) -> int:
-    from lmproject.tokenizer.encode_file import encode_file, token_dtype
-
     tokenizer = Tokenizer.from_dir(args.tokenizer)
     started = time.perf_counter()
     errors = "replace" if args.replace_invalid_utf8 else "strict"
