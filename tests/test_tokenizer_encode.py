@@ -93,6 +93,8 @@ def test_decode_replaces_malformed_utf8_and_rejects_unknown_ids(english):
     assert english.decode([0xE2, 0x9C]) == "\ufffd"  # a truncated 3-byte character
     assert english.decode([0xFF, ord("a")]) == "\ufffda"
     assert english.decode(np.array([104, 105], dtype=np.uint16)) == "hi"
+    with pytest.raises(ValueError, match="token id 60000 is not in the vocab"):
+        english.decode(np.array([104, 60000], dtype=np.uint16))
     for bad in (english.vocab_size, -1):
         with pytest.raises(ValueError, match=f"token id {bad} is not in the vocab"):
             english.decode([104, bad])

@@ -3,7 +3,9 @@
 Encoding cuts the text at special tokens (longest first), cuts each piece into pre-tokens with the GPT-2
 regex, and turns each pre-token into ids by applying the merges in rank order to its UTF-8 bytes. Natural
 text repeats its pre-tokens, so the ids of each distinct pre-token are cached: most of the text costs one
-regex match and one dict lookup per pre-token, and the merge loop only runs for new ones.
+regex match and one dict lookup per pre-token, and the merge loop only runs for new ones. Pure-ASCII
+pieces are pre-tokenized by Python's built-in `re`, about twice as fast as `regex`, with the same pattern
+rewritten for ASCII (`ascii_only_regex`).
 """
 
 from __future__ import annotations
@@ -166,7 +168,7 @@ class Tokenizer:
             data = b"".join(map(self.vocab.__getitem__, ids))
         except (KeyError, TypeError) as err:
             bad = err.args[0] if isinstance(err, KeyError) else "of a non-integer type"
-            raise ValueError(f"token id {bad!r} is not in the vocab (0..{self.vocab_size - 1})") from None
+            raise ValueError(f"token id {bad} is not in the vocab (0..{self.vocab_size - 1})") from None
         return data.decode("utf-8", errors="replace")
 
     def __reduce__(self):
