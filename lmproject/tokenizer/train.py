@@ -10,11 +10,13 @@ lazily when popped instead of being updated on every change.
 
 from __future__ import annotations
 
+import gc
 import heapq
 import multiprocessing
 import os
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from itertools import compress, repeat
 from operator import is_not
 
@@ -177,6 +179,26 @@ def merge_pretokens(
     """The BPE merge loop on pre-token counts: returns `(vocab, merges)` as described in `train_bpe`."""
     special_tokens = validate_special_tokens(special_tokens)
     _check_vocab_size(vocab_size, special_tokens)
+    with _garbage_collector_paused():
+        return _merge_loop(pretoken_counts, vocab_size, special_tokens, progress)
+
+
+@contextmanager
+def _garbage_collector_paused() -> Iterator[None]:
+    """The merge loop keeps hundreds of thousands of lists and tuples alive, none in a reference cycle:
+    Python's cycle collector would walk them all again and again for nothing (about 10% of the time)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _merge_loop(
+    pretoken_counts: dict[bytes, int], vocab_size: int, special_tokens: list[str], progress: bool
+) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
     vocab = {i: bytes([i]) for i in range(256)}
     for token in special_tokens:
         vocab[len(vocab)] = token.encode("utf-8")
