@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from lmproject.accounting import train_flops_per_token
 from lmproject.checkpointing import AtomicCheckpointIO
 from lmproject.cli import main
 
@@ -122,12 +123,20 @@ def test_ctrl_c_then_resume_from_last_continues_the_exact_trajectory(data_dir):
     assert all(torch.equal(straight_weights[k], v) for k, v in final["state_dict"].items())
 
 
-def test_token_budget_counts_gradient_accumulation(data_dir):
+def test_token_budget_counts_gradient_accumulation_and_mfu_uses_the_accounting_flops(data_dir):
     run = data_dir / "run"
     tokens = 6 * BATCH * TINY_MODEL["context_length"]
+    throughput = ["--throughput.window", "1", "--throughput.peak_flops", "1e9"]
     main(["fit", "--config", str(write_config(data_dir, run)), "--train_tokens", str(tokens),
-          "--trainer.accumulate_grad_batches", "2"])  # fmt: skip
+          "--trainer.accumulate_grad_batches", "2", *throughput])  # fmt: skip
     assert torch.load(run / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 3
+
+    rows = [r for r in csv.DictReader((run / "logs/version_0/metrics.csv").open()) if r["throughput/mfu"]]
+    assert len(rows) == 3  # one window per optimizer step
+    shape = {k: TINY_MODEL[k] for k in ("vocab_size", "context_length", "d_model", "num_layers", "d_ff")}
+    for row in rows:
+        expected = float(row["throughput/tokens_per_s"]) * train_flops_per_token(**shape) / 1e9
+        assert float(row["throughput/mfu"]) == pytest.approx(expected, rel=1e-5)
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(data_dir, capsys):
@@ -152,6 +161,7 @@ def test_bad_input_gets_one_line_errors(data_dir, capsys):
 
     main(["fit", "--config", config, "--trainer.max_steps", "2"])
     checkpoint = run / "checkpoints/last.ckpt"
+    main(["test", "--config", config, "--ckpt_path", str(checkpoint)])  # the good checkpoint loads
     message = fails(
         ["validate", "--config", config, "--model.d_model", "64", "--ckpt_path", str(checkpoint)], capsys
     )
