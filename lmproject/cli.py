@@ -76,7 +76,7 @@ class LMCLI(LightningCLI):
             self.sampling = SamplingOptions.from_config(config)
         self._fill_run_layout(config)
         self._choose_precision(config.trainer)
-        self._resolve_checkpoint(config)
+        self._resolve_checkpoint(config, subcommand)
 
     @staticmethod
     def _fill_run_layout(config: Namespace) -> None:
@@ -101,15 +101,19 @@ class LMCLI(LightningCLI):
             )
             trainer.precision = "32-true"
 
-    def _resolve_checkpoint(self, config: Namespace) -> None:
+    def _resolve_checkpoint(self, config: Namespace, subcommand: str | None) -> None:
+        """`last` becomes the newest last*.ckpt of the run (fit starts fresh when there is none); the file is
+        then checked before anything is built."""
         if not config.get("ckpt_path"):
             return
         path = config.ckpt_path
         if path == "last":
             found = find_last(Path(config.checkpoint.dirpath))
+            if found is None and subcommand != "fit":
+                raise UserError(f"--ckpt_path last: no last checkpoint in {config.checkpoint.dirpath}")
             if found is None:
                 print(
-                    f"lmproject: no last checkpoint in {config.checkpoint.dirpath}; starting from scratch",
+                    f"lmproject: no checkpoint in {config.checkpoint.dirpath} yet: starting fresh",
                     file=sys.stderr,
                 )
                 config.ckpt_path = None

@@ -159,6 +159,10 @@ def test_bad_input_gets_one_line_errors(data_dir, capsys):
     )
     assert "train.npy: token id 63" in fails(["fit", "--config", config, "--model.vocab_size", "32"], capsys)
 
+    assert "--ckpt_path last: no last checkpoint" in fails(
+        ["validate", "--config", config, "--ckpt_path", "last"], capsys
+    )
+
     main(["fit", "--config", config, "--trainer.max_steps", "2"])
     checkpoint = run / "checkpoints/last.ckpt"
     main(["test", "--config", config, "--ckpt_path", str(checkpoint)])  # the good checkpoint loads
