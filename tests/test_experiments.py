@@ -29,7 +29,7 @@ def test_sweep_points_are_overlays_with_known_keys(variable, folder):
     }
     points = make_variable(variable)
     files = sorted(p.stem for p in (ROOT / "configs" / "sweeps" / folder).glob("*.yaml"))
-    assert sorted(points) == files
+    assert set(points) <= set(files) and set(files) - set(points) <= {"bs_1"}  # bs_1 is opt-in
     for point in points:
         overlay = yaml.safe_load((ROOT / "configs" / "sweeps" / folder / f"{point}.yaml").read_text())
         for section, values in overlay.items():
