@@ -199,6 +199,7 @@ def _garbage_collector_paused() -> Iterator[None]:
 def _merge_loop(
     pretoken_counts: dict[bytes, int], vocab_size: int, special_tokens: list[str], progress: bool
 ) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
+    """Pick the best pair from the heap, merge it everywhere, push the new pairs; until vocab_size."""
     vocab = {i: bytes([i]) for i in range(256)}
     for token in special_tokens:
         vocab[len(vocab)] = token.encode("utf-8")
@@ -206,14 +207,7 @@ def _merge_loop(
 
     words = [token.decode("latin-1") for token in pretoken_counts]
     counts = list(pretoken_counts.values())
-    pair_counts: defaultdict[str, int] = defaultdict(int)
-    # pair -> the words that had it when it was listed (once per occurrence); words may lose it later
-    where: defaultdict[str, list[int]] = defaultdict(list)
-    for index, word in enumerate(words):
-        count = counts[index]
-        for pair in map(str.__add__, word, word[1:]):
-            pair_counts[pair] += count
-            where[pair].append(index)
+    pair_counts, where = _index_pairs(words, counts)
     heap = [(-count, desc_keys[ord(p[0])] + desc_keys[ord(p[1])], p) for p, count in pair_counts.items()]
     heapq.heapify(heap)
 
@@ -240,6 +234,24 @@ def _merge_loop(
                 bar.update(64)
         bar.update(len(merges) % 64)
     return vocab, merges
+
+
+def _index_pairs(
+    words: list[str], counts: list[int]
+) -> tuple[defaultdict[str, int], defaultdict[str, list[int]]]:
+    """Count every pair of adjacent tokens, and index the words that have each pair.
+
+    `where[pair]` lists the words that had the pair when they were listed, once per occurrence; a word
+    may lose the pair through later merges, which `_merge_pair` notices.
+    """
+    pair_counts: defaultdict[str, int] = defaultdict(int)
+    where: defaultdict[str, list[int]] = defaultdict(list)
+    for index, word in enumerate(words):
+        count = counts[index]
+        for pair in map(str.__add__, word, word[1:]):
+            pair_counts[pair] += count
+            where[pair].append(index)
+    return pair_counts, where
 
 
 def _desc_key(token: bytes) -> str:
