@@ -84,9 +84,9 @@ def train_bpe(
 def _check_vocab_size(vocab_size: int, special_tokens: list[str]) -> None:
     initial_size = 256 + len(special_tokens)
     if vocab_size < initial_size:
+        specials = f"{len(special_tokens)} special token{'' if len(special_tokens) == 1 else 's'}"
         raise UserError(
-            f"vocab_size {vocab_size} is too small: the 256 bytes and {len(special_tokens)} special "
-            f"tokens alone take {initial_size}"
+            f"vocab_size {vocab_size} is too small: the 256 bytes and {specials} take {initial_size}"
         )
     if vocab_size > MAX_VOCAB_SIZE:
         raise UserError(f"vocab_size {vocab_size} is above the supported maximum of {MAX_VOCAB_SIZE}")
