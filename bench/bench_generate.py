@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from bench_model import TINYSTORIES  # noqa: E402
+from bench_model import TINYSTORIES, summary  # noqa: E402
 from reference_model import greedy_recompute  # noqa: E402
 
 from lmproject.generate import generate  # noqa: E402
@@ -47,7 +47,7 @@ def main() -> None:
         f"device {args.device}, torch threads {torch.get_num_threads()}, "
         f"{args.new_tokens} new tokens from a {args.prompt_len}-token prompt, batch 1"
     )
-    best = {name: 0.0 for name in runs}
+    rates: dict[str, list[float]] = {name: [] for name in runs}
     outputs = {}
     for repeat in range(args.repeats):
         for name, run in runs.items():
@@ -55,19 +55,15 @@ def main() -> None:
             outputs[name] = run()
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
-            rate = args.new_tokens / (time.perf_counter() - start)
-            best[name] = max(best[name], rate)
-            print(f"  repeat {repeat + 1}/{args.repeats} {name:9s} {rate:8.1f} tok/s", flush=True)
+            rates[name].append(args.new_tokens / (time.perf_counter() - start))
+            print(f"  repeat {repeat + 1} {name:9s} {rates[name][-1]:8.1f} tok/s", flush=True)
     cached, recomputed = outputs["cached"], outputs["recompute"]
     same = (
         "identical tokens"
         if cached == recomputed
         else f"tokens differ from step {first_difference(cached, recomputed)}"
     )
-    print(
-        f"cached {best['cached']:.1f} tok/s, recompute {best['recompute']:.1f} tok/s, "
-        f"ratio {best['cached'] / best['recompute']:.1f}x (best of {args.repeats}; {same})"
-    )
+    print(summary("cached vs recompute", rates["cached"], rates["recompute"]) + f"; {same}")
 
 
 def first_difference(a: list[int], b: list[int]) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -65,22 +66,24 @@ def main() -> None:
     y = torch.randint(0, 10_000, (args.batch, 256), device=args.device)
     print(f"device {args.device}, torch threads {torch.get_num_threads()}, batch {args.batch}x256 tokens")
     for bf16 in [False, True] if args.bf16 else [False]:
-        best = {"ours": 0.0, "reference": 0.0}
+        label = "bf16 autocast" if bf16 else "float32"
         for step in (ours_step, reference_step):  # warm-up (allocator, kernels)
             tokens_per_second(step, model, params, x, y, 1, bf16)
+        rates: dict[str, list[float]] = {"ours": [], "reference": []}
         for repeat in range(args.repeats):
             for name, step in (("ours", ours_step), ("reference", reference_step)):
-                rate = tokens_per_second(step, model, params, x, y, args.steps, bf16)
-                best[name] = max(best[name], rate)
-                label = "bf16" if bf16 else "fp32"
-                print(
-                    f"  [{label}] repeat {repeat + 1}/{args.repeats} {name:9s} {rate:9.0f} tok/s", flush=True
-                )
-        ratio = best["ours"] / best["reference"]
-        print(
-            f"{'bf16 autocast' if bf16 else 'float32'}: ours {best['ours']:.0f} tok/s, "
-            f"reference {best['reference']:.0f} tok/s, ratio {ratio:.2f}x (best of {args.repeats})"
-        )
+                rates[name].append(tokens_per_second(step, model, params, x, y, args.steps, bf16))
+                print(f"  [{label}] repeat {repeat + 1} {name:9s} {rates[name][-1]:9.0f} tok/s", flush=True)
+        print(summary(label, rates["ours"], rates["reference"]))
+
+
+def summary(label: str, ours: list[float], reference: list[float]) -> str:
+    """Best-of-each ratio, plus the median of the per-repeat ratios (robust to a noisy neighbour)."""
+    paired = statistics.median(a / b for a, b in zip(ours, reference, strict=True))
+    return (
+        f"{label}: ours {max(ours):.0f} tok/s, reference {max(reference):.0f} tok/s, "
+        f"ratio {max(ours) / max(reference):.2f}x (best of {len(ours)}), median paired ratio {paired:.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -102,6 +102,26 @@ class RotaryEmbedding(nn.Module):
             cos, sin = self.cos[: x.shape[-2]], self.sin[: x.shape[-2]]
         else:
             cos, sin = self.cos[token_positions], self.sin[token_positions]
-        even, odd = x[..., 0::2], x[..., 1::2]
-        rot90 = torch.stack((-odd, even), dim=-1).flatten(-2)  # (a, b) -> (-b, a) in every pair
-        return x * cos.to(x.dtype) + rot90 * sin.to(x.dtype)
+        return _Rotate.apply(x, cos.to(x.dtype), sin.to(x.dtype))
+
+
+def _rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x·cos + rot90(x)·sin, where rot90 maps each adjacent pair (a, b) to (−b, a)."""
+    even, odd = x[..., 0::2], x[..., 1::2]
+    rot90 = torch.stack((-odd, even), dim=-1).flatten(-2)
+    return x * cos + rot90 * sin
+
+
+class _Rotate(torch.autograd.Function):
+    """Pairwise rotation whose gradient is the inverse rotation (angle −φ: same cos, negated sin), one
+    pass instead of autograd's walk back through the strided slices."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(cos, sin)
+        return _rotate_pairs(x, cos, sin)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        cos, sin = ctx.saved_tensors
+        return _rotate_pairs(grad, cos, -sin), None, None
