@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from conftest import shared
 
 from lmproject.errors import UserError
 from lmproject.tokenizer.files import (
@@ -18,15 +17,6 @@ from lmproject.tokenizer.files import (
     str_to_token,
     token_to_str,
 )
-
-SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-
-
-def shared(name: str) -> Path:
-    path = SHARED / name
-    if not path.exists():
-        pytest.skip(f"{path} is absent (fixtures from ../shared/data)")
-    return path
 
 
 def test_byte_alphabet_is_gpt2s():

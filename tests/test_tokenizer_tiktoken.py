@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from conftest import shared
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -13,18 +12,10 @@ from lmproject.tokenizer.pretokenize import GPT2_PATTERN
 
 tiktoken = pytest.importorskip("tiktoken")
 
-SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 EOT = "<|endoftext|>"
 WHITESPACE_HEAVY = (
     "  lead\n\n\n   \t x  y \r\n\r\n    z   \n\t\t\tindented  \u00a0nbsp \u3000wide\n \n  end   "
 )
-
-
-def shared(name: str) -> Path:
-    path = SHARED / name
-    if not path.exists():
-        pytest.skip(f"{path} is absent (fixtures from ../shared/data)")
-    return path
 
 
 def as_tiktoken(tokenizer: Tokenizer) -> tiktoken.Encoding:

@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import shared
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -16,14 +17,6 @@ from lmproject.tokenizer.pretokenize import PRETOKEN_RE, split_on_special_tokens
 from lmproject.tokenizer.train import _desc_key, train_bpe
 
 EOT = "<|endoftext|>"
-SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-
-
-def shared(name: str) -> Path:
-    path = SHARED_DATA / name
-    if not path.exists():
-        pytest.skip(f"reference data {path} is absent")
-    return path
 
 
 def naive_bpe(text: str, vocab_size: int, special_tokens: list[str]) -> list[tuple[bytes, bytes]]:

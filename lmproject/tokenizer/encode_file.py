@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from lmproject.errors import UserError
 from lmproject.tokenizer.files import atomic_write
-from lmproject.tokenizer.pretokenize import find_chunk_boundaries
+from lmproject.tokenizer.pretokenize import find_chunk_boundaries, read_chunk
 from lmproject.tokenizer.tokenizer import Tokenizer
 
 MAX_CHUNK_BYTES = 8 << 20
@@ -129,13 +129,7 @@ def _init_worker(tokenizer: Tokenizer) -> None:
 def _encode_chunk(job: tuple[str, int, int, str, str, str]) -> int:
     """Encode bytes [start, end) of the file into a raw part file; return the number of ids."""
     path, start, end, errors, part_path, dtype = job
-    with open(path, "rb") as file:
-        file.seek(start)
-        data = file.read(end - start)
-    try:
-        text = data.decode("utf-8", errors=errors)
-    except UnicodeDecodeError as err:
-        raise UserError(f"{path}: invalid UTF-8 at byte offset {start + err.start}") from None
+    text = read_chunk(path, start, end, errors)
     ids = np.array(_worker_tokenizer.encode(text), dtype=dtype)
     ids.tofile(part_path)
     return len(ids)
