@@ -57,6 +57,7 @@ def sample_next_token(
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+@torch.no_grad()  # as a decorator it also restores the caller's grad mode at every yield
 def generate_steps(
     model: TransformerLM,
     prompt_ids: Sequence[Sequence[int]],
@@ -86,22 +87,20 @@ def generate_steps(
     pad = torch.tensor([width - len(prompt) for prompt in prompt_ids], device=device)
     finished = torch.zeros(len(prompt_ids), dtype=torch.bool, device=device)
 
-    with torch.no_grad():
-        cache, tokens, pad, logits = _encode_window(model, tokens, pad)
-        for step in range(max_new_tokens):
-            new = sample_next_token(logits, temperature, top_p, top_k, generator)
-            yield [
-                None if done else token for done, token in zip(finished.tolist(), new.tolist(), strict=True)
-            ]
-            if eos_id is not None:
-                finished |= new == eos_id
-            if finished.all() or step == max_new_tokens - 1:
-                return
-            tokens = torch.cat([tokens, new[:, None]], dim=1)
-            if cache.length < model.context_length:
-                logits = model(new[:, None], kv_cache=cache)[:, -1]
-            else:
-                cache, tokens, pad, logits = _encode_window(model, tokens, pad)
+    cache, tokens, pad, logits = _encode_window(model, tokens, pad)
+    for step in range(max_new_tokens):
+        new = sample_next_token(logits, temperature, top_p, top_k, generator)
+        ended = finished.tolist()
+        yield [None if done else token for done, token in zip(ended, new.tolist(), strict=True)]
+        if eos_id is not None:
+            finished |= new == eos_id
+        if finished.all() or step == max_new_tokens - 1:
+            return
+        tokens = torch.cat([tokens, new[:, None]], dim=1)
+        if cache.length < model.context_length:
+            logits = model(new[:, None], kv_cache=cache)[:, -1]
+        else:
+            cache, tokens, pad, logits = _encode_window(model, tokens, pad)
 
 
 def generate(

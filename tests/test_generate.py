@@ -52,6 +52,12 @@ def test_generate_steps_streams_the_same_tokens_as_generate():
     assert streamed == generate(model, prompts, max_new_tokens=12, temperature=0.8, eos_id=9, seed=7)
 
 
+def test_streaming_leaves_the_callers_grad_mode_alone():
+    steps = generate_steps(small_model(), [[1, 2]], max_new_tokens=3)
+    for _ in steps:
+        assert torch.is_grad_enabled()
+
+
 def test_eos_stops_each_sequence_on_its_own():
     model = small_model().double()
     prompts = [[1, 2, 3], [9, 8]]
