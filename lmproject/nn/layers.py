@@ -97,7 +97,8 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("sin", angles.sin(), persistent=False)
 
     def forward(self, x: torch.Tensor, token_positions: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (..., seq, d_k); token_positions (..., seq) broadcasts to x's leading dims, default 0.."""
+        """Rotate x (..., seq, d_k) to token_positions (..., seq), which broadcast against x's leading dims;
+        the default is 0..seq-1."""
         if token_positions is None:  # positions 0..seq-1: a slice of the tables, no gather
             cos, sin = self.cos[: x.shape[-2]], self.sin[: x.shape[-2]]
         else:
