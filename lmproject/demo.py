@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -32,6 +33,9 @@ from lmproject.errors import UserError, run_cli
 MARKER = ".lmproject-demo"
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 PROMPT = "Once upon a time"
+# OpenMP threads that sleep instead of spinning while they wait: on a 2-core machine that is busy with
+# anything else, spinning threads make a training step 5-8x slower (bench/RESULTS_demo.md).
+STAGE_ENV = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ}
 
 
 @dataclass(frozen=True)
@@ -80,7 +84,7 @@ class Pipeline:
         shown = " ".join(shlex.quote(a if i else Path(a).name) for i, a in enumerate(argv))
         print(f"\n==> [{stage}] {shown}", flush=True)
         start = time.perf_counter()
-        result = subprocess.run(argv)
+        result = subprocess.run(argv, env=STAGE_ENV)
         self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
         if result.returncode != 0:
             raise UserError(f"stage {stage} failed (exit status {result.returncode}): {shown}")
