@@ -54,6 +54,13 @@ def test_merges_apply_by_rank_not_left_to_right():
     assert pieces(tokenizer, "bbbb") == [b"b", b"b", b"b", b"b"]
 
 
+def test_a_vocab_token_encodes_as_its_merges_give_not_as_itself():
+    """A shortcut that maps text equal to a vocab token straight to that token would be wrong here."""
+    tokenizer = make_tokenizer([(b"a", b"b"), (b"b", b"c"), (b"a", b"bc")])
+    assert pieces(tokenizer, "abc") == [b"ab", b"c"]  # learned as a + bc, but (a, b) comes first
+    assert pieces(tokenizer, "bc") == [b"bc"]
+
+
 def test_equal_pairs_merge_left_to_right():
     tokenizer = make_tokenizer([(b"a", b"a")])
     assert pieces(tokenizer, "aaa") == [b"aa", b"a"]
