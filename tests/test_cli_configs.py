@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+from test_training_cli import one_thread  # noqa: F401 (autouse fixture)
 
 from lmproject import cli
 from lmproject.accounting import ModelShape, parameter_counts

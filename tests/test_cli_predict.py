@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 import yaml
+from test_training_cli import one_thread  # noqa: F401 (autouse fixture)
 
 from lmproject.cli import main
 from lmproject.generate import generate

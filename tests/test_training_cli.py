@@ -93,6 +93,15 @@ def fails(argv, capsys):
     return lines[-1]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: tiny models gain nothing from more, and on shared cores idle threads spin-wait."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def data_dir(tmp_path):
     write_tokens(tmp_path)
