@@ -63,7 +63,7 @@ def main() -> None:
         if cached == recomputed
         else f"tokens differ from step {first_difference(cached, recomputed)}"
     )
-    print(summary("cached vs recompute", rates["cached"], rates["recompute"]) + f"; {same}")
+    print(summary("generate", rates["cached"], rates["recompute"], ("cached", "recompute")) + f"; {same}")
 
 
 def first_difference(a: list[int], b: list[int]) -> int:

@@ -77,11 +77,13 @@ def main() -> None:
         print(summary(label, rates["ours"], rates["reference"]))
 
 
-def summary(label: str, ours: list[float], reference: list[float]) -> str:
+def summary(
+    label: str, ours: list[float], reference: list[float], names: tuple[str, str] = ("ours", "reference")
+) -> str:
     """Best-of-each ratio, plus the median of the per-repeat ratios (robust to a noisy neighbour)."""
     paired = statistics.median(a / b for a, b in zip(ours, reference, strict=True))
     return (
-        f"{label}: ours {max(ours):.0f} tok/s, reference {max(reference):.0f} tok/s, "
+        f"{label}: {names[0]} {max(ours):.1f} tok/s, {names[1]} {max(reference):.1f} tok/s, "
         f"ratio {max(ours) / max(reference):.2f}x (best of {len(ours)}), median paired ratio {paired:.2f}x"
     )
 
