@@ -16,7 +16,7 @@ from lmproject.errors import UserError
 from lmproject.tokenizer import Tokenizer
 from lmproject.tokenizer import tokenizer as tokenizer_module
 from lmproject.tokenizer.encode_file import encode_file
-from lmproject.tokenizer.pretokenize import PRETOKEN_RE
+from lmproject.tokenizer.pretokenize import PRETOKEN_RE, find_pretokens
 
 EOT = "<|endoftext|>"
 ASCII_EDGES = " \t\n\r\x0b\x0c\x1c\x1f'sltvea1!"
@@ -118,7 +118,7 @@ def test_decode_inverts_encode(text):
 @given(st.text(st.characters(max_codepoint=127)) | st.lists(st.sampled_from(list(ASCII_EDGES))).map("".join))
 def test_ascii_fast_path_pre_tokenizes_like_the_gpt2_regex(text):
     """Pure-ASCII text goes through `re` with ASCII classes; \\x1c-\\x1f are `re` but not `regex` spaces."""
-    assert tokenizer_module._ASCII_PRETOKEN_RE.findall(text) == PRETOKEN_RE.findall(text)
+    assert find_pretokens(text) == PRETOKEN_RE.findall(text)
 
 
 # Text built from the pieces where chunk edges are delicate: contractions, whitespace runs, special tokens

@@ -3,16 +3,14 @@
 Encoding cuts the text at special tokens (longest first), cuts each piece into pre-tokens with the GPT-2
 regex, and turns each pre-token into ids by applying the merges in rank order to its UTF-8 bytes. Natural
 text repeats its pre-tokens, so the ids of each distinct pre-token are cached: most of the text costs one
-regex match and one dict lookup per pre-token, and the merge loop only runs for new ones. Pure-ASCII
-pieces are pre-tokenized by Python's built-in `re`, about twice as fast as `regex`, with the same pattern
-rewritten for ASCII (`ascii_only_regex`).
+regex match and one dict lookup per pre-token, and the merge loop only runs for new ones
+(`pretokenize.find_pretokens` takes a faster path for pure-ASCII text).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Iterable, Iterator
 from itertools import chain, repeat
 from pathlib import Path
@@ -28,7 +26,12 @@ from lmproject.tokenizer.files import (
     save_merges,
     save_vocab,
 )
-from lmproject.tokenizer.pretokenize import PRETOKEN_RE, special_token_re, validate_special_tokens
+from lmproject.tokenizer.pretokenize import (
+    PRETOKEN_RE,
+    find_pretokens,
+    special_token_re,
+    validate_special_tokens,
+)
 
 VOCAB_FILE = "vocab.json"
 MERGES_FILE = "merges.txt"
@@ -176,8 +179,7 @@ class Tokenizer:
         return (type(self), (self.vocab, self.merges, self.special_tokens))
 
     def _encode_ordinary(self, text: str, ids: list[int]) -> None:
-        pretokens = (_ASCII_PRETOKEN_RE if text.isascii() else PRETOKEN_RE).findall(text)
-        ids.extend(chain.from_iterable(map(self._cache.__getitem__, pretokens)))
+        ids.extend(chain.from_iterable(map(self._cache.__getitem__, find_pretokens(text))))
 
     def _bpe(self, pretoken: str) -> tuple[int, ...]:
         """Merge a pre-token's bytes: repeatedly join the adjacent pair whose merge was learned first.
@@ -252,34 +254,6 @@ def _last_safe_cut(text: str, start: int, end: int) -> int:
 
 _WHITESPACE = regex.compile(r"\s")
 _ASCII_KIND = {chr(c): 1 if chr(c).isalpha() else 2 if chr(c).isdigit() else 3 for c in range(0x21, 0x7F)}
-
-
-def ascii_only_regex(pattern: str) -> re.Pattern:
-    """The pre-tokenizer `pattern` restricted to ASCII input, for Python's faster built-in `re`.
-
-    On ASCII text, \\p{L} is [A-Za-z], \\p{N} is [0-9] and \\s is [\\t\\n\\v\\f\\r ] (Unicode White_Space; not
-    `re`'s \\s, which adds \\x1c-\\x1f), and everything else in the GPT-2 pattern means the same in both
-    engines. The pattern is rewritten from `pretokenize`'s, not restated, and any other escape is refused.
-    """
-    space, letter, digit = r"\t\n\x0b\x0c\r ", "A-Za-z", "0-9"
-    inside = {r"\s": space, r"\p{L}": letter, r"\p{N}": digit}
-    outside = {r"\S": f"[^{space}]"} | {escape: f"[{chars}]" for escape, chars in inside.items()}
-    out, in_class = [], False
-    for piece in regex.split(r"(\\p\{\w+\}|\\.|\[\^?|\])", pattern):
-        if piece.startswith("["):
-            in_class = True
-        elif piece == "]":
-            in_class = False
-        elif piece.startswith("\\"):
-            table = inside if in_class else outside
-            if piece not in table:
-                raise ValueError(f"no ASCII rewrite for {piece!r} in the pre-tokenizer pattern")
-            piece = table[piece]
-        out.append(piece)
-    return re.compile("".join(out))
-
-
-_ASCII_PRETOKEN_RE = ascii_only_regex(PRETOKEN_RE.pattern)
 
 
 class _PretokenCache(dict):
