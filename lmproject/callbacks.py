@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.fabric.utilities.throughput import get_available_flops
 from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -35,8 +36,15 @@ class ThroughputMonitor(L.Callback):
             hp.vocab_size, hp.context_length, hp.d_model, hp.num_layers, hp.d_ff, hp.ffn
         )
         if self.peak_flops is None:
-            precision = trainer.precision if trainer.precision in ("bf16-mixed", "16-mixed") else "32-true"
-            self.peak_flops = get_available_flops(pl_module.device, precision)
+            precision = str(trainer.precision)
+            dtype = (
+                torch.bfloat16
+                if "bf16" in precision
+                else torch.float16
+                if "16" in precision
+                else torch.float32
+            )
+            self.peak_flops = get_available_flops(trainer.strategy.root_device, dtype)
 
     def _restart(self) -> None:
         self._start, self._tokens, self._steps = time.perf_counter(), 0, 0

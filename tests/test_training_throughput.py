@@ -1,0 +1,39 @@
+"""ThroughputMonitor's default peak FLOP/s: Lightning's table for the GPU and the precision in use."""
+
+from types import SimpleNamespace
+from unittest import mock
+
+import pytest
+import torch
+
+from lmproject.callbacks import ThroughputMonitor
+
+TINY = SimpleNamespace(vocab_size=64, context_length=16, d_model=32, num_layers=2, d_ff=64, ffn="swiglu")
+
+
+@pytest.mark.parametrize(
+    ("precision", "peak"), [("bf16-mixed", 989.4e12), ("16-mixed", 989.4e12), ("32-true", 66.9e12)]
+)
+def test_default_peak_is_the_h100_figure_for_the_training_precision(precision, peak):
+    trainer = SimpleNamespace(
+        precision=precision, strategy=SimpleNamespace(root_device=torch.device("cuda", 0))
+    )
+    monitor = ThroughputMonitor()
+    with (
+        mock.patch("torch.cuda.get_device_name", return_value="NVIDIA H100 80GB HBM3"),
+        mock.patch("lightning.fabric.accelerators.cuda._is_ampere_or_later", return_value=True),
+    ):  # float32 counts as tf32 only when torch.set_float32_matmul_precision allows it (default: not)
+        monitor.setup(trainer, SimpleNamespace(hparams=TINY), "fit")
+    assert monitor.peak_flops == peak
+
+
+def test_no_default_peak_on_a_cpu_and_an_explicit_one_is_kept():
+    trainer = SimpleNamespace(
+        precision="bf16-mixed", strategy=SimpleNamespace(root_device=torch.device("cpu"))
+    )
+    monitor = ThroughputMonitor()
+    monitor.setup(trainer, SimpleNamespace(hparams=TINY), "fit")
+    assert monitor.peak_flops is None
+    explicit = ThroughputMonitor(peak_flops=1e12)
+    explicit.setup(trainer, SimpleNamespace(hparams=TINY), "fit")
+    assert explicit.peak_flops == 1e12
