@@ -77,7 +77,7 @@ class LanguageModel(L.LightningModule):
             cosine_cycle_iters: optimizer step where the cosine reaches lr_min (default: the run's max_steps).
             betas, eps, weight_decay: AdamW.
             max_grad_norm: clip the global gradient norm to this (null: no clipping, norm still logged).
-            compile: torch.compile the model (in place, so checkpoint names do not change).
+            compile: torch.compile the model for `fit` (in place: checkpoint names do not change).
         """
         super().__init__()
         self.save_hyperparameters()
@@ -85,11 +85,13 @@ class LanguageModel(L.LightningModule):
             vocab_size, context_length, d_model, num_layers, num_heads, d_ff, rope_theta,
             norm, position, ffn, tie_embeddings, attention,
         )  # fmt: skip
-        if compile:
-            self.model.compile()
         self.eval_loss = MeanMetric()
         self.grad_norm: float | None = None
         self.token_callback: Callable[[int], None] | None = None  # `lmproject predict --stream` sets it
+
+    def on_fit_start(self) -> None:
+        if self.hparams.compile:  # training only: sampling's growing KV cache would recompile at every length
+            self.model.compile()
 
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
         return self.model(token_ids)
