@@ -173,19 +173,38 @@ def _mapping_with(node: object, key: str) -> dict:
     return {}
 
 
-def _read_config(path: Path) -> tuple[dict, dict]:
-    """(model hyperparameters, other defaults such as batch size and steps) from a LightningCLI YAML."""
+def _load_yaml(path: Path) -> dict:
     import yaml
 
+    if not path.is_file():
+        raise UserError(f"--config {path}: no such file")
     try:
         config = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(config, dict):
         raise UserError(f"{path}: expected a mapping with a `model:` section")
+    return config
+
+
+def _merge(base: dict, top: dict) -> dict:
+    """`top` over `base`, section by section, as LightningCLI layers repeated --config files."""
+    merged = dict(base)
+    for key, value in top.items():
+        both = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = _merge(merged[key], value) if both else value
+    return merged
+
+
+def _read_config(paths: list[Path]) -> tuple[dict, dict]:
+    """(model hyperparameters, other defaults such as batch size and steps) from LightningCLI YAMLs."""
+    config: dict = {}
+    for path in paths:
+        config = _merge(config, _load_yaml(path))
     model = _mapping_with(config.get("model"), "d_model")
     if not model:
-        raise UserError(f"{path}: no model hyperparameters (d_model, ...) under `model:`")
+        names = " + ".join(str(p) for p in paths)
+        raise UserError(f"{names}: no model hyperparameters (d_model, ...) under `model:`")
     shape_args = {name: model[name] for name in SHAPE_FIELDS if name in model}
     batch = _mapping_with(config.get("data"), "batch_size").get("batch_size")
     steps = _mapping_with(config.get("trainer"), "max_steps").get("max_steps")
@@ -248,7 +267,12 @@ def _parser() -> argparse.ArgumentParser:
         prog="lmproject accounting",
         description="Parameters, FLOPs, AdamW memory and training time of a Transformer LM shape.",
     )
-    p.add_argument("--config", type=Path, help="LightningCLI YAML whose `model:` holds the hyperparameters")
+    p.add_argument(
+        "--config",
+        type=Path,
+        action="append",
+        help="LightningCLI YAML whose `model:` holds the hyperparameters; repeat to layer overlays",
+    )
     p.add_argument("--preset", choices=sorted(PRESETS), help="a GPT-2 shape instead of a config")
     for name in SIZE_FIELDS:
         p.add_argument(f"--{name.replace('_', '-')}", type=int, help="override the config's value")
@@ -270,8 +294,6 @@ def _run(argv: list[str]) -> int:
     if args.preset:
         shape_args = asdict(PRESETS[args.preset])
     if args.config:
-        if not args.config.is_file():
-            raise UserError(f"--config {args.config}: no such file")
         shape_args, defaults = _read_config(args.config)
     for name in SHAPE_FIELDS:
         if getattr(args, name) is not None:

@@ -112,3 +112,15 @@ def test_parameter_count_matches_the_model_it_describes(switches):
     assert sum(acc.parameter_counts(acc.ModelShape(**args)).values()) == sum(
         p.numel() for p in model.parameters()
     )
+
+
+def test_cli_layers_overlays_like_lightningcli(tmp_path, capsys):
+    base, overlay = tmp_path / "base.yaml", tmp_path / "silu.yaml"
+    base.write_text(
+        "model:\n  vocab_size: 1000\n  context_length: 64\n  d_model: 32\n  num_layers: 2\n"
+        "  num_heads: 4\n  d_ff: 96\n"
+    )
+    overlay.write_text("model:\n  ffn: silu\n  d_ff: 128\n")
+    assert acc.main(["--config", str(base), "--config", str(overlay)]) == 0
+    out = capsys.readouterr().out
+    assert "d_ff=128, ffn=silu" in out and f"{2 * 2 * 32 * 128:,}" in out  # two FFN matrices
