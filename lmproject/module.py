@@ -102,8 +102,9 @@ class LanguageModel(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch)
-        if not torch.isfinite(loss):
-            self._stop(f"loss is {loss.item()}")
+        finite = bool(torch.isfinite(loss))
+        if not self.trainer.strategy.reduce_boolean_decision(finite, all=True):  # DDP ranks stop together
+            self._stop(f"loss is {loss.item()}" if not finite else "loss is not finite on another rank")
         self.log("train/loss", loss, prog_bar=True)
         self.log("lr", self.lr_schedulers().get_last_lr()[0])
         return loss

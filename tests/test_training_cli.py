@@ -34,13 +34,13 @@ class SigintAt(L.Callback):
 
 
 class PoisonAt(L.Callback):
-    """Makes the weights NaN after optimizer step `step`, so the next loss is NaN."""
+    """Makes the weights NaN after optimizer step `step` (on one DDP rank or all): the next loss is NaN."""
 
-    def __init__(self, step: int):
-        self.step = step
+    def __init__(self, step: int, rank: int | None = None):
+        self.step, self.rank = step, rank
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step == self.step:
+        if trainer.global_step == self.step and self.rank in (None, trainer.global_rank):
             with torch.no_grad():
                 pl_module.model.lm_head.weight.fill_(math.nan)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from test_training_cli import write_config, write_tokens
+from test_training_cli import PoisonAt, write_config, write_tokens
 
 
 class RecordRank(L.Callback):
@@ -31,14 +31,19 @@ class RecordRank(L.Callback):
         (self.out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
 
 
-def test_two_process_ddp_draws_different_batches_and_keeps_weights_equal(tmp_path):
+def fit_ddp(tmp_path, callbacks, steps):
+    """`lmproject fit` of the tiny test model with DDP over 2 CPU processes."""
     write_tokens(tmp_path)
-    config = write_config(tmp_path, tmp_path / "run", callbacks=[(RecordRank, {"out_dir": str(tmp_path)})])
+    config = write_config(tmp_path, tmp_path / "run", callbacks=callbacks)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "lmproject.cli", "fit", "--config", str(config),
-               "--trainer.max_steps", "3", "--trainer.val_check_interval", "3",
+               "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(steps),
                "--trainer.strategy", "ddp", "--trainer.devices", "2"]  # fmt: skip
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_two_process_ddp_draws_different_batches_and_keeps_weights_equal(tmp_path):
+    done = fit_ddp(tmp_path, [(RecordRank, {"out_dir": str(tmp_path)})], steps=3)
     assert done.returncode == 0, done.stderr[-3000:]
 
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
@@ -47,3 +52,11 @@ def test_two_process_ddp_draws_different_batches_and_keeps_weights_equal(tmp_pat
     assert all(a != b for a, b in zip(ranks[0]["batches"], ranks[1]["batches"], strict=True))
     assert ranks[0]["weights"] == ranks[1]["weights"]
     assert torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=True)["global_step"] == 3
+
+
+def test_a_nan_loss_on_one_rank_stops_every_rank_with_the_step_named(tmp_path):
+    done = fit_ddp(tmp_path, [(PoisonAt, {"step": 3, "rank": 1})], steps=6)  # checkpoints every 2 steps
+    assert done.returncode == 2, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("lmproject: error: ")]
+    assert errors and all("at step 3" in line for line in errors)
+    assert torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=True)["global_step"] == 2
