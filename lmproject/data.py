@@ -125,7 +125,7 @@ class RandomWindows(IterableDataset):
         self.seed, self.rank, self.start = seed, rank, start
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        tokens = open_tokens(self.path, self.dtype)  # opened per worker: memmaps are not shared across forks
+        tokens = open_tokens(self.path, self.dtype)  # opened where iterated: each worker maps it itself
         worker = get_worker_info()
         worker_id, num_workers = (0, 1) if worker is None else (worker.id, worker.num_workers)
         k = self.start + worker_id
