@@ -5,7 +5,8 @@ joined in version order so a resumed run is one curve), or from a metrics.csv gi
 panel draws train and val loss against the optimizer step, the right panel against wall-clock seconds
 when the run logged them (a column named in WALL_CLOCK_COLUMNS; steps in between take interpolated
 times). A run diverged where its loss is NaN/inf or more than DIVERGENCE_FACTOR times the lowest loss it
-had reached before; that point gets an X and the legend says at which step.
+had reached before; that point gets an X and the legend says at which step. A run whose fit.status (written
+by experiments.mk) holds a non-zero exit status stopped early, e.g. on a NaN loss: its last step gets the X.
 """
 
 from __future__ import annotations
@@ -33,6 +34,18 @@ class Run:
     train: list[tuple[int, float]] = field(default_factory=list)
     val: list[tuple[int, float]] = field(default_factory=list)
     clock: list[tuple[int, float]] = field(default_factory=list)
+    exit_status: int | None = None  # of `lmproject fit`, when experiments.mk recorded it in fit.status
+
+    def verdict(self) -> tuple[int | None, str]:
+        """(step to mark with an X or None, one-line summary): diverged, stopped by an error, or fine."""
+        step = self.diverged_at()
+        last_step, last_loss = (self.val or self.train)[-1]
+        if step is not None:
+            return step, f"diverged at step {step}"
+        if self.exit_status:  # e.g. a NaN loss stops fit before it is logged
+            last_step = max(s for s, _ in self.train + self.val)
+            return last_step, f"stopped at step {last_step} (fit exit status {self.exit_status})"
+        return None, f"last loss {last_loss:.4f} at step {last_step}"
 
     def diverged_at(self) -> int | None:
         """First step whose train (else val) loss is non-finite or explodes above its best so far."""
@@ -65,6 +78,13 @@ def find_metrics(run_dir: Path) -> list[Path]:
     if not found:
         raise UserError(f"{run_dir}: no metrics.csv (is it a run directory with a CSV logger?)")
     return found
+
+
+def _read_status(path: Path) -> int:
+    text = path.read_text().strip()
+    if not text.lstrip("-").isdigit():
+        raise UserError(f"{path}: expected the exit status of lmproject fit, got {text[:40]!r}")
+    return int(text)
 
 
 def _version(folder: str) -> int:
@@ -108,7 +128,8 @@ def read_run(run_dir: Path) -> Run:
     fits = [part for part in parts if part.train] or [part for part in parts if part.val]
     if not fits:
         raise UserError(f"{run_dir}: no loss values logged yet")
-    run = Run(name)
+    status = run_dir / "fit.status"
+    run = Run(name, exit_status=_read_status(status) if status.is_file() else None)
     for part in fits:
         first = min(step for step, _ in part.train + part.val)
         run.train = [p for p in run.train if p[0] < first] + part.train
@@ -129,7 +150,7 @@ def _draw(ax, run: Run, color: str, use_clock: bool) -> None:
             continue
         xs = [run.seconds(s) if use_clock else s for s, _ in curve]
         ax.plot(xs, [v for _, v in curve], color=color, **style)
-    step = run.diverged_at()
+    step, _ = run.verdict()
     if step is not None:
         curve = run.train or run.val
         finite = [v for s, v in curve if s <= step and math.isfinite(v)]
@@ -151,8 +172,8 @@ def plot_runs(runs: list[Run], out: Path, title: str | None = None) -> None:
     top = max((v for v in starts if v is not None), default=1.0)  # the highest initial loss
     for i, run in enumerate(runs):
         color = colors[i % len(colors)]
-        step = run.diverged_at()
-        label = run.name + (f" (diverged at step {step})" if step is not None else "")
+        step, summary = run.verdict()
+        label = run.name + (f" ({summary})" if step is not None else "")
         by_step.plot([], [], color=color, label=label)
         _draw(by_step, run, color, use_clock=False)
         if run.clock:
@@ -189,14 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = [read_run(d) for d in args.runs]
         plot_runs(runs, args.out, args.title)
         for r in runs:
-            step = r.diverged_at()
-            last = (r.val or r.train)[-1]
-            status = (
-                f"diverged at step {step}"
-                if step is not None
-                else f"last loss {last[1]:.4f} at step {last[0]}"
-            )
-            print(f"{r.name}: {status}")
+            print(f"{r.name}: {r.verdict()[1]}")
         print(f"wrote {args.out}")
         return 0
 

@@ -83,3 +83,15 @@ def test_a_resumed_run_is_one_curve_and_validate_logs_are_left_out(tmp_path):
     assert run.train[10][1] == pytest.approx(3.9)  # the resume's value replaces the repeated step
     assert run.clock[-1] == (19, pytest.approx(0.5 * 9 + 0.5 * 9))  # continues from the clock at step 9
     assert all(step > 0 for step, _ in run.val)
+
+
+def test_a_run_that_fit_stopped_with_an_error_is_marked(tmp_path, capsys):
+    write_metrics(tmp_path / "lr_1e-1", [5.0, 4.0, 3.5, 3.4, 3.3, 3.2])  # NaN stopped fit before logging it
+    (tmp_path / "lr_1e-1" / "fit.status").write_text("2\n")
+    write_metrics(tmp_path / "lr_1e-3", [5.0, 4.0, 3.5, 3.4, 3.3, 3.2])
+    (tmp_path / "lr_1e-3" / "fit.status").write_text("0\n")
+    runs = [str(tmp_path / "lr_1e-1"), str(tmp_path / "lr_1e-3")]
+    assert plot.main([*runs, "--out", str(tmp_path / "c.png")]) == 0
+    printed = capsys.readouterr().out
+    assert "lr_1e-1: stopped at step 5 (fit exit status 2)" in printed
+    assert "lr_1e-3: last loss 3.4000 at step 4" in printed
