@@ -239,7 +239,10 @@ def write_corpus(out: Path, size_mb: float, seed: int, progress: bool = True) ->
     if size_mb <= 0:
         raise UserError(f"--size-mb must be positive, got {size_mb}")
     target = int(size_mb * 1e6)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UserError(f"--out {out}: {out.parent} is not a folder") from None
     written = 0
     with (
         atomic_write(out) as f,

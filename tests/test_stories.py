@@ -49,3 +49,6 @@ def test_cli_writes_file_and_rejects_bad_size(tmp_path, capsys):
         stories.main(["--out", str(tmp_path / "y.txt"), "--size-mb", "0"])
     assert info.value.code == 2 and "--size-mb must be positive" in capsys.readouterr().err
     assert not (tmp_path / "y.txt").exists()
+    with pytest.raises(SystemExit):
+        stories.main(["--out", str(out / "z.txt")])  # out is a file, not a folder
+    assert f"{out} is not a folder" in capsys.readouterr().err
