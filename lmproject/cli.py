@@ -28,6 +28,11 @@ from lmproject.predict import CompletionWriter, SamplingOptions, TokenPrinter, r
 from lmproject.tokenizer import Tokenizer
 
 DEFAULT_RUN_DIR = "runs/default"
+DESCRIPTION = (
+    "Train, validate and sample small language models: fit, validate, test, predict (LightningCLI: "
+    "`lmproject fit --help`); `lmproject accounting` (parameters, FLOPs, memory) and `lmproject plot` "
+    "(loss curves) have their own --help."
+)
 
 
 def cpu_supports_bf16() -> bool:
@@ -192,6 +197,7 @@ def run_lightning(argv: list[str] | None, run: bool = True) -> LMCLI:
             TokenDataModule,
             args=argv,
             run=run,
+            parser_kwargs={"description": DESCRIPTION},
             seed_everything_default=0,
             save_config_kwargs={"overwrite": True},
             trainer_defaults={
