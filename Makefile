@@ -20,7 +20,7 @@ else
 endif
 TOKENIZER_DIR := $(DATA_DIR)/tokenizer
 
-.PHONY: install test lint demo bench data tokenizer tokenize clean
+.PHONY: install test lint demo bench data tokenizer tokenize smoke-data clean
 
 # CPU machines get the pinned CPU build of torch first; machines with an NVIDIA driver get the
 # regular (CUDA) build through the normal requirement in pyproject.toml.
@@ -56,6 +56,18 @@ tokenizer: install
 tokenize: install
 	$(BIN)/lmproject-bpe encode --tokenizer $(TOKENIZER_DIR) $(TRAIN_TXT) $(DATA_DIR)/train.npy
 	$(BIN)/lmproject-bpe encode --tokenizer $(TOKENIZER_DIR) $(VALID_TXT) $(DATA_DIR)/valid.npy
+
+# A tiny data set from the built-in story generator for configs/smoke.yaml (seconds, offline).
+smoke-data: install
+	mkdir -p data/smoke
+	$(PY) -m lmproject.stories --out data/smoke/train.txt --size-mb 2 --seed 0
+	$(PY) -m lmproject.stories --out data/smoke/valid.txt --size-mb 0.2 --seed 1
+	$(BIN)/lmproject-bpe train data/smoke/train.txt --vocab-size 512 --special-token '<|endoftext|>' \
+	    --out data/smoke/tokenizer
+	$(BIN)/lmproject-bpe encode --tokenizer data/smoke/tokenizer data/smoke/train.txt data/smoke/train.npy
+	$(BIN)/lmproject-bpe encode --tokenizer data/smoke/tokenizer data/smoke/valid.txt data/smoke/valid.npy
+
+include experiments.mk
 
 clean:
 	rm -rf runs demo .pytest_cache .ruff_cache
