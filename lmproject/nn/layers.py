@@ -110,7 +110,7 @@ def _rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torc
     """x·cos + rot90(x)·sin, where rot90 maps each adjacent pair (a, b) to (−b, a)."""
     even, odd = x[..., 0::2], x[..., 1::2]
     rot90 = torch.stack((-odd, even), dim=-1).flatten(-2)
-    return x * cos + rot90 * sin
+    return rot90.mul_(sin).addcmul_(x, cos)  # in place on the fresh rot90: no more temporaries
 
 
 class _Rotate(torch.autograd.Function):
