@@ -17,7 +17,8 @@ from lmproject.accounting import train_flops_per_token
 
 
 class ThroughputMonitor(L.Callback):
-    """Logs throughput/tokens_per_s (all devices together) and throughput/mfu every `window` optimizer steps.
+    """Logs throughput/tokens_per_s (all devices together), throughput/mfu and time/elapsed_s (wall-clock
+    seconds since this fit started, for learning curves against time) every `window` optimizer steps.
 
     MFU = tokens/s x training FLOPs per token (lmproject.accounting) / (peak FLOP/s x devices).
     `peak_flops` is the peak of one device; by default Lightning's table for the GPU and precision in use
@@ -50,6 +51,7 @@ class ThroughputMonitor(L.Callback):
         self._start, self._tokens, self._steps = time.perf_counter(), 0, 0
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._fit_start = time.perf_counter()
         self._restart()
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -69,6 +71,7 @@ class ThroughputMonitor(L.Callback):
             return
         tokens_per_s = self._tokens / (time.perf_counter() - self._start)
         pl_module.log("throughput/tokens_per_s", tokens_per_s)
+        pl_module.log("time/elapsed_s", time.perf_counter() - self._fit_start)
         if self.peak_flops:
             mfu = tokens_per_s * self.flops_per_token / (self.peak_flops * trainer.world_size)
             pl_module.log("throughput/mfu", mfu)

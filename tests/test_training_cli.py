@@ -146,6 +146,8 @@ def test_token_budget_counts_gradient_accumulation_and_mfu_uses_the_accounting_f
     for row in rows:
         expected = float(row["throughput/tokens_per_s"]) * train_flops_per_token(**shape) / 1e9
         assert float(row["throughput/mfu"]) == pytest.approx(expected, rel=1e-5)
+    elapsed = [float(row["time/elapsed_s"]) for row in rows]  # the wall clock of `lmproject plot`
+    assert 0 < elapsed[0] < elapsed[1] < elapsed[2]
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(data_dir, capsys):
