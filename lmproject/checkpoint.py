@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import IO, BinaryIO
 
 import torch
 
+from lmproject.atomic import atomic_write
 from lmproject.errors import UserError
 
 Target = str | os.PathLike | BinaryIO | IO[bytes]
@@ -26,15 +26,8 @@ def save_checkpoint(
     if not isinstance(out, (str, os.PathLike)):
         torch.save(state, out)
         return
-    path = Path(out)
-    handle, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(state, file)
-        os.replace(partial, path)
-    except BaseException:
-        Path(partial).unlink(missing_ok=True)
-        raise
+    with atomic_write(out, "wb") as file:
+        torch.save(state, file)
 
 
 def load_checkpoint(src: Target, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> int:

@@ -20,9 +20,9 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from torch.utils.data import DataLoader
 
 from lmproject.callbacks import GracefulInterrupt, RunCheckpoint, ThroughputMonitor
-from lmproject.checkpointing import check_checkpoint, find_last
 from lmproject.data import TokenDataModule
 from lmproject.errors import UserError, run_cli
+from lmproject.lightning_checkpoints import check_checkpoint, find_last
 from lmproject.module import ARCHITECTURE, LanguageModel
 from lmproject.predict import CompletionWriter, SamplingOptions, TokenPrinter, requests
 from lmproject.tokenizer import Tokenizer
@@ -201,7 +201,7 @@ def run_lightning(argv: list[str] | None, run: bool = True) -> LMCLI:
             seed_everything_default=0,
             save_config_kwargs={"overwrite": True},
             trainer_defaults={
-                "plugins": [{"class_path": "lmproject.checkpointing.AtomicCheckpointIO"}],
+                "plugins": [{"class_path": "lmproject.lightning_checkpoints.AtomicCheckpointIO"}],
                 "callbacks": [GracefulInterrupt()],
                 "check_val_every_n_epoch": None,
                 "val_check_interval": 1000,

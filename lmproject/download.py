@@ -33,8 +33,8 @@ from typing import BinaryIO
 
 from tqdm import tqdm
 
+from lmproject.atomic import atomic_write
 from lmproject.errors import UserError, run_cli
-from lmproject.tokenizer.files import atomic_write
 
 _TINYSTORIES = "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main"
 _OWT_SAMPLE = "https://huggingface.co/datasets/stanford-cs336/owt-sample/resolve/main"

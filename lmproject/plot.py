@@ -17,8 +17,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lmproject.atomic import atomic_write
 from lmproject.errors import UserError, run_cli
-from lmproject.tokenizer.files import atomic_write
 
 TRAIN_COLUMNS = ("train/loss", "train/loss_step", "train_loss")
 VAL_COLUMNS = ("val/loss", "val_loss")

@@ -19,9 +19,9 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from lmproject.atomic import atomic_write
 from lmproject.errors import UserError
 from lmproject.tokenizer import Tokenizer
-from lmproject.tokenizer.files import atomic_write
 
 EOS_TOKEN = "<|endoftext|>"
 SETTINGS = ("max_new_tokens", "temperature", "top_p", "top_k")

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from lmproject.atomic import atomic_write
 from lmproject.errors import UserError, run_cli
-from lmproject.tokenizer.files import atomic_write
 
 SEPARATOR = "<|endoftext|>"
 

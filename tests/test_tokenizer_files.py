@@ -8,7 +8,6 @@ from conftest import shared
 from lmproject.errors import UserError
 from lmproject.tokenizer.files import (
     BYTE_TO_CHAR,
-    atomic_write,
     iter_text_blocks,
     load_merges,
     load_vocab,
@@ -94,18 +93,6 @@ def test_unreadable_files_are_user_errors(tmp_path):
     (tmp_path / "bad.txt").write_bytes(b"h e\n\xff x\n")
     with pytest.raises(UserError, match="invalid UTF-8 at byte offset 4"):
         load_merges(tmp_path / "bad.txt")
-
-
-def test_atomic_write_leaves_nothing_on_failure(tmp_path):
-    target = tmp_path / "out.txt"
-    target.write_text("old")
-    with pytest.raises(RuntimeError), atomic_write(target) as file:
-        file.write("half of the new content")
-        raise RuntimeError("interrupted")
-    assert target.read_text() == "old"
-    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
-    with pytest.raises(UserError, match="directory .* does not exist"), atomic_write(tmp_path / "a" / "b"):
-        pass
 
 
 def test_text_blocks_cross_characters_and_report_offsets(tmp_path):

@@ -12,8 +12,8 @@ import torch
 import yaml
 
 from lmproject.accounting import train_flops_per_token
-from lmproject.checkpointing import AtomicCheckpointIO
 from lmproject.cli import main
+from lmproject.lightning_checkpoints import AtomicCheckpointIO
 
 TINY_MODEL = {
     "vocab_size": 64, "context_length": 16, "d_model": 32, "num_layers": 2, "num_heads": 2, "d_ff": 64,

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from lmproject.atomic import atomic_write
 from lmproject.errors import UserError
-from lmproject.tokenizer.files import atomic_write
 from lmproject.tokenizer.pretokenize import find_chunk_boundaries, read_chunk
 from lmproject.tokenizer.tokenizer import Tokenizer
 

@@ -4,7 +4,7 @@ GPT-2 writes each token's bytes as a string in a printable alphabet of 256 chara
 so that the files are plain text with no spaces inside tokens: printable Latin-1 bytes stand for themselves
 and the other 68 bytes (controls, space, soft hyphen...) are shifted to code points 256 and up, in byte
 order. Space (0x20) becomes "Ġ" (U+0120), newline (0x0a) becomes "Ċ" (U+010A).
-Writes are atomic (a temp file renamed into place), and files that do not parse name the file and line.
+Writes are atomic (lmproject.atomic), and files that do not parse name the file and line.
 """
 
 from __future__ import annotations
@@ -12,12 +12,10 @@ from __future__ import annotations
 import codecs
 import json
 import os
-import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
 
+from lmproject.atomic import atomic_write
 from lmproject.errors import UserError
 
 
@@ -45,32 +43,6 @@ def token_to_str(token: bytes) -> str:
 def str_to_token(text: str) -> bytes:
     """The inverse of token_to_str; a KeyError names the first character outside the alphabet."""
     return bytes(CHAR_TO_BYTE[char] for char in text)
-
-
-_UMASK = os.umask(0o22)
-os.umask(_UMASK)
-
-
-@contextmanager
-def atomic_write(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO]:
-    """Open a temp file next to `path` for writing and rename it to `path` only if the block succeeds.
-
-    Readers never see a half-written file, and a failure (or Ctrl-C) leaves any previous file untouched.
-    The directory must exist: a missing one is a UserError rather than being created silently.
-    """
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise UserError(f"{path}: directory {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes the file private; give it the usual permissions
-        encoding = None if "b" in mode else "utf-8"
-        with open(fd, mode, encoding=encoding) as file:
-            yield file
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def save_vocab(vocab: dict[int, bytes], path: str | os.PathLike[str]) -> None:

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import regex
 
+from lmproject.atomic import atomic_write
 from lmproject.errors import UserError
 from lmproject.tokenizer.files import (
-    atomic_write,
     load_merges,
     load_vocab,
     read_text,

@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from lmproject.atomic import atomic_write
 from lmproject.errors import UserError
-from lmproject.tokenizer.files import atomic_write
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -1,0 +1,25 @@
+import pytest
+
+from lmproject.atomic import atomic_write
+from lmproject.errors import UserError
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), atomic_write(target) as file:
+        file.write("half of the new content")
+        raise RuntimeError("interrupted")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+    with pytest.raises(UserError, match="directory .* does not exist"), atomic_write(tmp_path / "a" / "b"):
+        pass
+
+
+def test_atomic_write_publishes_complete_file_with_usual_permissions(tmp_path):
+    target = tmp_path / "out.bin"
+    with atomic_write(target, "wb") as file:
+        file.write(b"data")
+        assert not target.exists()  # nothing under the final name until the block succeeds
+    assert target.read_bytes() == b"data"
+    assert target.stat().st_mode & 0o044  # readable by others (mkstemp alone would make it private)
