@@ -6,8 +6,9 @@ prompts are encoded once (prefill), then each step feeds only the newly sampled 
 
 Sliding window. The model sees at most its context_length most recent tokens. Once a row's sequence is
 longer, each step re-encodes that window from scratch (a shifted window changes every token's RoPE
-position, so cached keys cannot be reused): past context_length, generation runs at the speed of
-recomputing the whole window each step, and gives exactly what that recomputation gives.
+position, so cached keys cannot be reused): past context_length, each step costs about one forward over
+the window (less the vocabulary projection of all but the last position, see
+TransformerLM.next_token_logits), and gives exactly what recomputing the window gives.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def generate_steps(
             return
         tokens = torch.cat([tokens, new[:, None]], dim=1)
         if cache.length < model.context_length:
-            logits = model(new[:, None], kv_cache=cache)[:, -1]
+            logits = model.next_token_logits(new[:, None], kv_cache=cache)
         else:
             cache, tokens, pad, logits = _encode_window(model, tokens, pad)
 
@@ -132,7 +133,7 @@ def _encode_window(
     dropped = max(0, tokens.shape[1] - model.context_length)
     tokens, pad = tokens[:, dropped:], (pad - dropped).clamp(min=0)
     cache = KVCache(model, tokens.shape[0], pad)
-    logits = model(tokens, kv_cache=cache)[:, -1]
+    logits = model.next_token_logits(tokens, kv_cache=cache)
     return cache, tokens, pad, logits
 
 

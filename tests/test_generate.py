@@ -147,3 +147,16 @@ def test_top_k_1_sampling_through_generate_is_greedy():
     prompts = [[1, 2, 3], [4]]
     greedy = generate(model, prompts, max_new_tokens=10, temperature=0)
     assert generate(model, prompts, max_new_tokens=10, temperature=1.5, top_k=1, seed=3) == greedy
+
+
+def test_next_token_logits_are_the_last_position_of_forward():
+    model = small_model()
+    ids = torch.randint(0, 64, (2, 11))
+    torch.testing.assert_close(model.next_token_logits(ids), model(ids)[:, -1], atol=1e-5, rtol=1e-5)
+    cache = KVCache(model, 2, torch.tensor([4, 0]))
+    prefill = model.next_token_logits(ids, kv_cache=cache)
+    step = model.next_token_logits(torch.tensor([[5], [7]]), kv_cache=cache)
+    via_forward = KVCache(model, 2, torch.tensor([4, 0]))
+    torch.testing.assert_close(prefill, model(ids, kv_cache=via_forward)[:, -1], atol=1e-5, rtol=1e-5)
+    step_via_forward = model(torch.tensor([[5], [7]]), kv_cache=via_forward)[:, -1]
+    torch.testing.assert_close(step, step_via_forward, atol=1e-5, rtol=1e-5)

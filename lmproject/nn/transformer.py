@@ -159,7 +159,22 @@ class TransformerLM(nn.Module):
         token_positions: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
     ) -> torch.Tensor:
-        """token_ids (batch, seq) -> logits (batch, seq, vocab_size).
+        """token_ids (batch, seq) -> logits (batch, seq, vocab_size); arguments as in `hidden_states`."""
+        return self.lm_head(self.ln_final(self.hidden_states(token_ids, token_positions, kv_cache)))
+
+    def next_token_logits(self, token_ids: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+        """token_ids (batch, seq) -> logits of the last position only (batch, vocab_size), what a
+        generation step samples from: ln_final and lm_head skip the other positions (for a 256-token
+        window the vocabulary projection alone is about a quarter of the forward's work)."""
+        return self.lm_head(self.ln_final(self.hidden_states(token_ids, kv_cache=kv_cache)[:, -1]))
+
+    def hidden_states(
+        self,
+        token_ids: torch.Tensor,
+        token_positions: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """token_ids (batch, seq) -> output of the last layer (batch, seq, d_model), before ln_final.
 
         Without a cache the sequence is one causal window starting at position 0 (or `token_positions`).
         With a cache, token_ids continue the cached sequence: positions and the padding-aware mask come from
@@ -184,7 +199,7 @@ class TransformerLM(nn.Module):
             x = layer(x, token_positions, mask, None if kv_cache is None else kv_cache.layers[i])
         if kv_cache is not None:
             kv_cache.length += seq
-        return self.lm_head(self.ln_final(x))
+        return x
 
 
 class KVCache:
