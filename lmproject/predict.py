@@ -43,7 +43,7 @@ class SamplingOptions:
 
     Args:
         prompt: one prompt text.
-        prompts_file: a text file with one prompt per line (blank lines skipped).
+        prompts_file: a UTF-8 text file with one prompt per line (blank lines skipped).
         num_samples: completions per prompt.
         max_new_tokens: the most tokens to sample per completion (it stops earlier at <|endoftext|>).
         temperature: softmax temperature; 0 is greedy decoding.
@@ -92,13 +92,19 @@ class SamplingOptions:
                 raise UserError(f"predict: {message}")
         if self.output is not None and not Path(self.output).resolve().parent.is_dir():
             raise UserError(f"{self.output}: directory {Path(self.output).parent} does not exist")
+        self.prompts()  # an unreadable or empty prompts file fails here, before a model is loaded
 
     def prompts(self) -> list[str]:
         if self.prompt is not None:
             return [self.prompt]
-        prompts = [
-            line for line in Path(self.prompts_file).read_text(encoding="utf-8").splitlines() if line.strip()
-        ]
+        data = Path(self.prompts_file).read_bytes()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise UserError(
+                f"{self.prompts_file}: not UTF-8 text (byte offset {err.start}: {err.reason})"
+            ) from None
+        prompts = [line for line in text.splitlines() if line.strip()]
         if not prompts:
             raise UserError(f"{self.prompts_file}: no prompts in the file (one prompt per line)")
         return prompts
@@ -112,9 +118,10 @@ def eos_id(tokenizer: Tokenizer) -> int | None:
 def requests(options: SamplingOptions, tokenizer: Tokenizer) -> list[dict[str, Any]]:
     """One request per prompt: what `LanguageModel.predict_step` samples."""
     settings = {k: getattr(options, k) for k in SETTINGS}
+    eos = eos_id(tokenizer)
     return [
         {"prompt": text, "prompt_ids": tokenizer.encode(text), "num_samples": options.num_samples,
-         "seed": options.seed + i, "eos_id": eos_id(tokenizer), **settings}
+         "seed": options.seed + i, "eos_id": eos, **settings}
         for i, text in enumerate(options.prompts())
     ]  # fmt: skip
 
@@ -123,14 +130,14 @@ class TokenPrinter:
     """Prints a completion token by token, decoding UTF-8 incrementally (a character may span tokens)."""
 
     def __init__(self, tokenizer: Tokenizer, prompt: str):
-        self.tokenizer, self.prompt = tokenizer, prompt
+        self.tokenizer, self.prompt, self.eos = tokenizer, prompt, eos_id(tokenizer)
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def __call__(self, token: int) -> None:
         if self.prompt is not None:
             sys.stdout.write(self.prompt)
             self.prompt = None
-        if token != eos_id(self.tokenizer):
+        if token != self.eos:
             sys.stdout.write(self.decoder.decode(token_bytes(self.tokenizer, token)))
             sys.stdout.flush()
 

@@ -128,9 +128,11 @@ def test_a_single_prompt_streams_token_by_token_to_a_terminal(run, monkeypatch):
         str(out),
     )
     [record] = [json.loads(line) for line in out.read_text().splitlines()]
-    assert terminal.getvalue().startswith("Once upon a time" + record["completion"])
-    token_writes = terminal.writes[1:]  # the prompt first, then one write per sampled token
-    assert len(token_writes) >= record["completion_tokens"] - 1
+    assert terminal.getvalue() == "Once upon a time" + record["completion"] + "\n"
+    # The prompt, then exactly one write per sampled token except a final <|endoftext|>, then a newline.
+    prompt, *token_writes, newline = terminal.writes
+    assert (prompt, newline) == ("Once upon a time", "\n")
+    assert len(token_writes) == record["completion_tokens"] - record["stopped_at_eos"]
 
 
 @pytest.mark.parametrize(
@@ -155,4 +157,25 @@ def test_bad_sampling_arguments_are_one_line_errors_and_write_nothing(run, capsy
     assert exit_info.value.code == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("lmproject: error: ") and message in last
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"Once upon a time\nTom \xff\xfe and\n", "not UTF-8 text (byte offset 21"),
+        (b"", "no prompts in the file"),
+        (b"\n  \n\n", "no prompts in the file"),
+    ],
+)
+def test_an_unreadable_or_empty_prompts_file_is_a_one_line_error(run, capsys, content, message):
+    prompts = run / "bad_prompts.txt"
+    prompts.write_bytes(content)
+    out = run / "bad.jsonl"
+    with pytest.raises(SystemExit) as exit_info:
+        predict(run, "--prompts_file", str(prompts), "--output", str(out))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(f"lmproject: error: {prompts}: {message}")
     assert not out.exists()
