@@ -124,7 +124,10 @@ class LMCLI(LightningCLI):
                 config.ckpt_path = None
                 return
             path = config.ckpt_path = str(found)
-        check_checkpoint(Path(path), config.model.as_dict(), ARCHITECTURE)
+        model_config = config.model.as_dict()
+        with torch.device("meta"):  # shapes only: no memory, no initialization
+            shapes = {name: t.shape for name, t in LanguageModel(**model_config).state_dict().items()}
+        check_checkpoint(Path(path), model_config, ARCHITECTURE, shapes)
 
     def before_fit(self) -> None:
         tokens = self.config.fit.train_tokens

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +32,19 @@ def find_last(directory: Path) -> Path | None:
     return candidates[-1] if candidates else None
 
 
-def check_checkpoint(path: Path, model_config: dict[str, Any], architecture: tuple[str, ...]) -> None:
-    """Refuse a checkpoint that cannot be read, or whose architecture differs from the configured model."""
+def check_checkpoint(
+    path: Path, model_config: dict[str, Any], architecture: tuple[str, ...], shapes: Mapping[str, torch.Size]
+) -> None:
+    """Refuse a checkpoint that cannot be read, or whose architecture differs from the configured model:
+    first by its saved hyperparameters, then by its tensors' names and shapes against `shapes` (the
+    configured model's state_dict), so a checkpoint without hyperparameters is caught too."""
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; mmap errors would say nothing useful
+        raise UserError(f"{path}: not a readable checkpoint (truncated or not a torch checkpoint)")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # torch raises several types for truncated or foreign files
+    except Exception as err:  # torch raises several types for damaged or foreign files
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"{path}: not a readable checkpoint ({reason})") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
@@ -47,5 +55,21 @@ def check_checkpoint(path: Path, model_config: dict[str, Any], architecture: tup
         for key in architecture
         if key in saved and key in model_config and saved[key] != model_config[key]
     ]
+    differences += _tensor_differences(checkpoint["state_dict"], shapes)
     if differences:
-        raise UserError(f"{path}: checkpoint of a different architecture: {'; '.join(differences)}")
+        shown = "; ".join(differences[:3]) + (
+            f" (and {len(differences) - 3} more)" if len(differences) > 3 else ""
+        )
+        raise UserError(f"{path}: checkpoint of a different architecture: {shown}")
+
+
+def _tensor_differences(state_dict: Mapping[str, Any], shapes: Mapping[str, torch.Size]) -> list[str]:
+    """Missing, unexpected and differently shaped tensors, in the model's order, as short phrases."""
+    differences = [
+        f"{name} {tuple(state_dict[name].shape)} in the checkpoint, {tuple(shape)} in the config"
+        if name in state_dict
+        else f"{name} missing from the checkpoint"
+        for name, shape in shapes.items()
+        if name not in state_dict or tuple(state_dict[name].shape) != tuple(shape)
+    ]
+    return differences + [f"{name} not in the configured model" for name in state_dict if name not in shapes]

@@ -181,11 +181,26 @@ def test_bad_input_gets_one_line_errors(data_dir, capsys):
         ["validate", "--config", config, "--model.d_model", "64", "--ckpt_path", str(checkpoint)], capsys
     )
     assert "different architecture: d_model=32 in the checkpoint, 64 in the config" in message
-    corrupt = data_dir / "corrupt.ckpt"
-    corrupt.write_bytes(checkpoint.read_bytes()[:1000])
-    assert "not a readable checkpoint" in fails(
-        ["validate", "--config", config, "--ckpt_path", str(corrupt)], capsys
+    bare = torch.load(checkpoint, weights_only=True)
+    del bare["hyper_parameters"]  # e.g. saved by other code: only the tensors can tell
+    torch.save(bare, data_dir / "bare.ckpt")
+    message = fails(
+        ["validate", "--config", config, "--model.d_model", "64", "--ckpt_path", str(data_dir / "bare.ckpt")],
+        capsys,
     )
+    assert message.endswith(
+        "bare.ckpt: checkpoint of a different architecture: "
+        "model.token_embeddings.weight (64, 32) in the checkpoint, (64, 64) in the config; "
+        "model.layers.0.ln1.weight (32,) in the checkpoint, (64,) in the config; "
+        "model.layers.0.attn.q_proj.weight (32, 32) in the checkpoint, (64, 64) in the config (and 18 more)"
+    )
+    corrupt, empty = data_dir / "corrupt.ckpt", data_dir / "empty.ckpt"
+    corrupt.write_bytes(checkpoint.read_bytes()[:1000])
+    empty.write_bytes(b"")
+    for damaged in (corrupt, empty):
+        assert fails(["validate", "--config", config, "--ckpt_path", str(damaged)], capsys).endswith(
+            f"{damaged}: not a readable checkpoint (truncated or not a torch checkpoint)"
+        )
 
 
 def test_a_failed_checkpoint_save_leaves_the_previous_checkpoint_intact(tmp_path):
