@@ -21,7 +21,8 @@ Conventions (they reproduce the CS336 reference analysis exactly; tests/test_acc
 
 Two reference figures are rounded there and exact here: the reference's constant memory term 34.04 GB is
 8.51 + 8.51 + 17.02 (parameters, gradients, optimizer state each rounded to 10 MB first), exactly 34.03 GB;
-its "about 6,581 days" divides the per-step FLOPs rounded to 1.386e16, the exact figure is 6,583.5 days.
+its "about 6,581 days" divides the per-step FLOPs rounded to 1.386e16, the exact figure is 6,583.57 days
+(printed 6,583.6).
 """
 
 from __future__ import annotations
@@ -267,13 +268,14 @@ def _parser() -> argparse.ArgumentParser:
         prog="lmproject accounting",
         description="Parameters, FLOPs, AdamW memory and training time of a Transformer LM shape.",
     )
-    p.add_argument(
+    source = p.add_mutually_exclusive_group()
+    source.add_argument(
         "--config",
         type=Path,
         action="append",
         help="LightningCLI YAML whose `model:` holds the hyperparameters; repeat to layer overlays",
     )
-    p.add_argument("--preset", choices=sorted(PRESETS), help="a GPT-2 shape instead of a config")
+    source.add_argument("--preset", choices=sorted(PRESETS), help="a GPT-2 shape instead of a config")
     for name in SIZE_FIELDS:
         p.add_argument(f"--{name.replace('_', '-')}", type=int, help="override the config's value")
     p.add_argument("--ffn", choices=sorted(FFN_MATRICES), help="FFN type (default swiglu)")
@@ -285,6 +287,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--peak-flops", type=float, default=19.5e12, help="peak FLOP/s (default A100 float32)")
     p.add_argument("--steps", type=int, help="default: the config's max_steps or train_tokens, else 1")
     return p
+
+
+def _count(flag: str, given: int | None, from_config: int | None) -> int:
+    """The flag's value, else the config's, else 1; zero or negative is an error (never silently 1)."""
+    value = given if given is not None else from_config
+    if value is not None and value <= 0:
+        source = flag if given is not None else f"{flag} (from the config)"
+        raise UserError(f"{source} must be a positive integer, got {value}")
+    return 1 if value is None else value
 
 
 def _run(argv: list[str]) -> int:
@@ -303,10 +314,8 @@ def _run(argv: list[str]) -> int:
         flags = ", ".join("--" + n.replace("_", "-") for n in missing)
         raise UserError(f"missing model hyperparameters {flags} (give --config, --preset or the flags)")
     shape = ModelShape(**shape_args)
-    batch = args.batch_size or defaults.get("batch_size") or 1
-    steps = args.steps or defaults.get("steps") or 1
-    if batch <= 0 or steps <= 0:
-        raise UserError(f"--batch-size and --steps must be positive, got {batch} and {steps}")
+    batch = _count("--batch-size", args.batch_size, defaults.get("batch_size"))
+    steps = _count("--steps", args.steps, defaults.get("steps"))
     if not 0 < args.mfu <= 1 or args.peak_flops <= 0 or args.memory_gb <= 0:
         raise UserError("--mfu must be in (0, 1]; --peak-flops and --memory-gb must be positive")
     print(report(shape, batch, args.memory_gb, args.mfu, args.peak_flops, steps))

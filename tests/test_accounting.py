@@ -84,12 +84,30 @@ def test_cli_rejects_missing_or_bad_input(tmp_path, capsys):
         acc.main(["--d-model", "64"])
     assert exit_info.value.code == 2
     assert "missing model hyperparameters --vocab-size" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         acc.main(["--preset", "gpt2-small", "--num-heads", "0"])
+    assert exit_info.value.code == 2
     assert "num_heads must be a positive integer" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         acc.main(["--config", str(tmp_path / "absent.yaml")])
+    assert exit_info.value.code == 2
     assert "absent.yaml: no such file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--batch-size", "0"), ("--steps", "0"), ("--steps", "-3")])
+def test_cli_rejects_a_non_positive_batch_size_or_step_count(capsys, flag, value):
+    with pytest.raises(SystemExit) as exit_info:
+        acc.main(["--preset", "gpt2-small", flag, value])
+    assert exit_info.value.code == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line == f"lmproject accounting: error: {flag} must be a positive integer, got {value}"
+
+
+def test_cli_refuses_a_preset_together_with_a_config(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        acc.main(["--preset", "gpt2-small", "--config", str(tmp_path / "c.yaml")])
+    assert exit_info.value.code == 2
+    assert "argument --config: not allowed with argument --preset" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
