@@ -123,8 +123,13 @@ class LanguageModel(L.LightningModule):
             raise UserError("set model.max_grad_norm instead of trainer.gradient_clip_val")
         limit = math.inf if self.hparams.max_grad_norm is None else self.hparams.max_grad_norm
         self.grad_norm = clip_grad_norm(self.parameters(), limit)
-        if not math.isfinite(self.grad_norm):
+        if not math.isfinite(self.grad_norm) and not self._gradients_are_scaled():
             self._stop(f"gradient norm is {self.grad_norm}")
+
+    def _gradients_are_scaled(self) -> bool:
+        """Under a GradScaler (precision 16-mixed) non-finite gradients are routine: the scaler skips that
+        step and lowers its scale, so they are no reason to stop."""
+        return getattr(self.trainer.precision_plugin, "scaler", None) is not None
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if self.grad_norm is not None:

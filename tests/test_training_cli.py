@@ -1,6 +1,7 @@
 """Training through `lmproject fit` in-process: exact resume, Ctrl-C, NaN stop, token budget, bad input."""
 
 import csv
+import json
 import math
 import os
 import signal
@@ -43,6 +44,17 @@ class PoisonAt(L.Callback):
         if trainer.global_step == self.step and self.rank in (None, trainer.global_rank):
             with torch.no_grad():
                 pl_module.model.lm_head.weight.fill_(math.nan)
+
+
+class InfGradientAt(L.Callback):
+    """Makes one gradient infinite during optimizer step `step` (what fp16 overflow does)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_after_backward(self, trainer, pl_module):
+        if trainer.global_step == self.step:
+            pl_module.model.lm_head.weight.grad.fill_(math.inf)
 
 
 def write_tokens(directory, vocab_size=64, n=4000):
@@ -157,6 +169,19 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(data_
     assert "loss is nan at step 3" in message and "last.ckpt" in message
     last = torch.load(run / "checkpoints/last.ckpt", weights_only=True)
     assert last["global_step"] == 2
+    assert all(torch.isfinite(w).all() for w in last["state_dict"].values())
+
+
+def test_16_mixed_skips_a_step_with_inf_gradients_instead_of_stopping(data_dir):
+    run = data_dir / "run"
+    config = write_config(data_dir, run, callbacks=[(InfGradientAt, {"step": 2})])
+    fp16 = {"class_path": "lightning.pytorch.plugins.MixedPrecision",
+            "init_args": {"precision": "16-mixed", "device": "cpu"}}  # fmt: skip
+    atomic = {"class_path": "lmproject.lightning_checkpoints.AtomicCheckpointIO"}
+    main(["fit", "--config", str(config), "--trainer.max_steps", "4", "--trainer.precision", "null",
+          "--trainer.plugins", json.dumps([fp16, atomic])])  # fmt: skip
+    last = torch.load(run / "checkpoints/last.ckpt", weights_only=True)
+    assert last["global_step"] == 4
     assert all(torch.isfinite(w).all() for w in last["state_dict"].values())
 
 
