@@ -10,9 +10,10 @@
 #   make lr-sweep EXP_CONFIG=configs/demo.yaml    the same sweep on another base config
 #   make lr-sweep EXP_ARGS="--train_tokens=40960000"   extra `lmproject fit` arguments for every run
 #
-# A finished run leaves $(RUNS)/<sweep>/<point>/fit.status (the exit status of fit: 0, or 2 when it
-# diverged or failed); make skips it next time. An interrupted run (Ctrl-C) leaves no status and resumes from
-# its last checkpoint. `make -k` is not needed: a diverged run is a result, not a failure of the sweep.
+# A finished run leaves $(RUNS)/<sweep>/<point>/fit.status (the exit status of fit: 0, or 3 when the loss
+# diverged); make skips it next time. `make -k` is not needed: a diverged run is a result, not a failure of
+# the sweep. Any other status (Ctrl-C, a missing data file, a typo in an overlay) leaves no fit.status and
+# stops make with that status; the next `make` resumes the run from its last checkpoint.
 
 EXP_CONFIG ?= configs/tinystories.yaml
 EXP_ARGS ?=
@@ -28,11 +29,11 @@ ABLATIONS ?= no_rmsnorm post_norm nope silu
 
 experiments: lr-sweep batch-size-sweep ablations
 
-# One training run: $(call fit_run,<overlay or empty>,<run dir>). Exit status 130 (Ctrl-C) stops make.
+# One training run: $(call fit_run,<overlay or empty>,<run dir>). Only 0 (done) and 3 (diverged) are results.
 define fit_run
 mkdir -p $(2) && $(LM) fit --config $(EXP_CONFIG) $(if $(1),--config $(1)) --trainer.default_root_dir $(2) \
     --ckpt_path last $(EXP_ARGS); status=$$?; \
-    if [ $$status -eq 130 ]; then exit 130; fi; echo $$status > $(2)/fit.status
+    if [ $$status -ne 0 ] && [ $$status -ne 3 ]; then exit $$status; fi; echo $$status > $(2)/fit.status
 endef
 
 $(RUNS)/lr/%/fit.status: | install

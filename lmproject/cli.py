@@ -3,6 +3,9 @@
 Run layout (trainer.default_root_dir, e.g. runs/tinystories): checkpoints/ holds periodic checkpoints and
 last.ckpt (the same directory on every resume, so `--ckpt_path last` finds it); logs/version_N/ holds each
 invocation's metrics.csv and config.yaml.
+
+Exit status: 0 done; 2 bad input (a one-line error); 3 training diverged (the loss or gradient norm became
+NaN or infinite; the last good checkpoint is kept); 130 interrupted by Ctrl-C.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from lmproject.callbacks import GracefulInterrupt, RunCheckpoint, ThroughputMoni
 from lmproject.data import TokenDataModule
 from lmproject.errors import UserError, run_cli
 from lmproject.lightning_checkpoints import check_checkpoint, find_last
-from lmproject.module import ARCHITECTURE, LanguageModel
+from lmproject.module import ARCHITECTURE, LanguageModel, NonFiniteLossError
 from lmproject.predict import CompletionWriter, SamplingOptions, TokenPrinter, requests
 from lmproject.tokenizer import Tokenizer
 
@@ -225,8 +228,17 @@ def main(argv: list[str] | None = None) -> int:
         from lmproject import plot
 
         return plot.main(words[1:])
-    run_cli(lambda: run_lightning(argv), "lmproject")
+    run_cli(lambda: _fit_or_diverge(argv), "lmproject")
     return 0
+
+
+def _fit_or_diverge(argv: list[str] | None) -> LMCLI:
+    """run_lightning, with divergence reported as exit status 3: a result of a run, not bad input."""
+    try:
+        return run_lightning(argv)
+    except NonFiniteLossError as err:
+        print(f"lmproject: error: {err}", file=sys.stderr)
+        raise SystemExit(3) from None
 
 
 if __name__ == "__main__":

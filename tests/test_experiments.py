@@ -62,3 +62,22 @@ def test_make_plans_one_run_per_point_and_a_plot(tmp_path):
 def test_every_ablation_has_its_overlay():
     for ablation in make_variable("ABLATIONS"):
         assert (ROOT / "configs" / "ablations" / f"{ablation}.yaml").is_file(), ablation
+
+
+@pytest.mark.parametrize("status, recorded", [(0, True), (3, True), (2, False), (130, False)])
+def test_only_finished_or_diverged_runs_are_recorded_as_results(tmp_path, status, recorded):
+    fake_lmproject = tmp_path / "lmproject"
+    fake_lmproject.write_text(f"#!/bin/sh\nexit {status}\n")
+    fake_lmproject.chmod(0o755)
+    no_install = tmp_path / "no_install.mk"
+    no_install.write_text("install:\n")
+    target = tmp_path / "lr" / "lr_1e-3" / "fit.status"
+    make = subprocess.run(
+        ["make", "-s", "-f", "experiments.mk", "-f", str(no_install), f"RUNS={tmp_path}",
+         f"LM={fake_lmproject}", str(target)],
+        cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert (make.returncode == 0) == recorded, make.stderr
+    assert target.is_file() == recorded  # a missing file or typo is retried next time, not skipped forever
+    if recorded:
+        assert target.read_text().strip() == str(status)

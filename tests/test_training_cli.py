@@ -95,11 +95,11 @@ def train_losses(run_dir):
     return losses
 
 
-def fails(argv, capsys):
-    """Run the CLI expecting a one-line error; returns the message."""
+def fails(argv, capsys, status=2):
+    """Run the CLI expecting a one-line error and exit status `status`; returns the message."""
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
-    assert exit_info.value.code == 2
+    assert exit_info.value.code == status
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines[-1].startswith("lmproject: error: ")
     return lines[-1]
@@ -165,7 +165,7 @@ def test_token_budget_counts_gradient_accumulation_and_mfu_uses_the_accounting_f
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(data_dir, capsys):
     run = data_dir / "run"
     config = write_config(data_dir, run, callbacks=[(PoisonAt, {"step": 3})])  # checkpoints every 2 steps
-    message = fails(["fit", "--config", str(config), "--trainer.max_steps", "8"], capsys)
+    message = fails(["fit", "--config", str(config), "--trainer.max_steps", "8"], capsys, status=3)
     assert "loss is nan at step 3" in message and "last.ckpt" in message
     last = torch.load(run / "checkpoints/last.ckpt", weights_only=True)
     assert last["global_step"] == 2

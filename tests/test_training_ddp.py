@@ -56,7 +56,7 @@ def test_two_process_ddp_draws_different_batches_and_keeps_weights_equal(tmp_pat
 
 def test_a_nan_loss_on_one_rank_stops_every_rank_with_the_step_named(tmp_path):
     done = fit_ddp(tmp_path, [(PoisonAt, {"step": 3, "rank": 1})], steps=6)  # checkpoints every 2 steps
-    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.returncode == 3, done.stderr[-3000:]
     errors = [line for line in done.stderr.splitlines() if line.startswith("lmproject: error: ")]
     assert errors and all("at step 3" in line for line in errors)
     assert torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=True)["global_step"] == 2
