@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lmproject.atomic import atomic_write
 from lmproject.errors import UserError, run_cli
 
 MARKER = ".lmproject-demo"
@@ -118,7 +119,8 @@ def write_config(path: Path, scale: Scale, tokens: Path, tokenizer: Path, run_di
         else:
             config[key] = value
     header = f"# Written by `python -m lmproject.demo`: {CONFIG.name} with this demo's paths and sizes.\n"
-    path.write_text(header + yaml.safe_dump(config, sort_keys=False))
+    with atomic_write(path) as file:
+        file.write(header + yaml.safe_dump(config, sort_keys=False))
     return path
 
 
@@ -158,12 +160,14 @@ def run_demo(out: Path, scale: Scale) -> dict[str, float]:
     )  # fmt: skip
     record = json.loads((out / "samples.jsonl").read_text().splitlines()[0])
     sample = record["prompt"] + record["completion"]
-    (out / "sample.txt").write_text(sample + "\n")
+    with atomic_write(out / "sample.txt") as file:
+        file.write(sample + "\n")
     pipe.run(
         "plot",
         [lm, "plot", str(run_dir), "--out", str(out / "learning_curves.png"), "--title", "lmproject demo"],
     )
-    (out / "timings.json").write_text(json.dumps(pipe.seconds, indent=2) + "\n")
+    with atomic_write(out / "timings.json") as file:
+        file.write(json.dumps(pipe.seconds, indent=2) + "\n")
     _summary(out, pipe.seconds, sample)
     return pipe.seconds
 
@@ -199,7 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("demo"), help="folder for every artifact (default: demo)")
     p.add_argument("--tiny", action="store_true", help="toy scale: the same stages in well under a minute")
     args = p.parse_args(argv)
-    return run_cli(lambda: (run_demo(args.out, TINY if args.tiny else FULL), 0)[1], "lmproject.demo")
+
+    def demo() -> int:
+        run_demo(args.out, TINY if args.tiny else FULL)
+        return 0
+
+    return run_cli(demo, "lmproject.demo")
 
 
 if __name__ == "__main__":

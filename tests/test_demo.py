@@ -1,6 +1,5 @@
 """`python -m lmproject.demo`: the README's first command, end to end at toy scale, and its folder safety."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -40,10 +39,6 @@ def test_config_gets_the_demo_paths_and_tiny_sizes(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    importlib.util.find_spec("lmproject.generate") is None,
-    reason="lmproject.generate (sampling for `lmproject predict`) has not landed yet",
-)
 def test_tiny_demo_runs_every_stage(tmp_path):
     out = tmp_path / "demo"
     result = subprocess.run(
