@@ -1,12 +1,18 @@
 """`lmproject plot RUN_DIR... --out PNG`: learning curves of several runs in one picture.
 
 Each run is read from its Lightning CSVLogger files (every metrics.csv below RUN_DIR, one per invocation,
-joined in version order so a resumed run is one curve), or from a metrics.csv given directly. The left
-panel draws train and val loss against the optimizer step, the right panel against wall-clock seconds
-when the run logged them (a column named in WALL_CLOCK_COLUMNS; steps in between take interpolated
-times). A run diverged where its loss is NaN/inf or more than DIVERGENCE_FACTOR times the lowest loss it
-had reached before; that point gets an X and the legend says at which step. A run whose fit.status (written
-by experiments.mk) holds a non-zero exit status stopped early, e.g. on a NaN loss: its last step gets the X.
+joined in version order so a resumed run is one curve), or from a metrics.csv given directly. A folder that
+holds several runs (e.g. runs/lr with runs/lr/1e-3/logs/... and runs/lr/1e-2/logs/...) gives one curve per
+run, named by its path below that folder. The left panel draws train and val loss against the optimizer
+step, the right panel against wall-clock seconds when the run logged them (a column named in
+WALL_CLOCK_COLUMNS; steps in between take interpolated times).
+
+A run diverged where its loss is NaN/inf, or where the running mean of its last SMOOTHING train losses
+exceeds DIVERGENCE_FACTOR times the lowest running mean before (val losses, already averages, are compared
+unsmoothed), so one noisy small-batch step is not a divergence; the step reported is the first exploded
+loss in that window. That point gets an X and the legend says at which step. A run whose fit.status
+(written by experiments.mk) holds a non-zero exit status stopped early, e.g. on a NaN loss: its last step
+gets the X.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ TRAIN_COLUMNS = ("train/loss", "train/loss_step", "train_loss")
 VAL_COLUMNS = ("val/loss", "val_loss")
 WALL_CLOCK_COLUMNS = ("time/elapsed_s", "elapsed_s", "wall_time", "time")
 DIVERGENCE_FACTOR = 2.0
+SMOOTHING = 5  # train losses in the running mean that the divergence rule compares
+LOG_FOLDERS = ("logs", "csv", "lightning_logs")  # logger folders between a run directory and version_N
 
 
 @dataclass
@@ -48,13 +56,11 @@ class Run:
         return None, f"last loss {last_loss:.4f} at step {last_step}"
 
     def diverged_at(self) -> int | None:
-        """First step whose train (else val) loss is non-finite or explodes above its best so far."""
-        for curve in (self.train, self.val):
-            best = math.inf
-            for step, loss in curve:
-                if not math.isfinite(loss) or loss > DIVERGENCE_FACTOR * best:
-                    return step
-                best = min(best, loss)
+        """First step where the train (else val) loss is non-finite or explodes (see the module docstring)."""
+        for curve, window in ((self.train, SMOOTHING), (self.val, 1)):
+            step = _explosion(curve, window)
+            if step is not None:
+                return step
         return None
 
     def seconds(self, step: int) -> float | None:
@@ -65,6 +71,21 @@ class Run:
 
         steps, times = zip(*self.clock, strict=True)
         return float(np.interp(step, steps, times))
+
+
+def _explosion(curve: list[tuple[int, float]], window: int) -> int | None:
+    """First step with a non-finite loss, or where the mean of the last `window` losses is above
+    DIVERGENCE_FACTOR times the lowest such mean so far: then the window's first loss above that bound."""
+    best = math.inf
+    for i, (step, loss) in enumerate(curve):
+        if not math.isfinite(loss):
+            return step
+        recent = curve[max(0, i - window + 1) : i + 1]
+        mean = sum(value for _, value in recent) / len(recent)
+        if mean > DIVERGENCE_FACTOR * best:
+            return next(s for s, value in recent if value > DIVERGENCE_FACTOR * best)
+        best = min(best, mean)
+    return None
 
 
 def find_metrics(run_dir: Path) -> list[Path]:
@@ -78,6 +99,28 @@ def find_metrics(run_dir: Path) -> list[Path]:
     if not found:
         raise UserError(f"{run_dir}: no metrics.csv (is it a run directory with a CSV logger?)")
     return found
+
+
+def _run_root(metrics: Path) -> Path:
+    """The run directory a metrics.csv belongs to: above its version_N and logger folders."""
+    folder = metrics.parent
+    if folder.name.startswith("version_"):
+        folder = folder.parent
+    return folder.parent if folder.name in LOG_FOLDERS else folder
+
+
+def expand_runs(path: Path) -> list[tuple[Path, str]]:
+    """(run directory, curve name) for each run in `path`: the path itself when it holds one run, else
+    every run directory below it, named by its path relative to `path`."""
+    if path.is_file():
+        return [(path, path.stem)]
+    roots = sorted({_run_root(metrics) for metrics in find_metrics(path)})
+    if len(roots) == 1:
+        return [(path, path.name)]
+    if path in roots:
+        nested = ", ".join(str(root.relative_to(path)) for root in roots if root != path)
+        raise UserError(f"{path}: holds its own logs and other runs' ({nested}); plot them separately")
+    return [(root, str(root.relative_to(path))) for root in roots]
 
 
 def _read_status(path: Path) -> int:
@@ -119,11 +162,11 @@ def read_metrics(path: Path, name: str) -> Run:
     return run
 
 
-def read_run(run_dir: Path) -> Run:
+def read_run(run_dir: Path, name: str | None = None) -> Run:
     """One run's curves from its training logs. A resume's log replaces the steps it repeats and its wall
     clock continues where the previous log's stopped; logs without train loss (validate, predict) are left
     out unless no log has any."""
-    name = run_dir.name if run_dir.is_dir() else run_dir.stem
+    name = name or (run_dir.name if run_dir.is_dir() else run_dir.stem)
     parts = [read_metrics(path, name) for path in find_metrics(run_dir)]
     fits = [part for part in parts if part.train] or [part for part in parts if part.val]
     if not fits:
@@ -201,13 +244,15 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     p = argparse.ArgumentParser(prog="lmproject plot", description="Plot the learning curves of runs.")
-    p.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="run folders (or metrics.csv files)")
+    p.add_argument(
+        "runs", nargs="+", type=Path, metavar="RUN_DIR", help="runs, folders of runs, or metrics.csv"
+    )
     p.add_argument("--out", type=Path, default=Path("learning_curves.png"), help="PNG to write")
     p.add_argument("--title", help="figure title")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
 
     def run() -> int:
-        runs = [read_run(d) for d in args.runs]
+        runs = [read_run(run_dir, name) for path in args.runs for run_dir, name in expand_runs(path)]
         plot_runs(runs, args.out, args.title)
         for r in runs:
             print(f"{r.name}: {r.verdict()[1]}")

@@ -40,8 +40,13 @@ def test_two_runs_one_diverged_make_a_png(tmp_path, capsys):
 def test_divergence_rules():
     steady = plot.Run("a", train=[(0, 5.0), (1, 3.0), (2, 3.4), (3, 2.9)])
     assert steady.diverged_at() is None
-    assert plot.Run("b", train=[(0, 5.0), (1, 2.0), (2, 4.5)]).diverged_at() == 2
+    flat = [(step, 2.0) for step in range(10)]
+    noisy = plot.Run("noisy", train=[*flat, (10, 4.5), (11, 2.0), (12, 1.9), (13, 4.4), (14, 2.0)])
+    assert noisy.diverged_at() is None  # single small-batch spikes above 2x the best are not a divergence
+    exploding = plot.Run("b", train=[*flat, (10, 4.5), (11, 9.0), (12, 20.0), (13, 50.0)])
+    assert exploding.diverged_at() == 10  # where the sustained rise began
     assert plot.Run("c", train=[(0, 5.0), (1, float("inf"))]).diverged_at() == 1
+    assert plot.Run("d", train=[(0, 5.0), (1, 2.0)], val=[(0, 4.0), (5, 1.9), (9, 4.0)]).diverged_at() == 9
 
 
 def test_nan_loss_and_missing_clock_are_handled(tmp_path, capsys):
@@ -95,3 +100,27 @@ def test_a_run_that_fit_stopped_with_an_error_is_marked(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "lr_1e-1: stopped at step 5 (fit exit status 2)" in printed
     assert "lr_1e-3: last loss 3.4000 at step 4" in printed
+
+
+def test_a_folder_of_runs_plots_each_run_as_its_own_curve(tmp_path, capsys):
+    sweep = tmp_path / "runs" / "lr"
+    write_metrics(sweep / "1e-3" / "logs" / "version_0", [5.0 - 0.1 * i for i in range(10)])
+    write_metrics(sweep / "1e-3" / "logs" / "version_1", [4.0 - 0.1 * i for i in range(5)], first_step=10)
+    write_metrics(sweep / "1e-1" / "logs" / "version_0", [5.0] * 5 + [5.0 * 3**k for k in range(1, 6)])
+    assert [name for _, name in plot.expand_runs(sweep)] == ["1e-1", "1e-3"]
+    assert plot.expand_runs(sweep / "1e-3") == [(sweep / "1e-3", "1e-3")]
+    assert plot.main([str(sweep), "--out", str(tmp_path / "c.png")]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[:2] == ["1e-1: diverged at step 5", "1e-3: last loss 3.7000 at step 14"]
+    assert plot.main([str(tmp_path / "runs"), "--out", str(tmp_path / "d.png")]) == 0  # names keep the path
+    assert capsys.readouterr().out.startswith("lr/1e-1: diverged at step 5\nlr/1e-3: last loss")
+
+
+def test_a_run_folder_that_also_holds_other_runs_is_refused(tmp_path, capsys):
+    write_metrics(tmp_path / "run" / "logs" / "version_0", [5.0, 4.0, 3.0])
+    write_metrics(tmp_path / "run" / "other" / "logs" / "version_0", [5.0, 4.0, 3.0])
+    with pytest.raises(SystemExit) as info:
+        plot.main([str(tmp_path / "run"), "--out", str(tmp_path / "o.png")])
+    assert info.value.code == 2
+    assert "holds its own logs and other runs' (other)" in capsys.readouterr().err
+    assert not (tmp_path / "o.png").exists()
