@@ -24,13 +24,18 @@ def build(*configs, extra=()):
     return cli.run_lightning([*args, *extra], run=False)
 
 
-def test_tinystories_config_builds_the_cs336_model_with_vocab_and_context_set_once():
-    built = build("tinystories.yaml")
+@pytest.mark.parametrize(
+    ("config", "vocab_size", "data"),
+    [("tinystories.yaml", 10_000, "tinystories"), ("owt.yaml", 32_000, "owt")],
+)
+def test_cs336_configs_build_the_handout_model_with_vocab_and_context_set_once(config, vocab_size, data):
+    built = build(config)
     hp = built.model.hparams
-    expected = {"vocab_size": 10_000, "context_length": 256, "d_model": 512, "num_layers": 4, "num_heads": 16,
-                "d_ff": 1344, "rope_theta": 10_000.0, **OVERLAYS[None]}  # fmt: skip
+    expected = {"vocab_size": vocab_size, "context_length": 256, "d_model": 512, "num_layers": 4,
+                "num_heads": 16, "d_ff": 1344, "rope_theta": 10_000.0, **OVERLAYS[None]}  # fmt: skip
     assert {k: hp[k] for k in expected} == expected
-    assert (built.datamodule.vocab_size, built.datamodule.context_length) == (10_000, 256)  # linked
+    assert (built.datamodule.vocab_size, built.datamodule.context_length) == (vocab_size, 256)  # linked
+    assert built.datamodule.train_path == Path(f"data/{data}/train.npy")
     assert built.config.train_tokens == 327_680_000
     assert built.config.trainer.precision == ("bf16-mixed" if cli.cpu_supports_bf16() else "32-true")
     shape = ModelShape(**{k: hp[k] for k in ("vocab_size", "context_length", "d_model", "num_layers",
@@ -48,16 +53,7 @@ def test_ablation_overlays_change_only_their_switch(overlay):
     assert changed == OVERLAYS[overlay]
 
 
-def test_owt_and_smoke_configs_build():
-    small = [
-        "--model.d_model",
-        "16",
-        "--model.num_heads",
-        "2",
-        "--model.d_ff",
-        "32",
-    ]  # parse, don't build 45M
-    assert build("owt.yaml", extra=small).model.hparams.vocab_size == 32_000
+def test_smoke_config_builds_a_small_model():
     smoke = build("smoke.yaml")
     assert sum(p.numel() for p in smoke.model.parameters()) < 1_000_000
 
