@@ -111,8 +111,20 @@ class LMCLI(LightningCLI):
 
     def _resolve_checkpoint(self, config: Namespace, subcommand: str | None) -> None:
         """`last` becomes the newest last*.ckpt of the run (fit starts fresh when there is none); the file is
-        then checked before anything is built."""
+        then checked before anything is built. `fit` without a checkpoint refuses a run that has some, rather
+        than start over on top of it."""
         if not config.get("ckpt_path"):
+            checkpoints = Path(config.checkpoint.dirpath)
+            if subcommand == "fit" and checkpoints.is_dir() and any(checkpoints.glob("*.ckpt")):
+                raise UserError(
+                    f"{checkpoints} has checkpoints: resume with --ckpt_path last, "
+                    "or choose another --trainer.default_root_dir"
+                )
+            if subcommand in ("validate", "test"):  # the loss of random weights is no measurement
+                raise UserError(
+                    f"{subcommand} needs --ckpt_path (last, or a .ckpt file): without it the untrained "
+                    "model would be scored"
+                )
             return
         path = config.ckpt_path
         if path == "last":

@@ -32,7 +32,7 @@ def test_smoke_config_fits_and_validates_end_to_end(tmp_path):
     rows = list(csv.DictReader((tmp_path / "runs/smoke/logs/version_1/metrics.csv").open()))
     assert 5.5 < float(rows[-1]["val/loss"]) < 7.0  # uniform random ids: about ln(512) = 6.24
 
-    missing = lmproject("validate", "--config", str(SMOKE), cwd=tmp_path)
+    missing = lmproject("validate", "--config", str(SMOKE), "--ckpt_path", "last", cwd=tmp_path)
     assert missing.returncode == 2
     assert (
         missing.stderr.strip().splitlines()[-1]

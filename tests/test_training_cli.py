@@ -149,7 +149,8 @@ def test_token_budget_counts_gradient_accumulation_and_mfu_uses_the_accounting_f
     tokens = 6 * BATCH * TINY_MODEL["context_length"]
     throughput = ["--throughput.window", "1", "--throughput.peak_flops", "1e9"]
     main(["fit", "--config", str(write_config(data_dir, run)), "--train_tokens", str(tokens),
-          "--trainer.accumulate_grad_batches", "2", *throughput])  # fmt: skip
+          "--trainer.accumulate_grad_batches", "2", *throughput, "--ckpt_path", "last"])  # fmt: skip
+    # (--ckpt_path last with no checkpoint yet starts fresh, as experiments.mk relies on)
     assert torch.load(run / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 3
 
     rows = [r for r in csv.DictReader((run / "logs/version_0/metrics.csv").open()) if r["throughput/mfu"]]
@@ -195,12 +196,22 @@ def test_bad_input_gets_one_line_errors(data_dir, capsys):
     )
     assert "train.npy: token id 63" in fails(["fit", "--config", config, "--model.vocab_size", "32"], capsys)
 
+    for scoring in ("validate", "test"):
+        assert fails([scoring, "--config", config], capsys).endswith(
+            f"{scoring} needs --ckpt_path (last, or a .ckpt file): "
+            "without it the untrained model would be scored"
+        )
     assert "--ckpt_path last: no last checkpoint" in fails(
         ["validate", "--config", config, "--ckpt_path", "last"], capsys
     )
 
     main(["fit", "--config", config, "--trainer.max_steps", "2"])
     checkpoint = run / "checkpoints/last.ckpt"
+    assert fails(["fit", "--config", config, "--trainer.max_steps", "4"], capsys).endswith(
+        f"{run}/checkpoints has checkpoints: resume with --ckpt_path last, "
+        "or choose another --trainer.default_root_dir"
+    )
+    assert sorted(p.name for p in checkpoint.parent.iterdir()) == ["epoch=0-step=2.ckpt", "last.ckpt"]
     main(["test", "--config", config, "--ckpt_path", str(checkpoint)])  # the good checkpoint loads
     message = fails(
         ["validate", "--config", config, "--model.d_model", "64", "--ckpt_path", str(checkpoint)], capsys
