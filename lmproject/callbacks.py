@@ -16,7 +16,21 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lmproject.accounting import train_flops_per_token
 
 
-class ThroughputMonitor(L.Callback):
+class StepBoundary(L.Callback):
+    """Base for callbacks that act only after a batch that completed an optimizer step (with gradient
+    accumulation, most batches do not)."""
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx
+    ) -> None:
+        self._step_before = trainer.global_step
+
+    def stepped(self, trainer: L.Trainer) -> bool:
+        """Whether the batch that just ended ran an optimizer step (call from on_train_batch_end)."""
+        return trainer.global_step != self._step_before
+
+
+class ThroughputMonitor(StepBoundary):
     """Logs throughput/tokens_per_s (all devices together), throughput/mfu and time/elapsed_s (wall-clock
     seconds since this fit started, for learning curves against time) every `window` optimizer steps.
 
@@ -57,14 +71,9 @@ class ThroughputMonitor(L.Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restart()
 
-    def on_train_batch_start(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx
-    ) -> None:
-        self._step_before = trainer.global_step
-
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx):
         self._tokens += batch[0].numel() * trainer.world_size
-        if trainer.global_step == self._step_before:
+        if not self.stepped(trainer):
             return  # gradient accumulation: no optimizer step yet
         self._steps += 1
         if self._steps < self.window or self._start is None:
@@ -95,7 +104,7 @@ class RunCheckpoint(ModelCheckpoint):
             self.save_last_now(trainer)
 
 
-class GracefulInterrupt(L.Callback):
+class GracefulInterrupt(StepBoundary):
     """First Ctrl-C: finish the current optimizer step, save `last.ckpt`, stop. Second Ctrl-C: abort now."""
 
     def __init__(self):
@@ -126,13 +135,8 @@ class GracefulInterrupt(L.Callback):
     ) -> None:
         self._restore()
 
-    def on_train_batch_start(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx
-    ) -> None:
-        self._step_before = trainer.global_step
-
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx):
-        if trainer.global_step == self._step_before:
+        if not self.stepped(trainer):
             return  # only stop between optimizer steps, never inside gradient accumulation
         if not trainer.strategy.reduce_boolean_decision(self.requested, all=False):
             return
