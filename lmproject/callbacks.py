@@ -113,8 +113,9 @@ class GracefulInterrupt(StepBoundary):
         self._previous = None
 
     def _handle(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
+        if self.requested:  # not KeyboardInterrupt: Lightning turns that into exit status 1
+            print("\nCtrl-C again: aborting without a checkpoint", file=sys.stderr)
+            raise SystemExit(130)
         self.requested = True
         print("\nCtrl-C: saving a checkpoint after this step (press again to abort)", file=sys.stderr)
 

@@ -34,6 +34,15 @@ class SigintAt(L.Callback):
             os.kill(os.getpid(), signal.SIGINT)
 
 
+class DoubleSigintAt(SigintAt):
+    """Presses Ctrl-C twice after optimizer step `step`: abort at once."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+
+
 class PoisonAt(L.Callback):
     """Makes the weights NaN after optimizer step `step` (on one DDP rank or all): the next loss is NaN."""
 
@@ -142,6 +151,16 @@ def test_ctrl_c_then_resume_from_last_continues_the_exact_trajectory(data_dir):
     assert final["global_step"] == steps
     straight_weights = torch.load(straight / "checkpoints/last.ckpt", weights_only=True)["state_dict"]
     assert all(torch.equal(straight_weights[k], v) for k, v in final["state_dict"].items())
+
+
+def test_a_second_ctrl_c_aborts_with_status_130_without_a_checkpoint(data_dir):
+    run = data_dir / "run"
+    config = write_config(data_dir, run, callbacks=[(DoubleSigintAt, {"step": 1})])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--trainer.max_steps", "8"])
+    assert exit_info.value.code == 130
+    assert not (run / "checkpoints").exists()  # aborted before the first periodic checkpoint (step 2)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C handler restored
 
 
 def test_token_budget_counts_gradient_accumulation_and_mfu_uses_the_accounting_flops(data_dir):
