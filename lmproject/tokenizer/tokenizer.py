@@ -235,14 +235,20 @@ def _last_safe_cut(text: str, start: int, end: int) -> int:
     """The last offset in text[start:end] where the text can be cut without changing its pre-tokens (nor
     depending on what comes after `end`), or `start` if there is none.
 
-    A cut must fall between pre-tokens, and not next to whitespace: a whitespace run splits differently
-    when it ends the text (`\\s+(?!\\S)`). Between two ASCII graphic characters of different kinds (letter,
-    digit, other) there is always a pre-token boundary, unless the first is an apostrophe ("'s"); that
-    cheap test usually finds a cut in the last few characters. Otherwise, the pre-tokens tell.
+    A cut must fall between pre-tokens, and not inside a whitespace run: a run splits differently when it
+    ends the text (`\\s+(?!\\S)`). Two cheap tests usually find a cut in the last few characters:
+    - between two ASCII graphic characters of different kinds (letter, digit, other) there is always a
+      pre-token boundary, unless the first is an apostrophe ("'s");
+    - right before a lone whitespace character between two non-whitespace ones ("a b", "a\\nb"): no
+      pre-token holds a non-space followed by a space, and the lone one starts the next pre-token (" b")
+      or is one on its own ("\\n"), whether or not the text goes on after it.
+    Otherwise, the pre-tokens tell.
     """
     for cut in range(end - 1, max(start, end - 4096), -1):
         before, after = _ASCII_KIND.get(text[cut - 1]), _ASCII_KIND.get(text[cut])
         if before and after and before != after and text[cut - 1] != "'":
+            return cut
+        if after is None and _LONE_WHITESPACE.match(text, cut, end):
             return cut
     safe = start
     for match in PRETOKEN_RE.finditer(text, start, end):
@@ -253,6 +259,7 @@ def _last_safe_cut(text: str, start: int, end: int) -> int:
 
 
 _WHITESPACE = regex.compile(r"\s")
+_LONE_WHITESPACE = regex.compile(r"(?<=\S)\s(?=\S)")
 _ASCII_KIND = {chr(c): 1 if chr(c).isalpha() else 2 if chr(c).isdigit() else 3 for c in range(0x21, 0x7F)}
 
 
