@@ -84,7 +84,7 @@ def test_bad_special_tokens_are_user_errors(tokens, message):
 
 
 def test_boundaries_fall_at_special_token_starts():
-    data = f"hello world{EOT}second doc{EOT}third".encode()
+    data = f"hello,world{EOT}second,doc{EOT}third".encode()
     bounds = find_chunk_boundaries(io.BytesIO(data), 5, [EOT])
     assert bounds == [0, data.index(EOT.encode()), data.rindex(EOT.encode()), len(data)]
 
@@ -97,17 +97,18 @@ def test_boundary_is_never_inside_a_longer_special_token():
 
 def test_file_path_and_small_files():
     assert find_chunk_boundaries(io.BytesIO(b""), 10) == [0, 0]
-    assert find_chunk_boundaries(io.BytesIO(b"no break here"), 2) == [0, 13]
+    assert find_chunk_boundaries(io.BytesIO(b"no-break-here"), 2) == [0, 13]
+    assert find_chunk_boundaries(io.BytesIO(b"a break  here"), 1) == [0, 1, 13]  # not in a space run
 
 
 PIECES = ["a", "Zed", " ", "  ", "\n", "\n\n", "\t", "'s", "7", "!", "é", "語", "\u00a0", "\u3000"]
-PIECES += [EOT, "<|x|>"]
+PIECES += [EOT, "<|x|>", "<|a b|>", "x y"]
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.sampled_from(PIECES), max_size=60), st.integers(1, 12), st.booleans())
 def test_chunks_pretokenize_like_the_whole_text(parts, chunk_bytes, with_specials):
-    specials = [EOT, EOT + EOT, "<|x|>"] if with_specials else []
+    specials = [EOT, EOT + EOT, "<|x|>", "<|a b|>"] if with_specials else []
     text = "".join(parts)
     data = text.encode()
     bounds = find_chunk_boundaries(io.BytesIO(data), chunk_bytes, specials)
@@ -125,3 +126,16 @@ def test_large_file_gets_bounded_chunks(tmp_path):
     sizes = [b - a for a, b in zip(bounds, bounds[1:], strict=False)]
     assert len(bounds) > 40
     assert max(sizes) < 4096 + 64  # the next safe line break is never far away
+
+
+@pytest.mark.parametrize("separator", [" ", "\n\n"])  # one long line; paragraphs as in OpenWebText
+def test_text_without_single_line_breaks_gets_bounded_chunks(tmp_path, separator):
+    paragraph = " ".join(["Once upon a time there was a cat, and it sat."] * 20)
+    path = tmp_path / "corpus.txt"
+    path.write_text(separator.join([paragraph] * 100))
+    bounds = find_chunk_boundaries(path, 4096)
+    sizes = [b - a for a, b in zip(bounds, bounds[1:], strict=False)]
+    assert len(bounds) > 20
+    assert max(sizes) < 4096 + 64
+    chunks = [path.read_bytes()[a:b].decode() for a, b in zip(bounds, bounds[1:], strict=False)]
+    assert [tok for chunk in chunks for tok in pretokens(chunk, [])] == pretokens(path.read_text(), [])

@@ -1,9 +1,10 @@
 """Encode a whole text file into a `.npy` array of token ids, in parallel over the cores.
 
-The file is cut at special tokens (or safe line breaks) into chunks that encode the same on their own as
-within the whole text (`pretokenize.find_chunk_boundaries`). Worker processes encode the chunks and write
-each one's ids to a raw part file; the parts are then concatenated behind a `.npy` header into a temp file
-that is renamed to the output. No process holds more than one chunk's ids, and a failure leaves no output.
+The file is cut at special tokens (or safe breaks at lone newlines and spaces) into chunks that encode the
+same on their own as within the whole text (`pretokenize.find_chunk_boundaries`). Worker processes encode the
+chunks and write each one's ids to a raw part file; the parts are then concatenated behind a `.npy` header
+into a temp file that is renamed to the output. No process holds more than one chunk's ids, and a failure
+leaves no output.
 """
 
 from __future__ import annotations

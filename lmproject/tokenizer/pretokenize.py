@@ -44,10 +44,15 @@ def find_pretokens(text: str) -> list[str]:
     return (_ASCII_PRETOKEN_RE if text.isascii() else PRETOKEN_RE).findall(text)
 
 
-# A byte offset right after b"\n" with an ASCII graphic character on both sides (for example b"x\ny") is
-# a safe place to cut the text: the newline is a pre-token of its own whether or not the text continues,
-# and no pre-token reaches across it. Used where the text has no special token to cut at.
-_SAFE_LINE_BREAK = rb"(?<=[\x21-\x7e]\n)(?=[\x21-\x7e])"
+# Safe places to cut the text where it has no special token to cut at (no pre-token reaches across them,
+# and the pre-tokens on either side are the same whether or not the text continues):
+# - right after b"\n" with an ASCII graphic character on both sides (b"x\ny"): the newline is a pre-token
+#   of its own;
+# - right before b" " with an ASCII graphic character on both sides (b"x y"): no pre-token holds a
+#   non-space followed by a space, and the space starts the next one (" y").
+# The second keeps chunks small in text without single line breaks (one long line, or paragraphs cut by
+# b"\n\n" as in OpenWebText).
+_SAFE_BREAK = rb"(?<=[\x21-\x7e]\n)(?=[\x21-\x7e])|(?<=[\x21-\x7e])(?= [\x21-\x7e])"
 _BOUNDARY_WINDOW = 1 << 16
 
 
@@ -99,10 +104,11 @@ def find_chunk_boundaries(
     """Byte offsets [0, ..., file size] cutting a file into chunks of about `chunk_bytes` each (often more,
     never less except the last) that can be pre-tokenized independently, with the same result as the whole.
 
-    Each inner boundary is the start of a special token, or else a safe line break (b"\\n" between two ASCII
-    graphic characters), whichever comes first after the target offset, and never inside a longer special
-    token that overlaps it. All boundaries are at UTF-8 character starts, so chunks decode on their own. Only
-    small windows around the targets are read. For N chunks, pass `chunk_bytes = ceil(size / N)`.
+    Each inner boundary is the start of a special token, or else a safe break (after b"\\n" or before b" "
+    between two ASCII graphic characters), whichever comes first after the target offset, and never inside a
+    longer special token that overlaps it. All boundaries are at UTF-8 character starts, so chunks decode on
+    their own. Only small windows around the targets are read. For N chunks, pass
+    `chunk_bytes = ceil(size / N)`.
 
     >>> import io
     >>> find_chunk_boundaries(io.BytesIO(b"ab<|e|>cd<|e|>ef"), 4, ["<|e|>"])
@@ -114,7 +120,7 @@ def find_chunk_boundaries(
         with open(source, "rb") as file:
             return find_chunk_boundaries(file, chunk_bytes, special_tokens)
     specials = [token.encode("utf-8") for token in special_tokens or []]
-    alternatives = [_SAFE_LINE_BREAK] + [b"(?=" + regex.escape(token) + b")" for token in specials]
+    alternatives = [_SAFE_BREAK] + [b"(?=" + regex.escape(token) + b")" for token in specials]
     candidate_re = regex.compile(b"|".join(alternatives))
     reach = max([2] + [len(token) for token in specials])
 
