@@ -1,8 +1,10 @@
 """The LightningModule: the from-scratch TransformerLM with its loss, optimizer, schedule and clipping.
 
-One training step is `training_step` (forward, cross-entropy, a finite-loss check); Lightning runs backward,
-then `configure_gradient_clipping` clips with the project's `clip_grad_norm`, then the project's AdamW steps
-and the LambdaLR advances the warmup + cosine schedule by one optimizer step.
+One training step is `training_step` (forward, cross-entropy); Lightning runs backward, then
+`configure_gradient_clipping` clips with the project's `clip_gradients` and checks that the loss and gradient
+norm are finite, then the project's AdamW steps and the LambdaLR advances the warmup + cosine schedule by one
+optimizer step. That check is the step's one wait for the GPU (once per optimizer step, not per micro-batch):
+it is what lets a diverged run stop before a bad update reaches the weights.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from torchmetrics import MeanMetric
 from lmproject.errors import UserError
 from lmproject.generate import generate, generate_steps
 from lmproject.nn import TransformerLM, cross_entropy
-from lmproject.optim import AdamW, clip_grad_norm, cosine_lr
+from lmproject.optim import AdamW, clip_gradients, cosine_lr
 
 ARCHITECTURE = (
     "vocab_size",
@@ -87,6 +89,9 @@ class LanguageModel(L.LightningModule):
         )  # fmt: skip
         self.eval_loss = MeanMetric()
         self.grad_norm: float | None = None
+        self._watched_loss: torch.Tensor | None = (
+            None  # the first non-finite loss of this step, else the last
+        )
         self.token_callback: Callable[[int], None] | None = None  # `lmproject predict --stream` sets it
 
     def on_fit_start(self) -> None:
@@ -102,9 +107,8 @@ class LanguageModel(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch)
-        finite = bool(torch.isfinite(loss))
-        if not self.trainer.strategy.reduce_boolean_decision(finite, all=True):  # DDP ranks stop together
-            self._stop(f"loss is {loss.item()}" if not finite else "loss is not finite on another rank")
+        seen, new = self._watched_loss, loss.detach()
+        self._watched_loss = new if seen is None else torch.where(torch.isfinite(seen), new, seen)  # no sync
         self.log("train/loss", loss, prog_bar=True)
         self.log("lr", self.lr_schedulers().get_last_lr()[0])
         return loss
@@ -122,9 +126,18 @@ class LanguageModel(L.LightningModule):
         if gradient_clip_val is not None:
             raise UserError("set model.max_grad_norm instead of trainer.gradient_clip_val")
         limit = math.inf if self.hparams.max_grad_norm is None else self.hparams.max_grad_norm
-        self.grad_norm = clip_grad_norm(self.parameters(), limit)
-        if not math.isfinite(self.grad_norm) and not self._gradients_are_scaled():
-            self._stop(f"gradient norm is {self.grad_norm}")
+        norm = clip_gradients(self.parameters(), limit)
+        loss, self._watched_loss = self._watched_loss, None
+        loss_value, self.grad_norm = torch.stack([loss.float(), norm.to(loss.device)]).tolist()  # one sync
+        problem = None
+        if not math.isfinite(loss_value):
+            problem = f"loss is {loss_value}"
+        elif not math.isfinite(self.grad_norm) and not self._gradients_are_scaled():
+            problem = f"gradient norm is {self.grad_norm}"
+        if not self.trainer.strategy.reduce_boolean_decision(
+            problem is None, all=True
+        ):  # ranks stop together
+            self._stop(problem or "loss or gradient norm is not finite on another rank")
 
     def _gradients_are_scaled(self) -> bool:
         """Under a GradScaler (precision 16-mixed) non-finite gradients are routine: the scaler skips that

@@ -77,12 +77,17 @@ def clip_grad_norm(parameters: Iterable[torch.nn.Parameter], max_norm: float) ->
 
     Parameters without a gradient are skipped. Returns the norm before clipping.
     """
-    grads = [p.grad for p in parameters if p.grad is not None]
+    return float(clip_gradients(parameters, max_norm))
+
+
+def clip_gradients(parameters: Iterable[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+    """clip_grad_norm without waiting for the GPU: the norm stays a tensor on the device, and "scale when
+    above max_norm" is a multiplication by min(1, max_norm/(norm+1e-6)) instead of a Python branch."""
+    grads = [p.grad.detach() for p in parameters if p.grad is not None]
     if not grads:
-        return 0.0
-    total = torch.sqrt(sum(g.detach().float().pow(2).sum() for g in grads))
-    if total > max_norm:
-        scale = max_norm / (total + 1e-6)
-        for g in grads:
-            g.detach().mul_(scale.to(g.dtype))
-    return float(total)
+        return torch.tensor(0.0)
+    total = torch.sqrt(sum(g.float().pow(2).sum() for g in grads))
+    scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(scale.to(g.dtype))
+    return total

@@ -7,7 +7,7 @@ import pytest
 import torch
 from reference_model import single_thread
 
-from lmproject.optim import AdamW, clip_grad_norm, cosine_lr
+from lmproject.optim import AdamW, clip_grad_norm, clip_gradients, cosine_lr
 
 
 def toy_regression():
@@ -106,3 +106,13 @@ def test_clip_grad_norm_matches_torch_and_skips_params_without_grads(max_norm):
             torch.testing.assert_close(p.grad, q.grad)
     clipped = math.sqrt(sum(p.grad.pow(2).sum().item() for p in ours[:2]))
     assert clipped == pytest.approx(min(norm, max_norm), rel=1e-5)
+
+
+def test_clip_gradients_never_reads_a_value_back_to_the_host():
+    # Meta tensors have no values: any Python branch on the norm (or float/item) would raise here, and on a
+    # GPU it would stall the training step until the device catches up.
+    params = [torch.nn.Parameter(torch.empty(4, 3, device="meta")) for _ in range(2)]
+    for p in params:
+        p.grad = torch.empty(4, 3, device="meta")
+    norm = clip_gradients(params, 1.0)
+    assert norm.device.type == "meta" and norm.shape == ()

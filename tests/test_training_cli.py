@@ -182,10 +182,12 @@ def test_token_budget_counts_gradient_accumulation_and_mfu_uses_the_accounting_f
     assert 0 < elapsed[0] < elapsed[1] < elapsed[2]
 
 
-def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(data_dir, capsys):
+@pytest.mark.parametrize("accumulation", [1, 2])  # checked once per optimizer step, not per micro-batch
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(data_dir, capsys, accumulation):
     run = data_dir / "run"
     config = write_config(data_dir, run, callbacks=[(PoisonAt, {"step": 3})])  # checkpoints every 2 steps
-    message = fails(["fit", "--config", str(config), "--trainer.max_steps", "8"], capsys, status=3)
+    argv = ["fit", "--config", str(config), "--trainer.max_steps", "8"]
+    message = fails([*argv, "--trainer.accumulate_grad_batches", str(accumulation)], capsys, status=3)
     assert "loss is nan at step 3" in message and "last.ckpt" in message
     last = torch.load(run / "checkpoints/last.ckpt", weights_only=True)
     assert last["global_step"] == 2
