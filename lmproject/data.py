@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 from lmproject.errors import UserError
 
 TOKEN_DTYPES = ("uint16", "uint32")
+NPY_MAGIC = b"\x93NUMPY"
 VOCAB_SAMPLE_CHUNKS = 16
 VOCAB_SAMPLE_CHUNK_TOKENS = 1 << 16
 
@@ -31,6 +32,8 @@ VOCAB_SAMPLE_CHUNK_TOKENS = 1 << 16
 def open_tokens(path: str | Path, dtype: str | None = None) -> np.ndarray:
     """Memory-map a token file: `.npy` by its header, anything else as raw `dtype` (required for `.bin`)."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, expected a token file")
     if not path.is_file():
         raise UserError(f"{path}: token file not found")
     if path.suffix == ".npy":
@@ -47,8 +50,17 @@ def open_tokens(path: str | Path, dtype: str | None = None) -> np.ndarray:
             )
         if dtype not in TOKEN_DTYPES:
             raise UserError(f"{path}: dtype must be one of {', '.join(TOKEN_DTYPES)}, got {dtype!r}")
-        if path.stat().st_size == 0:
+        size = path.stat().st_size
+        if size == 0:
             raise UserError(f"{path}: token file is empty")
+        with open(path, "rb") as file:
+            if file.read(len(NPY_MAGIC)) == NPY_MAGIC:
+                raise UserError(f"{path}: is a .npy file (it has a .npy header): name it {path.stem}.npy")
+        itemsize = np.dtype(dtype).itemsize
+        if size % itemsize:
+            raise UserError(
+                f"{path}: {size} bytes is not a whole number of {dtype} token ids ({itemsize} bytes each)"
+            )
         tokens = np.memmap(path, dtype=dtype, mode="r")
     if tokens.ndim != 1:
         raise UserError(f"{path}: expected a 1-D array of token ids, got shape {tokens.shape}")
@@ -196,9 +208,14 @@ class TokenDataModule(L.LightningDataModule):
         super().__init__()
         if batch_size < 1 or val_windows < 1 or num_workers < 0:
             raise UserError("data: batch_size and val_windows must be >= 1 and num_workers >= 0")
+        if val_batch_size is not None and val_batch_size < 1:
+            raise UserError(
+                f"data: val_batch_size must be >= 1 (or left out for batch_size), got {val_batch_size}"
+            )
         self.train_path, self.val_path, self.dtype = Path(train_path), Path(val_path), dtype
         self.test_path = Path(test_path) if test_path else self.val_path
-        self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
+        self.batch_size = batch_size
+        self.val_batch_size = batch_size if val_batch_size is None else val_batch_size
         self.vocab_size, self.context_length = vocab_size, context_length
         self.val_windows, self.num_workers, self.seed = val_windows, num_workers, seed
         self.tokenizer_dir = Path(tokenizer_dir) if tokenizer_dir else self.train_path.parent / "tokenizer"

@@ -42,6 +42,16 @@ def test_npy_and_raw_bin_files_open_memory_mapped(tmp_path):
         ("raw.bin", lambda p: np.zeros(10, np.uint16).tofile(p), None, "need a declared dtype"),
         ("raw2.bin", lambda p: np.zeros(10, np.uint16).tofile(p), "int8", "dtype must be one of"),
         ("empty.bin", lambda p: p.write_bytes(b""), "uint16", "empty"),
+        (
+            "saved.bin",
+            lambda p: (
+                np.save(p.with_suffix(".npy"), np.zeros(10, np.uint16)) or p.with_suffix(".npy").rename(p)
+            ),
+            "uint16",
+            "name it saved.npy",
+        ),
+        ("odd.bin", lambda p: p.write_bytes(b"\0" * 7), "uint16", "7 bytes is not a whole number of uint16"),
+        ("folder.npy", lambda p: p.mkdir(), None, "is a directory"),
         ("u16.npy", lambda p: np.save(p, np.zeros(10, np.uint16)), "uint32", "config declares dtype uint32"),
     ],
 )
@@ -108,3 +118,8 @@ def test_data_module_checks_files_against_the_model_before_training(tmp_path):
     data.setup("validate")  # only the validation file is needed there
     with pytest.raises(UserError, match="train.npy: token id 70 .* vocab_size=64"):
         data.setup("fit")
+
+
+def test_val_batch_size_must_be_positive(tmp_path):
+    with pytest.raises(UserError, match="val_batch_size must be >= 1 .* got 0"):
+        TokenDataModule("train.npy", "valid.npy", 2, vocab_size=64, context_length=8, val_batch_size=0)
