@@ -264,6 +264,8 @@ def test_encode_file_bad_input_leaves_no_output(tmp_path, english):
         encode_file(english, tmp_path, tmp_path / "out2.npy", progress=False)
     with pytest.raises(UserError, match="num_workers must be at least 1, got 0"):
         encode_file(english, tmp_path / "bad.txt", tmp_path / "out2.npy", num_workers=0, progress=False)
+    with pytest.raises(UserError, match="out2.bin: the output is a .npy array, so its name must end in .npy"):
+        encode_file(english, tmp_path / "bad.txt", tmp_path / "out2.bin", progress=False)
     with pytest.raises(UserError, match="cannot read"):
         encode_file(english, tmp_path / "nope.txt", tmp_path / "out2.npy", progress=False)
-    assert not (tmp_path / "out2.npy").exists()
+    assert not (tmp_path / "out2.npy").exists() and not (tmp_path / "out2.bin").exists()

@@ -57,6 +57,8 @@ def encode_file(
         raise UserError(f"{input_path}: is a directory, expected a text file")
     if output_path.is_dir():
         raise UserError(f"{output_path}: is a directory, expected a .npy file name")
+    if output_path.suffix != ".npy":
+        raise UserError(f"{output_path}: the output is a .npy array, so its name must end in .npy")
     if not output_path.parent.is_dir():
         raise UserError(f"{output_path}: directory {output_path.parent} does not exist")
     if num_workers is None:
