@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import pickle
+import re
 import tracemalloc
 from unittest import mock
 
@@ -104,6 +105,10 @@ def test_decode_replaces_malformed_utf8_and_rejects_unknown_ids(english):
         english.decode(np.array([104, 60000], dtype=np.uint16))
     for bad in (english.vocab_size, -1):
         with pytest.raises(ValueError, match=f"token id {bad} is not in the vocab"):
+            english.decode([104, bad])
+    for bad, kind in ((104.0, "float"), (True, "bool"), (np.float32(1), "float32"), ([1], "list")):
+        message = rf"token id {re.escape(repr(bad))} is not an integer \({kind}\)"
+        with pytest.raises(ValueError, match=message):
             english.decode([104, bad])
 
 

@@ -10,6 +10,7 @@ regex match and one dict lookup per pre-token, and the merge loop only runs for 
 from __future__ import annotations
 
 import json
+import operator
 import os
 from collections.abc import Iterable, Iterator
 from itertools import chain, repeat
@@ -166,13 +167,30 @@ class Tokenizer:
         yield from self.encode("".join(pending))
 
     def decode(self, ids: Iterable[int]) -> str:
-        """The text of `ids`; bytes that are not valid UTF-8 become U+FFFD."""
+        """The text of `ids`; bytes that are not valid UTF-8 become U+FFFD.
+
+        An id that is not an integer (a float, a bool) or not in the vocab is a ValueError naming it.
+        """
+        ids = list(ids)
         try:
-            data = b"".join(map(self.vocab.__getitem__, ids))
-        except (KeyError, TypeError) as err:
-            bad = err.args[0] if isinstance(err, KeyError) else "of a non-integer type"
-            raise ValueError(f"token id {bad} is not in the vocab (0..{self.vocab_size - 1})") from None
+            if bool in map(type, ids):
+                raise TypeError  # bools are ints to Python, but not token ids
+            data = b"".join(map(self.vocab.__getitem__, map(operator.index, ids)))
+        except (KeyError, TypeError):
+            raise ValueError(self._bad_id_message(ids)) from None
         return data.decode("utf-8", errors="replace")
+
+    def _bad_id_message(self, ids: list) -> str:
+        """Why decoding `ids` failed, naming the first bad id."""
+        for token_id in ids:
+            try:
+                if isinstance(token_id, bool):
+                    raise TypeError
+                if operator.index(token_id) not in self.vocab:
+                    return f"token id {token_id} is not in the vocab (0..{self.vocab_size - 1})"
+            except TypeError:
+                return f"token id {token_id!r} is not an integer ({type(token_id).__name__})"
+        raise AssertionError("decode failed on valid ids")
 
     def __reduce__(self):
         """Pickle (for worker processes) as the definition only, not the cache."""
