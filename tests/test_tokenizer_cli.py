@@ -123,11 +123,24 @@ def test_bad_encoding_input(tmp_path, corpus, tokenizer_dir, capsys):
     )
     assert not (tmp_path / "x.npy").exists()
     assert "not a directory" in fails(["inspect", "--tokenizer", str(tmp_path / "none")], capsys)
+    inspect = ["inspect", "--tokenizer", str(tokenizer_dir), "--text"]
+    for text, message in [
+        ("missing.txt", "cannot read: No such file or directory"),
+        ("", "is a directory, expected a text file"),  # tmp_path itself
+    ]:
+        capsys.readouterr()
+        with pytest.raises(SystemExit):
+            main([*inspect, str(tmp_path / text)])
+        out, err = capsys.readouterr()
+        assert out == ""  # checked before any of the report is printed
+        assert err.strip() == f"lmproject-bpe: error: {tmp_path / text}: {message}"
 
     merges = tokenizer_dir / "merges.txt"
     merges.write_text(merges.read_text(encoding="utf-8") + "a b c\n", encoding="utf-8")
     line = len(merges.read_text(encoding="utf-8").splitlines())
-    assert f"merges.txt: line {line}: expected two tokens" in fails([*encode, str(corpus), "x.npy"], capsys)
+    assert f"merges.txt: line {line}: expected two tokens" in fails(
+        [*encode, str(corpus), str(tmp_path / "x.npy")], capsys
+    )
     (tokenizer_dir / "vocab.json").write_text('{"a": 0,\n"b": }', encoding="utf-8")
     assert "vocab.json: line 2: not valid JSON" in fails(
         ["inspect", "--tokenizer", str(tokenizer_dir)], capsys

@@ -117,6 +117,8 @@ def _encode(args: argparse.Namespace) -> int:
 
 def _inspect(args: argparse.Namespace) -> int:
     tokenizer = Tokenizer.from_dir(args.tokenizer)
+    if args.text is not None:
+        size = _text_size(args.text)  # checked before any of the report is printed
     merges, top = tokenizer.merges, args.top
     print(f"tokenizer: {args.tokenizer}")
     print(f"vocab size: {len(tokenizer.vocab):,} (largest id {tokenizer.vocab_size - 1})")
@@ -128,11 +130,20 @@ def _inspect(args: argparse.Namespace) -> int:
     print(f"first merges: {', '.join(f'{_show(a)}+{_show(b)}' for a, b in merges[:top])}")
     print(f"last merges: {', '.join(f'{_show(a)}+{_show(b)}' for a, b in merges[-top:])}")
     if args.text is not None:
-        size = args.text.stat().st_size
         count = sum(1 for _ in tokenizer.encode_iterable(_blocks_with_progress(args.text, size)))
         ratio = _bytes_per_token(size, count)
         print(f"compression on {args.text}: {size:,} bytes, {count:,} tokens, {ratio}")
     return 0
+
+
+def _text_size(path: Path) -> int:
+    """The size of a text file to read, with the same errors as `train` and `encode` give."""
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, expected a text file")
+    try:
+        return path.stat().st_size
+    except OSError as err:
+        raise UserError(f"{path}: cannot read: {err.strerror or err}") from None
 
 
 def _blocks_with_progress(path: Path, size: int) -> Iterator[str]:
