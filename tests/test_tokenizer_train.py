@@ -132,14 +132,26 @@ def test_special_tokens_are_never_merged_or_counted(tmp_path):
 
 
 def test_without_special_tokens_the_marker_is_ordinary_text(tmp_path):
-    _, merges = train_bpe(write(tmp_path, f"xy{EOT}" * 20), 270, [], progress=False)
-    assert (b"<", b"|") in merges or (b"|", b">") in merges
+    text = f"xy{EOT}" * 20
+    _, merges = train_bpe(write(tmp_path, text), 270, [], progress=False)
+    assert merges == naive_bpe(text, 270, [])
+    assert (b"<", b"|") in merges and (b"|", b">") in merges
 
 
 def test_progress_is_shown_for_both_phases(tmp_path, capsys):
-    train_bpe(write(tmp_path, "hello world " * 100), 270, [EOT], num_workers=1)
+    train_bpe(write(tmp_path, "the quick brown fox jumps over a lazy dog " * 9), 270, [EOT], num_workers=1)
     err = capsys.readouterr().err
     assert "pre-tokenize" in err and "merge" in err
+    assert "13/13" in err.split("\r")[-1]  # the merge bar ends at 270 - 257 merges
+    assert "stopped after" not in err
+
+
+def test_running_out_of_pairs_is_reported_and_the_bar_ends_there(tmp_path, capsys):
+    vocab, merges = train_bpe(write(tmp_path, "abab cd " * 50), 300, [EOT], num_workers=1)
+    assert len(merges) == 5 and len(vocab) == 262  # ab, cd, abab, " cd", " abab": then nothing
+    err = capsys.readouterr().err
+    assert "stopped after 5 merges: no pair left (vocab size 262 < requested 300)\n" in err
+    assert "5/5" in err.split("\r")[-1]
 
 
 def test_invalid_utf8_names_the_file_and_the_first_bad_offset(tmp_path):
@@ -168,8 +180,9 @@ def test_invalid_utf8_is_replaced_on_request(tmp_path):
     ],
 )
 def test_bad_arguments_are_one_line_user_errors(tmp_path, content, vocab_size, specials, message):
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(UserError, match=message) as err:
         train_bpe(write(tmp_path, content), vocab_size, specials, progress=False)
+    assert "\n" not in str(err.value)
 
 
 def test_missing_input_and_directory_are_user_errors(tmp_path):

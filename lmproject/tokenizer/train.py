@@ -14,6 +14,7 @@ import gc
 import heapq
 import multiprocessing
 import os
+import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -233,6 +234,13 @@ def _merge_loop(
             if len(merges) % 64 == 0:
                 bar.update(64)
         bar.update(len(merges) % 64)
+        bar.total = len(merges)  # no pair left: the bar ends full, at the real count
+    if len(merges) < num_merges and progress:
+        print(
+            f"stopped after {len(merges):,} merges: no pair left "
+            f"(vocab size {len(vocab):,} < requested {vocab_size:,})",
+            file=sys.stderr,
+        )
     return vocab, merges
 
 
