@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import hashlib
+import http.client
 import io
 import os
 import re
@@ -179,7 +180,8 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 def _open_from(url: str, offset: int) -> Iterator[tuple[BinaryIO, int, int | None]]:
     """(stream, start offset, total size or None) for reading `url` from byte `offset` on.
 
-    The start offset is 0 when the server ignores the range: the download then starts over.
+    The start offset is 0 when the server ignores the range, or when `offset` is past the end of the file
+    (the part file cannot be a prefix of it): the download then starts over.
     """
     parsed = urllib.parse.urlparse(url)
     if parsed.scheme == "file":
@@ -189,8 +191,9 @@ def _open_from(url: str, offset: int) -> Iterator[tuple[BinaryIO, int, int | Non
             raise UserError(f"{url}: cannot read ({err.strerror})") from None
         with stream:
             total = os.fstat(stream.fileno()).st_size
-            stream.seek(min(offset, total))
-            yield stream, min(offset, total), total
+            start = offset if offset <= total else 0
+            stream.seek(start)
+            yield stream, start, total
         return
     request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
     try:
@@ -198,14 +201,26 @@ def _open_from(url: str, offset: int) -> Iterator[tuple[BinaryIO, int, int | Non
     except urllib.error.HTTPError as err:
         if err.code != 416:
             raise UserError(f"{url}: HTTP {err.code} {err.reason}") from None
-        yield io.BytesIO(), offset, offset  # the range starts at the end: the part file is complete
-        return
+        response, total = None, _unsatisfied_range_total(err.headers.get("Content-Range"))
     except urllib.error.URLError as err:
         raise UserError(f"{url}: cannot connect ({err.reason})") from None
+    if response is None:  # the range starts at or past the end of the file
+        if total is not None and offset > total:
+            with _open_from(url, 0) as opened:
+                yield opened
+        else:
+            yield io.BytesIO(), offset, offset  # the part file is complete
+        return
     with response:
         start = offset if response.status == 206 else 0
         length = response.headers.get("Content-Length")
         yield response, start, start + int(length) if length else None
+
+
+def _unsatisfied_range_total(content_range: str | None) -> int | None:
+    """The file size a 416 answer states (`Content-Range: bytes */SIZE`), or None if it states none."""
+    match = re.fullmatch(r"bytes \*/(\d+)", (content_range or "").strip())
+    return int(match.group(1)) if match else None
 
 
 def _hash_file(path: Path, digest) -> None:
@@ -221,7 +236,7 @@ def _copy(stream: BinaryIO, out: BinaryIO, digest, bar: tqdm, url: str, part: Pa
             out.write(block)
             digest.update(block)
             bar.update(len(block))
-    except (OSError, urllib.error.URLError, ConnectionError) as err:
+    except (OSError, http.client.HTTPException) as err:  # URLError and ConnectionError are OSErrors
         out.flush()
         raise UserError(
             f"{url}: download interrupted after {part.stat().st_size:,} bytes ({err}); run again to resume"

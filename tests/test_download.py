@@ -76,6 +76,23 @@ def test_checksum_mismatch_leaves_no_file(tmp_path, source, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
 
 
+def test_part_longer_than_the_source_starts_over(tmp_path, source):
+    (tmp_path / "data.txt.part").write_bytes(CONTENT + b"left over from another file")
+    fetch(RemoteFile(source.as_uri()), tmp_path / "data.txt", progress=False)  # no digest to catch it
+    assert (tmp_path / "data.txt").read_bytes() == CONTENT
+
+    (tmp_path / "web.txt.part").write_bytes(CONTENT + b"left over from another file")
+    with hub_like_server("") as (server, url):  # states no SHA-256
+        fetch(RemoteFile(url), tmp_path / "web.txt", progress=False)
+        assert server.requested_ranges == [len(CONTENT) + 27, 0]
+    assert (tmp_path / "web.txt").read_bytes() == CONTENT
+    (tmp_path / "done.txt.part").write_bytes(CONTENT)
+    with hub_like_server("") as (server, url):  # a complete part is kept
+        fetch(RemoteFile(url), tmp_path / "done.txt", progress=False)
+        assert server.requested_ranges == [len(CONTENT)]
+    assert (tmp_path / "done.txt").read_bytes() == CONTENT
+
+
 def test_unpinned_file_url_is_reported_unverified(tmp_path, source, capsys):
     fetch(RemoteFile(source.as_uri()), tmp_path / "data.txt", progress=False)
     assert "NOT verified" in capsys.readouterr().out
@@ -133,6 +150,12 @@ class _HubLikeHandler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         start = int(self.headers["Range"].split("=")[1].rstrip("-")) if self.headers["Range"] else 0
         self.server.requested_ranges.append(start)
+        if start >= len(CONTENT):
+            self.send_response(416)
+            self.send_header("Content-Range", f"bytes */{len(CONTENT)}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         body = CONTENT[start:]
         self.send_response(206 if start else 200)
         self.send_header("Content-Length", str(len(body)))
