@@ -206,6 +206,19 @@ def test_save_and_load_directory(tmp_path, english):
     assert pickle.loads(pickle.dumps(english)).encode(text) == english.encode(text)
 
 
+def test_a_failed_save_leaves_the_previous_files_whole(tmp_path, english):
+    english.save(tmp_path)
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+    other = make_tokenizer(ENGLISH_MERGES[:3], [])
+    failing = mock.patch.object(tokenizer_module, "save_merges", side_effect=OSError("disk full"))
+    with failing, pytest.raises(OSError, match="disk full"):
+        other.save(tmp_path)  # fails after vocab.json is written
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before
+    other.save(tmp_path)
+    assert Tokenizer.from_dir(tmp_path).merges == other.merges
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(before)
+
+
 def test_from_files_reports_files_that_do_not_fit(tmp_path, english):
     english.save(tmp_path)
     (tmp_path / "merges.txt").write_text("x y\n", encoding="utf-8")

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import operator
 import os
+import shutil
+import tempfile
 from collections.abc import Iterable, Iterator
 from itertools import chain, repeat
 from pathlib import Path
@@ -118,14 +120,24 @@ class Tokenizer:
         return cls.from_files(directory / VOCAB_FILE, directory / MERGES_FILE, special_tokens)
 
     def save(self, directory: str | os.PathLike[str]) -> None:
-        """Write vocab.json, merges.txt and special_tokens.json into `directory` (created if missing)."""
+        """Write vocab.json, merges.txt and special_tokens.json into `directory` (created if missing).
+
+        All three are written to a temp folder inside `directory` first and only then renamed into place,
+        so a failure while writing leaves the previous set whole rather than a mix of old and new files.
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        save_vocab(self.vocab, directory / VOCAB_FILE)
-        save_merges(self.merges, directory / MERGES_FILE)
-        with atomic_write(directory / SPECIAL_TOKENS_FILE) as file:
-            json.dump(self.special_tokens, file, ensure_ascii=False)
-            file.write("\n")
+        staging = Path(tempfile.mkdtemp(dir=directory, prefix=".saving-"))
+        try:
+            save_vocab(self.vocab, staging / VOCAB_FILE)
+            save_merges(self.merges, staging / MERGES_FILE)
+            with atomic_write(staging / SPECIAL_TOKENS_FILE) as file:
+                json.dump(self.special_tokens, file, ensure_ascii=False)
+                file.write("\n")
+            for name in (VOCAB_FILE, MERGES_FILE, SPECIAL_TOKENS_FILE):
+                os.replace(staging / name, directory / name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
     @property
     def vocab_size(self) -> int:
