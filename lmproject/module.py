@@ -134,9 +134,8 @@ class LanguageModel(L.LightningModule):
             problem = f"loss is {loss_value}"
         elif not math.isfinite(self.grad_norm) and not self._gradients_are_scaled():
             problem = f"gradient norm is {self.grad_norm}"
-        if not self.trainer.strategy.reduce_boolean_decision(
-            problem is None, all=True
-        ):  # ranks stop together
+        # DDP ranks decide together, so all stop or none does
+        if not self.trainer.strategy.reduce_boolean_decision(problem is None, all=True):
             self._stop(problem or "loss or gradient norm is not finite on another rank")
 
     def _gradients_are_scaled(self) -> bool:
