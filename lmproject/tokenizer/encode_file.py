@@ -9,25 +9,19 @@ leaves no output.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from lmproject.atomic import atomic_write
 from lmproject.errors import UserError
-from lmproject.tokenizer.pretokenize import find_chunk_boundaries, read_chunk
+from lmproject.tokenizer.chunks import MAX_CHUNK_BYTES, check_options, map_chunks, plan_chunks
+from lmproject.tokenizer.pretokenize import read_chunk
 from lmproject.tokenizer.tokenizer import Tokenizer
-
-MAX_CHUNK_BYTES = 8 << 20
-"""Largest chunk one worker encodes at once (its ids as a Python list are ~4x the text's size)."""
-
-MIN_CHUNK_BYTES = 1 << 20
 
 
 def token_dtype(tokenizer: Tokenizer) -> np.dtype:
@@ -51,27 +45,15 @@ def encode_file(
     rejects invalid UTF-8 with the byte offset of the first bad byte; `errors="replace"` uses U+FFFD.
     """
     input_path, output_path = Path(input_path), Path(output_path)
-    if errors not in ("strict", "replace"):
-        raise UserError(f"errors must be 'strict' or 'replace', got {errors!r}")
-    if input_path.is_dir():
-        raise UserError(f"{input_path}: is a directory, expected a text file")
+    num_workers = check_options(num_workers, errors)
     if output_path.is_dir():
         raise UserError(f"{output_path}: is a directory, expected a .npy file name")
     if output_path.suffix != ".npy":
         raise UserError(f"{output_path}: the output is a .npy array, so its name must end in .npy")
     if not output_path.parent.is_dir():
         raise UserError(f"{output_path}: directory {output_path.parent} does not exist")
-    if num_workers is None:
-        num_workers = _usable_cores()
-    if num_workers < 1:
-        raise UserError(f"num_workers must be at least 1, got {num_workers}")
-    try:
-        size = input_path.stat().st_size
-        if chunk_bytes is None:
-            chunk_bytes = min(MAX_CHUNK_BYTES, max(MIN_CHUNK_BYTES, -(-size // (4 * num_workers))))
-        bounds = find_chunk_boundaries(input_path, chunk_bytes, tokenizer.special_tokens)
-    except OSError as err:
-        raise UserError(f"{input_path}: cannot read: {err.strerror or err}") from None
+    max_chunk_bytes = MAX_CHUNK_BYTES if chunk_bytes is None else chunk_bytes
+    bounds = plan_chunks(input_path, num_workers, max_chunk_bytes, tokenizer.special_tokens)
 
     dtype = token_dtype(tokenizer)
     parts_dir = Path(
@@ -80,35 +62,23 @@ def encode_file(
     try:
         jobs = [
             (str(input_path), start, end, errors, str(parts_dir / f"{index:06d}.bin"), dtype.str)
-            for index, (start, end) in enumerate(zip(bounds, bounds[1:], strict=False))
+            for index, (start, end) in enumerate(pairwise(bounds))
         ]
-        bar = tqdm(
-            total=size, unit="B", unit_scale=True, desc=f"encode {input_path.name}", disable=not progress
+        counts = map_chunks(
+            _encode_chunk,
+            jobs,
+            bounds,
+            num_workers=num_workers,
+            desc=f"encode {input_path.name}",
+            progress=progress,
+            initializer=_init_worker,
+            initargs=(tokenizer,),
         )
-        with bar:
-            if num_workers == 1 or len(jobs) == 1:
-                _init_worker(tokenizer)
-                counts = _collect(map(_encode_chunk, jobs), jobs, bar)
-            else:
-                with multiprocessing.Pool(min(num_workers, len(jobs)), _init_worker, (tokenizer,)) as pool:
-                    counts = _collect(pool.imap(_encode_chunk, jobs), jobs, bar)
-        _assemble([job[4] for job in jobs], sum(counts), dtype, output_path)
-        return sum(counts)
+        length = sum(counts)
+        _assemble([job[4] for job in jobs], length, dtype, output_path)
+        return length
     finally:
         shutil.rmtree(parts_dir, ignore_errors=True)
-
-
-def _usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def _collect(counts: Iterable[int], jobs: list[tuple], bar: tqdm) -> list[int]:
-    """The chunks' id counts in file order (so the first bad chunk is the one reported), advancing the bar."""
-    collected = []
-    for job, count in zip(jobs, counts, strict=False):
-        collected.append(count)
-        bar.update(job[2] - job[1])
-    return collected
 
 
 def _assemble(part_paths: list[str], length: int, dtype: np.dtype, output_path: Path) -> None:

@@ -12,34 +12,27 @@ from __future__ import annotations
 
 import gc
 import heapq
-import multiprocessing
 import os
 import sys
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from itertools import compress, repeat
+from itertools import compress, pairwise, repeat
 from operator import is_not
 
 from tqdm import tqdm
 
 from lmproject.errors import UserError
+from lmproject.tokenizer.chunks import MAX_CHUNK_BYTES, check_options, map_chunks, plan_chunks
 from lmproject.tokenizer.pretokenize import (
-    find_chunk_boundaries,
     find_pretokens,
     read_chunk,
     split_on_special_tokens,
     validate_special_tokens,
 )
 
-DEFAULT_CHUNK_BYTES = 8 << 20
-"""Largest chunk a worker reads at once: bounds memory (about 20x this per worker) whatever the file size."""
-
 MAX_VOCAB_SIZE = 0x110000
 """The merge loop stores token ids as characters, chr(id)."""
-
-MIN_CHUNK_BYTES = 1 << 20
-"""Smaller files are still cut into several chunks (for balance and progress), but not below this size."""
 
 
 def train_bpe(
@@ -48,7 +41,7 @@ def train_bpe(
     special_tokens: Sequence[str] | None = None,
     *,
     num_workers: int | None = None,
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    chunk_bytes: int = MAX_CHUNK_BYTES,
     errors: str = "strict",
     progress: bool = True,
 ) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
@@ -101,54 +94,22 @@ def count_pretokens(
     special_tokens: Sequence[str] | None = None,
     *,
     num_workers: int | None = None,
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    chunk_bytes: int = MAX_CHUNK_BYTES,
     errors: str = "strict",
     progress: bool = True,
 ) -> dict[bytes, int]:
     """How often each pre-token (as UTF-8 bytes) occurs in the file, outside special tokens."""
     special_tokens = validate_special_tokens(special_tokens)
-    if errors not in ("strict", "replace"):
-        raise UserError(f"errors must be 'strict' or 'replace', got {errors!r}")
-    if num_workers is None:
-        num_workers = (
-            len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        )
-    if num_workers < 1:
-        raise UserError(f"num_workers must be at least 1, got {num_workers}")
-    if chunk_bytes < 1:
-        raise UserError(f"chunk_bytes must be positive, got {chunk_bytes}")
+    num_workers = check_options(num_workers, errors)
     path = os.fspath(input_path)
-    if os.path.isdir(path):
-        raise UserError(f"{path}: is a directory, expected a text file")
-    try:
-        size = os.path.getsize(path)
-        # Several chunks per worker balance the load; DEFAULT_CHUNK_BYTES bounds the memory per chunk.
-        target = max(MIN_CHUNK_BYTES, -(-size // (4 * num_workers)))
-        bounds = find_chunk_boundaries(path, min(chunk_bytes, target), special_tokens)
-    except OSError as err:
-        raise UserError(f"{path}: cannot read: {err.strerror or err}") from None
-    jobs = [
-        (path, start, end, special_tokens, errors) for start, end in zip(bounds, bounds[1:], strict=False)
-    ]
-
+    bounds = plan_chunks(path, num_workers, chunk_bytes, special_tokens)
+    jobs = [(path, start, end, special_tokens, errors) for start, end in pairwise(bounds)]
     counts: Counter[str] = Counter()
-    with tqdm(
-        total=size, unit="B", unit_scale=True, desc="pre-tokenize", disable=not progress, smoothing=0.1
-    ) as bar:
-        if num_workers == 1 or len(jobs) == 1:
-            results: Iterable[Counter[str]] = map(_count_chunk, jobs)
-            _merge_counts(counts, results, jobs, bar)
-        else:
-            with multiprocessing.Pool(min(num_workers, len(jobs))) as pool:
-                _merge_counts(counts, pool.imap(_count_chunk, jobs), jobs, bar)
-    return {token.encode("utf-8"): count for token, count in counts.items()}
-
-
-def _merge_counts(counts: Counter[str], results: Iterable[Counter[str]], jobs: list, bar: tqdm) -> None:
-    """Add each chunk's counts, in file order, so that the first invalid chunk is the one reported."""
-    for (_, start, end, _, _), chunk_counts in zip(jobs, results, strict=False):
+    for chunk_counts in map_chunks(
+        _count_chunk, jobs, bounds, num_workers=num_workers, desc="pre-tokenize", progress=progress
+    ):
         counts.update(chunk_counts)
-        bar.update(end - start)
+    return {token.encode("utf-8"): count for token, count in counts.items()}
 
 
 def _count_chunk(job: tuple[str, int, int, list[str], str]) -> Counter[str]:
