@@ -13,17 +13,22 @@ from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 CORPUS_DIR = Path(os.environ.get("BENCH_CORPUS_DIR", "/tmp/bench-corpus"))
-NEEDS_CORPUS = {"bench_bpe_train.py", "bench_encode.py"}
+# The tokenizer benchmarks take the corpus as an argument.
+CORPUS_ARGS = {
+    "bench_bpe_train.py": [str(CORPUS_DIR / "corpus.txt")],
+    "bench_encode.py": [str(CORPUS_DIR)],
+}
 
 
 def main() -> int:
     failed = []
     for script in sorted(BENCH_DIR.glob("bench_*.py")):
-        if script.name in NEEDS_CORPUS and not (CORPUS_DIR / "corpus.txt").exists():
+        if script.name in CORPUS_ARGS and not (CORPUS_DIR / "corpus.txt").exists():
             print(f"== {script.name}: skipped, no benchmark corpus in {CORPUS_DIR}", flush=True)
             continue
         print(f"== {script.name}", flush=True)
-        if subprocess.run([sys.executable, str(script)], cwd=BENCH_DIR.parent).returncode != 0:
+        command = [sys.executable, str(script), *CORPUS_ARGS.get(script.name, [])]
+        if subprocess.run(command, cwd=BENCH_DIR.parent).returncode != 0:
             failed.append(script.name)
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
