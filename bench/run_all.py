@@ -1,7 +1,7 @@
 """Run every side-by-side benchmark in bench/ in turn (`make bench`); each prints its own figures.
 
 The tokenizer benchmarks need the benchmark corpus: `bash ../shared/bench/make_corpus.sh` writes it to
-/tmp/bench-corpus (override with BENCH_CORPUS_DIR).
+/tmp/bench-corpus (override with BENCH_CORPUS_DIR). bench_gpu.py runs only where CUDA is available.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import torch
 
 BENCH_DIR = Path(__file__).resolve().parent
 CORPUS_DIR = Path(os.environ.get("BENCH_CORPUS_DIR", "/tmp/bench-corpus"))
@@ -25,6 +27,9 @@ def main() -> int:
     for script in sorted(BENCH_DIR.glob("bench_*.py")):
         if script.name in CORPUS_ARGS and not (CORPUS_DIR / "corpus.txt").exists():
             print(f"== {script.name}: skipped, no benchmark corpus in {CORPUS_DIR}", flush=True)
+            continue
+        if script.name == "bench_gpu.py" and not torch.cuda.is_available():
+            print(f"== {script.name}: skipped, no CUDA GPU", flush=True)
             continue
         print(f"== {script.name}", flush=True)
         command = [sys.executable, str(script), *CORPUS_ARGS.get(script.name, [])]
