@@ -1,4 +1,4 @@
-"""GPU training throughput and MFU of `lmproject fit` on the TinyStories config (goal: >= 500K tokens/s, H100).
+"""GPU training throughput and MFU of `lmproject fit`, TinyStories config (goal: >= 500K tokens/s on an H100).
 
 Runs the real command in-process (LightningCLI, the memory-mapped data module with its worker processes,
 logging, progress bar, the throughput callback) on a random token file, once per variant:
@@ -64,10 +64,10 @@ def run_fit(args: argparse.Namespace, data: Path, compile: bool) -> tuple[float,
     cli = run_lightning([
         "fit", "--config", str(args.config), "--train_tokens", "null", "--trainer.devices", "1",
         "--trainer.max_steps", str(args.warmup + args.steps), "--trainer.limit_val_batches", "0",
-        "--trainer.num_sanity_val_steps", "0", "--trainer.default_root_dir", str(data.parent / f"runs-{compile}"),
-        "--trainer.callbacks+=__main__.SyncTimer", "--model.compile", str(compile).lower(),
-        "--data.train_path", str(data), "--data.val_path", str(data), "--data.batch_size", str(args.batch_size),
-        "--checkpoint.every_n_train_steps", "0",
+        "--trainer.num_sanity_val_steps", "0", "--trainer.callbacks+=__main__.SyncTimer",
+        "--trainer.default_root_dir", str(data.parent / f"runs-{compile}"),
+        "--model.compile", str(compile).lower(), "--data.train_path", str(data), "--data.val_path", str(data),
+        "--data.batch_size", str(args.batch_size), "--checkpoint.every_n_train_steps", "0",
     ])  # fmt: skip
     start, end = SyncTimer.times
     hp = dict(cli.model.hparams)
@@ -78,7 +78,7 @@ def run_fit(args: argparse.Namespace, data: Path, compile: bool) -> tuple[float,
 
 
 def run_plain(args: argparse.Namespace, data: Path, hp: dict) -> tuple[float, float]:
-    """(synchronized tokens/s, final loss) of a hand-written compiled bf16 loop doing one `fit` step's work."""
+    """(synchronized tokens/s, final loss) of a hand-written compiled bf16 loop doing `fit`'s step."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
     model = TransformerLM(**{k: hp[k] for k in (*ARCHITECTURE, "attention")}).to(device)
@@ -130,9 +130,10 @@ def main() -> int:
                                   hp["d_ff"], hp["ffn"])  # fmt: skip
     peak = get_available_flops(device, torch.bfloat16)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    peak_text = f"{peak / 1e12:.0f} TFLOP/s" if peak else "unknown"
     print(f"{name}, torch {torch.__version__}, config {args.config.name}, batch {args.batch_size} x "
           f"{hp['context_length']}, {args.steps} timed steps after {args.warmup}, "
-          f"{flops / 1e6:.1f} MFLOP/token, peak {f'{peak / 1e12:.0f} TFLOP/s' if peak else 'unknown'}")  # fmt: skip
+          f"{flops / 1e6:.1f} MFLOP/token, peak {peak_text}")  # fmt: skip
     print(f"{'variant':30} {'tokens/s':>12} {'MFU':>7} {'logged tok/s':>13} {'final loss':>11}")
     for name, rate, logged, loss in rows:
         mfu = f"{rate * flops / peak:7.1%}" if peak else "    n/a"
