@@ -4,11 +4,16 @@ How a batch runs. Prompts of different lengths are left-padded to a common width
 padding and numbers each prompt's real tokens from position 0, so every row is computed as if alone. The
 prompts are encoded once (prefill), then each step feeds only the newly sampled token per row.
 
-Sliding window. The model sees at most its context_length most recent tokens. Once a row's sequence is
-longer, each step re-encodes that window from scratch (a shifted window changes every token's RoPE
-position, so cached keys cannot be reused): past context_length, each step costs about one forward over
-the window (less the vocabulary projection of all but the last position, see
-TransformerLM.next_token_logits), and gives exactly what recomputing the window gives.
+Sliding window. The model sees at most its context_length most recent tokens. A shifted window changes
+every token's RoPE position (and what each token attended to), so cached keys cannot be reused: the window
+is re-encoded from scratch. Doing that at every step would make each token past the context cost a whole
+forward over the window, so the window moves `window_slide` tokens at a time: when a row's cache is full,
+its last context_length - window_slide + 1 tokens are re-encoded, and the next window_slide - 1 steps
+use the cache again. Each token past the context then sees between context_length - window_slide + 1 and
+context_length tokens, always recomputed from the window's first token as a fresh sequence would be.
+window_slide=1 is the exact one-token slide (every step past the context re-encodes the full window); the
+default, a quarter of the context, costs about 1/window_slide of a re-encode per step. Each row slides on
+its own schedule, as if it were alone in the batch.
 """
 
 from __future__ import annotations
@@ -37,6 +42,11 @@ def filter_top_p(probs: torch.Tensor, p: float) -> torch.Tensor:
     keep = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, order, mass_above < p)
     kept = probs * keep
     return kept / kept.sum(dim=-1, keepdim=True)
+
+
+def window_slide_for(context_length: int, window_slide: int | None) -> int:
+    """The slide `generate` uses: window_slide, or by default a quarter of the context (at least 1)."""
+    return max(1, context_length // 4) if window_slide is None else window_slide
 
 
 def sample_next_token(
@@ -68,6 +78,7 @@ def generate_steps(
     top_k: int | None = None,
     eos_id: int | None = None,
     seed: int | None = None,
+    window_slide: int | None = None,
 ) -> Iterator[list[int | None]]:
     """The streaming form of `generate`: yield, at each step, the new token of every prompt (None for a
     prompt that already ended), e.g. `for (token,) in generate_steps(model, [prompt], ...)` to print one
@@ -75,8 +86,11 @@ def generate_steps(
 
     A prompt ends after it samples eos_id (that token is yielded) or after max_new_tokens steps.
     The same seed (and inputs) gives the same tokens; seed=None draws from torch's global generator.
+    window_slide: how far the window moves past context_length (module docstring; default a quarter of it).
     """
-    _check_arguments(model, prompt_ids, max_new_tokens, temperature, top_p, top_k)
+    window_slide = window_slide_for(model.context_length, window_slide)
+    _check_arguments(model, prompt_ids, max_new_tokens, temperature, top_p, top_k, window_slide)
+    keep = model.context_length - window_slide + 1  # tokens re-encoded when a row's window is full
     if max_new_tokens == 0:
         return
     device = model.lm_head.weight.device
@@ -88,7 +102,7 @@ def generate_steps(
     pad = torch.tensor([width - len(prompt) for prompt in prompt_ids], device=device)
     finished = torch.zeros(len(prompt_ids), dtype=torch.bool, device=device)
 
-    cache, tokens, pad, logits = _encode_window(model, tokens, pad)
+    cache, tokens, pad, logits = _encode_window(model, tokens, pad, keep=model.context_length)
     for step in range(max_new_tokens):
         new = sample_next_token(logits, temperature, top_p, top_k, generator)
         ended = finished.tolist()
@@ -101,7 +115,7 @@ def generate_steps(
         if cache.length < model.context_length:
             logits = model.next_token_logits(new[:, None], kv_cache=cache)
         else:
-            cache, tokens, pad, logits = _encode_window(model, tokens, pad)
+            cache, tokens, pad, logits = _encode_window(model, tokens, pad, keep)
 
 
 def generate(
@@ -113,11 +127,14 @@ def generate(
     top_k: int | None = None,
     eos_id: int | None = None,
     seed: int | None = None,
+    window_slide: int | None = None,
 ) -> list[list[int]]:
     """The new tokens of each prompt (a batch of prompts of any lengths). A completion that stops at
     eos_id ends with it (the EOS token is included); otherwise it has max_new_tokens tokens."""
     completions: list[list[int]] = [[] for _ in prompt_ids]
-    steps = generate_steps(model, prompt_ids, max_new_tokens, temperature, top_p, top_k, eos_id, seed)
+    steps = generate_steps(
+        model, prompt_ids, max_new_tokens, temperature, top_p, top_k, eos_id, seed, window_slide
+    )
     for step_tokens in steps:
         for completion, token in zip(completions, step_tokens, strict=True):
             if token is not None:
@@ -126,12 +143,15 @@ def generate(
 
 
 def _encode_window(
-    model: TransformerLM, tokens: torch.Tensor, pad: torch.Tensor
+    model: TransformerLM, tokens: torch.Tensor, pad: torch.Tensor, keep: int
 ) -> tuple[KVCache, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Crop the left-padded batch to the last context_length columns, encode it into a fresh cache, and
-    return (cache, cropped tokens, their padding, next-token logits)."""
-    dropped = max(0, tokens.shape[1] - model.context_length)
-    tokens, pad = tokens[:, dropped:], (pad - dropped).clamp(min=0)
+    """Re-encode the left-padded batch into a fresh cache and return (cache, tokens, padding, next-token
+    logits). A row longer than context_length keeps its last `keep` tokens; a shorter row keeps all of
+    them (recomputed, as they were). Columns beyond a row's kept tokens become its padding."""
+    real = tokens.shape[1] - pad
+    kept = torch.where(real > model.context_length, keep, real)
+    width = int(kept.max())
+    tokens, pad = tokens[:, -width:], width - kept
     cache = KVCache(model, tokens.shape[0], pad)
     logits = model.next_token_logits(tokens, kv_cache=cache)
     return cache, tokens, pad, logits
@@ -144,6 +164,7 @@ def _check_arguments(
     temperature: float,
     top_p: float,
     top_k: int | None,
+    window_slide: int,
 ) -> None:
     """Refuse bad input with a message that names the argument."""
     if len(prompt_ids) == 0:
@@ -164,3 +185,8 @@ def _check_arguments(
         raise UserError(f"generate: top_p must be in (0, 1], got {top_p}")
     if top_k is not None and top_k < 1:
         raise UserError(f"generate: top_k must be >= 1, got {top_k}")
+    if not 1 <= window_slide <= model.context_length:
+        raise UserError(
+            f"generate: window_slide must be in 1..{model.context_length} (the context length), "
+            f"got {window_slide}"
+        )

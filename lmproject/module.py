@@ -172,7 +172,8 @@ class LanguageModel(L.LightningModule):
         """Sample request["num_samples"] completions of one prompt; with a token_callback (one sample),
         each token goes to it as soon as it is sampled."""
         prompts = [request["prompt_ids"]] * request["num_samples"]
-        settings = [request[k] for k in ("max_new_tokens", "temperature", "top_p", "top_k", "eos_id", "seed")]
+        names = ("max_new_tokens", "temperature", "top_p", "top_k", "eos_id", "seed", "window_slide")
+        settings = [request[k] for k in names]
         if self.token_callback is None:
             return generate(self.model, prompts, *settings)
         completion = []

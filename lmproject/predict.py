@@ -24,7 +24,7 @@ from lmproject.errors import UserError
 from lmproject.tokenizer import Tokenizer
 
 EOS_TOKEN = "<|endoftext|>"
-SETTINGS = ("max_new_tokens", "temperature", "top_p", "top_k")
+SETTINGS = ("max_new_tokens", "temperature", "top_p", "top_k", "window_slide")
 UNKNOWN = "\ufffd".encode()  # a model's vocab may be larger than its tokenizer's: such ids print as �
 
 
@@ -49,6 +49,9 @@ class SamplingOptions:
         temperature: softmax temperature; 0 is greedy decoding.
         top_p: nucleus sampling: keep the smallest set of tokens whose probability sums to at least top_p.
         top_k: keep only the k most probable tokens (default: all).
+        window_slide: past the model's context length, the window of tokens the model sees moves this many
+            tokens at a time (1: exactly the last context_length tokens at every step, each step a full
+            re-encode; default: a quarter of the context, see lmproject.generate).
         seed: sampling seed; prompt i is sampled with seed + i.
         output: JSONL file for the completions (prompt, completion, token counts, settings, seed).
         stream: print tokens as they are sampled (default: when one completion goes to a terminal).
@@ -61,6 +64,7 @@ class SamplingOptions:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int | None = None
+    window_slide: int | None = None
     seed: int = 0
     output: str | None = None
     stream: bool | None = None
@@ -86,6 +90,10 @@ class SamplingOptions:
             (self.temperature >= 0, f"--temperature must be >= 0 (0 = greedy), got {self.temperature}"),
             (0 < self.top_p <= 1, f"--top_p must be in (0, 1], got {self.top_p}"),
             (self.top_k is None or self.top_k >= 1, f"--top_k must be >= 1, got {self.top_k}"),
+            (
+                self.window_slide is None or self.window_slide >= 1,
+                f"--window_slide must be >= 1, got {self.window_slide}",
+            ),
         ]
         for ok, message in checks:
             if not ok:

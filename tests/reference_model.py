@@ -113,13 +113,18 @@ def single_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def greedy_recompute(model, prompt: list[int], max_new_tokens: int) -> list[int]:
-    """Greedy decoding of one prompt without a cache: every step runs the model on the whole sequence
-    (its last context_length tokens), the baseline the KV-cached generator must reproduce."""
+def greedy_recompute(model, prompt: list[int], max_new_tokens: int, window_slide: int = 1) -> list[int]:
+    """Greedy decoding of one prompt without a cache: every step runs the model on the whole window, the
+    baseline the KV-cached generator must reproduce. The window holds the sequence's last tokens: at most
+    context_length of them, and once longer it jumps forward so that it keeps the last
+    context_length - window_slide + 1 (window_slide=1: always the last context_length tokens)."""
     ids = list(prompt)
+    start = max(0, len(ids) - model.context_length)
     device = next(model.parameters()).device
     with torch.no_grad():
         for _ in range(max_new_tokens):
-            window = torch.tensor(ids[-model.context_length :], device=device)[None]
+            if len(ids) - start > model.context_length:
+                start = len(ids) - (model.context_length - window_slide + 1)
+            window = torch.tensor(ids[start:], device=device)[None]
             ids.append(int(model(window)[0, -1].argmax()))
     return ids[len(prompt) :]

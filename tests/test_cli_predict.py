@@ -80,7 +80,9 @@ def test_greedy_completions_equal_generate_on_the_checkpoint_and_go_to_jsonl(run
         assert record["completion"] == decode(tokenizer, expected[:-1] if ended else expected)
         assert (record["prompt_tokens"], record["completion_tokens"]) == (len(prompt_ids), len(expected))
         assert record["stopped_at_eos"] == ended
-        assert record["settings"] == {"max_new_tokens": 12, "temperature": 0.0, "top_p": 1.0, "top_k": None}
+        assert record["settings"] == {
+            "max_new_tokens": 12, "temperature": 0.0, "top_p": 1.0, "top_k": None, "window_slide": None
+        }  # fmt: skip
         assert record["prompt"] + record["completion"] in printed
     assert [r["seed"] for r in records] == [0, 0, 1, 1]
 
@@ -143,6 +145,8 @@ def test_a_single_prompt_streams_token_by_token_to_a_terminal(run, monkeypatch):
         (["--prompt", "Hi", "--top_p", "1.5"], "--top_p must be in (0, 1]"),
         (["--prompt", "Hi", "--top_k", "0"], "--top_k must be >= 1"),
         (["--prompt", "Hi", "--num_samples", "0"], "--num_samples must be >= 1"),
+        (["--prompt", "Hi", "--window_slide", "0"], "--window_slide must be >= 1"),
+        (["--prompt", "Hi", "--window_slide", "100000"], "window_slide must be in 1.."),
         (["--prompt", " "], "--prompt is empty"),
         ([], "exactly one of --prompt or --prompts_file"),
         (["--prompt", "Hi", "--prompts_file", "p.txt"], "exactly one of --prompt or --prompts_file"),

@@ -35,13 +35,29 @@ def test_cached_forward_matches_full_forward_for_left_padded_rows():
         torch.testing.assert_close(step[row], full[-1], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("attention", ["fused", "math"])
-def test_greedy_with_cache_equals_recomputing_each_step(attention):
+@pytest.mark.parametrize("attention,window_slide", [("fused", 1), ("math", 1), ("fused", 5), ("math", 16)])
+def test_greedy_with_cache_equals_recomputing_each_step(attention, window_slide):
     model = small_model(attention=attention).double()  # float64: no near-ties flip an argmax
     prompts = [[5], [1, 2, 3, 4, 5, 6, 7], list(range(20, 40))]  # the last is longer than the context
-    completions = generate(model, prompts, max_new_tokens=30, temperature=0)  # runs past context_length
+    completions = generate(model, prompts, 30, temperature=0, window_slide=window_slide)  # past the context
     for prompt, completion in zip(prompts, completions, strict=True):
-        assert completion == greedy_recompute(model, prompt, 30)
+        assert completion == greedy_recompute(model, prompt, 30, window_slide)
+
+
+def test_default_window_slide_is_a_quarter_of_the_context():
+    model = small_model().double()
+    prompt = [3, 1, 4, 1, 5, 9, 2, 6]
+    assert generate(model, [prompt], 40, temperature=0) == [greedy_recompute(model, prompt, 40, 4)]
+    assert generate(model, [prompt], 40, temperature=0) != generate(model, [prompt], 40, 0, window_slide=1)
+
+
+@pytest.mark.parametrize("window_slide", [1, 3, 8])
+def test_each_row_of_a_batch_slides_its_window_as_if_alone(window_slide):
+    model = small_model().double()
+    prompts = [[7], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], [4, 4, 2, 9, 9]]  # windows fill at different steps
+    batch = generate(model, prompts, 40, temperature=0, window_slide=window_slide)
+    alone = [generate(model, [prompt], 40, temperature=0, window_slide=window_slide)[0] for prompt in prompts]
+    assert batch == alone
 
 
 def test_generate_steps_streams_the_same_tokens_as_generate():
@@ -135,6 +151,8 @@ def test_greedy_and_degenerate_filters_pick_the_argmax():
         ([[1]], {"top_p": 0.0}, r"top_p must be in \(0, 1\]"),
         ([[1]], {"top_p": 1.5}, r"top_p must be in \(0, 1\]"),
         ([[1]], {"top_k": 0}, "top_k must be >= 1"),
+        ([[1]], {"window_slide": 0}, r"window_slide must be in 1\.\.16"),
+        ([[1]], {"window_slide": 17}, r"window_slide must be in 1\.\.16 \(the context length\), got 17"),
     ],
 )
 def test_bad_input_is_refused_with_a_clear_message(prompts, kwargs, message):
