@@ -41,7 +41,9 @@ def main() -> int:
     corpus, heldout = corpus_dir / "corpus.txt", corpus_dir / "heldout.txt"
     tokenizer = load_or_train(corpus)
     reference = as_tiktoken(tokenizer)
+    loop = "compiled (tokenizer/_merge.c)" if tokenizer.compiled else "Python (the C extension was not built)"
     print(f"tokenizer: {len(tokenizer.vocab):,} tokens trained on {corpus}; machine: {os.cpu_count()} CPUs")
+    print(f"merge loop: {loop}")
     bench_encode_file(tokenizer, corpus)  # first, while this process (which workers fork from) is small
     bench_construction(tokenizer)
     compare(tokenizer, reference, heldout, REPEATS, warm=True)

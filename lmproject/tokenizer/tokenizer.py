@@ -4,7 +4,8 @@ Encoding cuts the text at special tokens (longest first), cuts each piece into p
 regex, and turns each pre-token into ids by applying the merges in rank order to its UTF-8 bytes. Natural
 text repeats its pre-tokens, so the ids of each distinct pre-token are cached: most of the text costs one
 regex match and one dict lookup per pre-token, and the merge loop only runs for new ones
-(`pretokenize.find_pretokens` takes a faster path for pure-ASCII text).
+(`pretokenize.find_pretokens` takes a faster path for pure-ASCII text). The merge loop is `_bpe` below;
+_merge.c is the same loop compiled, used when the install could build it (it needs a C compiler).
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ from lmproject.tokenizer.pretokenize import (
     special_token_re,
     validate_special_tokens,
 )
+
+try:
+    from lmproject.tokenizer._merge import MergeTable
+except ImportError:  # installed without a C compiler: Tokenizer._bpe does the same work in Python
+    MergeTable = None
 
 VOCAB_FILE = "vocab.json"
 MERGES_FILE = "merges.txt"
@@ -86,6 +92,10 @@ class Tokenizer:
             self._merge_ranks.setdefault((ids[0], ids[1]), rank)
             self._merge_results.append(ids[2])
         self._cache = _PretokenCache(self._bpe, cache_entries)
+        self._compiled = (
+            None if MergeTable is None else MergeTable(self._byte_ids, self._merge_ranks, self._merge_results)
+        )
+        self.compiled = self._compiled is not None  # whether encoding runs _merge.c's loops
 
     @classmethod
     def from_files(
@@ -209,7 +219,12 @@ class Tokenizer:
         return (type(self), (self.vocab, self.merges, self.special_tokens))
 
     def _encode_ordinary(self, text: str, ids: list[int]) -> None:
-        ids.extend(chain.from_iterable(map(self._cache.__getitem__, find_pretokens(text))))
+        """Append the ids of text that holds no special token: each pre-token's from the cache, or from
+        the merge loop on a miss. _merge.c's `extend` does exactly this loop, compiled."""
+        if self._compiled is not None:
+            self._compiled.extend(ids, find_pretokens(text), self._cache, self._cache.max_entries)
+        else:
+            ids.extend(chain.from_iterable(map(self._cache.__getitem__, find_pretokens(text))))
 
     def _bpe(self, pretoken: str) -> tuple[int, ...]:
         """Merge a pre-token's bytes: repeatedly join the adjacent pair whose merge was learned first.
@@ -299,10 +314,10 @@ class _PretokenCache(dict):
     def __init__(self, bpe, max_entries: int) -> None:
         super().__init__()
         self._bpe = bpe
-        self._max_entries = max_entries
+        self.max_entries = max_entries
 
     def __missing__(self, pretoken: str) -> tuple[int, ...]:
-        if len(self) >= self._max_entries:
+        if len(self) >= self.max_entries:
             self.clear()
         ids = self[pretoken] = self._bpe(pretoken)
         return ids
