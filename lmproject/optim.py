@@ -42,22 +42,32 @@ class AdamW(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             lr, (beta1, beta2), eps, decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
-                state["step"] += 1
-                t, m, v = state["step"], state["exp_avg"], state["exp_avg_sq"]
-                m.mul_(beta1).add_(p.grad, alpha=1 - beta1)
-                v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-                step_size = lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)
-                p.addcdiv_(m, v.sqrt().add_(eps), value=-step_size)
-                p.mul_(1 - lr * decay)
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads, states = [p.grad for p in params], [self._state(p) for p in params]
+            m, v = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]
+            # The docstring's formulas, each line applied to every parameter at once: torch._foreach_*
+            # makes one call per line instead of one per line and parameter, which on a GPU turns hundreds
+            # of tiny kernel launches per step into a few.
+            torch._foreach_mul_(m, beta1)
+            torch._foreach_add_(m, grads, alpha=1 - beta1)  # m ← β1·m + (1−β1)·g
+            torch._foreach_mul_(v, beta2)
+            torch._foreach_addcmul_(v, grads, grads, value=1 - beta2)  # v ← β2·v + (1−β2)·g²
+            denominators = torch._foreach_sqrt(v)
+            torch._foreach_add_(denominators, eps)  # √v + ε
+            step_sizes = [-lr * math.sqrt(1 - beta2 ** s["step"]) / (1 - beta1 ** s["step"]) for s in states]
+            torch._foreach_addcdiv_(params, m, denominators, step_sizes)  # θ ← θ − αt·m/(√v + ε)
+            torch._foreach_mul_(params, 1 - lr * decay)  # θ ← θ − lr·λ·θ
         return loss
+
+    def _state(self, p: torch.nn.Parameter) -> dict:
+        """p's moments and step count, the count advanced for the step being taken."""
+        state = self.state[p]
+        if not state:
+            state.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+        state["step"] += 1
+        return state
 
 
 def cosine_lr(t: int, lr_max: float, lr_min: float, warmup_iters: int, cosine_cycle_iters: int) -> float:
@@ -86,8 +96,7 @@ def clip_gradients(parameters: Iterable[torch.nn.Parameter], max_norm: float) ->
     grads = [p.grad.detach() for p in parameters if p.grad is not None]
     if not grads:
         return torch.tensor(0.0)
-    total = torch.sqrt(sum(g.float().pow(2).sum() for g in grads))
+    total = torch.linalg.vector_norm(torch.stack([norm.float() for norm in torch._foreach_norm(grads)]))
     scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
-    for g in grads:
-        g.mul_(scale.to(g.dtype))
+    torch._foreach_mul_(grads, scale)
     return total
