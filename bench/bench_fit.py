@@ -67,7 +67,8 @@ def fit_args(args: argparse.Namespace, data_dir: Path) -> list[str]:
         "fit", "--config", str(args.config), "--train_tokens", "null",
         "--trainer.max_steps", str(args.warmup + args.steps), "--trainer.accelerator", "cpu",
         "--trainer.devices", "1", "--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0",
-        "--trainer.default_root_dir", str(data_dir / "runs"), "--trainer.callbacks+=__main__.StepTimer",
+        "--trainer.default_root_dir", tempfile.mkdtemp(dir=data_dir),  # a fresh run directory per repeat
+        "--trainer.callbacks+=__main__.StepTimer",
         "--data.train_path", str(data_dir / "train.npy"), "--data.val_path", str(data_dir / "train.npy"),
         "--data.batch_size", str(args.batch_size), "--data.num_workers", "0",
     ]  # fmt: skip
