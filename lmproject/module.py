@@ -109,9 +109,17 @@ class LanguageModel(L.LightningModule):
         loss = self._loss(batch)
         seen, new = self._watched_loss, loss.detach()
         self._watched_loss = new if seen is None else torch.where(torch.isfinite(seen), new, seen)  # no sync
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("lr", self.lr_schedulers().get_last_lr()[0])
+        if self._logs_written_this_step():
+            self.log("train/loss", loss, prog_bar=True)
+            self.log("lr", self.lr_schedulers().get_last_lr()[0])
         return loss
+
+    def _logs_written_this_step(self) -> bool:
+        """Whether Lightning passes this step's logged values to the loggers (every log_every_n_steps).
+        A self.log call costs about 0.7 ms of Python whatever the device (Lightning walks the logged
+        metric's state), which was a tenth of a TinyStories step on an H100, so per-step values are
+        logged only on the steps that write them."""
+        return getattr(self.trainer._logger_connector, "should_update_logs", True)
 
     def _stop(self, what: str) -> None:
         checkpoint = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none saved yet"
@@ -144,7 +152,7 @@ class LanguageModel(L.LightningModule):
         return getattr(self.trainer.precision_plugin, "scaler", None) is not None
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if self.grad_norm is not None:
+        if self.grad_norm is not None and self._logs_written_this_step():
             self.log("grad_norm", self.grad_norm)
 
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor]) -> None:

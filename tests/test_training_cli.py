@@ -182,6 +182,19 @@ def test_token_budget_counts_gradient_accumulation_and_mfu_uses_the_accounting_f
     assert 0 < elapsed[0] < elapsed[1] < elapsed[2]
 
 
+def test_training_values_are_logged_together_every_log_every_n_steps(data_dir):
+    """Loss, learning rate and gradient norm are logged only on the steps that write logs (self.log is
+    slow), and all three land on each of those rows."""
+    run = data_dir / "run"
+    main(["fit", "--config", str(write_config(data_dir, run)), "--trainer.max_steps", "10",
+          "--trainer.log_every_n_steps", "3", "--trainer.val_check_interval", "5"])  # fmt: skip
+    rows = [r for r in csv.DictReader((run / "logs/version_0/metrics.csv").open()) if r["train/loss"]]
+    assert [int(r["step"]) for r in rows] == [2, 5, 8]
+    for row in rows:
+        assert math.isfinite(float(row["train/loss"]))
+        assert float(row["lr"]) > 0 and float(row["grad_norm"]) > 0
+
+
 @pytest.mark.parametrize("accumulation", [1, 2])  # checked once per optimizer step, not per micro-batch
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(data_dir, capsys, accumulation):
     run = data_dir / "run"
