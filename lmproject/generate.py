@@ -13,7 +13,11 @@ use the cache again. Each token past the context then sees between context_lengt
 context_length tokens, always recomputed from the window's first token as a fresh sequence would be.
 window_slide=1 is the exact one-token slide (every step past the context re-encodes the full window); the
 default, a quarter of the context, costs about 1/window_slide of a re-encode per step. Each row slides on
-its own schedule, as if it were alone in the batch.
+its own schedule, as if it were alone in the batch. The cost of that: a re-encode recomputes every row, and
+rows whose windows fill at different steps (prompts of different lengths) each trigger their own, so such
+a batch re-encodes up to once per row per window_slide steps; prompts of equal length (`lmproject predict`
+batches copies of one prompt) stay in step. A recomputed row matches its cached values only up to float
+rounding, so in float32 a near-tie between two tokens can resolve differently than for the prompt alone.
 """
 
 from __future__ import annotations

@@ -193,6 +193,9 @@ def test_invalid_vocab_or_merges_are_value_errors():
         Tokenizer(dict(BYTES), [(b"a", b"b")])
     with pytest.raises(UserError, match="given twice"):
         Tokenizer(dict(BYTES), [], [EOT, EOT])
+    for bad_id in (-1, 2**32 - 1):
+        with pytest.raises(ValueError, match=f"token id {bad_id} is outside 0..4294967294"):
+            Tokenizer(dict(BYTES) | {bad_id: b"ab"}, [])
 
 
 def test_save_and_load_directory(tmp_path, english):

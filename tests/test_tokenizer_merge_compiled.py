@@ -68,6 +68,23 @@ def test_gpt2_vocab_on_real_text():
 
 
 @needs_compiled
+def test_a_failed_rebuild_leaves_the_table_as_it_was():
+    tokenizer = make_tokenizer(ENGLISH_MERGES)
+    table = tokenizer._compiled
+    before = table.merge(" the thing")
+    with pytest.raises(ValueError, match="a rank has no entry in results"):
+        table.__init__(list(range(256)), {(1, 2): 5}, [7])
+    assert table.merge(" the thing") == before
+
+
+@needs_compiled
+def test_a_foreign_cache_entry_is_replaced_not_trusted():
+    tokenizer = make_tokenizer(ENGLISH_MERGES)
+    tokenizer._cache["xyz"] = [1, 2, 3]  # not a tuple: the compiled walk must not read it as one
+    assert tokenizer.encode("xyz") == [ord("x"), ord("y"), ord("z")]
+
+
+@needs_compiled
 def test_unencodable_text_fails_the_same_way():
     """A lone surrogate has no UTF-8 form: both loops raise UnicodeEncodeError rather than guessing."""
     for tokenizer in (make_tokenizer(ENGLISH_MERGES), python_loop(lambda: make_tokenizer(ENGLISH_MERGES))):

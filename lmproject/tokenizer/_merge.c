@@ -42,31 +42,33 @@ static uint32_t rank_of(const MergeTable *table, uint32_t left, uint32_t right) 
 }
 
 static int as_id(PyObject *number, uint32_t *id) {
-    unsigned long long value = PyLong_AsUnsignedLongLong(number);
-    if (value == (unsigned long long)-1 && PyErr_Occurred())
+    long long value = PyLong_AsLongLong(number);
+    if (value == -1 && PyErr_Occurred())
         return -1;
-    if (value >= NO_MERGE) {
-        PyErr_SetString(PyExc_ValueError, "token ids must be below 2**32 - 1");
+    if (value < 0 || value >= NO_MERGE) {
+        PyErr_Format(PyExc_ValueError, "token id %lld is outside 0..%u", value, NO_MERGE - 1);
         return -1;
     }
     *id = (uint32_t)value;
     return 0;
 }
 
-/* MergeTable(byte_ids, ranks, results): byte_ids lists the id of each byte value 0..255, ranks maps
- * (left id, right id) to the rank of that merge, results[rank] is the id the merge makes. */
-static int MergeTable_init(MergeTable *self, PyObject *args, PyObject *kwargs) {
-    PyObject *byte_ids, *ranks, *results;
-    static char *names[] = {"byte_ids", "ranks", "results", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O!O!", names, &PyList_Type, &byte_ids, &PyDict_Type,
-                                     &ranks, &PyList_Type, &results))
-        return -1;
+static void free_buffers(MergeTable *table) {
+    PyMem_Free(table->pairs);
+    PyMem_Free(table->ranks);
+    PyMem_Free(table->results);
+    table->pairs = NULL, table->ranks = NULL, table->results = NULL;
+}
+
+/* Fill a table whose buffers are NULL from the constructor's arguments; -1 with an exception set (the
+ * buffers allocated so far are left for the caller to free). */
+static int fill(MergeTable *table, PyObject *byte_ids, PyObject *ranks, PyObject *results) {
     if (PyList_GET_SIZE(byte_ids) != 256) {
         PyErr_SetString(PyExc_ValueError, "byte_ids must list 256 ids");
         return -1;
     }
     for (int byte = 0; byte < 256; byte++)
-        if (as_id(PyList_GET_ITEM(byte_ids, byte), &self->byte_ids[byte]) < 0)
+        if (as_id(PyList_GET_ITEM(byte_ids, byte), &table->byte_ids[byte]) < 0)
             return -1;
 
     Py_ssize_t count = PyList_GET_SIZE(results);
@@ -74,21 +76,18 @@ static int MergeTable_init(MergeTable *self, PyObject *args, PyObject *kwargs) {
     int bits = 4;
     for (; slots < 2 * (size_t)PyDict_GET_SIZE(ranks) + 16; bits++)
         slots *= 2;
-    PyMem_Free(self->pairs);
-    PyMem_Free(self->ranks);
-    PyMem_Free(self->results);
-    self->pairs = PyMem_Calloc(slots, sizeof(uint64_t));
-    self->ranks = PyMem_Malloc(slots * sizeof(uint32_t));
-    self->results = PyMem_Calloc(count ? count : 1, sizeof(uint32_t));
-    if (!self->pairs || !self->ranks || !self->results) {
+    table->pairs = PyMem_Calloc(slots, sizeof(uint64_t));
+    table->ranks = PyMem_Malloc(slots * sizeof(uint32_t));
+    table->results = PyMem_Calloc(count ? count : 1, sizeof(uint32_t));
+    if (!table->pairs || !table->ranks || !table->results) {
         PyErr_NoMemory();
         return -1;
     }
-    memset(self->ranks, 0xFF, slots * sizeof(uint32_t)); /* every slot empty */
-    self->mask = slots - 1;
-    self->shift = 64 - bits;
+    memset(table->ranks, 0xFF, slots * sizeof(uint32_t)); /* every slot empty */
+    table->mask = slots - 1;
+    table->shift = 64 - bits;
     for (Py_ssize_t rank = 0; rank < count; rank++)
-        if (as_id(PyList_GET_ITEM(results, rank), &self->results[rank]) < 0)
+        if (as_id(PyList_GET_ITEM(results, rank), &table->results[rank]) < 0)
             return -1;
 
     PyObject *key, *value;
@@ -107,12 +106,34 @@ static int MergeTable_init(MergeTable *self, PyObject *args, PyObject *kwargs) {
             return -1;
         }
         uint64_t pair = (uint64_t)left << 32 | right;
-        size_t slot = slot_of(pair, self->shift);
-        while (self->ranks[slot] != NO_MERGE && self->pairs[slot] != pair)
-            slot = (slot + 1) & self->mask;
-        self->pairs[slot] = pair;
-        self->ranks[slot] = rank;
+        size_t slot = slot_of(pair, table->shift);
+        while (table->ranks[slot] != NO_MERGE && table->pairs[slot] != pair)
+            slot = (slot + 1) & table->mask;
+        table->pairs[slot] = pair;
+        table->ranks[slot] = rank;
     }
+    return 0;
+}
+
+/* MergeTable(byte_ids, ranks, results): byte_ids lists the id of each byte value 0..255, ranks maps
+ * (left id, right id) to the rank of that merge, results[rank] is the id the merge makes. The table is
+ * built aside and swapped in whole, so a failed call leaves the object as it was. */
+static int MergeTable_init(MergeTable *self, PyObject *args, PyObject *kwargs) {
+    PyObject *byte_ids, *ranks, *results;
+    static char *names[] = {"byte_ids", "ranks", "results", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O!O!", names, &PyList_Type, &byte_ids, &PyDict_Type,
+                                     &ranks, &PyList_Type, &results))
+        return -1;
+    MergeTable built;
+    memset(&built, 0, sizeof(built));
+    if (fill(&built, byte_ids, ranks, results) < 0) {
+        free_buffers(&built);
+        return -1;
+    }
+    free_buffers(self);
+    self->pairs = built.pairs, self->ranks = built.ranks, self->results = built.results;
+    self->mask = built.mask, self->shift = built.shift;
+    memcpy(self->byte_ids, built.byte_ids, sizeof(built.byte_ids));
     return 0;
 }
 
@@ -186,9 +207,9 @@ static PyObject *MergeTable_extend(MergeTable *self, PyObject *args) {
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(pretokens); i++) {
         PyObject *pretoken = PyList_GET_ITEM(pretokens, i);
         PyObject *merged = PyDict_GetItemWithError(cache, pretoken); /* borrowed */
-        if (merged == NULL) {
-            if (PyErr_Occurred())
-                return NULL;
+        if (merged == NULL && PyErr_Occurred())
+            return NULL;
+        if (merged == NULL || !PyTuple_CheckExact(merged)) { /* a miss (or a foreign entry: replaced) */
             merged = MergeTable_merge(self, pretoken);
             if (merged == NULL)
                 return NULL;
@@ -207,9 +228,7 @@ static PyObject *MergeTable_extend(MergeTable *self, PyObject *args) {
 }
 
 static void MergeTable_dealloc(MergeTable *self) {
-    PyMem_Free(self->pairs);
-    PyMem_Free(self->ranks);
-    PyMem_Free(self->results);
+    free_buffers(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
