@@ -49,6 +49,27 @@ def test_compiled_and_python_loops_encode_alike(text):
 
 
 @needs_compiled
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=st.sampled_from("thea in\u00e9"), min_size=60, max_size=3000))
+@example("a" * 5000)
+@example(" " * 3000)
+def test_long_pre_tokens_merge_alike(word):
+    """Pre-tokens over 64 bytes take the compiled loop's priority-queue path: same merges, same order."""
+    tokenizer = make_tokenizer(ENGLISH_MERGES + [(b"a", b"a"), (b"aa", b"aa"), (b"aaaa", b"aaaa")])
+    assert tokenizer._compiled.merge(word) == tokenizer._bpe(word)
+
+
+def test_a_very_long_run_of_one_letter():
+    """400K identical letters in one pre-token (the scan per merge would take minutes; the queue, ms)."""
+    tokenizer = make_tokenizer([(b"a", b"a"), (b"aa", b"aa"), (b"aaaa", b"aaaa")])
+    if not tokenizer.compiled:
+        pytest.skip("the Python loop scans once per merge: far too slow at this length")
+    ids = tokenizer.encode("a" * 400_003)
+    eight, three = tokenizer.encode("a" * 8)[0], tokenizer.encode("aaa")
+    assert ids == [eight] * 50_000 + three
+
+
+@needs_compiled
 def test_sparse_large_ids_and_repeated_pairs():
     """Ids need not be contiguous or small, and a pair listed twice keeps its first (lower) rank."""
     vocab = {70_000 + i: bytes([i]) for i in range(256)} | {5: b"ab", 900_000: b"abc", 7: b"bc"}

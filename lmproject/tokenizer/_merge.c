@@ -5,7 +5,8 @@
  * run the merge loop. On fresh text those dominate, and in Python each costs a few microseconds of dict
  * lookups and list edits. Here the (left id, right id) -> (rank, merged id) table is an open-addressing
  * hash built once per tokenizer, a pre-token is merged in well under a microsecond, and the cache
- * lookups run without a Python call each.
+ * lookups run without a Python call each. Pre-tokens over 64 bytes (long runs of one letter or of
+ * whitespace) take a priority queue instead of a scan per merge, so they cost n log n, not n².
  *
  * The Python code in tokenizer.py stays the reference (and the fallback where no C compiler was available
  * at install time); tests check that both give the same ids.
@@ -16,7 +17,7 @@
 #include <string.h>
 
 #define NO_MERGE UINT32_MAX /* the rank of a pair that is not a merge, and the mark of an empty slot */
-#define STACK_IDS 64        /* pre-tokens up to this many bytes need no heap memory */
+#define SHORT 64            /* pre-tokens up to this many bytes: the scan, on stack buffers */
 
 typedef struct {
     PyObject_HEAD
@@ -137,8 +138,108 @@ static int MergeTable_init(MergeTable *self, PyObject *args, PyObject *kwargs) {
     return 0;
 }
 
-/* merge(pretoken: str) -> tuple of ids: Tokenizer._bpe's loop. ranks[i] is the rank of the pair
- * (ids[i], ids[i + 1]); each round joins the leftmost pair of the lowest rank and updates its neighbours. */
+/* Tokenizer._bpe's loop, for short pre-tokens (nearly all of them): ranks[i] is the rank of the pair
+ * (ids[i], ids[i + 1]); each round joins the leftmost pair of the lowest rank and updates its neighbours.
+ * Merges ids[0..n) in place and returns how many are left. */
+static Py_ssize_t merge_short(const MergeTable *table, uint32_t *ids, Py_ssize_t n) {
+    uint32_t ranks[SHORT];
+    for (Py_ssize_t i = 0; i + 1 < n; i++)
+        ranks[i] = rank_of(table, ids[i], ids[i + 1]);
+    while (n > 1) {
+        Py_ssize_t at = 0;
+        for (Py_ssize_t i = 1; i + 1 < n; i++)
+            if (ranks[i] < ranks[at])
+                at = i;
+        uint32_t rank = ranks[at];
+        if (rank == NO_MERGE)
+            break;
+        ids[at] = table->results[rank];
+        memmove(ids + at + 1, ids + at + 2, (n - at - 2) * sizeof(uint32_t));
+        memmove(ranks + at, ranks + at + 1, (n - at - 2) * sizeof(uint32_t));
+        n--;
+        if (at > 0)
+            ranks[at - 1] = rank_of(table, ids[at - 1], ids[at]);
+        if (at + 1 < n)
+            ranks[at] = rank_of(table, ids[at], ids[at + 1]);
+    }
+    return n;
+}
+
+/* A binary min-heap of (rank << 32 | position) keys. */
+static void heap_push(uint64_t *heap, size_t *size, uint64_t key) {
+    size_t child = (*size)++;
+    for (; child > 0 && heap[(child - 1) / 2] > key; child = (child - 1) / 2)
+        heap[child] = heap[(child - 1) / 2];
+    heap[child] = key;
+}
+
+static uint64_t heap_pop(uint64_t *heap, size_t *size) {
+    uint64_t top = heap[0], last = heap[--(*size)];
+    size_t parent = 0;
+    for (size_t child = 1; child < *size; parent = child, child = 2 * child + 1) {
+        if (child + 1 < *size && heap[child + 1] < heap[child])
+            child++;
+        if (heap[child] >= last)
+            break;
+        heap[parent] = heap[child];
+    }
+    heap[parent] = last;
+    return top;
+}
+
+/* The same merges in the same order for long pre-tokens (a run of one letter, a stretch of whitespace),
+ * where a scan per merge would cost time growing with the square of the length. The tokens form a linked
+ * list; a heap holds (rank, position of the pair's left token), whose minimum is the lowest rank, leftmost
+ * first: the pair the scan picks. A heap entry is stale once its position's pair has changed, which
+ * rank_at[] (the current pair's rank at each position) tells. Returns the count left in ids, or -1 when
+ * out of memory. */
+static Py_ssize_t merge_long(const MergeTable *table, uint32_t *ids, Py_ssize_t n) {
+    Py_ssize_t *next = PyMem_Malloc(n * sizeof(Py_ssize_t)), *prev = PyMem_Malloc(n * sizeof(Py_ssize_t));
+    uint32_t *rank_at = PyMem_Malloc(n * sizeof(uint32_t));
+    uint64_t *heap = PyMem_Malloc(3 * n * sizeof(uint64_t)); /* n - 1 pairs, then 2 new ones per merge */
+    Py_ssize_t count = -1;
+    if (!next || !prev || !rank_at || !heap)
+        goto done;
+    size_t size = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        next[i] = i + 1, prev[i] = i - 1;
+        rank_at[i] = i + 1 < n ? rank_of(table, ids[i], ids[i + 1]) : NO_MERGE;
+        if (rank_at[i] != NO_MERGE)
+            heap_push(heap, &size, (uint64_t)rank_at[i] << 32 | (uint64_t)i);
+    }
+    while (size > 0) {
+        uint64_t key = heap_pop(heap, &size);
+        uint32_t rank = (uint32_t)(key >> 32);
+        Py_ssize_t at = (Py_ssize_t)(key & 0xFFFFFFFFu), right = next[at];
+        if (rank_at[at] != rank)
+            continue; /* stale */
+        ids[at] = table->results[rank];
+        rank_at[right] = NO_MERGE; /* the right token is gone */
+        next[at] = next[right];
+        if (next[at] < n)
+            prev[next[at]] = at;
+        if (prev[at] >= 0) {
+            Py_ssize_t left = prev[at];
+            rank_at[left] = rank_of(table, ids[left], ids[at]);
+            if (rank_at[left] != NO_MERGE)
+                heap_push(heap, &size, (uint64_t)rank_at[left] << 32 | (uint64_t)left);
+        }
+        rank_at[at] = next[at] < n ? rank_of(table, ids[at], ids[next[at]]) : NO_MERGE;
+        if (rank_at[at] != NO_MERGE)
+            heap_push(heap, &size, (uint64_t)rank_at[at] << 32 | (uint64_t)at);
+    }
+    count = 0;
+    for (Py_ssize_t i = 0; i < n; i = next[i])
+        ids[count++] = ids[i];
+done:
+    PyMem_Free(next);
+    PyMem_Free(prev);
+    PyMem_Free(rank_at);
+    PyMem_Free(heap);
+    return count;
+}
+
+/* merge(pretoken: str) -> tuple of ids: apply the merges in rank order to the pre-token's UTF-8 bytes. */
 static PyObject *MergeTable_merge(MergeTable *self, PyObject *pretoken) {
     if (self->ranks == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "MergeTable was not initialized");
@@ -148,50 +249,27 @@ static PyObject *MergeTable_merge(MergeTable *self, PyObject *pretoken) {
     const char *text = PyUnicode_AsUTF8AndSize(pretoken, &n);
     if (text == NULL)
         return NULL;
-    uint32_t stack_ids[STACK_IDS], stack_ranks[STACK_IDS];
-    uint32_t *ids = stack_ids, *ranks = stack_ranks;
-    if (n > STACK_IDS) {
-        ids = PyMem_Malloc(n * sizeof(uint32_t));
-        ranks = PyMem_Malloc(n * sizeof(uint32_t));
-        if (!ids || !ranks) {
-            PyMem_Free(ids);
-            PyMem_Free(ranks);
-            return PyErr_NoMemory();
-        }
+    if (n >= (Py_ssize_t)NO_MERGE) {
+        PyErr_SetString(PyExc_ValueError, "a pre-token of 4 GiB or more");
+        return NULL;
     }
+    uint32_t stack_ids[SHORT];
+    uint32_t *ids = n <= SHORT ? stack_ids : PyMem_Malloc(n * sizeof(uint32_t));
+    if (ids == NULL)
+        return PyErr_NoMemory();
     for (Py_ssize_t i = 0; i < n; i++)
         ids[i] = self->byte_ids[(unsigned char)text[i]];
-    for (Py_ssize_t i = 0; i + 1 < n; i++)
-        ranks[i] = rank_of(self, ids[i], ids[i + 1]);
-    while (n > 1) {
-        Py_ssize_t at = 0;
-        for (Py_ssize_t i = 1; i + 1 < n; i++)
-            if (ranks[i] < ranks[at])
-                at = i;
-        uint32_t rank = ranks[at];
-        if (rank == NO_MERGE)
-            break;
-        ids[at] = self->results[rank];
-        memmove(ids + at + 1, ids + at + 2, (n - at - 2) * sizeof(uint32_t));
-        memmove(ranks + at, ranks + at + 1, (n - at - 2) * sizeof(uint32_t));
-        n--;
-        if (at > 0)
-            ranks[at - 1] = rank_of(self, ids[at - 1], ids[at]);
-        if (at + 1 < n)
-            ranks[at] = rank_of(self, ids[at], ids[at + 1]);
-    }
-    PyObject *result = PyTuple_New(n);
-    for (Py_ssize_t i = 0; result != NULL && i < n; i++) {
+    Py_ssize_t count = n <= SHORT ? merge_short(self, ids, n) : merge_long(self, ids, n);
+    PyObject *result = count < 0 ? PyErr_NoMemory() : PyTuple_New(count);
+    for (Py_ssize_t i = 0; result != NULL && i < count; i++) {
         PyObject *id = PyLong_FromUnsignedLong(ids[i]);
         if (id == NULL)
             Py_CLEAR(result);
         else
             PyTuple_SET_ITEM(result, i, id);
     }
-    if (ids != stack_ids) {
+    if (ids != stack_ids)
         PyMem_Free(ids);
-        PyMem_Free(ranks);
-    }
     return result;
 }
 
