@@ -13,11 +13,8 @@ use the cache again. Each token past the context then sees between context_lengt
 context_length tokens, always recomputed from the window's first token as a fresh sequence would be.
 window_slide=1 is the exact one-token slide (every step past the context re-encodes the full window); the
 default, a quarter of the context, costs about 1/window_slide of a re-encode per step. Each row slides on
-its own schedule, as if it were alone in the batch. The cost of that: a re-encode recomputes every row, and
-rows whose windows fill at different steps (prompts of different lengths) each trigger their own, so such
-a batch re-encodes up to once per row per window_slide steps; prompts of equal length (`lmproject predict`
-batches copies of one prompt) stay in step. A recomputed row matches its cached values only up to float
-rounding, so in float32 a near-tie between two tokens can resolve differently than for the prompt alone.
+its own schedule, as if it were alone in the batch: when one row's window moves, the rows whose windows
+are not full keep their cache (their padding shrinks) and only that row is re-encoded.
 """
 
 from __future__ import annotations
@@ -119,7 +116,7 @@ def generate_steps(
         if cache.length < model.context_length:
             logits = model.next_token_logits(new[:, None], kv_cache=cache)
         else:
-            cache, tokens, pad, logits = _encode_window(model, tokens, pad, keep)
+            cache, tokens, pad, logits = _slide_windows(model, cache, tokens, pad, keep)
 
 
 def generate(
@@ -158,6 +155,28 @@ def _encode_window(
     tokens, pad = tokens[:, -width:], width - kept
     cache = KVCache(model, tokens.shape[0], pad)
     logits = model.next_token_logits(tokens, kv_cache=cache)
+    return cache, tokens, pad, logits
+
+
+def _slide_windows(
+    model: TransformerLM, cache: KVCache, tokens: torch.Tensor, pad: torch.Tensor, keep: int
+) -> tuple[KVCache, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The step after the cache filled up, `tokens` holding the new tokens: each row whose sequence now
+    exceeds the context re-encodes its last `keep` tokens; a row that still fits (its windows fill at
+    other steps) keeps its cached keys and values and only runs its new token, as it would alone."""
+    real = tokens.shape[1] - pad
+    full = real > model.context_length
+    if bool(full.all()):
+        return _encode_window(model, tokens, pad, keep)
+    kept = torch.where(full, keep, real)
+    width = int(kept.max())
+    tokens, pad = tokens[:, -width:], width - kept
+    cache.drop_oldest(cache.length - (width - 1), pad)
+    logits = model.next_token_logits(tokens[:, -1:], kv_cache=cache)  # the full rows' results are replaced
+    rows = full.nonzero().squeeze(1)
+    window = KVCache(model, len(rows), pad[rows])
+    logits[rows] = model.next_token_logits(tokens[rows], kv_cache=window)
+    cache.replace_rows(rows, window)
     return cache, tokens, pad, logits
 
 

@@ -60,6 +60,23 @@ def test_each_row_of_a_batch_slides_its_window_as_if_alone(window_slide):
     assert batch == alone
 
 
+def test_rows_whose_windows_move_at_different_steps_are_re_encoded_alone():
+    """A row that still fits in the context keeps its cache when another row's window moves, so prompts of
+    different lengths cost about what equal ones do (re-encoded rows x tokens, counted at the embedding)."""
+    model = small_model()
+    shapes = []
+    hook = model.token_embeddings.register_forward_hook(lambda module, args, _: shapes.append(args[0].shape))
+
+    def re_encoded(prompts):
+        shapes.clear()
+        generate(model, prompts, 60, temperature=0, window_slide=4)
+        return sum(rows * width for rows, width in shapes[1:] if width > 1)  # after the prompts' encoding
+
+    equal, mixed = re_encoded([[1] * 5] * 4), re_encoded([[1] * n for n in (5, 6, 7, 8)])
+    hook.remove()
+    assert mixed <= 2 * equal  # 1.3x here (padding columns count); re-encoding every row each time: 5.2x
+
+
 def test_generate_steps_streams_the_same_tokens_as_generate():
     model = small_model()
     prompts = [[3, 1, 4, 1, 5], [2, 7]]

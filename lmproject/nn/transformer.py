@@ -236,6 +236,23 @@ class KVCache:
         mask = ((keys <= queries) & real_key) | (keys == queries)
         return mask[:, None]
 
+    def drop_oldest(self, count: int, pad_lengths: torch.Tensor) -> None:
+        """Forget the oldest `count` slots of every row (the others move to the front) and take the rows'
+        new padding: a sliding window, for rows whose own tokens all stay in it (the slots dropped were
+        their padding), so their cached keys and values stay valid."""
+        for layer in self.layers:
+            for buffer in (layer.keys, layer.values):
+                buffer[:, :, : self.length - count] = buffer[:, :, count : self.length].clone()
+        self.length -= count
+        self.pad_lengths = pad_lengths.to(self.pad_lengths)
+
+    def replace_rows(self, rows: torch.Tensor, other: KVCache) -> None:
+        """Take the keys and values of `rows` from `other`, a cache of those rows alone with the same length
+        and padding."""
+        for layer, source in zip(self.layers, other.layers, strict=True):
+            layer.keys[rows, :, : self.length] = source.keys[:, :, : self.length]
+            layer.values[rows, :, : self.length] = source.values[:, :, : self.length]
+
 
 class LayerKVCache:
     """One layer's key/value buffers (batch, heads, capacity, d_head), allocated on first use in k's dtype."""
