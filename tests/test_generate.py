@@ -77,6 +77,16 @@ def test_rows_whose_windows_move_at_different_steps_are_re_encoded_alone():
     assert mixed <= 2 * equal  # 1.3x here (padding columns count); re-encoding every row each time: 5.2x
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_generate_on_cuda_gives_the_cpu_tokens():
+    model = small_model().double()  # float64: no near-ties flip an argmax
+    prompts = [[5], [1, 2, 3, 4, 5, 6, 7], list(range(20, 40))]  # mixed lengths, one past the context
+    on_cpu = generate(model, prompts, 30, temperature=0, window_slide=3)
+    assert generate(model.cuda(), prompts, 30, temperature=0, window_slide=3) == on_cpu
+    sampled = generate(model, prompts, 30, temperature=1.0, top_p=0.9, top_k=20, seed=1)
+    assert sampled == generate(model, prompts, 30, temperature=1.0, top_p=0.9, top_k=20, seed=1)
+
+
 def test_generate_steps_streams_the_same_tokens_as_generate():
     model = small_model()
     prompts = [[3, 1, 4, 1, 5], [2, 7]]
