@@ -65,6 +65,7 @@ def test_train_encode_inspect(tmp_path, corpus, tokenizer_dir, capsys):
     assert main(["inspect", "--tokenizer", str(tokenizer_dir), "--text", str(corpus), "--top", "3"]) == 0
     shown = capsys.readouterr().out
     assert "vocab size: 300" in shown and "merges: 43" in shown and f"special tokens: '{EOT}'" in shown
+    assert ("encoder merge loop: compiled" if tokenizer.compiled else "encoder merge loop: Python") in shown
     first = tokenizer.merges[0]
     assert f"first merges: {first[0].decode()!r}+{first[1].decode()!r}" in shown
     longest = max((t for t in tokenizer.vocab.values() if t != EOT.encode()), key=len)

@@ -124,6 +124,8 @@ def _inspect(args: argparse.Namespace) -> int:
     print(f"vocab size: {len(tokenizer.vocab):,} (largest id {tokenizer.vocab_size - 1})")
     print(f"merges: {len(merges):,}")
     print(f"special tokens: {', '.join(map(repr, tokenizer.special_tokens)) or 'none'}")
+    loop = "compiled (_merge.c)" if tokenizer.compiled else "Python (the C extension is not built: slower)"
+    print(f"encoder merge loop: {loop}")
     specials = {token.encode("utf-8") for token in tokenizer.special_tokens}
     longest = sorted((t for t in tokenizer.vocab.values() if t not in specials), key=len, reverse=True)[:top]
     print(f"longest tokens: {', '.join(_show(token) for token in longest)}")
