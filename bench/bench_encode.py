@@ -15,9 +15,9 @@ trainer, builds a tiktoken Encoding from the same vocab, then reports MB/s of UT
 
 from __future__ import annotations
 
+import argparse
 import os
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,9 +36,13 @@ REPEATS = 5
 
 
 def main() -> int:
-    default_dir = os.environ.get("BENCH_CORPUS_DIR", "/tmp/bench-corpus")
-    corpus_dir = Path(sys.argv[1] if len(sys.argv) > 1 else default_dir)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    default_dir = Path(os.environ.get("BENCH_CORPUS_DIR", "/tmp/bench-corpus"))
+    parser.add_argument("corpus_dir", type=Path, nargs="?", default=default_dir)
+    corpus_dir = parser.parse_args().corpus_dir
     corpus, heldout = corpus_dir / "corpus.txt", corpus_dir / "heldout.txt"
+    if not (corpus.is_file() and heldout.is_file()):
+        parser.error(f"{corpus_dir}: no corpus.txt and heldout.txt (bash ../shared/bench/make_corpus.sh)")
     tokenizer = load_or_train(corpus)
     reference = as_tiktoken(tokenizer)
     loop = "compiled (tokenizer/_merge.c)" if tokenizer.compiled else "Python (the C extension was not built)"
