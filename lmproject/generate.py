@@ -103,7 +103,8 @@ def generate_steps(
     pad = torch.tensor([width - len(prompt) for prompt in prompt_ids], device=device)
     finished = torch.zeros(len(prompt_ids), dtype=torch.bool, device=device)
 
-    cache, tokens, pad, logits = _encode_window(model, tokens, pad, keep=model.context_length)
+    tokens, pad, _ = _crop_windows(model, tokens, pad, keep=model.context_length)  # a prompt's last window
+    cache, logits = _encode(model, tokens, pad)
     for step in range(max_new_tokens):
         new = sample_next_token(logits, temperature, top_p, top_k, generator)
         ended = finished.tolist()
@@ -143,19 +144,23 @@ def generate(
     return completions
 
 
-def _encode_window(
+def _crop_windows(
     model: TransformerLM, tokens: torch.Tensor, pad: torch.Tensor, keep: int
-) -> tuple[KVCache, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Re-encode the left-padded batch into a fresh cache and return (cache, tokens, padding, next-token
-    logits). A row longer than context_length keeps its last `keep` tokens; a shorter row keeps all of
-    them (recomputed, as they were). Columns beyond a row's kept tokens become its padding."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each row of the left-padded batch keeps its last `keep` tokens if it outgrew the context, else all
+    of them; columns beyond a row's kept tokens become its padding. Returns (tokens, padding, which rows
+    outgrew the context)."""
     real = tokens.shape[1] - pad
-    kept = torch.where(real > model.context_length, keep, real)
+    full = real > model.context_length
+    kept = torch.where(full, keep, real)
     width = int(kept.max())
-    tokens, pad = tokens[:, -width:], width - kept
+    return tokens[:, -width:], width - kept, full
+
+
+def _encode(model: TransformerLM, tokens: torch.Tensor, pad: torch.Tensor) -> tuple[KVCache, torch.Tensor]:
+    """Encode the left-padded batch into a fresh cache: (cache, next-token logits)."""
     cache = KVCache(model, tokens.shape[0], pad)
-    logits = model.next_token_logits(tokens, kv_cache=cache)
-    return cache, tokens, pad, logits
+    return cache, model.next_token_logits(tokens, kv_cache=cache)
 
 
 def _slide_windows(
@@ -164,14 +169,11 @@ def _slide_windows(
     """The step after the cache filled up, `tokens` holding the new tokens: each row whose sequence now
     exceeds the context re-encodes its last `keep` tokens; a row that still fits (its windows fill at
     other steps) keeps its cached keys and values and only runs its new token, as it would alone."""
-    real = tokens.shape[1] - pad
-    full = real > model.context_length
+    tokens, pad, full = _crop_windows(model, tokens, pad, keep)
     if bool(full.all()):
-        return _encode_window(model, tokens, pad, keep)
-    kept = torch.where(full, keep, real)
-    width = int(kept.max())
-    tokens, pad = tokens[:, -width:], width - kept
-    cache.drop_oldest(cache.length - (width - 1), pad)
+        cache, logits = _encode(model, tokens, pad)
+        return cache, tokens, pad, logits
+    cache.drop_oldest(cache.length - (tokens.shape[1] - 1), pad)
     logits = model.next_token_logits(tokens[:, -1:], kv_cache=cache)  # the full rows' results are replaced
     rows = full.nonzero().squeeze(1)
     window = KVCache(model, len(rows), pad[rows])
