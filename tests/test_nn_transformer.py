@@ -1,6 +1,7 @@
 """Attention, blocks and the whole LM against the torch-built-ins reference; switches; training sanity."""
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -116,6 +117,22 @@ def test_switches_change_the_structure_as_documented(norm, ffn, tie):
     assert (model.lm_head.weight is model.token_embeddings.weight) == tie
     untied = sum(p.numel() for p in TransformerLM(**SMALL, norm=norm, ffn=ffn).parameters())
     assert sum(p.numel() for p in model.parameters()) == untied - (64 * 32 if tie else 0)
+
+
+def test_tied_embeddings_start_at_a_loss_near_ln_vocab_and_untied_keep_the_cs336_inits():
+    vocab, d_model = 512, 64
+    shape = dict(vocab_size=vocab, context_length=32, d_model=d_model, num_layers=2, num_heads=4, d_ff=128)
+    torch.manual_seed(0)
+    x, y = torch.randint(0, vocab, (8, 32)), torch.randint(0, vocab, (8, 32))
+    for tie in (False, True):
+        model = TransformerLM(**shape, tie_embeddings=tie)
+        with torch.no_grad():
+            assert abs(cross_entropy(model(x), y).item() - math.log(vocab)) < 0.3, tie
+    head_std = math.sqrt(2 / (vocab + d_model))
+    assert model.token_embeddings.weight.std().item() == pytest.approx(head_std, rel=0.05)  # tied: head's
+    untied = TransformerLM(**shape)
+    assert untied.token_embeddings.weight.std().item() == pytest.approx(1.0, rel=0.05)
+    assert untied.lm_head.weight.std().item() == pytest.approx(head_std, rel=0.05)
 
 
 def test_nope_model_has_no_rotary_embedding():

@@ -117,6 +117,12 @@ class TransformerLM(nn.Module):
     stack already ends normalized); position "rope" | "none" (NoPE); ffn "swiglu" | "silu" (the caller
     passes d_ff, 4·d_model for "silu" so the parameter count roughly matches); tie_embeddings shares one
     (vocab, d_model) matrix between token_embeddings and lm_head; attention "fused" | "math".
+
+    The shared matrix starts as the lm_head's Linear init (σ = √(2/(vocab+d_model))), not the embedding's
+    σ = 1: as the head that gives logits of σ ≈ √(2·d_model/vocab) ≪ 1, so training starts at a loss of
+    about ln(vocab); with σ = 1 the logits' σ would be √d_model and the first loss several times ln(vocab).
+    As the embedding, the small rows are harmless: every layer reads the stream through an RMSNorm (pre-norm),
+    which rescales it. Untied models keep the CS336 inits of both.
     """
 
     def __init__(
@@ -150,8 +156,8 @@ class TransformerLM(nn.Module):
         )
         self.ln_final = RMSNorm(d_model) if norm == "pre" else nn.Identity()
         self.lm_head = Linear(d_model, vocab_size)
-        if tie_embeddings:
-            self.lm_head.weight = self.token_embeddings.weight
+        if tie_embeddings:  # one matrix, initialized as the head (see the class docstring)
+            self.token_embeddings.weight = self.lm_head.weight
 
     def forward(
         self,
