@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -147,9 +148,21 @@ def max_batch_size(shape: ModelShape, memory_bytes: float) -> int:
     return max(0, math.floor((memory_bytes - fixed) / per_sequence))
 
 
-def training_seconds(shape: ModelShape, batch_size: int, steps: int, mfu: float, peak_flops: float) -> float:
-    """Wall-clock time of `steps` training steps at a model FLOPs utilization of `mfu` of `peak_flops`."""
-    return train_step_flops(shape, batch_size) * steps / (mfu * peak_flops)
+def training_seconds(
+    shape: ModelShape, batch_size: int, steps: int, mfu: float, peak_flops: float, devices: int = 1
+) -> float:
+    """Wall-clock time of `steps` training steps of `batch_size` sequences (all devices together) at a model
+    FLOPs utilization of `mfu` of `peak_flops` per device."""
+    return train_step_flops(shape, batch_size) * steps / (mfu * peak_flops * devices)
+
+
+def steps_for_tokens(
+    tokens: int, batch_size: int, context_length: int, accumulation: int = 1, devices: int = 1
+) -> int:
+    """Optimizer steps in a budget of `tokens` training tokens, as `lmproject fit --train_tokens` runs it:
+    a step takes `accumulation` micro-batches of batch_size x context_length tokens on each of `devices`;
+    the last step is rounded up."""
+    return math.ceil(tokens / (batch_size * context_length * accumulation * devices))
 
 
 # GPT-2's shapes as the reference analysis uses them (SwiGLU FFN, untied lm head, d_ff = 4 * d_model).
@@ -197,8 +210,24 @@ def _merge(base: dict, top: dict) -> dict:
     return merged
 
 
+def _config_devices(trainer: dict) -> int | None:
+    """trainer.devices x trainer.num_nodes as Lightning reads them (a count, a list or "0,1" of device ids);
+    None for "auto" or -1, every visible device, which only the training machine knows."""
+    devices, nodes = trainer.get("devices", "auto"), trainer.get("num_nodes", 1)
+    if isinstance(devices, str) and "," in devices:
+        devices = [d for d in devices.split(",") if d.strip()]
+    elif isinstance(devices, str) and devices.strip().isdigit():
+        devices = int(devices)
+    if isinstance(devices, list):
+        devices = len(devices)
+    if not isinstance(devices, int) or isinstance(devices, bool) or devices <= 0:
+        return None
+    return devices * nodes
+
+
 def _read_config(paths: list[Path]) -> tuple[dict, dict]:
-    """(model hyperparameters, other defaults such as batch size and steps) from LightningCLI YAMLs."""
+    """(model hyperparameters, other defaults: batch size, accumulation, devices, steps) from LightningCLI
+    YAMLs."""
     config: dict = {}
     for path in paths:
         config = _merge(config, _load_yaml(path))
@@ -207,12 +236,15 @@ def _read_config(paths: list[Path]) -> tuple[dict, dict]:
         names = " + ".join(str(p) for p in paths)
         raise UserError(f"{names}: no model hyperparameters (d_model, ...) under `model:`")
     shape_args = {name: model[name] for name in SHAPE_FIELDS if name in model}
-    batch = _mapping_with(config.get("data"), "batch_size").get("batch_size")
-    steps = _mapping_with(config.get("trainer"), "max_steps").get("max_steps")
-    tokens = config.get("train_tokens")
-    if tokens and batch and "context_length" in shape_args:  # LightningCLI's train_tokens sets max_steps
-        steps = math.ceil(tokens / (batch * shape_args["context_length"]))
-    return shape_args, {"batch_size": batch, "steps": steps if steps and steps > 0 else None}
+    trainer = config.get("trainer") or {}
+    steps = trainer.get("max_steps")
+    return shape_args, {
+        "batch_size": _mapping_with(config.get("data"), "batch_size").get("batch_size"),
+        "accumulation": trainer.get("accumulate_grad_batches"),
+        "devices": _config_devices(trainer),
+        "steps": steps if steps and steps > 0 else None,
+        "train_tokens": config.get("train_tokens"),
+    }
 
 
 def _table(title: str, rows: dict[str, float], unit: str, fmt: str = ",.0f") -> str:
@@ -225,15 +257,30 @@ def _table(title: str, rows: dict[str, float], unit: str, fmt: str = ",.0f") -> 
     return "\n".join(lines)
 
 
-def report(shape: ModelShape, batch_size: int, memory_gb: float, mfu: float, peak: float, steps: int) -> str:
-    """All the tables for one model shape, as printed by `lmproject accounting`."""
+def report(
+    shape: ModelShape,
+    batch_size: int,
+    memory_gb: float,
+    mfu: float,
+    peak: float,
+    steps: int,
+    accumulation: int = 1,
+    devices: int = 1,
+) -> str:
+    """All the tables for one model shape, as printed by `lmproject accounting`. `batch_size` is one
+    device's micro-batch (what memory holds); an optimizer step trains batch_size x accumulation x devices
+    sequences."""
     memory_bytes = adamw_memory_bytes(shape, batch_size)
     unit, scale = ("GB", GB) if sum(memory_bytes.values()) >= GB else ("MB", 1e6)
     memory = {k: v / scale for k, v in memory_bytes.items()}
     per_seq = adamw_memory_bytes(shape, 1)["activations"] / scale
     fixed = sum(memory.values()) - memory["activations"]
-    step = train_step_flops(shape, batch_size)
-    seconds = training_seconds(shape, batch_size, steps, mfu, peak)
+    step_batch = batch_size * accumulation * devices
+    step = train_step_flops(shape, step_batch)
+    seconds = training_seconds(shape, step_batch, steps, mfu, peak, devices)
+    batch_line = f"batch {step_batch}"
+    if step_batch != batch_size:
+        batch_line += f" ({batch_size} per device x {accumulation} accumulated x {devices} devices)"
     shape_line = ", ".join(f"{k}={v}" for k, v in asdict(shape).items())
     return "\n\n".join(
         [
@@ -246,18 +293,19 @@ def report(shape: ModelShape, batch_size: int, memory_gb: float, mfu: float, pea
             )
             + "\n  shares: "
             + ", ".join(f"{name} {share:.2f}%" for name, share in flop_shares(shape).items()),
-            f"training step FLOPs (forward x 3 over batch {batch_size} + AdamW): {step:.4e}\n"
-            f"training FLOPs per token: {step / (batch_size * shape.context_length):.4e}",
+            f"training step FLOPs (forward x 3 over {batch_line} + AdamW): {step:.4e}\n"
+            f"training FLOPs per token: {step / (step_batch * shape.context_length):.4e}",
             _table(
-                f"AdamW peak memory, float32, batch {batch_size}",
+                f"AdamW peak memory, float32, batch {batch_size} (one device's micro-batch)",
                 memory,
                 f"{unit} (1e{math.log10(scale):.0f} bytes)",
                 ",.2f",
             )
             + f"\n  = {per_seq:.2f} * batch + {fixed:.2f} {unit}; largest batch in {memory_gb:g} GB: "
             f"{max_batch_size(shape, memory_gb * GB)}",
-            f"training time for {steps:,} steps of batch {batch_size} at {100 * mfu:g}% MFU of "
-            f"{peak / 1e12:g} TFLOP/s: {seconds:,.0f} s = {seconds / 3600:,.2f} h = "
+            f"training time for {steps:,} steps of {batch_line} at {100 * mfu:g}% MFU of "
+            f"{peak / 1e12:g} TFLOP/s{' per device' if devices > 1 else ''}: "
+            f"{seconds:,.0f} s = {seconds / 3600:,.2f} h = "
             f"{seconds / 86400:,.1f} days",
         ]
     )
@@ -281,7 +329,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ffn", choices=sorted(FFN_MATRICES), help="FFN type (default swiglu)")
     p.add_argument("--norm", choices=sorted(NORM_COUNTS), help="RMSNorm placement (default pre)")
     p.add_argument("--tie-embeddings", action="store_true", default=None, help="lm head shares embeddings")
-    p.add_argument("--batch-size", type=int, help="default: the config's data batch_size, else 1")
+    p.add_argument(
+        "--batch-size", type=int, help="sequences per device and micro-batch (default: the config's, else 1)"
+    )
+    p.add_argument(
+        "--accumulation",
+        type=int,
+        help="micro-batches per optimizer step (default: the config's accumulate_grad_batches, else 1)",
+    )
+    p.add_argument(
+        "--devices", type=int, help="devices in data parallel (default: the config's devices x nodes, else 1)"
+    )
     p.add_argument("--memory-gb", type=float, default=80.0, help="accelerator memory, GB = 1e9 bytes")
     p.add_argument("--mfu", type=float, default=0.5, help="model FLOPs utilization, 0 < mfu <= 1")
     p.add_argument("--peak-flops", type=float, default=19.5e12, help="peak FLOP/s (default A100 float32)")
@@ -315,17 +373,26 @@ def _run(argv: list[str]) -> int:
         raise UserError(f"missing model hyperparameters {flags} (give --config, --preset or the flags)")
     shape = ModelShape(**shape_args)
     batch = _count("--batch-size", args.batch_size, defaults.get("batch_size"))
+    accumulation = _count("--accumulation", args.accumulation, defaults.get("accumulation"))
+    devices = _count("--devices", args.devices, defaults.get("devices"))
     steps = _count("--steps", args.steps, defaults.get("steps"))
+    tokens = defaults.get("train_tokens")
+    if args.steps is None and tokens:  # the config's train_tokens sets max_steps, as in `lmproject fit`
+        steps = steps_for_tokens(tokens, batch, shape.context_length, accumulation, devices)
     if not 0 < args.mfu <= 1 or args.peak_flops <= 0 or args.memory_gb <= 0:
         raise UserError("--mfu must be in (0, 1]; --peak-flops and --memory-gb must be positive")
-    print(report(shape, batch, args.memory_gb, args.mfu, args.peak_flops, steps))
+    if args.config and args.devices is None and defaults.get("devices") is None:
+        print(
+            "lmproject accounting: the config's trainer.devices is auto (every visible device): "
+            "counting 1; give --devices N for more",
+            file=sys.stderr,
+        )
+    print(report(shape, batch, args.memory_gb, args.mfu, args.peak_flops, steps, accumulation, devices))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """`lmproject accounting ...`: print the accounting tables; bad input exits 2 with a one-line error."""
-    import sys
-
     return run_cli(lambda: _run(sys.argv[1:] if argv is None else argv), "lmproject accounting")
 
 

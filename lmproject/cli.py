@@ -10,7 +10,6 @@ NaN or infinite; the last good checkpoint is kept); 130 interrupted by Ctrl-C.
 
 from __future__ import annotations
 
-import math
 import re
 import sys
 import warnings
@@ -22,6 +21,7 @@ from jsonargparse import ArgumentError, Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from torch.utils.data import DataLoader
 
+from lmproject.accounting import steps_for_tokens
 from lmproject.callbacks import GracefulInterrupt, RunCheckpoint, ThroughputMonitor
 from lmproject.data import TokenDataModule
 from lmproject.errors import UserError, run_cli
@@ -145,19 +145,23 @@ class LMCLI(LightningCLI):
         check_checkpoint(Path(path), model_config, ARCHITECTURE, shapes)
 
     def before_fit(self) -> None:
+        trainer = self.trainer
+        if isinstance(trainer.val_check_interval, int):  # Lightning counts batches; the project, steps
+            trainer.val_check_interval *= trainer.accumulate_grad_batches
         tokens = self.config.fit.train_tokens
         if tokens is None:
             return
-        trainer = self.trainer
         if trainer.max_steps != -1:
             raise UserError(
                 "set either train_tokens or trainer.max_steps, not both (use --train_tokens null)"
             )
-        per_step = (
-            self.datamodule.batch_size * self.datamodule.context_length
-            * trainer.accumulate_grad_batches * trainer.world_size
-        )  # fmt: skip
-        trainer.fit_loop.epoch_loop.max_steps = math.ceil(tokens / per_step)
+        trainer.fit_loop.epoch_loop.max_steps = steps_for_tokens(
+            tokens,
+            self.datamodule.batch_size,
+            self.datamodule.context_length,
+            trainer.accumulate_grad_batches,
+            trainer.world_size,
+        )
 
     def after_fit(self) -> None:
         interrupt = next(c for c in self.trainer.callbacks if isinstance(c, GracefulInterrupt))

@@ -142,3 +142,28 @@ def test_cli_layers_overlays_like_lightningcli(tmp_path, capsys):
     assert acc.main(["--config", str(base), "--config", str(overlay)]) == 0
     out = capsys.readouterr().out
     assert "d_ff=128, ffn=silu" in out and f"{2 * 2 * 32 * 128:,}" in out  # two FFN matrices
+
+
+def test_cli_counts_a_configs_token_budget_as_fit_does(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "train_tokens: 3840\nmodel:\n  vocab_size: 64\n  context_length: 16\n  d_model: 32\n  num_layers: 2\n"
+        "  num_heads: 2\n  d_ff: 64\ndata:\n  batch_size: 4\n"
+        "trainer:\n  accumulate_grad_batches: 2\n  devices: auto\n"
+    )
+    assert acc.main(["--config", str(config)]) == 0  # 3840 tokens / (4 x 16 x 2) = 30 steps
+    captured = capsys.readouterr()
+    assert "training time for 30 steps of batch 8 (4 per device x 2 accumulated x 1 devices)" in captured.out
+    assert "trainer.devices is auto" in captured.err and "give --devices N" in captured.err
+    assert "AdamW peak memory, float32, batch 4 (one device's micro-batch)" in captured.out
+    assert acc.main(["--config", str(config), "--devices", "3"]) == 0  # 3840 / (4 x 16 x 2 x 3) = 10
+    assert "for 10 steps of batch 24 (4 per device x 2 accumulated x 3 devices)" in capsys.readouterr().out
+    config.write_text(config.read_text().replace("devices: auto", "devices: [0, 1]\n  num_nodes: 2"))
+    assert acc.main(["--config", str(config)]) == 0  # 4 devices: 3840 / (4 x 16 x 2 x 4) rounds up to 8
+    assert "for 8 steps of batch 32 (4 per device x 2 accumulated x 4 devices)" in capsys.readouterr().out
+    assert acc.steps_for_tokens(3840, 4, 16, 2, 4) == 8
+
+
+def test_training_time_divides_the_step_flops_over_the_devices():
+    one = acc.training_seconds(XL, batch_size=1024, steps=10, mfu=0.5, peak_flops=19.5e12)
+    assert acc.training_seconds(XL, 1024, 10, 0.5, 19.5e12, devices=4) == pytest.approx(one / 4)
