@@ -16,6 +16,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lmproject.accounting import train_flops_per_token
 
 
+def logs_written_this_step(trainer: L.Trainer) -> bool:
+    """Whether Lightning passes the values logged during this optimizer step to the loggers (every
+    trainer.log_every_n_steps steps). A value logged on another step would be written again on the next
+    row that is written, stale, so per-step values are logged only on these steps."""
+    return getattr(trainer._logger_connector, "should_update_logs", True)
+
+
 class StepBoundary(L.Callback):
     """Base for callbacks that act only after a batch that completed an optimizer step (with gradient
     accumulation, most batches do not)."""
@@ -31,19 +38,25 @@ class StepBoundary(L.Callback):
 
 
 class ThroughputMonitor(StepBoundary):
-    """Logs throughput/tokens_per_s (all devices together), throughput/mfu and time/elapsed_s (wall-clock
-    seconds since this fit started, for learning curves against time) every `window` optimizer steps.
+    """On every row the loggers write (every trainer.log_every_n_steps optimizer steps), values measured
+    for that row:
 
-    MFU = tokens/s x training FLOPs per token (lmproject.accounting) / (peak FLOP/s x devices).
-    `peak_flops` is the peak of one device; by default Lightning's table for the GPU and precision in use
-    (no MFU on CPUs, whose peak is not in the table). Time spent in validation is not counted.
+    - throughput/tokens_per_s: training tokens per second, all devices together, over the steps since the
+      previous row (time spent in validation is not counted);
+    - throughput/mfu: tokens/s x training FLOPs per token / (peak FLOP/s x devices). The FLOPs per token are
+      lmproject.accounting's: every matmul including the lm_head, and the full T x T attention matrix (no
+      saving for the causal mask), so fused causal attention does fewer FLOPs than counted. `peak_flops` is
+      the peak of one device; by default Lightning's table for the GPU and precision in use (no MFU on CPUs,
+      whose peak is not in the table);
+    - time/elapsed_s: wall-clock seconds since this fit started, validation included (the x axis of
+      `lmproject plot`'s curves against time).
     """
 
-    def __init__(self, peak_flops: float | None = None, window: int = 10):
-        self.peak_flops, self.window = peak_flops, window
-        self._start: float | None = None
+    def __init__(self, peak_flops: float | None = None):
+        self.peak_flops = peak_flops
+        self._fit_start = self._row_start = self._validation_start = 0.0
+        self._validation_seconds = 0.0
         self._tokens = 0
-        self._steps = 0
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         hp = pl_module.hparams
@@ -61,30 +74,31 @@ class ThroughputMonitor(StepBoundary):
             )
             self.peak_flops = get_available_flops(trainer.strategy.root_device, dtype)
 
-    def _restart(self) -> None:
-        self._start, self._tokens, self._steps = time.perf_counter(), 0, 0
+    def _new_row(self, now: float) -> None:
+        self._row_start, self._validation_seconds, self._tokens = now, 0.0, 0
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._fit_start = time.perf_counter()
-        self._restart()
+        self._new_row(self._fit_start)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._validation_start = time.perf_counter()
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._restart()
+        self._validation_seconds += time.perf_counter() - self._validation_start
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx):
         self._tokens += batch[0].numel() * trainer.world_size
-        if not self.stepped(trainer):
-            return  # gradient accumulation: no optimizer step yet
-        self._steps += 1
-        if self._steps < self.window or self._start is None:
-            return
-        tokens_per_s = self._tokens / (time.perf_counter() - self._start)
+        if not self.stepped(trainer) or not logs_written_this_step(trainer):
+            return  # inside gradient accumulation, or a step whose values no row receives
+        now = time.perf_counter()
+        tokens_per_s = self._tokens / (now - self._row_start - self._validation_seconds)
         pl_module.log("throughput/tokens_per_s", tokens_per_s)
-        pl_module.log("time/elapsed_s", time.perf_counter() - self._fit_start)
+        pl_module.log("time/elapsed_s", now - self._fit_start)
         if self.peak_flops:
             mfu = tokens_per_s * self.flops_per_token / (self.peak_flops * trainer.world_size)
             pl_module.log("throughput/mfu", mfu)
-        self._restart()
+        self._new_row(now)
 
 
 class RunCheckpoint(ModelCheckpoint):

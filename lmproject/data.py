@@ -7,7 +7,8 @@ Training batches are counter-based: batch k on DDP rank r comes from a generator
 The whole sampler state is therefore (seed, batches drawn so far); it goes into checkpoints, a resumed run
 draws exactly the batches the uninterrupted run would have, and dataloader worker w of W draws batches
 w, w+W, w+2W, ... so the stream is the same for any number of workers. Validation is a fixed set of evenly
-spaced windows, so val loss is comparable across runs and resumes.
+spaced windows, so val loss is comparable across runs and resumes, and each window counts once on any
+number of devices.
 """
 
 from __future__ import annotations
@@ -152,20 +153,30 @@ class RandomWindows(IterableDataset):
 
 
 class FixedWindows(Dataset):
-    """`count` evenly spaced, non-random windows over a token file: the same validation set every time."""
+    """`count` evenly spaced, non-random windows over a token file: the same validation set every time.
 
-    def __init__(self, path: Path, dtype: str | None, context_length: int, count: int):
+    Item i is (inputs, targets, weight). DDP splits the items evenly over the ranks, and a rank-count that
+    does not divide the windows would make torch's DistributedSampler repeat some of them, which would count
+    twice in the loss. So the set is padded to a multiple of `ranks` with copies of the first windows whose
+    weight is 0: every window counts exactly once, whatever the device count, and every rank still runs
+    the same number of batches (DDP's forward exchanges buffers, so an uneven count would hang).
+    """
+
+    def __init__(self, path: Path, dtype: str | None, context_length: int, count: int, ranks: int = 1):
         self.tokens = open_tokens(path, dtype)
         last_start = len(self.tokens) - context_length - 1
         self.starts = np.unique(np.linspace(0, last_start, count, dtype=np.int64))
         self.context_length = context_length
+        self.padded_length = -(-len(self.starts) // ranks) * ranks
 
     def __len__(self) -> int:
-        return len(self.starts)
+        return self.padded_length
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = windows(self.tokens, self.starts[i : i + 1], self.context_length)
-        return x[0], y[0]
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        real = i < len(self.starts)
+        start = self.starts[i % len(self.starts)]
+        x, y = windows(self.tokens, np.array([start]), self.context_length)
+        return x[0], y[0], torch.tensor(1.0 if real else 0.0)
 
 
 class TokenDataModule(L.LightningDataModule):
@@ -252,7 +263,8 @@ class TokenDataModule(L.LightningDataModule):
         return DataLoader(stream, batch_size=None, **self._loader_args())
 
     def _fixed_loader(self, path: Path) -> DataLoader:
-        fixed = FixedWindows(path, self.dtype, self.context_length, self.val_windows)
+        ranks = self.trainer.world_size if self.trainer is not None else 1
+        fixed = FixedWindows(path, self.dtype, self.context_length, self.val_windows, ranks)
         return DataLoader(fixed, batch_size=self.val_batch_size, shuffle=False, **self._loader_args())
 
     def val_dataloader(self) -> DataLoader:

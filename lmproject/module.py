@@ -4,7 +4,9 @@ One training step is `training_step` (forward, cross-entropy); Lightning runs ba
 `configure_gradient_clipping` clips with the project's `clip_gradients` and checks that the loss and gradient
 norm are finite, then the project's AdamW steps and the LambdaLR advances the warmup + cosine schedule by one
 optimizer step. That check is the step's one wait for the GPU (once per optimizer step, not per micro-batch):
-it is what lets a diverged run stop before a bad update reaches the weights.
+it is what lets a diverged run stop before a bad update reaches the weights. The micro-batches' losses are
+summed on the device and read in that same wait, so train/loss is the mean loss of the whole optimizer step
+(all micro-batches of gradient accumulation, averaged over DDP ranks when it is logged).
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric
 
+from lmproject.callbacks import logs_written_this_step
 from lmproject.errors import UserError
 from lmproject.generate import generate, generate_steps
-from lmproject.nn import TransformerLM, cross_entropy
+from lmproject.nn import TransformerLM, cross_entropy, token_losses
 from lmproject.optim import AdamW, clip_gradients, cosine_lr
 
 ARCHITECTURE = (
@@ -89,9 +92,10 @@ class LanguageModel(L.LightningModule):
         )  # fmt: skip
         self.eval_loss = MeanMetric()
         self.grad_norm: float | None = None
-        self._watched_loss: torch.Tensor | None = (
-            None  # the first non-finite loss of this step, else the last
-        )
+        self.step_loss: float | None = None  # mean loss of this rank's micro-batches in the last step
+        self.step_lr: float | None = None
+        self._step_loss_sum: torch.Tensor | None = None  # on the device: no wait per micro-batch
+        self._micro_batches = 0
         self.token_callback: Callable[[int], None] | None = None  # `lmproject predict --stream` sets it
 
     def on_fit_start(self) -> None:
@@ -107,19 +111,10 @@ class LanguageModel(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch)
-        seen, new = self._watched_loss, loss.detach()
-        self._watched_loss = new if seen is None else torch.where(torch.isfinite(seen), new, seen)  # no sync
-        if self._logs_written_this_step():
-            self.log("train/loss", loss, prog_bar=True)
-            self.log("lr", self.lr_schedulers().get_last_lr()[0])
+        total = self._step_loss_sum
+        self._step_loss_sum = loss.detach() if total is None else total + loss.detach()  # NaN/inf stays
+        self._micro_batches += 1
         return loss
-
-    def _logs_written_this_step(self) -> bool:
-        """Whether Lightning passes this step's logged values to the loggers (every log_every_n_steps).
-        A self.log call costs about 0.7 ms of Python whatever the device (Lightning walks the logged
-        metric's state), which was a tenth of a TinyStories step on an H100, so per-step values are
-        logged only on the steps that write them."""
-        return getattr(self.trainer._logger_connector, "should_update_logs", True)
 
     def _stop(self, what: str) -> None:
         checkpoint = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none saved yet"
@@ -135,11 +130,13 @@ class LanguageModel(L.LightningModule):
             raise UserError("set model.max_grad_norm instead of trainer.gradient_clip_val")
         limit = math.inf if self.hparams.max_grad_norm is None else self.hparams.max_grad_norm
         norm = clip_gradients(self.parameters(), limit)
-        loss, self._watched_loss = self._watched_loss, None
-        loss_value, self.grad_norm = torch.stack([loss.float(), norm.to(loss.device)]).tolist()  # one sync
+        loss = self._step_loss_sum.float() / self._micro_batches
+        self._step_loss_sum, self._micro_batches = None, 0
+        self.step_loss, self.grad_norm = torch.stack([loss, norm.to(loss.device)]).tolist()  # one sync
+        self.step_lr = optimizer.param_groups[0]["lr"]  # the rate this step applies
         problem = None
-        if not math.isfinite(loss_value):
-            problem = f"loss is {loss_value}"
+        if not math.isfinite(self.step_loss):
+            problem = f"loss is {self.step_loss}"
         elif not math.isfinite(self.grad_norm) and not self._gradients_are_scaled():
             problem = f"gradient norm is {self.grad_norm}"
         # DDP ranks decide together, so all stop or none does
@@ -152,11 +149,24 @@ class LanguageModel(L.LightningModule):
         return getattr(self.trainer.precision_plugin, "scaler", None) is not None
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if self.grad_norm is not None and self._logs_written_this_step():
+        """After the last micro-batch of an optimizer step, on the steps that write logs: the step's loss
+        (averaged over the DDP ranks: one collective on those steps only), learning rate and gradient norm.
+        A self.log call costs about 0.7 ms of Python whatever the device (Lightning walks the logged
+        metric's state), which was a tenth of a TinyStories step on an H100, so they are logged only there."""
+        if self.step_loss is None:
+            return  # gradient accumulation: the step is not complete
+        if logs_written_this_step(self.trainer):
+            self.log("train/loss", self.step_loss, prog_bar=True, sync_dist=True)
+            self.log("lr", self.step_lr)
             self.log("grad_norm", self.grad_norm)
+        self.step_loss = None
 
-    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
-        self.eval_loss.update(self._loss(batch), weight=batch[1].numel())
+    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
+        """Add a batch of validation windows to the loss: weight 1 per window, 0 for the copies that only
+        even out the DDP ranks (lmproject.data.FixedWindows). Windows are equally long, so this is the mean
+        over tokens."""
+        x, y, weight = batch
+        self.eval_loss.update(token_losses(self.model(x), y).mean(dim=-1), weight=weight)
 
     def _log_evaluation(self, stage: str) -> None:
         loss = self.eval_loss.compute()  # synced across DDP ranks

@@ -166,14 +166,14 @@ def test_a_second_ctrl_c_aborts_with_status_130_without_a_checkpoint(data_dir):
 def test_token_budget_counts_gradient_accumulation_and_mfu_uses_the_accounting_flops(data_dir):
     run = data_dir / "run"
     tokens = 6 * BATCH * TINY_MODEL["context_length"]
-    throughput = ["--throughput.window", "1", "--throughput.peak_flops", "1e9"]
+    throughput = ["--throughput.peak_flops", "1e9"]
     main(["fit", "--config", str(write_config(data_dir, run)), "--train_tokens", str(tokens),
           "--trainer.accumulate_grad_batches", "2", *throughput, "--ckpt_path", "last"])  # fmt: skip
     # (--ckpt_path last with no checkpoint yet starts fresh, as experiments.mk relies on)
     assert torch.load(run / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 3
 
     rows = [r for r in csv.DictReader((run / "logs/version_0/metrics.csv").open()) if r["throughput/mfu"]]
-    assert len(rows) == 3  # one window per optimizer step
+    assert len(rows) == 3  # log_every_n_steps 1: one row per optimizer step
     shape = {k: TINY_MODEL[k] for k in ("vocab_size", "context_length", "d_model", "num_layers", "d_ff")}
     for row in rows:
         expected = float(row["throughput/tokens_per_s"]) * train_flops_per_token(**shape) / 1e9

@@ -1,4 +1,5 @@
-"""DDP on CPU (gloo, 2 processes) via `lmproject fit`: each rank draws its own batches, weights stay equal."""
+"""DDP on CPU (gloo, 2 processes) via `lmproject fit`: each rank draws its own batches, weights stay equal,
+and the logged losses are those of all ranks together."""
 
 import hashlib
 import json
@@ -8,8 +9,12 @@ import sys
 from pathlib import Path
 
 import lightning as L
+import pytest
 import torch
-from test_training_cli import PoisonAt, write_config, write_tokens
+from test_training_cli import PoisonAt, one_thread, write_config, write_tokens  # noqa: F401 (autouse)
+from test_training_logs import RecordLosses, metric_rows
+
+from lmproject.cli import main
 
 
 class RecordRank(L.Callback):
@@ -31,14 +36,14 @@ class RecordRank(L.Callback):
         (self.out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
 
 
-def fit_ddp(tmp_path, callbacks, steps):
-    """`lmproject fit` of the tiny test model with DDP over 2 CPU processes."""
+def fit_ddp(tmp_path, callbacks, steps, *args):
+    """`lmproject fit` of the tiny test model with DDP over 2 CPU processes (args: more options)."""
     write_tokens(tmp_path)
     config = write_config(tmp_path, tmp_path / "run", callbacks=callbacks)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "lmproject.cli", "fit", "--config", str(config),
                "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(steps),
-               "--trainer.strategy", "ddp", "--trainer.devices", "2"]  # fmt: skip
+               "--trainer.strategy", "ddp", "--trainer.devices", "2", *args]  # fmt: skip
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -60,3 +65,24 @@ def test_a_nan_loss_on_one_rank_stops_every_rank_with_the_step_named(tmp_path):
     errors = [line for line in done.stderr.splitlines() if line.startswith("lmproject: error: ")]
     assert errors and all("at step 3" in line for line in errors)
     assert torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=True)["global_step"] == 2
+
+
+def test_ddp_logs_the_mean_train_loss_of_all_ranks_and_a_val_loss_independent_of_the_device_count(tmp_path):
+    windows = ["--data.val_windows", "7"]  # odd: 2 ranks cannot split it evenly
+    done = fit_ddp(tmp_path, [(RecordLosses, {"out_dir": str(tmp_path)})], 2, *windows,
+                   "--trainer.accumulate_grad_batches", "2")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    run = tmp_path / "run"
+    rows = metric_rows(run, "train/loss")
+    assert [int(r["step"]) for r in rows] == [0, 1]
+    for row in rows:
+        losses = [loss for rank in ranks for loss in rank[row["step"]]]  # 2 micro-batches on each rank
+        assert len(losses) == 4
+        assert float(row["train/loss"]) == pytest.approx(sum(losses) / 4, rel=1e-6)
+
+    ddp_val = float(metric_rows(run, "val/loss")[-1]["val/loss"])  # after the last step
+    main(["validate", "--config", str(tmp_path / "run.yaml"), *windows, "--ckpt_path", "last"])
+    [one_device_val] = [float(r["val/loss"]) for r in metric_rows(run, "val/loss", version=1)]
+    assert ddp_val == pytest.approx(one_device_val, rel=1e-6)

@@ -1,6 +1,12 @@
 """The Transformer LM written from first principles: functions, layers, and the model with its KV cache."""
 
-from lmproject.nn.functional import cross_entropy, scaled_dot_product_attention, silu, softmax
+from lmproject.nn.functional import (
+    cross_entropy,
+    scaled_dot_product_attention,
+    silu,
+    softmax,
+    token_losses,
+)
 from lmproject.nn.layers import Embedding, Linear, RMSNorm, RotaryEmbedding, SiLUFFN, SwiGLU
 from lmproject.nn.transformer import KVCache, MultiHeadSelfAttention, TransformerBlock, TransformerLM
 
@@ -19,4 +25,5 @@ __all__ = [
     "scaled_dot_product_attention",
     "silu",
     "softmax",
+    "token_losses",
 ]

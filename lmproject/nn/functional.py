@@ -42,18 +42,31 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return _CrossEntropy.apply(logits, targets)
 
 
+def token_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The negative log-likelihood of each target (...,), in float32 and unreduced (cross_entropy is their
+    mean): for evaluation, where each window carries its own weight."""
+    return _negative_log_likelihoods(logits, targets)[0]
+
+
+def _negative_log_likelihoods(
+    logits: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(−log softmax(logits)[target] (...,), the shifted exponentials, their sums over the vocabulary)."""
+    logits32 = logits.float()
+    shifted = logits32 - logits32.amax(dim=-1, keepdim=True)
+    target_logits = shifted.gather(-1, targets.unsqueeze(-1))
+    exps = shifted.exp_()  # in place: the (tokens x vocab) buffers are the big ones
+    sums = exps.sum(dim=-1, keepdim=True)
+    return (sums.log() - target_logits).squeeze(-1), exps, sums
+
+
 class _CrossEntropy(torch.autograd.Function):
     """Cross-entropy with its gradient written out, (softmax − one_hot(target)) / N: two passes over the
     logits on the way back instead of autograd's chain through exp, sum, log and gather."""
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        logits32 = logits.float()
-        shifted = logits32 - logits32.amax(dim=-1, keepdim=True)
-        target_logits = shifted.gather(-1, targets.unsqueeze(-1))
-        exps = shifted.exp_()  # in place: the (tokens x vocab) buffers are the big ones
-        sums = exps.sum(dim=-1, keepdim=True)
-        losses = sums.log() - target_logits  # -log softmax(logits)[target]
+        losses, exps, sums = _negative_log_likelihoods(logits, targets)
         ctx.save_for_backward(exps, sums, targets)
         ctx.logits_dtype = logits.dtype
         return losses.mean()

@@ -1,0 +1,78 @@
+"""Every logged number is what its name says: under gradient accumulation, with validation in between, on
+any log interval (tests/test_training_ddp.py covers several devices)."""
+
+import csv
+import json
+from itertools import pairwise
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from test_training_cli import BATCH, TINY_MODEL, one_thread, write_config, write_tokens  # noqa: F401
+
+from lmproject.cli import main
+from lmproject.nn import cross_entropy
+
+
+class RecordLosses(L.Callback):
+    """Writes rank{r}.json: {optimizer step: [loss of each micro-batch]}, each loss computed again from the
+    batch and the weights the training step saw, independently of what the module logs."""
+
+    def __init__(self, out_dir: str):
+        self.out_dir, self.losses = Path(out_dir), {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        with torch.no_grad():
+            loss = cross_entropy(pl_module.model(batch[0]), batch[1]).item()
+        self.losses.setdefault(trainer.global_step, []).append(loss)
+
+    def on_train_end(self, trainer, pl_module):
+        (self.out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(self.losses))
+
+
+def metric_rows(run_dir: Path, column: str, version: int = 0) -> list[dict]:
+    """The rows of one invocation's metrics.csv that hold `column`."""
+    with (run_dir / f"logs/version_{version}/metrics.csv").open() as f:
+        return [row for row in csv.DictReader(f) if row.get(column)]
+
+
+def test_with_accumulation_train_loss_is_the_steps_mean_and_validation_counts_optimizer_steps(tmp_path):
+    write_tokens(tmp_path)
+    run = tmp_path / "run"
+    config = write_config(tmp_path, run, callbacks=[(RecordLosses, {"out_dir": str(tmp_path)})])
+    main(["fit", "--config", str(config), "--trainer.max_steps", "4",
+          "--trainer.accumulate_grad_batches", "2", "--trainer.val_check_interval", "2"])  # fmt: skip
+
+    recorded = json.loads((tmp_path / "rank0.json").read_text())
+    micro_batches = {int(step): losses for step, losses in recorded.items()}
+    rows = metric_rows(run, "train/loss")
+    assert [int(r["step"]) for r in rows] == [0, 1, 2, 3]  # log_every_n_steps 1: every optimizer step
+    for row in rows:
+        losses = micro_batches[int(row["step"])]
+        assert len(losses) == 2 and losses[0] != losses[1]
+        assert float(row["train/loss"]) == pytest.approx(sum(losses) / 2, rel=1e-6)
+    assert float(rows[0]["lr"]) == 0.0  # the CS336 schedule: step 0 trains at lr 0
+    # every 2 optimizer steps: after the 2nd and the 4th (the step column counts from 0)
+    assert [int(r["step"]) for r in metric_rows(run, "val/loss")] == [1, 3]
+
+
+@pytest.mark.parametrize(("log_every", "val_every"), [(1, 4), (7, 3)])
+def test_every_logged_row_carries_throughput_and_time_measured_for_it(tmp_path, log_every, val_every):
+    write_tokens(tmp_path)
+    run = tmp_path / "run"
+    steps = 2 * log_every + 2
+    main(["fit", "--config", str(write_config(tmp_path, run)), "--trainer.max_steps", str(steps),
+          "--trainer.log_every_n_steps", str(log_every), "--trainer.val_check_interval", str(val_every),
+          "--throughput.peak_flops", "1e9"])  # fmt: skip
+    rows = metric_rows(run, "train/loss")
+    assert [int(r["step"]) for r in rows] == list(range(log_every - 1, steps, log_every))
+    assert all(r["throughput/tokens_per_s"] and r["throughput/mfu"] and r["time/elapsed_s"] for r in rows)
+    elapsed = [float(r["time/elapsed_s"]) for r in rows]
+    assert all(a < b for a, b in pairwise(elapsed))  # fresh on every row: never repeated
+    speeds = [float(r["throughput/tokens_per_s"]) for r in rows]
+    assert len(set(speeds)) == len(speeds)
+    # tokens/s covers the steps since the previous row, validation excluded: not more than the wall clock
+    tokens_per_row = log_every * BATCH * TINY_MODEL["context_length"]
+    spans = [elapsed[0], *(b - a for a, b in pairwise(elapsed))]
+    assert all(tokens_per_row / speed <= span * 1.001 for speed, span in zip(speeds, spans, strict=True))
