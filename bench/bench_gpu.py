@@ -11,7 +11,8 @@ logging, progress bar, the throughput callback) on a random token file, once per
 Tokens/s are timed between CUDA-synchronized clocks after `--warmup` steps (compilation happens there);
 MFU = tokens/s x training FLOPs per token (lmproject.accounting) / peak bf16 FLOP/s (Lightning's table for
 the GPU; the dense H100 SXM figure is 989 TFLOP/s). The figure `fit` itself logs (throughput/tokens_per_s,
-unsynchronized, last 10-step window) is printed beside it as a check on that callback.
+unsynchronized, over the steps since the previous logged row) is printed beside it as a check on that
+callback.
 
     python bench/bench_gpu.py                      # TinyStories model, batch 128, 20 + 150 steps per variant
     python bench/bench_gpu.py --steps 5 --warmup 2 --batch-size 4 --config configs/smoke.yaml   # CPU dry run
