@@ -109,6 +109,16 @@ def test_validation_windows_are_fixed_and_span_the_file(tmp_path):
     assert a[0][0][0] == 0 and a[9][1][-1] == 999  # first window starts the file, last one ends it
 
 
+def test_validation_windows_pad_to_a_multiple_of_the_ranks_with_zero_weight_copies(tmp_path):
+    path = tmp_path / "v.npy"
+    np.save(path, np.arange(1000, dtype=np.uint16))
+    for ranks, length in [(1, 7), (2, 8), (3, 9), (4, 8)]:
+        fixed = FixedWindows(path, None, 16, count=7, ranks=ranks)
+        assert len(fixed) == length
+        assert [fixed[i][2].item() for i in range(length)] == [1.0] * 7 + [0.0] * (length - 7)
+        assert {fixed[i][0][0].item() for i in range(length)} == {fixed[i][0][0].item() for i in range(7)}
+
+
 def test_data_module_checks_files_against_the_model_before_training(tmp_path):
     np.save(tmp_path / "train.npy", np.full(100, 70, np.uint16))
     np.save(tmp_path / "valid.npy", np.zeros(100, np.uint16))

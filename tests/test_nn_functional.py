@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmproject.nn import cross_entropy, scaled_dot_product_attention, silu, softmax
+from lmproject.nn import cross_entropy, scaled_dot_product_attention, silu, softmax, token_losses
 
 
 @pytest.fixture(autouse=True)
@@ -65,6 +65,15 @@ def test_cross_entropy_matches_torch_over_any_leading_dims(shape):
     ours.backward()
     expected.backward()
     torch.testing.assert_close(logits.grad, logits_ref.grad)
+
+
+def test_token_losses_are_torchs_unreduced_cross_entropy_and_average_to_ours():
+    logits, targets = torch.randn(2, 5, 11).bfloat16(), torch.randint(0, 11, (2, 5))
+    losses = token_losses(logits, targets)
+    assert losses.shape == (2, 5) and losses.dtype == torch.float32
+    expected = F.cross_entropy(logits.float().reshape(-1, 11), targets.reshape(-1), reduction="none")
+    torch.testing.assert_close(losses, expected.reshape(2, 5))
+    torch.testing.assert_close(losses.mean(), cross_entropy(logits, targets))
 
 
 def test_cross_entropy_is_stable_for_large_logits():
