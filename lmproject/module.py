@@ -174,13 +174,13 @@ class LanguageModel(L.LightningModule):
         self.log(f"{stage}/loss", loss, prog_bar=True)
         self.log(f"{stage}/perplexity", torch.exp(loss))
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._evaluate(batch)
 
     def on_validation_epoch_end(self) -> None:
         self._log_evaluation("val")
 
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._evaluate(batch)
 
     def on_test_epoch_end(self) -> None:
