@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # transformers, in the interop tests, never goes online
+
+# LMPROJECT_SHARED_DATA points elsewhere, e.g. from a git worktree that has no ../shared of its own.
+SHARED_DATA = Path(
+    os.environ.get("LMPROJECT_SHARED_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data"
+)
 
 
 def shared(name: str) -> Path:

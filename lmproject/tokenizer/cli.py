@@ -4,6 +4,7 @@ Usage:
   lmproject-bpe train INPUT --vocab-size N [--special-token TOK ...] --out DIR [--workers N]
   lmproject-bpe encode --tokenizer DIR INPUT OUTPUT.npy [--workers N]
   lmproject-bpe inspect --tokenizer DIR [--text FILE] [--top K]
+  lmproject-bpe export --tokenizer DIR --out FILE.json
 
 train and encode take --replace-invalid-utf8 to replace bad bytes with U+FFFD instead of stopping.
 """
@@ -21,6 +22,7 @@ from tqdm import tqdm
 from lmproject.errors import UserError, run_cli
 from lmproject.tokenizer.encode_file import encode_file, token_dtype
 from lmproject.tokenizer.files import iter_text_blocks
+from lmproject.tokenizer.hf_json import save_tokenizer_json
 from lmproject.tokenizer.tokenizer import Tokenizer
 from lmproject.tokenizer.train import train_bpe
 
@@ -38,7 +40,7 @@ def _run(argv: list[str] | None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="Byte-level BPE: train, encode, inspect.")
+    parser = argparse.ArgumentParser(prog=PROG, description="Byte-level BPE: train, encode, inspect, export.")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     train = commands.add_parser("train", help="train a tokenizer on a UTF-8 text file")
@@ -65,6 +67,11 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("--text", type=Path, help="a text file to measure compression (bytes per token) on")
     inspect.add_argument("--top", type=_positive_int, default=10, help="how many tokens and merges to list")
     inspect.set_defaults(command=_inspect)
+
+    export = commands.add_parser("export", help="write a tokenizer as one Hugging Face tokenizer.json file")
+    export.add_argument("--tokenizer", type=Path, required=True, help="tokenizer directory")
+    export.add_argument("--out", type=Path, required=True, help="the tokenizer.json file to write")
+    export.set_defaults(command=_export)
     return parser
 
 
@@ -135,6 +142,13 @@ def _inspect(args: argparse.Namespace) -> int:
         count = sum(1 for _ in tokenizer.encode_iterable(_blocks_with_progress(args.text, size)))
         ratio = _bytes_per_token(size, count)
         print(f"compression on {args.text}: {size:,} bytes, {count:,} tokens, {ratio}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    tokenizer = Tokenizer.from_dir(args.tokenizer)
+    save_tokenizer_json(tokenizer, args.out)
+    print(f"wrote {args.out}: {len(tokenizer.vocab):,} tokens, {len(tokenizer.merges):,} merges")
     return 0
 
 

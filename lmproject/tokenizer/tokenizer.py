@@ -30,6 +30,7 @@ from lmproject.tokenizer.files import (
     save_merges,
     save_vocab,
 )
+from lmproject.tokenizer.hf_json import TOKENIZER_JSON, load_tokenizer_json
 from lmproject.tokenizer.pretokenize import (
     PRETOKEN_RE,
     find_pretokens,
@@ -117,10 +118,16 @@ class Tokenizer:
 
     @classmethod
     def from_dir(cls, directory: str | os.PathLike[str]) -> Tokenizer:
-        """Load a tokenizer directory written by `save`: vocab.json, merges.txt, special_tokens.json."""
+        """Load a tokenizer directory written by `save` (vocab.json, merges.txt, special_tokens.json), or one
+        that holds only a Hugging Face tokenizer.json."""
         directory = Path(directory)
         if not directory.is_dir():
             raise UserError(f"{directory}: not a directory (expected {VOCAB_FILE} and {MERGES_FILE} in it)")
+        if not (directory / VOCAB_FILE).exists() and (directory / TOKENIZER_JSON).is_file():
+            try:
+                return cls(*load_tokenizer_json(directory / TOKENIZER_JSON))
+            except ValueError as err:
+                raise UserError(f"{directory / TOKENIZER_JSON}: {err}") from None
         specials_path = directory / SPECIAL_TOKENS_FILE
         special_tokens = []
         if specials_path.exists():
