@@ -1,6 +1,6 @@
 import pytest
 
-from lmproject.atomic import atomic_write
+from lmproject.atomic import atomic_dir, atomic_write
 from lmproject.errors import UserError
 
 
@@ -23,3 +23,21 @@ def test_atomic_write_publishes_complete_file_with_usual_permissions(tmp_path):
         assert not target.exists()  # nothing under the final name until the block succeeds
     assert target.read_bytes() == b"data"
     assert target.stat().st_mode & 0o044  # readable by others (mkstemp alone would make it private)
+
+
+def test_atomic_dir_appears_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "runs" / "export"
+    with pytest.raises(KeyboardInterrupt), atomic_dir(target) as folder:
+        (folder / "a.txt").write_text("written")
+        raise KeyboardInterrupt
+    assert list((tmp_path / "runs").iterdir()) == []  # no folder, no temporary sibling
+    with atomic_dir(target) as folder:
+        (folder / "a.txt").write_text("written")
+        assert not target.exists()
+    assert (target / "a.txt").read_text() == "written" and target.stat().st_mode & 0o055
+    with pytest.raises(UserError, match="already exists"), atomic_dir(target):
+        pass
+    (tmp_path / "empty").mkdir()
+    with atomic_dir(tmp_path / "empty") as folder:  # an empty folder may be replaced
+        (folder / "b.txt").write_text("b")
+    assert (tmp_path / "empty/b.txt").exists()
