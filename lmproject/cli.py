@@ -1,4 +1,5 @@
-"""`lmproject`: LightningCLI (fit / validate / test / predict) plus the `accounting` and `plot` commands.
+"""`lmproject`: LightningCLI (fit / validate / test / predict) plus the `accounting`, `plot`, `evaluate`,
+`export` and `import` commands.
 
 Run layout (trainer.default_root_dir, e.g. runs/tinystories): checkpoints/ holds periodic checkpoints and
 last.ckpt (the same directory on every resume, so `--ckpt_path last` finds it); logs/version_N/ holds each
@@ -10,6 +11,7 @@ NaN or infinite; the last good checkpoint is kept); 130 interrupted by Ctrl-C.
 
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 import warnings
@@ -33,8 +35,9 @@ from lmproject.tokenizer import Tokenizer
 DEFAULT_RUN_DIR = "runs/default"
 DESCRIPTION = (
     "Train, validate and sample small language models: fit, validate, test, predict (LightningCLI: "
-    "`lmproject fit --help`); `lmproject accounting` (parameters, FLOPs, memory) and `lmproject plot` "
-    "(loss curves) have their own --help."
+    "`lmproject fit --help`); `lmproject accounting` (parameters, FLOPs, memory), `lmproject plot` "
+    "(loss curves), `lmproject evaluate` (loss, perplexity, bits per byte of a file) and `lmproject "
+    "export|import` (Hugging Face Llama folders) have their own --help."
 )
 
 
@@ -43,13 +46,16 @@ def cpu_supports_bf16() -> bool:
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def _on_cpu(trainer: Namespace) -> bool:
+def runs_on_cpu(trainer: Namespace) -> bool:
+    """Whether a run with this trainer config runs on the CPU (accelerator cpu, or auto without a GPU)."""
     accelerator = str(trainer.get("accelerator", "auto"))
     return accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
 
 
 class LMCLI(LightningCLI):
     """LightningCLI with the project's defaults, links and up-front checks."""
+
+    _initial_weights: dict[str, torch.Tensor] | None = None  # fit from a weights-only checkpoint
 
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
         kwargs.setdefault("exit_on_error", False)  # errors become one-line messages in main()
@@ -103,7 +109,7 @@ class LMCLI(LightningCLI):
 
     @staticmethod
     def _choose_precision(trainer: Namespace) -> None:
-        if str(trainer.precision).startswith("bf16") and _on_cpu(trainer) and not cpu_supports_bf16():
+        if str(trainer.precision).startswith("bf16") and runs_on_cpu(trainer) and not cpu_supports_bf16():
             warnings.warn(
                 "this CPU has no native bfloat16: training in float32 (precision 32-true)", stacklevel=1
             )
@@ -112,7 +118,8 @@ class LMCLI(LightningCLI):
     def _resolve_checkpoint(self, config: Namespace, subcommand: str | None) -> None:
         """`last` becomes the newest last*.ckpt of the run (fit starts fresh when there is none); the file is
         then checked before anything is built. `fit` without a checkpoint refuses a run that has some, rather
-        than start over on top of it."""
+        than start over on top of it; `fit` from a weights-only checkpoint (`lmproject import` writes one)
+        starts a new run from those weights."""
         if not config.get("ckpt_path"):
             checkpoints = Path(config.checkpoint.dirpath)
             if subcommand == "fit" and checkpoints.is_dir() and any(checkpoints.glob("*.ckpt")):
@@ -126,25 +133,31 @@ class LMCLI(LightningCLI):
                     "model would be scored"
                 )
             return
-        path = config.ckpt_path
-        if path == "last":
-            found = find_last(Path(config.checkpoint.dirpath))
-            if found is None and subcommand != "fit":
-                raise UserError(f"--ckpt_path last: no last checkpoint in {config.checkpoint.dirpath}")
-            if found is None:
-                print(
-                    f"lmproject: no checkpoint in {config.checkpoint.dirpath} yet: starting fresh",
-                    file=sys.stderr,
-                )
-                config.ckpt_path = None
-                return
-            path = config.ckpt_path = str(found)
-        model_config = config.model.as_dict()
-        with torch.device("meta"):  # shapes only: no memory, no initialization
-            shapes = {name: t.shape for name, t in LanguageModel(**model_config).state_dict().items()}
-        check_checkpoint(Path(path), model_config, ARCHITECTURE, shapes)
+        if (
+            subcommand == "fit"
+            and config.ckpt_path == "last"
+            and find_last(Path(config.checkpoint.dirpath)) is None
+        ):
+            print(
+                f"lmproject: no checkpoint in {config.checkpoint.dirpath} yet: starting fresh",
+                file=sys.stderr,
+            )
+            config.ckpt_path = None
+            return
+        path, checkpoint = resolve_checkpoint(config.ckpt_path, config)
+        config.ckpt_path = str(path)
+        if subcommand == "fit" and "optimizer_states" not in checkpoint:
+            print(
+                f"lmproject: {path} holds weights only: training starts from them at step 0, with a fresh "
+                "optimizer and learning-rate schedule",
+                file=sys.stderr,
+            )
+            self._initial_weights = checkpoint["state_dict"]
+            config.ckpt_path = None
 
     def before_fit(self) -> None:
+        if self._initial_weights is not None:
+            self.model.load_state_dict(self._initial_weights)
         trainer = self.trainer
         if isinstance(trainer.val_check_interval, int):  # Lightning counts batches; the project, steps
             trainer.val_check_interval *= trainer.accumulate_grad_batches
@@ -200,6 +213,44 @@ class LMCLI(LightningCLI):
         self.trainer.predict(model, dataloaders=loader, ckpt_path=ckpt_path, return_predictions=False)
 
 
+class _ConfigOnly(LMCLI):
+    """Parses and completes a run's config as LMCLI does, and builds nothing from it."""
+
+    def instantiate_classes(self) -> None:
+        pass
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """--config and --ckpt_path, for the commands outside LightningCLI's subcommands (export, evaluate);
+    they pass their other arguments (--model.*, --data.*, --trainer.*) to parse_run_config."""
+    parser.add_argument("--config", action="append", required=True, help="the run's config (repeatable)")
+    parser.add_argument("--ckpt_path", required=True, help="a .ckpt file, or `last` (the run's last.ckpt)")
+
+
+def parse_run_config(config_files: list[str], overrides: list[str]) -> Namespace:
+    """The config of `--config FILE ...` plus `--model.* --data.* --trainer.*` overrides, completed as
+    `fit` completes it (run directory, checkpoint directory, precision)."""
+    argv = [word for path in config_files for word in ("--config", path)] + overrides
+    with warnings.catch_warnings():  # it warns that argv differs from sys.argv: by design here
+        warnings.filterwarnings("ignore", "LightningCLI's args parameter")
+        return run_lightning(argv, run=False, cli_class=_ConfigOnly).config
+
+
+def resolve_checkpoint(ckpt_path: str, config: Namespace) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint `--ckpt_path` names (`last`: the newest last*.ckpt of the run), checked against the
+    configured model, and its contents (memory-mapped)."""
+    path = Path(ckpt_path)
+    if ckpt_path == "last":
+        found = find_last(Path(config.checkpoint.dirpath))
+        if found is None:
+            raise UserError(f"--ckpt_path last: no last checkpoint in {config.checkpoint.dirpath}")
+        path = found
+    model_config = config.model.as_dict()
+    with torch.device("meta"):  # shapes only: no memory, no initialization
+        shapes = {name: t.shape for name, t in LanguageModel(**model_config).state_dict().items()}
+    return path, check_checkpoint(path, model_config, ARCHITECTURE, shapes)
+
+
 def _one_line(err: Exception) -> str:
     """jsonargparse's multi-line parse errors as one line, e.g. `model.d_model: expected int, got None`."""
     text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
@@ -210,11 +261,11 @@ def _one_line(err: Exception) -> str:
     )
 
 
-def run_lightning(argv: list[str] | None, run: bool = True) -> LMCLI:
+def run_lightning(argv: list[str] | None, run: bool = True, cli_class: type[LMCLI] = LMCLI) -> LMCLI:
     """Parse argv (None: the command line), build the trainer, model and data, and run the subcommand
     (run=False: parse and build only, argv without a subcommand)."""
     try:
-        return LMCLI(
+        return cli_class(
             LanguageModel,
             TokenDataModule,
             args=argv,
@@ -244,6 +295,14 @@ def main(argv: list[str] | None = None) -> int:
         from lmproject import plot
 
         return plot.main(words[1:])
+    if words[:1] in (["export"], ["import"]):
+        from lmproject import interop
+
+        return interop.main(words)
+    if words[:1] == ["evaluate"]:
+        from lmproject import evaluate
+
+        return evaluate.main(words[1:])
     run_cli(lambda: _fit_or_diverge(argv), "lmproject")
     return 0
 

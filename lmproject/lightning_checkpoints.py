@@ -34,10 +34,11 @@ def find_last(directory: Path) -> Path | None:
 
 def check_checkpoint(
     path: Path, model_config: dict[str, Any], architecture: tuple[str, ...], shapes: Mapping[str, torch.Size]
-) -> None:
+) -> dict[str, Any]:
     """Refuse a checkpoint that cannot be read, or whose architecture differs from the configured model:
     first by its saved hyperparameters, then by its tensors' names and shapes against `shapes` (the
-    configured model's state_dict), so a checkpoint without hyperparameters is caught too."""
+    configured model's state_dict), so a checkpoint without hyperparameters is caught too. Returns the
+    checkpoint, memory-mapped."""
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; mmap errors would say nothing useful
@@ -61,6 +62,7 @@ def check_checkpoint(
             f" (and {len(differences) - 3} more)" if len(differences) > 3 else ""
         )
         raise UserError(f"{path}: checkpoint of a different architecture: {shown}")
+    return checkpoint
 
 
 def _tensor_differences(state_dict: Mapping[str, Any], shapes: Mapping[str, torch.Size]) -> list[str]:

@@ -39,10 +39,13 @@ class Embedding(nn.Module):
         return self.weight[token_ids]
 
 
+RMS_NORM_EPS = 1e-5
+
+
 class RMSNorm(nn.Module):
     """x / rms(x) * gain over the last dim; computed in float32 (stable under bf16) and cast back."""
 
-    def __init__(self, d_model: int, eps: float = 1e-5, device=None, dtype=None):
+    def __init__(self, d_model: int, eps: float = RMS_NORM_EPS, device=None, dtype=None):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(d_model, device=device, dtype=dtype))
