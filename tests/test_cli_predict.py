@@ -1,21 +1,18 @@
 """`lmproject predict`: greedy output equals generate() on the checkpoint; JSONL, streaming, errors."""
 
 import io
-import itertools
 import json
 import sys
 
-import numpy as np
 import pytest
-import yaml
 from test_training_cli import one_thread  # noqa: F401 (autouse fixture)
+from tiny_run import make_run
 
 from lmproject.cli import main
 from lmproject.generate import generate
 from lmproject.module import LanguageModel
 from lmproject.predict import decode
-from lmproject.stories import generate_stories
-from lmproject.tokenizer import Tokenizer, train_bpe
+from lmproject.tokenizer import Tokenizer
 
 EOS = "<|endoftext|>"
 
@@ -24,24 +21,7 @@ EOS = "<|endoftext|>"
 def run(tmp_path_factory):
     """A tiny tokenizer trained on generated stories, token files it encoded, a config and a checkpoint."""
     root = tmp_path_factory.mktemp("predict")
-    text = f"\n{EOS}\n".join(itertools.islice(generate_stories(seed=0), 60))
-    (root / "stories.txt").write_text(text)
-    vocab, merges = train_bpe(root / "stories.txt", 300, [EOS], progress=False)
-    tokenizer = Tokenizer(vocab, merges, [EOS])
-    tokenizer.save(root / "tokenizer")
-    ids = np.array(tokenizer.encode(text), dtype=np.uint16)
-    np.save(root / "train.npy", ids)
-    np.save(root / "valid.npy", ids[: len(ids) // 5])
-    config = {
-        "trainer": {"accelerator": "cpu", "precision": "32-true", "default_root_dir": str(root / "run"),
-                    "enable_progress_bar": False, "enable_model_summary": False, "max_steps": 3},
-        "model": {"vocab_size": 320, "context_length": 32, "d_model": 32, "num_layers": 1, "num_heads": 2,
-                  "d_ff": 64, "lr_max": 1e-2, "warmup_iters": 1},
-        "data": {"train_path": str(root / "train.npy"), "val_path": str(root / "valid.npy"), "batch_size": 4,
-                 "val_windows": 4, "tokenizer_dir": str(root / "tokenizer")},
-    }  # fmt: skip
-    (root / "config.yaml").write_text(yaml.safe_dump(config))
-    main(["fit", "--config", str(root / "config.yaml")])
+    make_run(root, steps=3, num_layers=1, rope_theta=10000.0)
     (root / "prompts.txt").write_text("Once upon a time\n\nTom and his dog\n")
     return root
 

@@ -1,0 +1,414 @@
+"""`lmproject export` and `lmproject import`: the project's models as Hugging Face Llama folders and back.
+
+The CS336 Transformer (pre-norm RMSNorm, SwiGLU, RoPE, no biases) is Llama's architecture, so the mapping is
+exact: the tensors are renamed, and the rows of the q and k projections are reordered within each head,
+because our RoPE rotates adjacent pairs (x0, x1), (x2, x3), ... while Llama's rotates the two halves
+(x_i, x_{i + d/2}). Attention scores are dot products of q and k, which one common reordering of both leaves
+unchanged; the values, the output projection and everything else keep their order.
+
+    lmproject export --config CFG --ckpt_path PATH|last --out DIR [--dtype float32|bfloat16]
+    lmproject import HF_DIR --out RUN_DIR
+
+An export folder holds config.json, model.safetensors, generation_config.json, tokenizer.json,
+tokenizer_config.json and special_tokens_map.json; it appears whole or not at all. An import writes a run
+directory: config.yaml, checkpoints/last.ckpt (weights and hyperparameters only: `fit` starts a new run from
+them at step 0 with a fresh optimizer) and tokenizer/ when the folder has a tokenizer.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from lmproject.atomic import atomic_dir
+from lmproject.errors import UserError, run_cli
+from lmproject.lightning_checkpoints import AtomicCheckpointIO
+from lmproject.nn.layers import RMS_NORM_EPS
+from lmproject.predict import EOS_TOKEN
+from lmproject.tokenizer import Tokenizer
+from lmproject.tokenizer.hf_json import TOKENIZER_JSON, load_tokenizer_json, save_tokenizer_json
+
+# Each model switch Llama can express, with the one value it can express and why. A switch added to the
+# model gets its entry here; export refuses any other value with a one-line error naming the switch.
+LLAMA_SWITCHES: dict[str, tuple[Any, str]] = {
+    "norm": ("pre", "Llama normalizes the input of each sublayer (pre-norm RMSNorm)"),
+    "position": ("rope", "Llama encodes positions with RoPE"),
+    "ffn": ("swiglu", "Llama's MLP is SwiGLU"),
+}
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+# Our tensor names -> Llama's, for the whole model and for each layer i (`layers.{i}.` / `model.layers.{i}.`).
+_MODEL_NAMES = {
+    "token_embeddings.weight": "model.embed_tokens.weight",
+    "ln_final.weight": "model.norm.weight",
+    "lm_head.weight": "lm_head.weight",
+}
+_LAYER_NAMES = {
+    "ln1.weight": "input_layernorm.weight",
+    "attn.q_proj.weight": "self_attn.q_proj.weight",
+    "attn.k_proj.weight": "self_attn.k_proj.weight",
+    "attn.v_proj.weight": "self_attn.v_proj.weight",
+    "attn.output_proj.weight": "self_attn.o_proj.weight",
+    "ln2.weight": "post_attention_layernorm.weight",
+    "ffn.w1.weight": "mlp.gate_proj.weight",
+    "ffn.w2.weight": "mlp.down_proj.weight",
+    "ffn.w3.weight": "mlp.up_proj.weight",
+}
+_ROTATED = ("attn.q_proj.weight", "attn.k_proj.weight")
+_LLAMA_SIZES = (
+    "vocab_size", "max_position_embeddings", "hidden_size", "num_hidden_layers", "num_attention_heads",
+    "intermediate_size",
+)  # fmt: skip
+_IGNORED_ON_IMPORT = "rotary_emb.inv_freq"  # a buffer some older Llama checkpoints saved; recomputed here
+
+
+def check_llama_expressible(hparams: dict[str, Any]) -> None:
+    """Refuse a model that Llama cannot express, naming the switch (see LLAMA_SWITCHES)."""
+    for switch, (supported, why) in LLAMA_SWITCHES.items():
+        if switch in hparams and hparams[switch] != supported:
+            raise UserError(
+                f"model.{switch}={hparams[switch]!r} cannot be exported: {why} (only {switch}={supported!r})"
+            )
+
+
+def pairs_to_halves(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Reorder the output rows of a q or k projection (d_out, d_in), head by head, from our RoPE layout
+    (pair k = rows 2k, 2k+1) to Llama's (pair k = rows k, k + d_head/2): even rows first, then odd rows."""
+    d_out, d_in = weight.shape
+    return weight.reshape(num_heads, d_out // num_heads // 2, 2, d_in).transpose(1, 2).reshape(d_out, d_in)
+
+
+def halves_to_pairs(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """The inverse of pairs_to_halves: Llama's half-split rows back to adjacent pairs."""
+    d_out, d_in = weight.shape
+    return weight.reshape(num_heads, 2, d_out // num_heads // 2, d_in).transpose(1, 2).reshape(d_out, d_in)
+
+
+def _name_map(num_layers: int) -> dict[str, str]:
+    names = dict(_MODEL_NAMES)
+    for i in range(num_layers):
+        names.update(
+            {f"layers.{i}.{ours}": f"model.layers.{i}.{theirs}" for ours, theirs in _LAYER_NAMES.items()}
+        )
+    return names
+
+
+def to_llama(
+    weights: dict[str, torch.Tensor], hparams: dict[str, Any], dtype: torch.dtype
+) -> dict[str, torch.Tensor]:
+    """Our state dict (TransformerLM names) as Llama's, in `dtype`; tied embeddings keep embed_tokens only."""
+    tensors = {}
+    for ours, theirs in _name_map(hparams["num_layers"]).items():
+        if ours == "lm_head.weight" and hparams.get("tie_embeddings"):
+            continue
+        tensor = weights[ours]
+        if ours.endswith(_ROTATED):
+            tensor = pairs_to_halves(tensor, hparams["num_heads"])
+        tensors[theirs] = tensor.to(dtype).contiguous()
+    return tensors
+
+
+def from_llama(
+    tensors: dict[str, torch.Tensor], hparams: dict[str, Any], where: Path
+) -> dict[str, torch.Tensor]:
+    """Llama's tensors as our state dict in float32; a missing or unknown tensor is a UserError."""
+    names = _name_map(hparams["num_layers"])
+    tied = hparams["tie_embeddings"]
+    unknown = sorted(
+        set(tensors) - set(names.values()) - {n for n in tensors if n.endswith(_IGNORED_ON_IMPORT)}
+    )
+    if unknown:
+        raise UserError(
+            f"{where}: tensor {unknown[0]} has no counterpart here (a feature lmproject does not have)"
+        )
+    weights = {}
+    for ours, theirs in names.items():
+        if ours == "lm_head.weight" and tied:
+            weights[ours] = weights["token_embeddings.weight"]
+            continue
+        if theirs not in tensors:
+            raise UserError(f"{where}: tensor {theirs} is missing")
+        tensor = tensors[theirs].to(torch.float32)
+        weights[ours] = halves_to_pairs(tensor, hparams["num_heads"]) if ours.endswith(_ROTATED) else tensor
+    return weights
+
+
+def llama_config(hparams: dict[str, Any], dtype: str, eos_id: int | None) -> dict[str, Any]:
+    """config.json of LlamaForCausalLM for our hyperparameters."""
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": hparams["vocab_size"],
+        "hidden_size": hparams["d_model"],
+        "intermediate_size": hparams["d_ff"],
+        "num_hidden_layers": hparams["num_layers"],
+        "num_attention_heads": hparams["num_heads"],
+        "num_key_value_heads": hparams["num_heads"],
+        "head_dim": hparams["d_model"] // hparams["num_heads"],
+        "hidden_act": "silu",
+        "max_position_embeddings": hparams["context_length"],
+        "rms_norm_eps": RMS_NORM_EPS,
+        "rope_theta": float(hparams["rope_theta"]),
+        "rope_scaling": None,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "attention_dropout": 0.0,
+        "tie_word_embeddings": bool(hparams.get("tie_embeddings", False)),
+        "bos_token_id": eos_id,
+        "eos_token_id": eos_id,
+        "torch_dtype": dtype,
+        "use_cache": True,
+    }
+
+
+def hparams_from_llama(config: dict[str, Any], where: Path) -> dict[str, Any]:
+    """Our model hyperparameters from a Llama config.json; a feature we do not have is a UserError naming
+    the field."""
+    for field in _LLAMA_SIZES:
+        if not isinstance(config.get(field), int) or config[field] < 1:
+            raise UserError(f"{where}: {field} is {config.get(field)!r}, expected a positive integer")
+    heads = config["num_attention_heads"]
+    rope = config.get("rope_parameters") or {}
+    refusals = [
+        (config.get("model_type") != "llama", f"model_type is {config.get('model_type')!r}, not 'llama'"),
+        (config.get("num_key_value_heads", heads) != heads,
+         f"num_key_value_heads={config.get('num_key_value_heads')} differs from num_attention_heads={heads} "
+         "(grouped-query attention)"),
+        (bool(config.get("rope_scaling")) or rope.get("rope_type", "default") != "default",
+         f"rope_scaling is {config.get('rope_scaling') or rope!r} (only plain RoPE)"),
+        (bool(config.get("attention_bias")), "attention_bias is true (no biases here)"),
+        (bool(config.get("mlp_bias")), "mlp_bias is true (no biases here)"),
+        (config.get("hidden_act", "silu") != "silu",
+         f"hidden_act is {config.get('hidden_act')!r} (only silu)"),
+        (config.get("sliding_window") is not None, f"sliding_window is {config.get('sliding_window')}"),
+        (config.get("rms_norm_eps") != RMS_NORM_EPS,
+         f"rms_norm_eps is {config.get('rms_norm_eps')} (lmproject's RMSNorm uses {RMS_NORM_EPS})"),
+        (config.get("head_dim", config["hidden_size"] // heads) * heads != config["hidden_size"],
+         f"head_dim={config.get('head_dim')} x {heads} heads is not hidden_size={config['hidden_size']}"),
+    ]  # fmt: skip
+    for refused, reason in refusals:
+        if refused:
+            raise UserError(f"{where}: {reason}: lmproject cannot express this model")
+    return {
+        "vocab_size": config["vocab_size"],
+        "context_length": config["max_position_embeddings"],
+        "d_model": config["hidden_size"],
+        "num_layers": config["num_hidden_layers"],
+        "num_heads": heads,
+        "d_ff": config["intermediate_size"],
+        "rope_theta": float(rope.get("rope_theta", config.get("rope_theta", 10000.0))),
+        "tie_embeddings": bool(config.get("tie_word_embeddings", False)),
+    }
+
+
+def export_folder(
+    hparams: dict[str, Any], weights: dict[str, torch.Tensor], tokenizer: Tokenizer, out: Path, dtype: str
+) -> None:
+    """Write the Hugging Face folder of a model (our hyperparameters and state dict) and its tokenizer."""
+    check_llama_expressible(hparams)
+    if tokenizer.vocab_size > hparams["vocab_size"]:
+        raise UserError(
+            f"the tokenizer has {tokenizer.vocab_size} ids, more than the model's vocab_size="
+            f"{hparams['vocab_size']}: not the tokenizer this model was trained with"
+        )
+    eos = EOS_TOKEN if EOS_TOKEN in tokenizer.special_tokens else None
+    eos_id = tokenizer.encode(eos)[0] if eos else None
+    others = [token for token in tokenizer.special_tokens if token != eos]
+    special_tokens = {"bos_token": eos, "eos_token": eos} if eos else {}
+    if others:
+        special_tokens["additional_special_tokens"] = others
+    tokenizer_config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": hparams["context_length"],
+        "clean_up_tokenization_spaces": False,  # decode gives the text back exactly
+        **special_tokens,
+    }
+    with atomic_dir(out) as folder:
+        save_file(
+            to_llama(weights, hparams, DTYPES[dtype]), folder / "model.safetensors", metadata={"format": "pt"}
+        )
+        _write_json(folder / "config.json", llama_config(hparams, dtype, eos_id))
+        _write_json(folder / "generation_config.json", {"bos_token_id": eos_id, "eos_token_id": eos_id})
+        save_tokenizer_json(tokenizer, folder / TOKENIZER_JSON)
+        _write_json(folder / "tokenizer_config.json", tokenizer_config)
+        _write_json(folder / "special_tokens_map.json", special_tokens)
+
+
+def import_folder(source: Path, out: Path) -> dict[str, Any]:
+    """Turn a Hugging Face Llama folder into the run directory `out`; returns the model hyperparameters."""
+    config_path = source / "config.json"
+    config = _read_json(config_path)
+    hparams = hparams_from_llama(config, config_path)
+    weights = from_llama(_load_safetensors(source), hparams, source)
+    from lmproject.module import LanguageModel  # Lightning's import is slow: only here
+
+    with torch.device("meta"):
+        module = LanguageModel(**hparams)
+    shapes = {name.removeprefix("model."): tensor.shape for name, tensor in module.state_dict().items()}
+    for name, shape in shapes.items():
+        if weights[name].shape != shape:
+            raise UserError(
+                f"{source}: {name} has shape {tuple(weights[name].shape)}, config.json implies {tuple(shape)}"
+            )
+    tokenizer = None
+    if (source / TOKENIZER_JSON).is_file():
+        try:
+            tokenizer = Tokenizer(*load_tokenizer_json(source / TOKENIZER_JSON))
+        except ValueError as err:
+            raise UserError(f"{source / TOKENIZER_JSON}: {err}") from None
+        if tokenizer.vocab_size > hparams["vocab_size"]:
+            raise UserError(
+                f"{source / TOKENIZER_JSON}: {tokenizer.vocab_size} ids, more than config.json's "
+                f"vocab_size={hparams['vocab_size']}"
+            )
+    dtype = config.get("torch_dtype") or config.get("dtype")
+    with atomic_dir(out) as folder:
+        save_weights_checkpoint(weights, dict(module.hparams), folder / "checkpoints" / "last.ckpt")
+        if tokenizer is not None:
+            tokenizer.save(folder / "tokenizer")
+        (folder / "config.yaml").write_text(_run_config(out, hparams, dtype), encoding="utf-8")
+    return hparams
+
+
+def save_weights_checkpoint(
+    weights: dict[str, torch.Tensor], hyper_parameters: dict[str, Any], path: Path
+) -> None:
+    """Write a weights-only checkpoint in LanguageModel's Lightning format: the TransformerLM's state dict
+    under `model.` and LanguageModel's hyperparameters, no optimizer or loop state (`fit` starts a new run
+    from it)."""
+    checkpoint = {
+        "state_dict": {f"model.{name}": tensor for name, tensor in weights.items()},
+        "hyper_parameters": hyper_parameters,
+        "pytorch-lightning_version": lightning.__version__,
+        "epoch": 0,
+        "global_step": 0,
+    }
+    AtomicCheckpointIO().save_checkpoint(checkpoint, path)
+
+
+def _run_config(out: Path, hparams: dict[str, Any], dtype: str | None) -> str:
+    """config.yaml of an imported run: its model, its run directory, placeholders for the token files."""
+    config = {
+        "trainer": {
+            "default_root_dir": str(out),
+            "precision": "bf16-mixed" if dtype in ("bfloat16", "float16") else "32-true",
+        },
+        "model": hparams,
+        "data": {
+            "train_path": str(out / "data" / "train.npy"),
+            "val_path": str(out / "data" / "valid.npy"),
+            "tokenizer_dir": str(out / "tokenizer"),
+            "batch_size": 32,
+        },
+    }
+    header = (
+        "# Written by `lmproject import`. predict and evaluate work as is; validate, test and fit need\n"
+        "# token files (at data.train_path / data.val_path, or --data.train_path ... --data.val_path ...),\n"
+        "# and fit a token budget (--train_tokens N). fit starts at step 0 from the imported weights, with\n"
+        "# a fresh AdamW.\n"
+    )
+    return header + yaml.safe_dump(config, sort_keys=False)
+
+
+def _load_safetensors(source: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a folder: the shards listed in model.safetensors.index.json, or else its .safetensors
+    files."""
+    index = source / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise UserError(f"{index}: no weight_map")
+        files = sorted({source / name for name in weight_map.values()})
+    else:
+        files = sorted(source.glob("*.safetensors"))
+    if not files:
+        raise UserError(f"{source}: no model.safetensors (only safetensors weights can be imported)")
+    tensors = {}
+    for file in files:
+        if not file.is_file():
+            raise UserError(f"{file}: listed in {index.name} but missing")
+        try:
+            tensors.update(load_file(file))
+        except Exception as err:  # safetensors raises its own error types for damaged files
+            raise UserError(f"{file}: not a readable safetensors file ({err})") from None
+    return tensors
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(document, dict):
+        raise UserError(f"{path}: expected a JSON object")
+    return document
+
+
+def _write_json(path: Path, document: dict[str, Any]) -> None:
+    path.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def main(argv: list[str]) -> int:
+    """`lmproject export ...` or `lmproject import ...` (argv starts with the command's name)."""
+    command = {"export": _export, "import": _import}[argv[0]]
+    return run_cli(lambda: command(argv[1:]), "lmproject")
+
+
+def _export(argv: list[str]) -> int:
+    from lmproject.cli import add_run_arguments, parse_run_config, resolve_checkpoint  # slow: only here
+    from lmproject.data import TokenDataModule
+
+    parser = argparse.ArgumentParser(
+        prog="lmproject export",
+        allow_abbrev=False,
+        description="Write a checkpoint as a Hugging Face Llama folder (transformers, vLLM, llama.cpp). "
+        "Other --model.*/--data.*/--trainer.* arguments override the config, as for fit.",
+    )
+    add_run_arguments(parser)
+    parser.add_argument("--out", type=Path, required=True, help="the folder to write (must not exist)")
+    parser.add_argument(
+        "--dtype", choices=list(DTYPES), default="float32", help="weights' dtype in the folder"
+    )
+    args, overrides = parser.parse_known_args(argv)
+    config = parse_run_config(args.config, overrides)
+    hparams = config.model.as_dict()
+    check_llama_expressible(hparams)  # before the checkpoint: its error would only say the model differs
+    path, checkpoint = resolve_checkpoint(args.ckpt_path, config)
+    weights = {name.removeprefix("model."): tensor for name, tensor in checkpoint["state_dict"].items()}
+    tokenizer = Tokenizer.from_dir(TokenDataModule(**config.data.as_dict()).tokenizer_dir)
+    export_folder(hparams, weights, tokenizer, args.out, args.dtype)
+    print(f"wrote {args.out} from {path} ({args.dtype})")
+    return 0
+
+
+def _import(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="lmproject import",
+        allow_abbrev=False,
+        description="Turn a Hugging Face Llama folder (config.json, *.safetensors, tokenizer.json) into a "
+        "run directory for validate/predict/evaluate/fit --config RUN_DIR/config.yaml --ckpt_path last.",
+    )
+    parser.add_argument("source", type=Path, help="the Hugging Face folder")
+    parser.add_argument("--out", type=Path, required=True, help="the run directory to write (must not exist)")
+    args = parser.parse_args(argv)
+    if not args.source.is_dir():
+        raise UserError(f"{args.source}: not a directory")
+    hparams = import_folder(args.source, args.out)
+    if not (args.out / "tokenizer").is_dir():
+        print(f"lmproject: {args.source} has no {TOKENIZER_JSON}: the run has no tokenizer", file=sys.stderr)
+    print(
+        f"wrote {args.out}: config.yaml, checkpoints/last.ckpt, "
+        f"{hparams['num_layers']} layers x d_model {hparams['d_model']}, vocab {hparams['vocab_size']}"
+    )
+    return 0
