@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from test_training_cli import fails, one_thread  # noqa: F401 (autouse fixture)
 from tiny_run import load_ours, make_run
 
-from lmproject.cli import main
+from lmproject.cli import cpu_supports_bf16, main
 from lmproject.evaluate import window_plan
 from lmproject.nn import cross_entropy
 from lmproject.tokenizer import Tokenizer
@@ -122,3 +122,13 @@ def test_bad_input_gets_a_one_line_error(run, tmp_path, capsys):
     assert "--stride must be between 1 and context_length=32" in fails(
         [*config, "--text", str(tmp_path / "short.txt"), "--stride", "33"], capsys
     )
+
+
+def test_a_bf16_config_scores_under_bf16_autocast(run, tmp_path):
+    if not cpu_supports_bf16():
+        pytest.skip("this CPU has no native bfloat16: a bf16 config falls back to float32")
+    tokens = ["--tokens", str(run / "valid.npy")]
+    float32 = evaluate(run, tmp_path, *tokens)
+    bf16 = evaluate(run, tmp_path, *tokens, "--trainer.precision", "bf16-mixed")
+    assert bf16["loss"] != float32["loss"]  # the matmuls did run in bfloat16
+    assert bf16["loss"] == pytest.approx(float32["loss"], rel=2e-2)
