@@ -31,7 +31,7 @@ from tqdm import tqdm
 from lmproject.atomic import atomic_write
 from lmproject.data import open_tokens, windows
 from lmproject.errors import UserError, run_cli
-from lmproject.nn import TransformerLM, cross_entropy
+from lmproject.nn import TransformerLM, token_losses
 from lmproject.tokenizer import Tokenizer
 from lmproject.tokenizer.files import iter_text_blocks
 
@@ -81,7 +81,7 @@ def score(
             hidden = model.hidden_states(x.to(device)).flatten(0, 1).index_select(0, scored)
             logits = model.lm_head(model.ln_final(hidden))  # (scored, vocab)
             targets = y.flatten().to(device).index_select(0, scored)
-            total += cross_entropy(logits, targets).double() * len(scored)
+            total += token_losses(logits, targets).double().sum()
             bar.update(len(scored))
     return total.item()
 
