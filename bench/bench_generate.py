@@ -1,77 +1,195 @@
-"""Greedy generation with the KV cache vs recomputing the whole sequence each step, side by side.
+"""Generation speed: our cached `generate` against a plain KV-cache loop and the weight-streaming limit.
 
-    .venv/bin/python bench/bench_generate.py [--new-tokens 256] [--prompt-len 16] [--repeats 3]
+    .venv/bin/python bench/bench_generate.py [--dtype float32|bfloat16] [--device cpu|cuda] [--cuda-graph]
+        [--new-tokens 240] [--prompt-len 16] [--num-samples 16] [--repeats 3] [--threads N] [--recompute]
 
-TinyStories configuration with random weights, batch 1. The cached generator is lmproject.generate;
-the baseline (tests/reference_model.greedy_recompute) runs the model on the whole window for every new
-token. 16 + 256 tokens run past the 256-token context: both sides slide the window the same way
-(`--window-slide`, default the generator's: a quarter of the context; 1 = exactly the last 256 tokens at
-every step). The script reports whether both produced the same tokens (float32 near-ties aside, they
-must); the figure is the ratio of their best tokens/s (target: cached >= 5x).
+TinyStories configuration with random weights, greedy, a 16-token prompt and 240 new tokens (inside the
+256-token context). Each repeat runs, on the same weights and in the same dtype:
+  - plain: a straightforward KV-cache loop written below with torch.nn.functional (cache grown by torch.cat);
+  - cached: lmproject.generate at batch 1;
+  - batch N: `--num-samples` copies of the prompt in one `generate` call (what `predict --num_samples N`
+    runs), counted as N x new tokens;
+  - recompute (--recompute): no cache, the whole window per token (tests/reference_model.greedy_recompute).
+A batch-1 decode step reads every non-embedding weight once, so the memory bandwidth sets a limit:
+bandwidth / bytes of those weights. The bandwidth is measured here with a matrix-vector product over a
+matrix much larger than any cache. With --dtype bfloat16 the float32 `generate` runs too, for the speed
+ratio and for how many of 256 greedy tokens the two dtypes share (random weights: near-ties are common).
+Figures: best tokens/s of each, and the median of the per-repeat ratios (robust to noisy neighbours).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from bench_model import TINYSTORIES, summary  # noqa: E402
-from reference_model import greedy_recompute  # noqa: E402
+from bench_model import TINYSTORIES  # noqa: E402
+from reference_model import feed_forward, greedy_recompute, rms_norm, rope  # noqa: E402
 
-from lmproject.generate import generate, window_slide_for  # noqa: E402
+from lmproject.generate import generate  # noqa: E402
 from lmproject.nn import TransformerLM  # noqa: E402
+from lmproject.precision import DTYPES  # noqa: E402
+
+STREAM_BYTES = 512 * 2**20  # the bandwidth probe's matrix: far beyond any CPU cache
+
+
+@torch.no_grad()
+def plain_kv_greedy(model: TransformerLM, prompt: list[int], new_tokens: int) -> list[int]:
+    """Greedy decoding with a plain KV cache: keys and values grow by torch.cat, every weight is read
+    from the state dict with F.linear, the head runs on the last position only."""
+    w = {name: tensor.detach() for name, tensor in model.state_dict().items()}
+    heads, d_model = model.num_heads, model.d_model
+    cache: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * model.num_layers
+
+    def forward(ids: torch.Tensor, start: int) -> torch.Tensor:
+        seq = ids.shape[1]
+        positions = torch.arange(start, start + seq, device=ids.device)
+        x = F.embedding(ids, w["token_embeddings.weight"])
+        for i in range(model.num_layers):
+            p = f"layers.{i}."
+            h = rms_norm(x, w[p + "ln1.weight"])
+            q, k, v = (
+                F.linear(h, w[f"{p}attn.{name}_proj.weight"]).view(1, seq, heads, -1).transpose(1, 2)
+                for name in "qkv"
+            )
+            q, k = rope(q, positions, model.rope_theta), rope(k, positions, model.rope_theta)
+            if cache[i] is not None:
+                k, v = torch.cat([cache[i][0], k], dim=2), torch.cat([cache[i][1], v], dim=2)
+            cache[i] = (k, v)
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=seq > 1)
+            x = x + F.linear(out.transpose(1, 2).reshape(1, seq, d_model), w[p + "attn.output_proj.weight"])
+            x = x + feed_forward(rms_norm(x, w[p + "ln2.weight"]), w, p + "ffn.", "swiglu")
+        return F.linear(rms_norm(x[:, -1], w["ln_final.weight"]), w["lm_head.weight"])
+
+    device = w["lm_head.weight"].device
+    logits = forward(torch.tensor([prompt], device=device), 0)
+    completion = []
+    for step in range(new_tokens):
+        token = logits.argmax(dim=-1)
+        completion.append(int(token))
+        if step < new_tokens - 1:
+            logits = forward(token[:, None], len(prompt) + step)
+    return completion
+
+
+def stream_bandwidth(device: str, dtype: torch.dtype, repeats: int = 5) -> float:
+    """Bytes/s of a matrix-vector product over a STREAM_BYTES matrix (best of `repeats`)."""
+    rows = 8192
+    matrix = torch.randn(rows, STREAM_BYTES // (rows * dtype.itemsize), device=device).to(dtype)
+    vector = torch.randn(1, matrix.shape[1], device=device).to(dtype)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        F.linear(vector, matrix).sum().item()
+        best = min(best, time.perf_counter() - start)
+    return matrix.numel() * dtype.itemsize / best
+
+
+def timed(run: Callable[[], list], tokens: int) -> tuple[float, list]:
+    start = time.perf_counter()
+    out = run()
+    return tokens / (time.perf_counter() - start), out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--new-tokens", type=int, default=240)
     parser.add_argument("--prompt-len", type=int, default=16)
+    parser.add_argument("--num-samples", type=int, default=16, help="rows of the batched run (0: skip it)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32")
+    parser.add_argument("--cuda-graph", action="store_true", help="replay a captured decode step (CUDA)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--window-slide", type=int, default=None, help="default: generate's")
+    parser.add_argument("--recompute", action="store_true", help="also time generation without a cache")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.prompt_len + args.new_tokens > TINYSTORIES["context_length"]:
+        parser.error("--prompt-len + --new-tokens must fit in the 256-token context (the plain loop's)")
+    dtype = DTYPES[args.dtype]
 
     torch.manual_seed(0)
-    model = TransformerLM(**TINYSTORIES).to(args.device)
+    float32_model = TransformerLM(**TINYSTORIES).to(args.device)
+    model = copy.deepcopy(float32_model).to(dtype)
     prompt = torch.randint(0, TINYSTORIES["vocab_size"], (args.prompt_len,)).tolist()
-    slide = window_slide_for(model.context_length, args.window_slide)
+    n, graph = args.new_tokens, args.cuda_graph
     runs = {
-        "cached": lambda: generate(model, [prompt], args.new_tokens, temperature=0, window_slide=slide)[0],
-        "recompute": lambda: greedy_recompute(model, prompt, args.new_tokens, slide),
+        "plain": lambda: plain_kv_greedy(model, prompt, n),
+        "cached": lambda: generate(model, [prompt], n, temperature=0, cuda_graph=graph)[0],
     }
+    if dtype != torch.float32:
+        runs["float32"] = lambda: generate(float32_model, [prompt], n, temperature=0, cuda_graph=graph)[0]
+    if args.num_samples:
+        copies = [prompt] * args.num_samples
+        runs[f"batch {args.num_samples}"] = lambda: generate(
+            model, copies, n, temperature=0, cuda_graph=graph
+        )
+    if args.recompute:
+        runs["recompute"] = lambda: greedy_recompute(model, prompt, n)
+
+    weight_bytes = sum(
+        p.numel() * p.element_size() for name, p in model.named_parameters() if "embed" not in name
+    )
+    bandwidth = stream_bandwidth(args.device, dtype)
+    limit = bandwidth / weight_bytes
     print(
-        f"device {args.device}, torch threads {torch.get_num_threads()}, "
-        f"{args.new_tokens} new tokens from a {args.prompt_len}-token prompt, batch 1, window slide {slide}"
+        f"device {args.device}, {args.dtype}, torch threads {torch.get_num_threads()}, cuda graph {graph}, "
+        f"{args.prompt_len}-token prompt + {n} new tokens, greedy\n"
+        f"bandwidth {bandwidth / 1e9:.1f} GB/s (GEMV over {STREAM_BYTES >> 20} MiB); non-embedding weights "
+        f"{weight_bytes / 1e6:.1f} MB per token -> limit {limit:.1f} tok/s at batch 1",
+        flush=True,
     )
     rates: dict[str, list[float]] = {name: [] for name in runs}
-    outputs = {}
+    outputs: dict[str, list] = {}
     for repeat in range(args.repeats):
         for name, run in runs.items():
-            start = time.perf_counter()
-            outputs[name] = run()
+            rate, outputs[name] = timed(run, (args.num_samples if name.startswith("batch") else 1) * n)
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
-            rates[name].append(args.new_tokens / (time.perf_counter() - start))
-            print(f"  repeat {repeat + 1} {name:9s} {rates[name][-1]:8.1f} tok/s", flush=True)
-    cached, recomputed = outputs["cached"], outputs["recompute"]
-    same = (
-        "identical tokens"
-        if cached == recomputed
-        else f"tokens differ from step {first_difference(cached, recomputed)}"
-    )
-    print(summary("generate", rates["cached"], rates["recompute"], ("cached", "recompute")) + f"; {same}")
+            rates[name].append(rate)
+            print(f"  repeat {repeat + 1} {name:9s} {rate:9.1f} tok/s", flush=True)
+    report(rates, outputs, limit)
+    if dtype != torch.float32:
+        ours = generate(model, [prompt], 256, temperature=0)[0]
+        reference = generate(float32_model, [prompt], 256, temperature=0)[0]
+        same = sum(a == b for a, b in zip(ours, reference, strict=True))
+        print(
+            f"{args.dtype} vs float32, 256 greedy tokens: the first {first_difference(ours, reference)} "
+            f"identical, {same} of 256 positions equal"
+        )
+
+
+def report(rates: dict[str, list[float]], outputs: dict[str, list], limit: float) -> None:
+    def ratio(a: str, b: str) -> str:
+        paired = statistics.median(x / y for x, y in zip(rates[a], rates[b], strict=True))
+        return f"{a} / {b}: {max(rates[a]) / max(rates[b]):.2f}x best, {paired:.2f}x median paired"
+
+    cached = max(rates["cached"])
+    print(f"cached {cached:.1f} tok/s = {cached / limit:.0%} of the limit {limit:.1f} tok/s")
+    print(ratio("cached", "plain") + f"; tokens {agreement(outputs['cached'], outputs['plain'])}")
+    for name in rates:
+        if name.startswith("batch"):
+            rows = {agreement(row, outputs["cached"]) for row in outputs[name]}
+            print(ratio(name, "cached") + f"; rows vs batch 1: {', '.join(sorted(rows))}")
+        elif name in ("float32", "recompute"):
+            print(ratio("cached", name))
+
+
+def agreement(a: list[int], b: list[int]) -> str:
+    return "identical" if a == b else f"differ from step {first_difference(a, b)}"
 
 
 def first_difference(a: list[int], b: list[int]) -> int:
-    return next(i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y)
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y), len(a))
 
 
 if __name__ == "__main__":

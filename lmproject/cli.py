@@ -29,6 +29,7 @@ from lmproject.data import TokenDataModule
 from lmproject.errors import UserError, run_cli
 from lmproject.lightning_checkpoints import check_checkpoint, find_last
 from lmproject.module import ARCHITECTURE, LanguageModel, NonFiniteLossError
+from lmproject.precision import cpu_supports_bf16
 from lmproject.predict import CompletionWriter, SamplingOptions, TokenPrinter, requests
 from lmproject.tokenizer import Tokenizer
 
@@ -39,11 +40,6 @@ DESCRIPTION = (
     "(loss curves), `lmproject evaluate` (loss, perplexity, bits per byte of a file) and `lmproject "
     "export|import` (Hugging Face Llama folders) have their own --help."
 )
-
-
-def cpu_supports_bf16() -> bool:
-    """Whether this CPU runs bfloat16 matmuls natively (x86 avx512_bf16/AMX, or an Arm core with BF16)."""
-    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def runs_on_cpu(trainer: Namespace) -> bool:

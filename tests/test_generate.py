@@ -1,12 +1,23 @@
 """generate: KV-cached greedy equals full recomputation, sampling filters, seeds, EOS, bad input."""
 
+import copy
+
 import pytest
 import torch
 from reference_model import greedy_recompute, single_thread
 
+from lmproject import precision
 from lmproject.errors import UserError
-from lmproject.generate import filter_top_k, filter_top_p, generate, generate_steps, sample_next_token
+from lmproject.generate import (
+    filter_top_k,
+    filter_top_p,
+    for_decoding,
+    generate,
+    generate_steps,
+    sample_next_token,
+)
 from lmproject.nn import KVCache, TransformerLM
+from lmproject.precision import cpu_supports_bf16
 
 SMALL = dict(vocab_size=64, context_length=16, d_model=32, num_layers=2, num_heads=4, d_ff=48)
 
@@ -85,6 +96,67 @@ def test_generate_on_cuda_gives_the_cpu_tokens():
     assert generate(model.cuda(), prompts, 30, temperature=0, window_slide=3) == on_cpu
     sampled = generate(model, prompts, 30, temperature=1.0, top_p=0.9, top_k=20, seed=1)
     assert sampled == generate(model, prompts, 30, temperature=1.0, top_p=0.9, top_k=20, seed=1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("window_slide", [1, 3])
+def test_cuda_graph_replay_gives_the_eager_tokens(window_slide):
+    model = small_model().double().cuda()
+    prompts = [[5], [1, 2, 3, 4, 5, 6, 7], list(range(20, 40))]  # windows slide, alone and all together
+    eager = generate(model, prompts, 30, temperature=0, window_slide=window_slide)
+    assert generate(model, prompts, 30, temperature=0, window_slide=window_slide, cuda_graph=True) == eager
+    sampled = generate(model, prompts[:1], 20, temperature=1.0, seed=2)
+    assert generate(model, prompts[:1], 20, temperature=1.0, seed=2, cuda_graph=True) == sampled
+
+
+def test_cuda_graph_on_the_cpu_is_refused():
+    with pytest.raises(UserError, match="cuda_graph needs the model on a CUDA device"):
+        generate(small_model(), [[1, 2]], 3, cuda_graph=True)
+
+
+def test_static_cache_steps_match_the_growing_cache():
+    """The static cache (one-token steps over all slots, for CUDA graphs) computes what the growing one
+    does: with padding, after its oldest slots are dropped, and after a reset."""
+    model = small_model().double()
+    caches = [KVCache(model, 2, torch.tensor([3, 0]), static=static) for static in (False, True)]
+
+    def run(tokens):
+        results = [model.next_token_logits(tokens, kv_cache=cache) for cache in caches]
+        torch.testing.assert_close(results[1], results[0], rtol=1e-12, atol=1e-12)
+
+    run(torch.randint(0, 64, (2, 6)))
+    for token in range(6):
+        run(torch.tensor([[token], [token + 9]]))
+    for cache in caches:
+        cache.drop_oldest(3, torch.tensor([0, 0]))
+    for token in range(4):
+        run(torch.tensor([[token], [token + 9]]))
+    for cache in caches:
+        cache.reset(torch.tensor([0, 2]))
+    run(torch.randint(0, 64, (2, 5)))
+    run(torch.tensor([[1], [2]]))
+
+
+def test_decoding_copy_is_column_major_on_the_cpu_and_leaves_the_model_alone():
+    model = small_model()
+    decoding = for_decoding(model)
+    weight, copy = model.layers[0].ffn.w1.weight, decoding.layers[0].ffn.w1.weight
+    assert weight.is_contiguous() and copy.t().is_contiguous() and torch.equal(copy, weight)
+    prompts = [[5], [1, 2, 3, 4, 5, 6, 7], list(range(20, 40))]
+    completions = generate(model, prompts, 30, temperature=0, window_slide=3)  # float32: through the copy
+    assert completions == [greedy_recompute(model, prompt, 30, 3) for prompt in prompts]
+
+
+def test_bfloat16_generation_where_the_cpu_has_it(monkeypatch):
+    model = small_model()
+    if cpu_supports_bf16():
+        converted = copy.deepcopy(model).to(torch.bfloat16)
+        tokens = generate(model, [[1, 2, 3]], 10, temperature=0, dtype=torch.bfloat16)
+        assert tokens == generate(converted, [[1, 2, 3]], 10, temperature=0)
+        assert model.lm_head.weight.dtype == torch.float32
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: False)
+    with pytest.raises(UserError, match="bfloat16: this CPU has no native bf16"):
+        generate(model, [[1, 2, 3]], 10, dtype=torch.bfloat16)
 
 
 def test_generate_steps_streams_the_same_tokens_as_generate():

@@ -7,8 +7,9 @@ from lmproject.nn.functional import (
     softmax,
     token_losses,
 )
+from lmproject.nn.kv_cache import KVCache
 from lmproject.nn.layers import Embedding, Linear, RMSNorm, RotaryEmbedding, SiLUFFN, SwiGLU
-from lmproject.nn.transformer import KVCache, MultiHeadSelfAttention, TransformerBlock, TransformerLM
+from lmproject.nn.transformer import MultiHeadSelfAttention, TransformerBlock, TransformerLM
 
 __all__ = [
     "Embedding",

@@ -109,7 +109,7 @@ class RotaryEmbedding(nn.Module):
         return _Rotate.apply(x, cos.to(x.dtype), sin.to(x.dtype))
 
 
-def _rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x·cos + rot90(x)·sin, where rot90 maps each adjacent pair (a, b) to (−b, a)."""
     even, odd = x[..., 0::2], x[..., 1::2]
     rot90 = torch.stack((-odd, even), dim=-1).flatten(-2)
@@ -123,9 +123,9 @@ class _Rotate(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(cos, sin)
-        return _rotate_pairs(x, cos, sin)
+        return rotate_pairs(x, cos, sin)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         cos, sin = ctx.saved_tensors
-        return _rotate_pairs(grad, cos, -sin), None, None
+        return rotate_pairs(grad, cos, -sin), None, None

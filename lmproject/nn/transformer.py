@@ -1,4 +1,4 @@
-"""Causal multi-head self-attention, the Transformer block, the full LM, and the KV cache for generation."""
+"""Causal multi-head self-attention, the Transformer block and the full LM (its KV cache: kv_cache.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmproject.nn.functional import scaled_dot_product_attention
+from lmproject.nn.kv_cache import KVCache, LayerKVCache
 from lmproject.nn.layers import Embedding, Linear, RMSNorm, RotaryEmbedding, SiLUFFN, SwiGLU
 
 NORMS = ("pre", "post", "none")
@@ -51,16 +52,18 @@ class MultiHeadSelfAttention(nn.Module):
         """
         batch, seq, d_model = x.shape
         q, k, v = (self._split_heads(proj(x)) for proj in (self.q_proj, self.k_proj, self.v_proj))
-        if self.rope is not None:
+        causal = mask is None
+        if kv_cache is not None:  # positions and mask come from the cache (None: every key so far)
+            q, k, v = kv_cache.update(q, k, v)
+            mask, causal = kv_cache.cache.mask, False
+        elif self.rope is not None:
             # Every head sees the same positions: add a head axis to broadcast over.
             positions = None if token_positions is None else token_positions.unsqueeze(-2)
             q, k = self.rope(q, positions), self.rope(k, positions)
-        if kv_cache is not None:
-            k, v = kv_cache.append(k, v)
         if self.attention == "fused":
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
         else:
-            if mask is None:
+            if causal:
                 mask = torch.ones(seq, seq, dtype=torch.bool, device=x.device).tril()
             out = scaled_dot_product_attention(q, k, v, mask)
         return self.output_proj(out.transpose(1, 2).reshape(batch, seq, d_model))
@@ -184,98 +187,17 @@ class TransformerLM(nn.Module):
 
         Without a cache the sequence is one causal window starting at position 0 (or `token_positions`).
         With a cache, token_ids continue the cached sequence: positions and the padding-aware mask come from
-        the cache, and the cache is extended by these tokens.
+        the cache (token_positions is ignored), and the cache is extended by these tokens.
         """
         seq = token_ids.shape[-1]
-        mask = None
         if kv_cache is not None:
-            if kv_cache.length + seq > self.context_length:
-                raise ValueError(
-                    f"KV cache overflow: {kv_cache.length} cached + {seq} new tokens > "
-                    f"context_length={self.context_length}"
-                )
-            if token_positions is None:
-                token_positions = kv_cache.positions(seq)
-            mask = kv_cache.attention_mask(seq)
+            kv_cache.begin(seq)
         elif seq > self.context_length:
             raise ValueError(f"sequence of {seq} tokens is longer than context_length={self.context_length}")
 
         x = self.token_embeddings(token_ids)
         for i, layer in enumerate(self.layers):
-            x = layer(x, token_positions, mask, None if kv_cache is None else kv_cache.layers[i])
+            x = layer(x, token_positions, None, None if kv_cache is None else kv_cache.layers[i])
         if kv_cache is not None:
-            kv_cache.length += seq
+            kv_cache.end(seq)
         return x
-
-
-class KVCache:
-    """Past keys and values of every layer, so each generation step only runs the new token.
-
-    A batch of prompts of different lengths is left-padded to a common length: row b starts with
-    pad_lengths[b] padding slots. No query attends to a padding slot (except a padding query to itself,
-    so no attention row is empty), and the real tokens of row b get positions 0, 1, 2, … — each prompt is
-    computed exactly as if it were alone. Room for model.context_length positions in total.
-    """
-
-    def __init__(self, model: TransformerLM, batch_size: int, pad_lengths: torch.Tensor | None = None):
-        device = model.lm_head.weight.device
-        self.capacity = model.context_length
-        self.length = 0
-        self.pad_lengths = (
-            torch.zeros(batch_size, dtype=torch.long, device=device)
-            if pad_lengths is None
-            else pad_lengths.to(device=device, dtype=torch.long)
-        )
-        self.layers = [LayerKVCache(self) for _ in range(model.num_layers)]
-
-    def positions(self, seq: int) -> torch.Tensor:
-        """RoPE positions (batch, seq) of the next `seq` slots: slot minus padding (padding slots get 0)."""
-        slots = torch.arange(self.length, self.length + seq, device=self.pad_lengths.device)
-        return (slots - self.pad_lengths[:, None]).clamp(min=0)
-
-    def attention_mask(self, seq: int) -> torch.Tensor:
-        """(batch, 1, seq, length+seq) boolean: causal, never onto padding keys, always onto itself."""
-        device = self.pad_lengths.device
-        queries = torch.arange(self.length, self.length + seq, device=device)[:, None]
-        keys = torch.arange(self.length + seq, device=device)[None, :]
-        real_key = keys[None] >= self.pad_lengths[:, None, None]
-        mask = ((keys <= queries) & real_key) | (keys == queries)
-        return mask[:, None]
-
-    def drop_oldest(self, count: int, pad_lengths: torch.Tensor) -> None:
-        """Forget the oldest `count` slots of every row (the others move to the front) and take the rows'
-        new padding: a sliding window, for rows whose own tokens all stay in it (the slots dropped were
-        their padding), so their cached keys and values stay valid."""
-        for layer in self.layers:
-            for buffer in (layer.keys, layer.values):
-                buffer[:, :, : self.length - count] = buffer[:, :, count : self.length].clone()
-        self.length -= count
-        self.pad_lengths = pad_lengths.to(self.pad_lengths)
-
-    def replace_rows(self, rows: torch.Tensor, other: KVCache) -> None:
-        """Take the keys and values of `rows` from `other`, a cache of those rows alone with the same length
-        and padding."""
-        for layer, source in zip(self.layers, other.layers, strict=True):
-            layer.keys[rows, :, : self.length] = source.keys[:, :, : self.length]
-            layer.values[rows, :, : self.length] = source.values[:, :, : self.length]
-
-
-class LayerKVCache:
-    """One layer's key/value buffers (batch, heads, capacity, d_head), allocated on first use in k's dtype."""
-
-    def __init__(self, cache: KVCache):
-        self.cache = cache
-        self.keys: torch.Tensor | None = None
-        self.values: torch.Tensor | None = None
-
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store this step's k, v (batch, heads, seq, d_head) and return all keys and values so far."""
-        if self.keys is None:
-            batch, heads, _, d_head = k.shape
-            self.keys = k.new_empty(batch, heads, self.cache.capacity, d_head)
-            self.values = v.new_empty(batch, heads, self.cache.capacity, d_head)
-        start = self.cache.length
-        end = start + k.shape[-2]
-        self.keys[:, :, start:end] = k
-        self.values[:, :, start:end] = v
-        return self.keys[:, :, :end], self.values[:, :, :end]
