@@ -137,11 +137,12 @@ def test_static_cache_steps_match_the_growing_cache():
     run(torch.tensor([[1], [2]]))
 
 
-def test_decoding_copy_is_column_major_on_the_cpu_and_leaves_the_model_alone():
-    model = small_model()
+def test_decoding_copy_is_contiguous_along_the_longer_side_and_leaves_the_model_alone():
+    model = small_model()  # d_model 32, d_ff 48
     decoding = for_decoding(model)
-    weight, copy = model.layers[0].ffn.w1.weight, decoding.layers[0].ffn.w1.weight
-    assert weight.is_contiguous() and copy.t().is_contiguous() and torch.equal(copy, weight)
+    w1, w2 = decoding.layers[0].ffn.w1.weight, decoding.layers[0].ffn.w2.weight
+    assert w1.t().is_contiguous() and w2.is_contiguous() and model.layers[0].ffn.w1.weight.is_contiguous()
+    assert torch.equal(w1, model.layers[0].ffn.w1.weight) and torch.equal(w2, model.layers[0].ffn.w2.weight)
     prompts = [[5], [1, 2, 3, 4, 5, 6, 7], list(range(20, 40))]
     completions = generate(model, prompts, 30, temperature=0, window_slide=3)  # float32: through the copy
     assert completions == [greedy_recompute(model, prompt, 30, 3) for prompt in prompts]
