@@ -10,6 +10,7 @@ TinyStories configuration with random weights, greedy, a 16-token prompt and 240
   - cached: lmproject.generate at batch 1;
   - batch N: `--num-samples` copies of the prompt in one `generate` call (what `predict --num_samples N`
     runs), counted as N x new tokens;
+  - no graph (with --cuda-graph): `generate` launching each step's kernels from Python;
   - recompute (--recompute): no cache, the whole window per token (tests/reference_model.greedy_recompute).
 A batch-1 decode step reads every non-embedding weight once, so the memory bandwidth sets a limit:
 bandwidth / bytes of those weights. The bandwidth is measured here with a matrix-vector product over a
@@ -134,6 +135,8 @@ def main() -> None:
         "plain": lambda: plain_kv_greedy(model, prompt, n),
         "cached": lambda: generate(model, [prompt], n, temperature=0, cuda_graph=graph)[0],
     }
+    if graph:
+        runs["no graph"] = lambda: generate(model, [prompt], n, temperature=0)[0]
     if dtype != torch.float32:
         runs["float32"] = lambda: generate(float32_model, [prompt], n, temperature=0, cuda_graph=graph)[0]
     if args.num_samples:
@@ -198,7 +201,7 @@ def report(rates: dict[str, list[float]], outputs: dict[str, list]) -> None:
         if name.startswith("batch"):
             rows = {agreement(row, outputs["cached"]) for row in outputs[name]}
             print(ratio(name, "cached") + f"; rows vs batch 1: {', '.join(sorted(rows))}")
-        elif name in ("float32", "recompute"):
+        elif name in ("no graph", "float32", "recompute"):
             print(ratio("cached", name))
 
 

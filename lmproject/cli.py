@@ -29,7 +29,7 @@ from lmproject.data import TokenDataModule
 from lmproject.errors import UserError, run_cli
 from lmproject.lightning_checkpoints import check_checkpoint, find_last
 from lmproject.module import ARCHITECTURE, LanguageModel, NonFiniteLossError
-from lmproject.precision import cpu_supports_bf16
+from lmproject.precision import DTYPES, check_dtype, cpu_supports_bf16
 from lmproject.predict import CompletionWriter, SamplingOptions, TokenPrinter, requests
 from lmproject.tokenizer import Tokenizer
 
@@ -194,6 +194,7 @@ class LMCLI(LightningCLI):
             )
         if ckpt_path is None:
             print("lmproject: no --ckpt_path: sampling from an untrained model", file=sys.stderr)
+        check_dtype(DTYPES[options.dtype], self.trainer.strategy.root_device, "predict: --dtype")
         prompts = requests(options, tokenizer)
         single = len(prompts) == 1 and options.num_samples == 1
         stream = single and sys.stdout.isatty() if options.stream is None else options.stream

@@ -55,25 +55,27 @@ def window_slide_for(context_length: int, window_slide: int | None) -> int:
 
 def for_decoding(model: TransformerLM, dtype: torch.dtype | None = None) -> TransformerLM:
     """The model as generation runs it: in `dtype` (default: as it is), and on the CPU in float32 with each
-    Linear weight laid out contiguous along its longer side (column-major when d_out > d_in: same shape and
-    values, transposed memory). A batch-1 step is a matrix-vector product per weight, and torch's CPU kernel
-    streams long contiguous runs much faster than 512-float rows (1.5-2.5x on w1, w3 and lm_head,
-    bench_generate.py). Returns the model itself when nothing changes, else a copy: the caller's weights
-    stay as they were."""
+    Linear weight that is longer than wide (d_out > d_in) stored column-major: same shape and values,
+    transposed memory (a lm_head tied to the embedding keeps the rows the lookup reads). A batch-1 step is a
+    matrix-vector product per weight, and torch's CPU kernel streams long contiguous runs much faster than
+    512-float rows (about 1.5x on w1, w3, and 2x on lm_head; bench_generate.py). Returns the model itself
+    when it already is in that form, else a copy: the caller's weights stay as they were."""
     device = model.lm_head.weight.device
     dtype = model.lm_head.weight.dtype if dtype is None else dtype
     check_dtype(dtype, device, "generate: dtype")
-    transpose = device.type == "cpu" and dtype == torch.float32
-    if model.lm_head.weight.dtype == dtype and not transpose:
+    column_major = set()  # ids of the weights to store transposed
+    if device.type == "cpu" and dtype == torch.float32:
+        longer_out = (m.weight for m in model.modules() if isinstance(m, Linear) and m.d_out > m.d_in)
+        column_major = {id(weight) for weight in longer_out} - {id(model.token_embeddings.weight)}  # rows
+    params = list(model.parameters())  # a tied weight once
+    laid_out = all(p.t().is_contiguous() for p in params if id(p) in column_major)
+    if model.lm_head.weight.dtype == dtype and laid_out:
         return model
-    memo: dict[int, torch.nn.Parameter] = {}  # deepcopy takes these in place of the originals
-    for module in model.modules():  # token_embeddings comes first: a tied lm_head keeps its row layout
-        for param in module.parameters(recurse=False):
-            if id(param) not in memo:
-                data = param.detach().to(dtype)
-                if transpose and isinstance(module, Linear) and module.d_out > module.d_in:
-                    data = data.t().contiguous().t()
-                memo[id(param)] = torch.nn.Parameter(data, requires_grad=param.requires_grad)
+    memo = {}  # deepcopy takes these in place of the originals
+    for param in params:
+        data = param.detach().to(dtype)
+        data = data.t().contiguous().t() if id(param) in column_major else data
+        memo[id(param)] = torch.nn.Parameter(data, requires_grad=param.requires_grad)
     return copy.deepcopy(model, memo)
 
 

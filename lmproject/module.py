@@ -22,9 +22,10 @@ from torchmetrics import MeanMetric
 
 from lmproject.callbacks import logs_written_this_step
 from lmproject.errors import UserError
-from lmproject.generate import generate, generate_steps
+from lmproject.generate import for_decoding, generate, generate_steps
 from lmproject.nn import TransformerLM, cross_entropy, token_losses
 from lmproject.optim import AdamW, clip_gradients, cosine_lr
+from lmproject.precision import DTYPES
 
 ARCHITECTURE = (
     "vocab_size",
@@ -97,6 +98,7 @@ class LanguageModel(L.LightningModule):
         self._step_loss_sum: torch.Tensor | None = None  # on the device: no wait per micro-batch
         self._micro_batches = 0
         self.token_callback: Callable[[int], None] | None = None  # `lmproject predict --stream` sets it
+        self._decoding: tuple[torch.dtype, TransformerLM] | None = None  # see _decoding_model
 
     def on_fit_start(self) -> None:
         if self.hparams.compile:  # training only: sampling's growing KV cache would recompile at every length
@@ -192,13 +194,23 @@ class LanguageModel(L.LightningModule):
         prompts = [request["prompt_ids"]] * request["num_samples"]
         names = ("max_new_tokens", "temperature", "top_p", "top_k", "eos_id", "seed", "window_slide")
         settings = [request[k] for k in names]
+        model = self._decoding_model(DTYPES[request["dtype"]])
         if self.token_callback is None:
-            return generate(self.model, prompts, *settings)
+            return generate(model, prompts, *settings)
         completion = []
-        for (token,) in generate_steps(self.model, prompts[:1], *settings):
+        for (token,) in generate_steps(model, prompts[:1], *settings):
             completion.append(token)
             self.token_callback(token)
         return [completion]
+
+    def on_predict_start(self) -> None:
+        self._decoding = None  # the weights may have changed since the last predict
+
+    def _decoding_model(self, dtype: torch.dtype) -> TransformerLM:
+        """The model in the layout and dtype generation runs, converted once per predict run."""
+        if self._decoding is None or self._decoding[0] != dtype:
+            self._decoding = (dtype, for_decoding(self.model, dtype))
+        return self._decoding[1]
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -21,10 +21,11 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 
 from lmproject.atomic import atomic_write
 from lmproject.errors import UserError
+from lmproject.precision import DTYPES
 from lmproject.tokenizer import Tokenizer
 
 EOS_TOKEN = "<|endoftext|>"
-SETTINGS = ("max_new_tokens", "temperature", "top_p", "top_k", "window_slide")
+SETTINGS = ("max_new_tokens", "temperature", "top_p", "top_k", "window_slide", "dtype")
 UNKNOWN = "\ufffd".encode()  # a model's vocab may be larger than its tokenizer's: such ids print as �
 
 
@@ -52,6 +53,9 @@ class SamplingOptions:
         window_slide: past the model's context length, the window of tokens the model sees moves this many
             tokens at a time (1: exactly the last context_length tokens at every step, each step a full
             re-encode; default: a quarter of the context, see lmproject.generate).
+        dtype: float32 or bfloat16, the weights' type while sampling. bfloat16 reads half the bytes per token
+            (faster where the hardware has native bf16: GPUs, recent CPUs; refused elsewhere) but rounds the
+            logits: greedy text can part from float32's after a few dozen tokens (README, "Sampling").
         seed: sampling seed; prompt i is sampled with seed + i.
         output: JSONL file for the completions (prompt, completion, token counts, settings, seed).
         stream: print tokens as they are sampled (default: when one completion goes to a terminal).
@@ -65,6 +69,7 @@ class SamplingOptions:
     top_p: float = 1.0
     top_k: int | None = None
     window_slide: int | None = None
+    dtype: str = "float32"
     seed: int = 0
     output: str | None = None
     stream: bool | None = None
@@ -94,6 +99,7 @@ class SamplingOptions:
                 self.window_slide is None or self.window_slide >= 1,
                 f"--window_slide must be >= 1, got {self.window_slide}",
             ),
+            (self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -5,12 +5,15 @@ import json
 import sys
 
 import pytest
+import torch
 from test_training_cli import one_thread  # noqa: F401 (autouse fixture)
 from tiny_run import make_run
 
+from lmproject import precision
 from lmproject.cli import main
 from lmproject.generate import generate
 from lmproject.module import LanguageModel
+from lmproject.precision import cpu_supports_bf16
 from lmproject.predict import decode
 from lmproject.tokenizer import Tokenizer
 
@@ -61,7 +64,8 @@ def test_greedy_completions_equal_generate_on_the_checkpoint_and_go_to_jsonl(run
         assert (record["prompt_tokens"], record["completion_tokens"]) == (len(prompt_ids), len(expected))
         assert record["stopped_at_eos"] == ended
         assert record["settings"] == {
-            "max_new_tokens": 12, "temperature": 0.0, "top_p": 1.0, "top_k": None, "window_slide": None
+            "max_new_tokens": 12, "temperature": 0.0, "top_p": 1.0, "top_k": None, "window_slide": None,
+            "dtype": "float32",
         }  # fmt: skip
         assert record["prompt"] + record["completion"] in printed
     assert [r["seed"] for r in records] == [0, 0, 1, 1]
@@ -127,6 +131,7 @@ def test_a_single_prompt_streams_token_by_token_to_a_terminal(run, monkeypatch):
         (["--prompt", "Hi", "--num_samples", "0"], "--num_samples must be >= 1"),
         (["--prompt", "Hi", "--window_slide", "0"], "--window_slide must be >= 1"),
         (["--prompt", "Hi", "--window_slide", "100000"], "window_slide must be in 1.."),
+        (["--prompt", "Hi", "--dtype", "float16"], "--dtype must be one of float32, bfloat16, got 'float16'"),
         (["--prompt", " "], "--prompt is empty"),
         ([], "exactly one of --prompt or --prompts_file"),
         (["--prompt", "Hi", "--prompts_file", "p.txt"], "exactly one of --prompt or --prompts_file"),
@@ -141,6 +146,36 @@ def test_bad_sampling_arguments_are_one_line_errors_and_write_nothing(run, capsy
     assert exit_info.value.code == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("lmproject: error: ") and message in last
+    assert not out.exists()
+
+
+def test_bfloat16_sampling_equals_generate_in_bfloat16_or_is_refused_without_native_bf16(
+    run, capsys, monkeypatch
+):
+    out = run / "bf16.jsonl"
+    if cpu_supports_bf16():
+        predict(run, "--prompt", "Tom and his dog", "--temperature", "0", "--max_new_tokens", "12",
+                "--dtype", "bfloat16", "--output", str(out))  # fmt: skip
+        [record] = [json.loads(line) for line in out.read_text().splitlines()]
+        model = LanguageModel.load_from_checkpoint(
+            run / "run/checkpoints/last.ckpt", map_location="cpu"
+        ).model
+        tokenizer = Tokenizer.from_dir(run / "tokenizer")
+        ids = tokenizer.encode("Tom and his dog")
+        [expected] = generate(
+            model.to(torch.bfloat16), [ids], 12, temperature=0, eos_id=tokenizer.encode(EOS)[0]
+        )
+        assert record["completion_tokens"] == len(expected) and record["settings"]["dtype"] == "bfloat16"
+        out.unlink()
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: False)
+    with pytest.raises(SystemExit) as exit_info:
+        predict(run, "--prompt", "Hi", "--dtype", "bfloat16", "--output", str(out))
+    assert exit_info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert (
+        last == "lmproject: error: predict: --dtype bfloat16: this CPU has no native bf16 (avx512_bf16, "
+        "AMX or Arm BF16); use float32"
+    )
     assert not out.exists()
 
 
