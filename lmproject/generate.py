@@ -121,7 +121,7 @@ def generate_steps(
     window_slide: how far the window moves past context_length (module docstring; default a quarter of it).
     dtype: run the model in this dtype (e.g. torch.bfloat16: half the bytes per token; see `for_decoding`).
     cuda_graph: on CUDA, replay one captured decode step per token instead of launching its ~100 kernels
-        from Python (module docstring).
+        from Python (lmproject/cuda_graph.py).
     """
     window_slide = window_slide_for(model.context_length, window_slide)
     _check_arguments(model, prompt_ids, max_new_tokens, temperature, top_p, top_k, window_slide)
