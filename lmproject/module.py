@@ -190,18 +190,20 @@ class LanguageModel(L.LightningModule):
 
     def predict_step(self, request: dict[str, Any], batch_idx: int) -> list[list[int]]:
         """Sample request["num_samples"] completions of one prompt; with a token_callback (one sample),
-        each token goes to it as soon as it is sampled."""
+        each token goes to it as soon as it is sampled. The arithmetic is in request["dtype"]: a mixed
+        training precision's autocast (which Lightning also opens around predict) is turned off."""
         prompts = [request["prompt_ids"]] * request["num_samples"]
         names = ("max_new_tokens", "temperature", "top_p", "top_k", "eos_id", "seed", "window_slide")
         settings = [request[k] for k in names]
         model = self._decoding_model(DTYPES[request["dtype"]])
-        if self.token_callback is None:
-            return generate(model, prompts, *settings)
-        completion = []
-        for (token,) in generate_steps(model, prompts[:1], *settings):
-            completion.append(token)
-            self.token_callback(token)
-        return [completion]
+        with torch.autocast(self.device.type, enabled=False):
+            if self.token_callback is None:
+                return generate(model, prompts, *settings)
+            completion = []
+            for (token,) in generate_steps(model, prompts[:1], *settings):
+                completion.append(token)
+                self.token_callback(token)
+            return [completion]
 
     def on_predict_start(self) -> None:
         self._decoding = None  # the weights may have changed since the last predict

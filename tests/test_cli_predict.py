@@ -9,6 +9,7 @@ import torch
 from test_training_cli import one_thread  # noqa: F401 (autouse fixture)
 from tiny_run import make_run
 
+from lmproject import generate as generate_module
 from lmproject import precision
 from lmproject.cli import main
 from lmproject.generate import generate
@@ -177,6 +178,27 @@ def test_bfloat16_sampling_equals_generate_in_bfloat16_or_is_refused_without_nat
         "AMX or Arm BF16); use float32"
     )
     assert not out.exists()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_predict_samples_in_its_dtype_even_under_a_mixed_precision_autocast(run, monkeypatch, dtype):
+    if dtype == torch.bfloat16 and not cpu_supports_bf16():
+        pytest.skip("this CPU has no native bf16")
+    module = LanguageModel.load_from_checkpoint(run / "run/checkpoints/last.ckpt", map_location="cpu")
+    seen = []
+    sample = generate_module.sample_next_token
+    monkeypatch.setattr(
+        generate_module,
+        "sample_next_token",
+        lambda logits, *a: seen.append(logits.dtype) or sample(logits, *a),
+    )
+    request = {"prompt_ids": [5, 6, 7], "num_samples": 2, "max_new_tokens": 4, "temperature": 0.0,
+               "top_p": 1.0, "top_k": None, "eos_id": None, "seed": 0, "window_slide": None,
+               "dtype": str(dtype).removeprefix("torch.")}  # fmt: skip
+    module.on_predict_start()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # what Lightning opens for precision bf16-mixed
+        module.predict_step(request, 0)
+    assert seen == [dtype] * 4
 
 
 @pytest.mark.parametrize(
