@@ -6,6 +6,7 @@ import pytest
 import torch
 from reference_model import greedy_recompute, single_thread
 
+from lmproject import generate as generate_module
 from lmproject import precision
 from lmproject.errors import UserError
 from lmproject.generate import (
@@ -107,6 +108,17 @@ def test_cuda_graph_replay_gives_the_eager_tokens(window_slide):
     assert generate(model, prompts, 30, temperature=0, window_slide=window_slide, cuda_graph=True) == eager
     sampled = generate(model, prompts[:1], 20, temperature=1.0, seed=2)
     assert generate(model, prompts[:1], 20, temperature=1.0, seed=2, cuda_graph=True) == sampled
+
+
+@pytest.mark.parametrize("window_slide", [1, 3])
+def test_generation_on_a_static_cache_gives_the_tokens_of_the_growing_one(monkeypatch, window_slide):
+    """What cuda_graph=True runs, with each step launched eagerly instead of replayed (CPU): the static cache
+    through the prefill, the per-row slides and the full re-encodes."""
+    monkeypatch.setattr(generate_module, "CUDAGraphStep", generate_module._eager_step)
+    model = small_model().double()
+    prompts = [[5], [1, 2, 3, 4, 5, 6, 7], list(range(20, 40))]
+    growing = generate(model, prompts, 30, temperature=0, window_slide=window_slide)
+    assert generate(model, prompts, 30, temperature=0, window_slide=window_slide, cuda_graph=True) == growing
 
 
 def test_cuda_graph_on_the_cpu_is_refused():
