@@ -125,6 +125,8 @@ def main() -> None:
         "--window-slide", type=int, default=None, help="past the context; default: generate's"
     )
     args = parser.parse_args()
+    if args.cuda_graph and not args.device.startswith("cuda"):
+        parser.error("--cuda-graph needs --device cuda")
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype, clock = DTYPES[args.dtype], CLOCKS[args.clock]
