@@ -34,6 +34,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from lmproject.errors import UserError, run_cli
+from lmproject.settings_check import check_settings
+from lmproject.tokenizer.files import read_text
 
 BYTES_PER_FLOAT = 4
 GB = 1e9
@@ -193,7 +195,7 @@ def _load_yaml(path: Path) -> dict:
     if not path.is_file():
         raise UserError(f"--config {path}: no such file")
     try:
-        config = yaml.safe_load(path.read_text())
+        config = yaml.safe_load(read_text(path))
     except yaml.YAMLError as err:
         raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(config, dict):
@@ -226,7 +228,7 @@ def _config_devices(trainer: dict) -> int | None:
 
 
 def _read_config(paths: list[Path]) -> tuple[dict, dict]:
-    """(model hyperparameters, other defaults: batch size, accumulation, devices, steps) from LightningCLI
+    """(the `model:` section, other defaults: batch size, accumulation, devices, steps) from LightningCLI
     YAMLs."""
     config: dict = {}
     for path in paths:
@@ -235,16 +237,31 @@ def _read_config(paths: list[Path]) -> tuple[dict, dict]:
     if not model:
         names = " + ".join(str(p) for p in paths)
         raise UserError(f"{names}: no model hyperparameters (d_model, ...) under `model:`")
-    shape_args = {name: model[name] for name in SHAPE_FIELDS if name in model}
+    data = _mapping_with(config.get("data"), "batch_size")
+    check_settings("data", data)
+    check_settings("", {"train_tokens": config.get("train_tokens")})
     trainer = config.get("trainer") or {}
+    check_settings("trainer", trainer)
     steps = trainer.get("max_steps")
-    return shape_args, {
-        "batch_size": _mapping_with(config.get("data"), "batch_size").get("batch_size"),
+    return model, {
+        "batch_size": data.get("batch_size"),
         "accumulation": trainer.get("accumulate_grad_batches"),
         "devices": _config_devices(trainer),
         "steps": steps if steps and steps > 0 else None,
         "train_tokens": config.get("train_tokens"),
     }
+
+
+def _check_model(settings: dict) -> None:
+    """The checks `lmproject fit` makes on the model section (the LanguageModel defaults fill the gaps), so
+    accounting never reports on a model that training would refuse."""
+    import inspect
+
+    from lmproject.module import LanguageModel
+
+    parameters = inspect.signature(LanguageModel.__init__).parameters.values()
+    defaults = {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+    check_settings("model", {**defaults, **settings})
 
 
 def _table(title: str, rows: dict[str, float], unit: str, fmt: str = ",.0f") -> str:
@@ -358,19 +375,21 @@ def _count(flag: str, given: int | None, from_config: int | None) -> int:
 
 def _run(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    shape_args: dict = {}
+    model: dict = {}
     defaults: dict = {}
     if args.preset:
-        shape_args = asdict(PRESETS[args.preset])
+        model = asdict(PRESETS[args.preset])
     if args.config:
-        shape_args, defaults = _read_config(args.config)
+        model, defaults = _read_config(args.config)
     for name in SHAPE_FIELDS:
         if getattr(args, name) is not None:
-            shape_args[name] = getattr(args, name)
-    missing = [n for n in SIZE_FIELDS if n not in shape_args]
+            model[name] = getattr(args, name)
+    missing = [n for n in SIZE_FIELDS if n not in model]
     if missing:
         flags = ", ".join("--" + n.replace("_", "-") for n in missing)
         raise UserError(f"missing model hyperparameters {flags} (give --config, --preset or the flags)")
+    _check_model(model)
+    shape_args = {name: model[name] for name in SHAPE_FIELDS if name in model}
     shape = ModelShape(**shape_args)
     batch = _count("--batch-size", args.batch_size, defaults.get("batch_size"))
     accumulation = _count("--accumulation", args.accumulation, defaults.get("accumulation"))

@@ -31,7 +31,9 @@ from lmproject.lightning_checkpoints import check_checkpoint, find_last
 from lmproject.module import ARCHITECTURE, LanguageModel, NonFiniteLossError
 from lmproject.precision import DTYPES, check_dtype, cpu_supports_bf16
 from lmproject.predict import CompletionWriter, SamplingOptions, TokenPrinter, requests
+from lmproject.settings_check import check_settings
 from lmproject.tokenizer import Tokenizer
+from lmproject.tokenizer.files import read_text
 
 DEFAULT_RUN_DIR = "runs/default"
 DESCRIPTION = (
@@ -79,9 +81,14 @@ class LMCLI(LightningCLI):
         return parser
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        super().parse_arguments(parser, args)
+        words = sys.argv[1:] if args is None else args
+        _check_config_files(words)
+        self.config = parser.parse_args(_join_negative_numbers(words))
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
+        check_settings("", {name: config.get(name) for name in ("train_tokens", "seed_everything")})
+        check_settings("model", config.model.as_dict())
+        check_settings("data", config.data.as_dict())
         if subcommand == "predict":
             self.sampling = SamplingOptions.from_config(config)
         self._fill_run_layout(config)
@@ -246,6 +253,36 @@ def resolve_checkpoint(ckpt_path: str, config: Namespace) -> tuple[Path, dict[st
     with torch.device("meta"):  # shapes only: no memory, no initialization
         shapes = {name: t.shape for name, t in LanguageModel(**model_config).state_dict().items()}
     return path, check_checkpoint(path, model_config, ARCHITECTURE, shapes)
+
+
+NEGATIVE_NUMBER = re.compile(r"-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|-inf|-nan", re.IGNORECASE)
+
+
+def _join_negative_numbers(words: list[str]) -> list[str]:
+    """`--model.lr_max -1e-3` as `--model.lr_max=-1e-3`: argparse takes a word starting with "-" for an
+    option unless it looks like -1 or -.5, so a negative number in scientific notation lost its option."""
+    joined: list[str] = []
+    for word in words:
+        previous = joined[-1] if joined else ""
+        if NEGATIVE_NUMBER.fullmatch(word) and previous.startswith("--") and "=" not in previous:
+            joined[-1] = f"{previous}={word}"
+        else:
+            joined.append(word)
+    return joined
+
+
+def _check_config_files(words: list[str]) -> None:
+    """Refuse a --config file that cannot be read as text (a binary, a directory) with its name, before the
+    parser meets it (jsonargparse would raise a UnicodeDecodeError). A value that is not a path is inline
+    YAML, which the parser reads itself."""
+    values = [value for flag, value in zip(words, words[1:], strict=False) if flag == "--config"]
+    values += [word.split("=", 1)[1] for word in words if word.startswith("--config=")]
+    for value in values:
+        if Path(value).exists():
+            try:
+                read_text(value)
+            except UserError as err:
+                raise UserError(f"--config {err}") from None
 
 
 def _one_line(err: Exception) -> str:

@@ -23,8 +23,8 @@ from lightning.pytorch.accelerators import CUDAAccelerator
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from lmproject.errors import UserError
+from lmproject.settings_check import TOKEN_DTYPES, check_settings
 
-TOKEN_DTYPES = ("uint16", "uint32")
 NPY_MAGIC = b"\x93NUMPY"
 VOCAB_SAMPLE_CHUNKS = 16
 VOCAB_SAMPLE_CHUNK_TOKENS = 1 << 16
@@ -217,12 +217,8 @@ class TokenDataModule(L.LightningDataModule):
             test_path: token file for `lmproject test` (default: val_path).
         """
         super().__init__()
-        if batch_size < 1 or val_windows < 1 or num_workers < 0:
-            raise UserError("data: batch_size and val_windows must be >= 1 and num_workers >= 0")
-        if val_batch_size is not None and val_batch_size < 1:
-            raise UserError(
-                f"data: val_batch_size must be >= 1 (or left out for batch_size), got {val_batch_size}"
-            )
+        settings = {"batch_size": batch_size, "val_windows": val_windows, "val_batch_size": val_batch_size}
+        check_settings("data", {**settings, "num_workers": num_workers, "seed": seed, "dtype": dtype})
         self.train_path, self.val_path, self.dtype = Path(train_path), Path(val_path), dtype
         self.test_path = Path(test_path) if test_path else self.val_path
         self.batch_size = batch_size

@@ -26,6 +26,7 @@ from lmproject.generate import for_decoding, generate, generate_steps
 from lmproject.nn import TransformerLM, cross_entropy, token_losses
 from lmproject.optim import AdamW, clip_gradients, cosine_lr
 from lmproject.precision import DTYPES
+from lmproject.settings_check import check_settings
 
 ARCHITECTURE = (
     "vocab_size",
@@ -87,6 +88,7 @@ class LanguageModel(L.LightningModule):
         """
         super().__init__()
         self.save_hyperparameters()
+        check_settings("model", self.hparams)
         self.model = TransformerLM(
             vocab_size, context_length, d_model, num_layers, num_heads, d_ff, rope_theta,
             norm, position, ffn, tie_embeddings, attention,

@@ -3,6 +3,7 @@
 from dataclasses import replace
 
 import pytest
+import yaml
 
 from lmproject import accounting as acc
 
@@ -87,11 +88,39 @@ def test_cli_rejects_missing_or_bad_input(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         acc.main(["--preset", "gpt2-small", "--num-heads", "0"])
     assert exit_info.value.code == 2
-    assert "num_heads must be a positive integer" in capsys.readouterr().err
+    assert "model.num_heads=0: must be an integer >= 1" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         acc.main(["--config", str(tmp_path / "absent.yaml")])
     assert exit_info.value.code == 2
     assert "absent.yaml: no such file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ({"d_model": 66, "num_heads": 4}, "model.num_heads=4: must be a divisor of d_model=66"),
+        ({"d_model": 34, "num_heads": 2}, "model.num_heads=2: must be a divisor of d_model=34 with an even"),
+        ({"lr_min": -1e-3}, "model.lr_min=-0.001: must be in [0, lr_max=0.001]"),
+    ],
+)
+def test_a_config_that_fit_refuses_is_refused_by_the_same_check(tmp_path, capsys, model, message):
+    sizes = {"vocab_size": 100, "context_length": 16, "d_model": 32, "num_layers": 2, "num_heads": 2}
+    sizes["d_ff"] = 64
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"model": {**sizes, **model}}))
+    with pytest.raises(SystemExit) as exit_info:
+        acc.main(["--config", str(config)])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_binary_config_file_is_a_one_line_error(tmp_path, capsys):
+    binary = tmp_path / "program"
+    binary.write_bytes(b"\x7fELF\x02\x01\xd0\x00")
+    with pytest.raises(SystemExit) as exit_info:
+        acc.main(["--config", str(binary)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().endswith(f"{binary}: invalid UTF-8 at byte offset 6")
 
 
 @pytest.mark.parametrize(("flag", "value"), [("--batch-size", "0"), ("--steps", "0"), ("--steps", "-3")])

@@ -131,5 +131,5 @@ def test_data_module_checks_files_against_the_model_before_training(tmp_path):
 
 
 def test_val_batch_size_must_be_positive(tmp_path):
-    with pytest.raises(UserError, match="val_batch_size must be >= 1 .* got 0"):
+    with pytest.raises(UserError, match="data.val_batch_size=0: must be null or an integer >= 1"):
         TokenDataModule("train.npy", "valid.npy", 2, vocab_size=64, context_length=8, val_batch_size=0)

@@ -9,11 +9,7 @@ from torch import nn
 from lmproject.nn.functional import scaled_dot_product_attention
 from lmproject.nn.kv_cache import KVCache, LayerKVCache
 from lmproject.nn.layers import Embedding, Linear, RMSNorm, RotaryEmbedding, SiLUFFN, SwiGLU
-
-NORMS = ("pre", "post", "none")
-POSITIONS = ("rope", "none")
-FFNS = ("swiglu", "silu")
-ATTENTIONS = ("fused", "math")
+from lmproject.settings_check import ATTENTIONS, FFNS, NORMS, check_settings
 
 
 class MultiHeadSelfAttention(nn.Module):
@@ -144,8 +140,8 @@ class TransformerLM(nn.Module):
         attention: str = "fused",
     ):
         super().__init__()
-        if position not in POSITIONS:
-            raise ValueError(f"position must be one of {POSITIONS}, got {position!r}")
+        arguments = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        check_settings("model", arguments)  # one clear error for any bad size or switch
         self.vocab_size, self.context_length, self.d_model = vocab_size, context_length, d_model
         self.num_layers, self.num_heads, self.d_ff, self.rope_theta = num_layers, num_heads, d_ff, rope_theta
         self.norm, self.position, self.ffn, self.attention = norm, position, ffn, attention
