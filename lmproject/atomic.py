@@ -1,9 +1,17 @@
 """Atomic file writes: every output of the project (tokenizer files, token arrays, checkpoints, plots,
-samples, downloads) appears under its final name complete or not at all."""
+samples, downloads) appears under its final name complete or not at all.
+
+Work in progress lives next to its target under a hidden temp name that carries the writer's process id,
+`.TARGET.PID.RANDOM.tmp` (a file) or `.TARGET.PID.RANDOM.parts` (a folder). A process killed outright
+(SIGKILL, power loss) cannot remove its own; `remove_stale_temps` removes those whose process is gone, and
+the writers call it, so the next run cleans up what an interrupted one left. Only names of this exact shape
+are touched.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -15,6 +23,42 @@ from lmproject.errors import UserError
 
 _UMASK = os.umask(0o22)
 os.umask(_UMASK)
+TEMP_NAME = re.compile(r"\.(?P<target>.+)\.(?P<pid>\d+)\.[A-Za-z0-9_]{8}\.(tmp|parts)")
+
+
+def temp_prefix(target: Path) -> str:
+    """The start of a temp name for `target` (tempfile adds 8 random characters and the suffix)."""
+    return f".{target.name}.{os.getpid()}."
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temps(directory: Path, target: str | None = None) -> list[Path]:
+    """Remove the temp files and folders in `directory` (for `target` only, if given) that a process of
+    this project left when it was killed, i.e. whose process id no longer runs; return them."""
+    removed = []
+    try:
+        entries = list(Path(directory).iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = TEMP_NAME.fullmatch(entry.name)
+        if not match or (target is not None and match["target"] != target) or _running(int(match["pid"])):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
 
 
 @contextmanager
@@ -27,7 +71,8 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO]:
     path = Path(path)
     if not path.parent.is_dir():
         raise UserError(f"{path}: directory {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    remove_stale_temps(path.parent, path.name)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path), suffix=".tmp")
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes the file private; give it the usual permissions
         encoding = None if "b" in mode else "utf-8"
@@ -48,7 +93,8 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     if path.exists() and not (path.is_dir() and not any(path.iterdir())):
         raise UserError(f"{path}: already exists: choose another output folder or remove it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    remove_stale_temps(path.parent, path.name)
+    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=temp_prefix(path), suffix=".tmp"))
     try:
         os.chmod(staging, 0o777 & ~_UMASK)  # mkdtemp makes the folder private
         yield staging
@@ -56,3 +102,9 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def temp_folder(target: Path) -> Path:
+    """A new temp folder next to `target` for work in progress towards it (the caller removes it)."""
+    remove_stale_temps(target.parent, target.name)
+    return Path(tempfile.mkdtemp(dir=target.parent, prefix=temp_prefix(target), suffix=".parts"))

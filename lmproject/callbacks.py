@@ -102,16 +102,24 @@ class ThroughputMonitor(StepBoundary):
 
 
 class RunCheckpoint(ModelCheckpoint):
-    """ModelCheckpoint that also leaves `last.ckpt` at the final step (Lightning's keeps the last periodic
-    one) and can write it on request, for Ctrl-C."""
+    """ModelCheckpoint whose `last.ckpt` always holds the newest step, in that one file: written with each
+    periodic checkpoint, at the end of training (Lightning's stays at the last periodic one) and on request
+    (Ctrl-C). Lightning's own would start a `last-v1.ckpt` whenever a resumed run did not know the existing
+    file (after a Ctrl-C, or with another every_n_train_steps), leaving `last.ckpt` behind."""
+
+    _last_file_step: int | None = None  # the step last.ckpt was written at by this process
 
     def save_last_now(self, trainer: L.Trainer) -> Path:
         path = Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
-        if self._last_global_step_saved != trainer.global_step or not path.exists():
-            trainer.save_checkpoint(path, weights_only=False)
-            self._last_global_step_saved = trainer.global_step
-            self.last_model_path = str(path)
+        if self._last_file_step != trainer.global_step or not path.exists():
+            self.last_model_path = str(path)  # before saving: it is part of the saved state
+            self._save_checkpoint(trainer, str(path))
+            self._last_file_step = trainer.global_step
         return path
+
+    def _save_last_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
+        if self.save_last:
+            self.save_last_now(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.save_last:

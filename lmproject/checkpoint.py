@@ -9,6 +9,7 @@ from typing import IO, BinaryIO
 import torch
 
 from lmproject.atomic import atomic_write
+from lmproject.checkpoint_digest import digest_status, save_with_digest
 from lmproject.errors import UserError
 
 Target = str | os.PathLike | BinaryIO | IO[bytes]
@@ -20,14 +21,15 @@ def save_checkpoint(
     """Write {"model", "optimizer", "iteration"} to `out`, a path or a binary file object.
 
     A path is written atomically: to a temporary file in the same directory, then renamed over `out`, so
-    an interrupted save never leaves a truncated checkpoint (and never damages an older one).
+    an interrupted save never leaves a truncated checkpoint (and never damages an older one); the file
+    carries a digest of its bytes, checked by load_checkpoint (lmproject.checkpoint_digest).
     """
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": int(iteration)}
     if not isinstance(out, (str, os.PathLike)):
         torch.save(state, out)
         return
     with atomic_write(out, "wb") as file:
-        torch.save(state, file)
+        save_with_digest(state, file)
 
 
 def load_checkpoint(src: Target, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> int:
@@ -36,12 +38,16 @@ def load_checkpoint(src: Target, model: torch.nn.Module, optimizer: torch.optim.
     name = (
         os.fspath(src) if isinstance(src, (str, os.PathLike)) else getattr(src, "name", "<checkpoint stream>")
     )
-    if isinstance(src, (str, os.PathLike)) and not Path(src).is_file():
-        raise UserError(f"checkpoint {name}: no such file")
+    if isinstance(src, (str, os.PathLike)):
+        if not Path(src).is_file():
+            raise UserError(f"checkpoint {name}: no such file")
+        if digest_status(src) == "damaged":
+            raise UserError(f"checkpoint {name}: damaged (its bytes differ from the digest saved with it)")
     try:
         state = torch.load(src, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for damaged files (pickle, zip, EOF, runtime)
-        raise UserError(f"checkpoint {name}: cannot read it ({type(err).__name__}: {err})") from None
+        first_line = next((line for line in str(err).splitlines() if line.strip()), "")  # torch adds advice
+        raise UserError(f"checkpoint {name}: cannot read it ({type(err).__name__}: {first_line})") from None
     if not isinstance(state, dict) or not {"model", "optimizer", "iteration"} <= state.keys():
         raise UserError(f"checkpoint {name}: not a save_checkpoint file (needs model, optimizer, iteration)")
     try:

@@ -1,4 +1,5 @@
-"""Checkpoint files: atomic writes, finding `last`, refusing unreadable or mismatched checkpoints early."""
+"""Checkpoint files: atomic writes with a digest, finding `last`, refusing unreadable, damaged or mismatched
+checkpoints early (naming the newest intact one to resume from instead)."""
 
 from __future__ import annotations
 
@@ -10,26 +11,62 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from lmproject.atomic import atomic_write
+from lmproject.atomic import atomic_write, remove_stale_temps
+from lmproject.checkpoint_digest import digest_status, save_with_digest
 from lmproject.errors import UserError
+
+LAST = "last.ckpt"  # what `--ckpt_path last` means
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint to a temporary file in the same directory, then renames it into place, so a
-    crash or Ctrl-C during a save never leaves a truncated checkpoint under the final name."""
+    crash or Ctrl-C during a save never leaves a truncated checkpoint under the final name; the file carries
+    a digest of its bytes (lmproject.checkpoint_digest) so later damage is caught on load. Every Lightning
+    checkpoint of the project is written here."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(Path(path).parent)  # e.g. `.epoch=0-step=50.ckpt.PID.XXXX.tmp` of a killed run
         with atomic_write(path, "wb") as file:
-            torch.save(checkpoint, file)
+            save_with_digest(checkpoint, file)
+
+
+def checkpoint_step(path: Path) -> int:
+    """The global step a Lightning checkpoint was saved at (-1 if it cannot be read); reads only the
+    small pickled part, the tensors stay on disk (mmap)."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+    except Exception:  # unreadable, damaged or foreign: never the newest
+        return -1
 
 
 def find_last(directory: Path) -> Path | None:
-    """The newest `last*.ckpt` in a checkpoint directory (what `--ckpt_path last` resumes from)."""
-    candidates = (
-        sorted(directory.glob("last*.ckpt"), key=lambda p: p.stat().st_mtime) if directory.is_dir() else []
-    )
-    return candidates[-1] if candidates else None
+    """What `--ckpt_path last` resumes: `last.ckpt`, which the project keeps at the newest step. Runs of
+    earlier versions may also have `last-v1.ckpt`...: then the one at the highest step (last.ckpt on a tie).
+    """
+    candidates = list(directory.glob("last*.ckpt")) if directory.is_dir() else []
+    if len(candidates) <= 1:
+        return candidates[0] if candidates else None
+    return max(candidates, key=lambda p: (checkpoint_step(p), p.name == LAST))
+
+
+def newest_intact(directory: Path, other_than: Path) -> tuple[Path, int] | None:
+    """The checkpoint of `directory` at the highest step whose bytes are intact, and that step, leaving
+    out `other_than` (the damaged one)."""
+    steps = [(checkpoint_step(p), p) for p in directory.glob("*.ckpt") if p.resolve() != other_than.resolve()]
+    for step, path in sorted(steps, key=lambda sp: sp[0], reverse=True):
+        if step >= 0 and digest_status(path) != "damaged":
+            return path, step
+    return None
+
+
+def _refuse_damaged(path: Path, problem: str) -> None:
+    """Raise a UserError saying what is wrong with `path` and which older checkpoint to use instead."""
+    fallback = newest_intact(path.parent, path)
+    if fallback is None:
+        raise UserError(f"{path}: {problem}; no intact checkpoint beside it")
+    good, step = fallback
+    raise UserError(f"{path}: {problem}; the newest intact one is {good} (step {step}): --ckpt_path {good}")
 
 
 def check_checkpoint(
@@ -42,12 +79,14 @@ def check_checkpoint(
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; mmap errors would say nothing useful
-        raise UserError(f"{path}: not a readable checkpoint (truncated or not a torch checkpoint)")
+        _refuse_damaged(path, "not a readable checkpoint (truncated or not a torch checkpoint)")
+    if digest_status(path) == "damaged":
+        _refuse_damaged(path, "damaged checkpoint (its bytes differ from the SHA-256 digest saved with it)")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # torch raises several types for damaged or foreign files
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"{path}: not a readable checkpoint ({reason})") from None
+        _refuse_damaged(path, f"not a readable checkpoint ({reason})")
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise UserError(f"{path}: not a Lightning checkpoint (no state_dict)")
     saved = checkpoint.get("hyper_parameters", {})

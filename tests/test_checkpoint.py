@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from lmproject.checkpoint import load_checkpoint, save_checkpoint
+from lmproject.checkpoint_digest import digest_status
 from lmproject.errors import UserError
 from lmproject.nn import TransformerLM, cross_entropy
 from lmproject.optim import AdamW
@@ -91,3 +92,39 @@ def test_other_torch_files_are_refused(tmp_path):
     model, optimizer = trained_pair(0)
     with pytest.raises(UserError, match="other.pt: not a save_checkpoint file"):
         load_checkpoint(tmp_path / "other.pt", model, optimizer)
+
+
+def zero_middle(path, count=1000):
+    """What a failing disk or a bad copy does: a block of the file becomes zeros, the size stays."""
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + count] = bytes(count)
+    path.write_bytes(bytes(data))
+
+
+def test_a_checkpoint_with_a_zeroed_block_is_refused_as_damaged(tmp_path):
+    model, optimizer = trained_pair(0)
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(model, optimizer, 1, path)
+    assert digest_status(path) == "intact"
+    zero_middle(path)
+    assert digest_status(path) == "damaged"
+    with pytest.raises(UserError, match="ckpt.pt: damaged"):
+        load_checkpoint(path, model, optimizer)
+
+
+def test_a_checkpoint_without_a_digest_still_loads(tmp_path):
+    model, optimizer = trained_pair(0)
+    path = tmp_path / "old.pt"
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": 7}, path)
+    assert digest_status(path) == "no digest"
+    assert load_checkpoint(path, model, optimizer) == 7
+
+
+def test_random_bytes_are_a_one_line_error(tmp_path):
+    path = tmp_path / "noise.pt"
+    path.write_bytes(bytes(range(256)) * 40)
+    model, optimizer = trained_pair(0)
+    with pytest.raises(UserError) as error:
+        load_checkpoint(path, model, optimizer)
+    assert "noise.pt: cannot read it" in str(error.value) and "\n" not in str(error.value)

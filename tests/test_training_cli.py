@@ -267,9 +267,11 @@ def test_bad_input_gets_one_line_errors(data_dir, capsys):
     corrupt, empty = data_dir / "corrupt.ckpt", data_dir / "empty.ckpt"
     corrupt.write_bytes(checkpoint.read_bytes()[:1000])
     empty.write_bytes(b"")
+    intact = data_dir / "bare.ckpt"  # an intact checkpoint beside them: the message offers it
     for damaged in (corrupt, empty):
         assert fails(["validate", "--config", config, "--ckpt_path", str(damaged)], capsys).endswith(
-            f"{damaged}: not a readable checkpoint (truncated or not a torch checkpoint)"
+            f"{damaged}: not a readable checkpoint (truncated or not a torch checkpoint); "
+            f"the newest intact one is {intact} (step 2): --ckpt_path {intact}"
         )
 
 

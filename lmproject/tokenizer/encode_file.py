@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
 
-from lmproject.atomic import atomic_write
+from lmproject.atomic import atomic_write, temp_folder
 from lmproject.errors import UserError
 from lmproject.tokenizer.chunks import MAX_CHUNK_BYTES, check_options, map_chunks, plan_chunks
 from lmproject.tokenizer.pretokenize import read_chunk
@@ -56,9 +55,7 @@ def encode_file(
     bounds = plan_chunks(input_path, num_workers, max_chunk_bytes, tokenizer.special_tokens)
 
     dtype = token_dtype(tokenizer)
-    parts_dir = Path(
-        tempfile.mkdtemp(dir=output_path.parent, prefix=f".{output_path.name}.", suffix=".parts")
-    )
+    parts_dir = temp_folder(output_path)  # also removes what a killed run left for this output
     try:
         jobs = [
             (str(input_path), start, end, errors, str(parts_dir / f"{index:06d}.bin"), dtype.str)

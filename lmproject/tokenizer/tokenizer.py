@@ -14,14 +14,13 @@ import json
 import operator
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable, Iterator
 from itertools import chain, repeat
 from pathlib import Path
 
 import regex
 
-from lmproject.atomic import atomic_write
+from lmproject.atomic import atomic_write, temp_folder
 from lmproject.errors import UserError
 from lmproject.tokenizer.files import (
     load_merges,
@@ -148,7 +147,7 @@ class Tokenizer:
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=directory, prefix=".saving-"))
+        staging = temp_folder(directory / VOCAB_FILE)
         try:
             save_vocab(self.vocab, staging / VOCAB_FILE)
             save_merges(self.merges, staging / MERGES_FILE)
