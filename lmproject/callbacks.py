@@ -127,10 +127,13 @@ class RunCheckpoint(ModelCheckpoint):
 
 
 class GracefulInterrupt(StepBoundary):
-    """First Ctrl-C: finish the current optimizer step, save `last.ckpt`, stop. Second Ctrl-C: abort now."""
+    """First Ctrl-C: finish the current optimizer step, save `last.ckpt`, stop. Second Ctrl-C: abort now.
+    Outside training (setup, validate, predict) Ctrl-C is Lightning's KeyboardInterrupt, which it turns into
+    exit status 1; `keyboard_interrupt` records it so the CLI can exit 130 instead."""
 
     def __init__(self):
         self.requested = False
+        self.keyboard_interrupt = False
         self.saved: Path | None = None
         self._previous = None
 
@@ -157,6 +160,7 @@ class GracefulInterrupt(StepBoundary):
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
         self._restore()
+        self.keyboard_interrupt = isinstance(exception, KeyboardInterrupt)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx):
         if not self.stepped(trainer):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -179,8 +180,23 @@ class LMCLI(LightningCLI):
             trainer.world_size,
         )
 
+    def _interrupt_callback(self) -> GracefulInterrupt:
+        return next(c for c in self.trainer.callbacks if isinstance(c, GracefulInterrupt))
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Lightning answers Ctrl-C outside the training loop with exit status 1 (and ignores Ctrl-C from
+        then on): make it 130, the status of an interrupted command, and restore Ctrl-C."""
+        try:
+            super()._run_subcommand(subcommand)
+        except SystemExit as exit_:
+            if exit_.code != 1 or not self._interrupt_callback().keyboard_interrupt:
+                raise
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            print(f"lmproject: {subcommand} interrupted", file=sys.stderr)
+            raise SystemExit(130) from None
+
     def after_fit(self) -> None:
-        interrupt = next(c for c in self.trainer.callbacks if isinstance(c, GracefulInterrupt))
+        interrupt = self._interrupt_callback()
         if interrupt.saved is not None:
             print(
                 f"lmproject: interrupted; saved {interrupt.saved} (resume with --ckpt_path last)",

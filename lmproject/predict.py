@@ -3,14 +3,16 @@
 Each prompt becomes one request: `num_samples` copies of the prompt sampled together by the model's
 `predict_step` (lmproject.generate), seeded with `seed + prompt index`, so a rerun of the same command gives
 the same text. Completions print to stdout as each request finishes; with one prompt and one sample on a
-terminal they stream token by token instead. `--output` gets one JSON line per completion, written at the
-end through a temporary file (an interrupted run leaves no partial file).
+terminal they stream token by token instead. `--output` gets one JSON line per completion as soon as its
+request finishes, each line one write, so Ctrl-C (or a kill) keeps every finished completion and never half
+a line; the file is checked for writing before any sampling.
 """
 
 from __future__ import annotations
 
 import codecs
 import json
+import os
 import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -19,7 +21,6 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from lmproject.atomic import atomic_write
 from lmproject.errors import UserError
 from lmproject.precision import DTYPES
 from lmproject.tokenizer import Tokenizer
@@ -86,7 +87,10 @@ class SamplingOptions:
         if (self.prompt is None) == (self.prompts_file is None):
             raise UserError("predict: give exactly one of --prompt or --prompts_file")
         if self.prompt is not None and not self.prompt.strip():
-            raise UserError("predict: --prompt is empty")
+            shown = "empty" if not self.prompt else f"only whitespace ({self.prompt!r})"
+            raise UserError(f"predict: --prompt is {shown}: give some text to continue")
+        if self.prompts_file is not None and Path(self.prompts_file).is_dir():
+            raise UserError(f"{self.prompts_file}: is a directory, expected a prompts file (one per line)")
         if self.prompts_file is not None and not Path(self.prompts_file).is_file():
             raise UserError(f"{self.prompts_file}: prompts file not found")
         checks = [
@@ -104,8 +108,8 @@ class SamplingOptions:
         for ok, message in checks:
             if not ok:
                 raise UserError(f"predict: {message}")
-        if self.output is not None and not Path(self.output).resolve().parent.is_dir():
-            raise UserError(f"{self.output}: directory {Path(self.output).parent} does not exist")
+        if self.output is not None:
+            check_writable(Path(self.output))
         self.prompts()  # an unreadable or empty prompts file fails here, before a model is loaded
 
     def prompts(self) -> list[str]:
@@ -122,6 +126,25 @@ class SamplingOptions:
         if not prompts:
             raise UserError(f"{self.prompts_file}: no prompts in the file (one prompt per line)")
         return prompts
+
+
+def check_writable(path: Path) -> None:
+    """Refuse an output file that could not be written (a directory, a missing or read-only folder), by
+    trying: an existing file is opened for appending, a new one created and removed again."""
+    if path.is_dir():
+        raise UserError(f"--output {path}: is a directory, expected a file name")
+    parent = path.resolve().parent
+    if not parent.is_dir():
+        problem = "is not a directory" if parent.exists() else "does not exist"
+        raise UserError(f"--output {path}: {path.parent} {problem}")
+    existed = path.exists()
+    try:
+        with open(path, "ab"):
+            pass
+    except OSError as err:
+        raise UserError(f"--output {path}: cannot write it ({err.strerror or err})") from None
+    if not existed:
+        path.unlink()
 
 
 def eos_id(tokenizer: Tokenizer) -> int | None:
@@ -157,12 +180,14 @@ class TokenPrinter:
 
 
 class CompletionWriter(BasePredictionWriter):
-    """Decodes each request's completions, prints them (unless streamed), and writes the JSONL at the end."""
+    """Decodes each request's completions, prints them (unless streamed), and appends them to the JSONL
+    file as the request finishes (rank 0 writes)."""
 
     def __init__(self, tokenizer: Tokenizer, options: SamplingOptions, checkpoint: str | None):
         super().__init__(write_interval="batch")
         self.tokenizer, self.options, self.checkpoint = tokenizer, options, checkpoint
-        self.records: list[dict[str, Any]] = []
+        self.written = 0
+        self._fd: int | None = None
 
     def write_on_batch_end(
         self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0
@@ -178,16 +203,33 @@ class CompletionWriter(BasePredictionWriter):
             }
             record.update(completion_tokens=len(ids), stopped_at_eos=ended, sample=sample, seed=batch["seed"])
             record.update(settings={k: batch[k] for k in SETTINGS}, checkpoint=self.checkpoint)
-            self.records.append(record)
+            if self.options.output is not None and trainer.is_global_zero:
+                if self._fd is None:  # at the first completion: an earlier failure leaves any old file
+                    self._fd = os.open(self.options.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+                _write_all(self._fd, (json.dumps(record, ensure_ascii=False) + "\n").encode())
+                self.written += 1
             if pl_module.token_callback is None:
                 header = f"--- prompt {batch_idx + 1}, sample {sample + 1} ---"
                 print(f"{header}\n{batch['prompt']}{text}\n", flush=True)
 
+    def _close(self, finished: bool) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            done = "wrote" if finished else "kept the finished"
+            print(f"{done} {self.written} completions in {self.options.output}", file=sys.stderr)
+
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if pl_module.token_callback is not None:
             print(flush=True)
-        if self.options.output is not None and trainer.is_global_zero:
-            with atomic_write(self.options.output) as file:
-                for record in self.records:
-                    file.write(json.dumps(record, ensure_ascii=False) + "\n")
-            print(f"wrote {len(self.records)} completions to {self.options.output}", file=sys.stderr)
+        self._close(finished=True)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException):
+        self._close(finished=False)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """One line in one write call: a regular file takes it whole (or, with the disk full, in parts)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

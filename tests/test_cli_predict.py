@@ -2,8 +2,11 @@
 
 import io
 import json
+import os
+import signal
 import sys
 
+import lightning as L
 import pytest
 import torch
 from test_training_cli import one_thread  # noqa: F401 (autouse fixture)
@@ -133,10 +136,12 @@ def test_a_single_prompt_streams_token_by_token_to_a_terminal(run, monkeypatch):
         (["--prompt", "Hi", "--window_slide", "0"], "--window_slide must be >= 1"),
         (["--prompt", "Hi", "--window_slide", "100000"], "window_slide must be in 1.."),
         (["--prompt", "Hi", "--dtype", "float16"], "--dtype must be one of float32, bfloat16, got 'float16'"),
-        (["--prompt", " "], "--prompt is empty"),
+        (["--prompt", " "], "--prompt is only whitespace (' '): give some text to continue"),
+        (["--prompt", ""], "--prompt is empty: give some text to continue"),
         ([], "exactly one of --prompt or --prompts_file"),
         (["--prompt", "Hi", "--prompts_file", "p.txt"], "exactly one of --prompt or --prompts_file"),
         (["--prompts_file", "missing.txt"], "missing.txt: prompts file not found"),
+        (["--prompts_file", "/"], "/: is a directory, expected a prompts file (one per line)"),
         (["--prompt", "Hi", "--num_samples", "2", "--stream", "true"], "--stream needs one prompt"),
     ],
 )
@@ -220,3 +225,47 @@ def test_an_unreadable_or_empty_prompts_file_is_a_one_line_error(run, capsys, co
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith(f"lmproject: error: {prompts}: {message}")
     assert not out.exists()
+
+
+class SigintAtPredictBatch(L.Callback):
+    """Presses Ctrl-C as request `batch` starts (the ones before it have finished)."""
+
+    def __init__(self, batch: int):
+        self.batch = batch
+
+    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        if batch_idx == self.batch:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_ctrl_c_keeps_the_finished_completions_as_whole_lines_and_exits_130(run, capsys):
+    prompts = run / "four_prompts.txt"
+    prompts.write_text("Once upon a time\nTom and his dog\nThe sun\nA cat\n")
+    out = run / "interrupted.jsonl"
+    callback = {"class_path": f"{__name__}.SigintAtPredictBatch", "init_args": {"batch": 2}}
+    with pytest.raises(SystemExit) as exit_info:
+        predict(run, "--prompts_file", str(prompts), "--output", str(out), "--max_new_tokens", "4",
+                "--trainer.callbacks", json.dumps([callback]))  # fmt: skip
+    assert exit_info.value.code == 130
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["prompt"] for r in records] == ["Once upon a time", "Tom and his dog"]
+    assert f"kept the finished 2 completions in {out}" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works again
+
+
+@pytest.mark.parametrize(
+    ("output", "message"),
+    [
+        (".", "is a directory, expected a file name"),
+        ("prompts.txt/out.jsonl", "prompts.txt is not a directory"),
+    ],
+)
+def test_an_output_that_cannot_be_written_is_refused_before_sampling(
+    run, capsys, monkeypatch, output, message
+):
+    monkeypatch.chdir(run)
+    monkeypatch.setattr(LanguageModel, "predict_step", lambda *a: pytest.fail("sampled"))
+    with pytest.raises(SystemExit) as exit_info:
+        predict(run, "--prompt", "Hi", "--output", output)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]
