@@ -181,3 +181,12 @@ def test_bf16_autocast_forward_and_backward_close_to_float32():
     loss16.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
     assert loss16.item() == pytest.approx(loss32.item(), rel=0.02)
+
+
+@pytest.mark.parametrize(("bad", "shown"), [(-1, -1), (64, 64)])
+def test_token_ids_outside_the_vocabulary_are_a_value_error(bad, shown):
+    ids = torch.tensor([[1, 2, bad]])
+    with pytest.raises(ValueError, match=f"token id {shown} is outside the vocabulary 0..63"):
+        TransformerLM(**SMALL)(ids)
+    with pytest.raises(ValueError, match="token_ids must be integers"):
+        TransformerLM(**SMALL)(torch.zeros(1, 3))

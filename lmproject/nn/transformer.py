@@ -191,9 +191,26 @@ class TransformerLM(nn.Module):
         elif seq > self.context_length:
             raise ValueError(f"sequence of {seq} tokens is longer than context_length={self.context_length}")
 
+        if token_ids.device.type == "cpu":
+            self._check_token_ids(token_ids)
         x = self.token_embeddings(token_ids)
         for i, layer in enumerate(self.layers):
             x = layer(x, token_positions, None, None if kv_cache is None else kv_cache.layers[i])
         if kv_cache is not None:
             kv_cache.end(seq)
         return x
+
+    def _check_token_ids(self, token_ids: torch.Tensor) -> None:
+        """A ValueError for ids outside 0..vocab_size-1 (-1 would silently pick the last embedding row).
+        Checked on CPU, where two reductions cost little next to the forward (bench/RESULTS.md, issue 11);
+        on an accelerator the check would make every step wait for the device, so there the data module
+        checks the token files and `generate` the prompts instead."""
+        if token_ids.dtype.is_floating_point or token_ids.dtype == torch.bool:
+            raise ValueError(f"token_ids must be integers, got {token_ids.dtype}")
+        if token_ids.numel() == 0:
+            return
+        low, high = torch.aminmax(token_ids)
+        if low < 0 or high >= self.vocab_size:
+            bad = int(low) if low < 0 else int(high)
+            raise ValueError(f"token id {bad} is outside the vocabulary 0..{self.vocab_size - 1}")
+
