@@ -290,3 +290,18 @@ def test_encode_file_bad_input_leaves_no_output(tmp_path, english):
     with pytest.raises(UserError, match="cannot read"):
         encode_file(english, tmp_path / "nope.txt", tmp_path / "out2.npy", progress=False)
     assert not (tmp_path / "out2.npy").exists() and not (tmp_path / "out2.bin").exists()
+
+
+def test_a_folder_without_special_tokens_json_follows_gpt2s_convention_and_says_so(tmp_path, english):
+    """GPT-2's own files hold <|endoftext|> in vocab.json and have no special_tokens.json: it must stay
+    one token (a corpus encoded byte by byte would lose its document separators), and loudly."""
+    english.save(tmp_path)
+    (tmp_path / "special_tokens.json").unlink()
+    with pytest.warns(UserWarning, match=r"no special_tokens.json; treating <\|endoftext\|> of vocab.json"):
+        loaded = Tokenizer.from_dir(tmp_path)
+    assert loaded.special_tokens == [EOT]
+    assert loaded.encode(f"the{EOT}the") == english.encode(f"the{EOT}the")
+    plain = make_tokenizer(ENGLISH_MERGES, [])
+    plain.save(tmp_path / "plain")
+    (tmp_path / "plain/special_tokens.json").unlink()
+    assert Tokenizer.from_dir(tmp_path / "plain").special_tokens == []  # nothing shaped <|...|>: no warning

@@ -14,6 +14,7 @@ import json
 import operator
 import os
 import shutil
+import warnings
 from collections.abc import Iterable, Iterator
 from itertools import chain, repeat
 from pathlib import Path
@@ -48,6 +49,20 @@ SPECIAL_TOKENS_FILE = "special_tokens.json"
 _MAX_ID = 2**32 - 2  # ids are stored in 32 bits (uint32 .npy files, _merge.c), one value kept as a marker
 _NOT_A_MERGE = 1 << 62  # above every rank; an int, since min() over ints alone is faster than with inf
 _STREAM_BLOCK = 1 << 16  # characters that encode_iterable gathers before encoding
+
+
+SPECIAL_SHAPE = regex.compile(r"<\|[^\s|]+\|>")
+
+
+def implied_special_tokens(vocab: dict[int, bytes], merges: list[tuple[bytes, bytes]]) -> list[str]:
+    """The vocab entries shaped like `<|endoftext|>` that no merge produces, in id order."""
+    merged = {left + right for left, right in merges}
+    found = []
+    for _, token in sorted(vocab.items()):
+        text = token.decode("utf-8", errors="replace")
+        if token not in merged and SPECIAL_SHAPE.fullmatch(text):
+            found.append(text)
+    return found
 
 
 class Tokenizer:
@@ -110,15 +125,24 @@ class Tokenizer:
     ) -> Tokenizer:
         """Load GPT-2-format vocab.json and merges.txt (GPT-2's own files included)."""
         vocab, merges = load_vocab(vocab_path), load_merges(merges_path)
+        return cls._from_parts(vocab, merges, special_tokens, f"{vocab_path} and {merges_path}")
+
+    @classmethod
+    def _from_parts(cls, vocab: dict, merges: list, specials: list[str] | None, files: str) -> Tokenizer:
         try:
-            return cls(vocab, merges, special_tokens)
+            return cls(vocab, merges, specials)
         except ValueError as err:
-            raise UserError(f"{vocab_path} and {merges_path} do not fit together: {err}") from None
+            raise UserError(f"{files} do not fit together: {err}") from None
 
     @classmethod
     def from_dir(cls, directory: str | os.PathLike[str]) -> Tokenizer:
         """Load a tokenizer directory written by `save` (vocab.json, merges.txt, special_tokens.json), or one
-        that holds only a Hugging Face tokenizer.json."""
+        that holds only a Hugging Face tokenizer.json.
+
+        Without special_tokens.json (GPT-2's own files have none, and hold `<|endoftext|>` in vocab.json),
+        the vocab entries shaped `<|...|>` that no merge produces are the special tokens, with a warning
+        that says so: encoding them as plain text would drop every document separator of a corpus.
+        """
         directory = Path(directory)
         if not directory.is_dir():
             raise UserError(f"{directory}: not a directory (expected {VOCAB_FILE} and {MERGES_FILE} in it)")
@@ -128,7 +152,6 @@ class Tokenizer:
             except ValueError as err:
                 raise UserError(f"{directory / TOKENIZER_JSON}: {err}") from None
         specials_path = directory / SPECIAL_TOKENS_FILE
-        special_tokens = []
         if specials_path.exists():
             try:
                 special_tokens = json.loads(read_text(specials_path))
@@ -137,7 +160,17 @@ class Tokenizer:
             if not isinstance(special_tokens, list):
                 raise UserError(f"{specials_path}: expected a JSON list of strings")
             special_tokens = validate_special_tokens(special_tokens, f"{specials_path}: special token")
-        return cls.from_files(directory / VOCAB_FILE, directory / MERGES_FILE, special_tokens)
+            return cls.from_files(directory / VOCAB_FILE, directory / MERGES_FILE, special_tokens)
+        vocab_path, merges_path = directory / VOCAB_FILE, directory / MERGES_FILE
+        vocab, merges = load_vocab(vocab_path), load_merges(merges_path)
+        special_tokens = implied_special_tokens(vocab, merges)
+        if special_tokens:
+            warnings.warn(
+                f"{directory}: no {SPECIAL_TOKENS_FILE}; treating {', '.join(special_tokens)} of "
+                f"{VOCAB_FILE} as special tokens (GPT-2's convention; write the file to choose otherwise)",
+                stacklevel=2,
+            )
+        return cls._from_parts(vocab, merges, special_tokens, f"{vocab_path} and {merges_path}")
 
     def save(self, directory: str | os.PathLike[str]) -> None:
         """Write vocab.json, merges.txt and special_tokens.json into `directory` (created if missing).
