@@ -147,3 +147,36 @@ def test_bad_encoding_input(tmp_path, corpus, tokenizer_dir, capsys):
         ["inspect", "--tokenizer", str(tokenizer_dir)], capsys
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.txt", "stories.txt", "tok"]
+
+
+def test_train_checks_its_output_folder_and_special_tokens_before_training(
+    tmp_path, corpus, capsys, monkeypatch
+):
+    import lmproject.tokenizer.cli as cli
+
+    monkeypatch.setattr(cli, "train_bpe", lambda *a, **k: pytest.fail("trained before checking"))
+    train = ["train", str(corpus), "--vocab-size", "300"]
+    assert fails([*train, "--out", str(corpus / "tok")], capsys).endswith(
+        f"--out {corpus / 'tok'}: {corpus} is a file, not a directory"
+    )
+    monkeypatch.undo()
+    assert fails([*train, "--special-token", "a", "--out", str(tmp_path / "tok")], capsys).endswith(
+        "special token 'a' is a single byte, already one of the 256 byte tokens (special tokens look like "
+        "<|endoftext|>)"
+    )
+    assert not (tmp_path / "tok").exists()
+
+
+def test_encode_removes_what_a_killed_encode_left_for_its_output(tmp_path, corpus, tokenizer_dir):
+    dead = 99_999_999  # above Linux's largest pid: no process has it
+    parts = tmp_path / f".out.npy.{dead}.abcd_123.parts"
+    parts.mkdir()
+    (parts / "000000.bin").write_bytes(b"\0\0")
+    half = tmp_path / f".out.npy.{dead}.efgh_456.tmp"
+    half.write_bytes(b"")
+    others = [tmp_path / f".other.npy.{dead}.abcd_123.parts", tmp_path / ".out.npy.parts"]
+    for folder in others:
+        folder.mkdir()
+    assert main(["encode", "--tokenizer", str(tokenizer_dir), str(corpus), str(tmp_path / "out.npy")]) == 0
+    assert not parts.exists() and not half.exists()
+    assert all(folder.is_dir() for folder in others)  # another output's, and a name not of this shape

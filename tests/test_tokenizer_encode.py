@@ -279,7 +279,7 @@ def test_encode_file_bad_input_leaves_no_output(tmp_path, english):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.txt"]
     encode_file(english, tmp_path / "bad.txt", tmp_path / "out.npy", errors="replace", progress=False)
     assert "caf\ufffd\n" in english.decode(np.load(tmp_path / "out.npy"))
-    with pytest.raises(UserError, match="directory .*missing does not exist"):
+    with pytest.raises(UserError, match="missing does not exist"):
         encode_file(english, tmp_path / "bad.txt", tmp_path / "missing" / "out.npy", progress=False)
     with pytest.raises(UserError, match="is a directory"):
         encode_file(english, tmp_path, tmp_path / "out2.npy", progress=False)

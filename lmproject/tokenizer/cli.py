@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -94,9 +95,22 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _check_output_folder(out: Path) -> None:
+    """Refuse an --out folder that could not be written (under a file, read-only) before any work, by
+    creating and removing a temporary file in it or in the nearest folder that exists above it."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a directory")
+    existing = next(folder for folder in (out, *out.resolve().parents) if folder.exists())
+    if not existing.is_dir():
+        raise UserError(f"--out {out}: {existing} is a file, not a directory")
+    try:
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as err:
+        raise UserError(f"--out {out}: cannot write in {existing} ({err.strerror or err})") from None
+
+
 def _train(args: argparse.Namespace) -> int:
-    if args.out.exists() and not args.out.is_dir():
-        raise UserError(f"--out {args.out}: exists and is not a directory")
+    _check_output_folder(args.out)
     started = time.perf_counter()
     errors = "replace" if args.replace_invalid_utf8 else "strict"
     vocab, merges = train_bpe(

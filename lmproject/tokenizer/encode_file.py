@@ -50,7 +50,8 @@ def encode_file(
     if output_path.suffix != ".npy":
         raise UserError(f"{output_path}: the output is a .npy array, so its name must end in .npy")
     if not output_path.parent.is_dir():
-        raise UserError(f"{output_path}: directory {output_path.parent} does not exist")
+        problem = "is not a directory" if output_path.parent.exists() else "does not exist"
+        raise UserError(f"{output_path}: {output_path.parent} {problem}")
     max_chunk_bytes = MAX_CHUNK_BYTES if chunk_bytes is None else chunk_bytes
     bounds = plan_chunks(input_path, num_workers, max_chunk_bytes, tokenizer.special_tokens)
 

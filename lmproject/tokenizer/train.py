@@ -76,6 +76,14 @@ def train_bpe(
 
 
 def _check_vocab_size(vocab_size: int, special_tokens: list[str]) -> None:
+    """Refuse a vocab_size that cannot hold the initial vocab, and special tokens that are already in it
+    (one byte: the vocab would hold the same bytes under two ids)."""
+    for token in special_tokens:
+        if len(token.encode("utf-8")) == 1:
+            raise UserError(
+                f"special token {token!r} is a single byte, already one of the 256 byte tokens "
+                "(special tokens look like <|endoftext|>)"
+            )
     initial_size = 256 + len(special_tokens)
     if vocab_size < initial_size:
         specials = f"{len(special_tokens)} special token{'' if len(special_tokens) == 1 else 's'}"
