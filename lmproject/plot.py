@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmproject.atomic import atomic_write
 from lmproject.errors import UserError, run_cli
+from lmproject.tokenizer.files import read_text
 
 TRAIN_COLUMNS = ("train/loss", "train/loss_step", "train_loss")
 VAL_COLUMNS = ("val/loss", "val_loss")
@@ -124,7 +127,7 @@ def expand_runs(path: Path) -> list[tuple[Path, str]]:
 
 
 def _read_status(path: Path) -> int:
-    text = path.read_text().strip()
+    text = read_text(path).strip()
     if not text.lstrip("-").isdigit():
         raise UserError(f"{path}: expected the exit status of lmproject fit, got {text[:40]!r}")
     return int(text)
@@ -140,25 +143,32 @@ def _first_present(header: list[str], names: tuple[str, ...]) -> str | None:
 
 
 def read_metrics(path: Path, name: str) -> Run:
-    """The losses and wall clock in one metrics.csv."""
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        train_col, val_col = _first_present(header, TRAIN_COLUMNS), _first_present(header, VAL_COLUMNS)
-        clock_col = _first_present(header, WALL_CLOCK_COLUMNS)
-        if "step" not in header or not (train_col or val_col):
-            raise UserError(
-                f"{path}: expected a 'step' column and a loss column ({TRAIN_COLUMNS[0]} or {VAL_COLUMNS[0]})"
-            )
-        run = Run(name)
-        for row in reader:
-            try:
-                step = int(float(row["step"]))
-                for column, curve in ((train_col, run.train), (val_col, run.val), (clock_col, run.clock)):
-                    if column and row.get(column):
-                        curve.append((step, float(row[column])))
-            except ValueError as err:
-                raise UserError(f"{path}, line {reader.line_num}: not a number ({err})") from None
+    """The losses and wall clock in one metrics.csv. A last row with fewer fields than the header (the
+    file of a run killed while writing it) is left out with a note; such a row elsewhere is an error."""
+    rows = csv.reader(io.StringIO(read_text(path), newline=""))
+    header = next(rows, [])
+    train_col, val_col = _first_present(header, TRAIN_COLUMNS), _first_present(header, VAL_COLUMNS)
+    clock_col = _first_present(header, WALL_CLOCK_COLUMNS)
+    if "step" not in header or not (train_col or val_col):
+        raise UserError(
+            f"{path}: expected a 'step' column and a loss column ({TRAIN_COLUMNS[0]} or {VAL_COLUMNS[0]})"
+        )
+    run = Run(name)
+    lines = [(rows.line_num, fields) for fields in rows if fields]
+    for number, fields in lines:
+        if len(fields) != len(header):
+            if number == lines[-1][0] and len(fields) < len(header):
+                print(f"lmproject plot: {path}, line {number}: row cut off, left out", file=sys.stderr)
+                break
+            raise UserError(f"{path}, line {number}: {len(fields)} fields, the header has {len(header)}")
+        row = dict(zip(header, fields, strict=True))
+        try:
+            step = int(float(row["step"]))
+            for column, curve in ((train_col, run.train), (val_col, run.val), (clock_col, run.clock)):
+                if column and row[column]:
+                    curve.append((step, float(row[column])))
+        except ValueError as err:
+            raise UserError(f"{path}, line {number}: not a number ({err})") from None
     return run
 
 

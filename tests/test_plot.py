@@ -124,3 +124,29 @@ def test_a_run_folder_that_also_holds_other_runs_is_refused(tmp_path, capsys):
     assert info.value.code == 2
     assert "holds its own logs and other runs' (other)" in capsys.readouterr().err
     assert not (tmp_path / "o.png").exists()
+
+
+def test_a_metrics_file_cut_off_mid_row_plots_what_is_whole(tmp_path, capsys):
+    write_metrics(tmp_path / "run", [3.0, 2.5, 2.0])
+    metrics = tmp_path / "run" / "metrics.csv"
+    metrics.write_text(metrics.read_text() + "0,3,1.")  # killed while Lightning wrote the row of step 3
+    run = plot.read_run(tmp_path / "run")
+    assert run.train == [(0, 3.0), (1, 2.5), (2, 2.0)]
+    assert f"{metrics}, line 5: row cut off, left out" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"step,train/loss\n1,2.0\n2,\xff\xfe\n", "metrics.csv: invalid UTF-8 at byte offset 24"),
+        (b"step,train/loss\n1,2.0,7\n2,1.5\n", "metrics.csv, line 2: 3 fields, the header has 2"),
+        (b"step,train/loss\n1\n2,1.5\n", "metrics.csv, line 2: 1 fields, the header has 2"),
+    ],
+)
+def test_a_damaged_metrics_file_is_a_one_line_error(tmp_path, capsys, content, message):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.csv").write_bytes(content)
+    with pytest.raises(SystemExit) as info:
+        plot.main([str(tmp_path / "run"), "--out", str(tmp_path / "o.png")])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(message)

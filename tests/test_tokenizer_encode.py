@@ -305,3 +305,11 @@ def test_a_folder_without_special_tokens_json_follows_gpt2s_convention_and_says_
     plain.save(tmp_path / "plain")
     (tmp_path / "plain/special_tokens.json").unlink()
     assert Tokenizer.from_dir(tmp_path / "plain").special_tokens == []  # nothing shaped <|...|>: no warning
+
+
+def test_bytes_instead_of_text_is_a_clear_type_error(tmp_path, english):
+    (tmp_path / "a.txt").write_text("the cat\n")
+    with open(tmp_path / "a.txt", "rb") as binary, pytest.raises(TypeError, match="opened in binary mode"):
+        list(english.encode_iterable(binary))
+    with pytest.raises(TypeError, match=r"Tokenizer.encode takes text \(str\), got int"):
+        english.encode(5)

@@ -199,6 +199,8 @@ class Tokenizer:
 
     def encode(self, text: str) -> list[int]:
         """The token ids of `text`."""
+        if not isinstance(text, str):
+            raise TypeError(_not_text(text, "encode"))
         ids: list[int] = []
         if self._special_re is None:
             self._encode_ordinary(text, ids)
@@ -221,6 +223,8 @@ class Tokenizer:
         pending: list[str] = []
         pending_length = 0
         for text in texts:
+            if not isinstance(text, str):
+                raise TypeError(_not_text(text, "encode_iterable"))
             pending.append(text)
             pending_length += len(text)
             if pending_length < _STREAM_BLOCK:
@@ -321,6 +325,12 @@ class Tokenizer:
             if segment_start >= end:
                 return segment_start
         return _last_safe_cut(text, segment_start, end)
+
+
+def _not_text(value: object, method: str) -> str:
+    binary = isinstance(value, bytes)
+    hint = " (a file opened in binary mode? open it with encoding='utf-8')" if binary else ""
+    return f"Tokenizer.{method} takes text (str), got {type(value).__name__}{hint}"
 
 
 def _last_safe_cut(text: str, start: int, end: int) -> int:
