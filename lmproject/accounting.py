@@ -398,8 +398,9 @@ def _run(argv: list[str]) -> int:
     tokens = defaults.get("train_tokens")
     if args.steps is None and tokens:  # the config's train_tokens sets max_steps, as in `lmproject fit`
         steps = steps_for_tokens(tokens, batch, shape.context_length, accumulation, devices)
-    if not 0 < args.mfu <= 1 or args.peak_flops <= 0 or args.memory_gb <= 0:
-        raise UserError("--mfu must be in (0, 1]; --peak-flops and --memory-gb must be positive")
+    numbers = (args.mfu, args.peak_flops, args.memory_gb)
+    if not all(map(math.isfinite, numbers)) or not 0 < args.mfu <= 1 or min(numbers) <= 0:
+        raise UserError("--mfu must be in (0, 1]; --peak-flops and --memory-gb must be positive and finite")
     if args.config and args.devices is None and defaults.get("devices") is None:
         print(
             "lmproject accounting: the config's trainer.devices is auto (every visible device): "

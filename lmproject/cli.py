@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from jsonargparse import ArgumentError, Namespace
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from torch.utils.data import DataLoader
 
@@ -88,8 +89,8 @@ class LMCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
         check_settings("", {name: config.get(name) for name in ("train_tokens", "seed_everything")})
-        check_settings("model", config.model.as_dict())
-        check_settings("data", config.data.as_dict())
+        for section in ("model", "data", "trainer", "throughput"):
+            check_settings(section, config[section].as_dict())
         if subcommand == "predict":
             self.sampling = SamplingOptions.from_config(config)
         self._fill_run_layout(config)
@@ -332,6 +333,8 @@ def run_lightning(argv: list[str] | None, run: bool = True, cli_class: type[LMCL
             },
         )
     except ArgumentError as err:
+        raise UserError(_one_line(err)) from None
+    except MisconfigurationException as err:  # Lightning's word for a bad Trainer or callback setting
         raise UserError(_one_line(err)) from None
 
 

@@ -64,7 +64,7 @@ def _refuse_damaged(path: Path, problem: str) -> None:
     """Raise a UserError saying what is wrong with `path` and which older checkpoint to use instead."""
     fallback = newest_intact(path.parent, path)
     if fallback is None:
-        raise UserError(f"{path}: {problem}; no intact checkpoint beside it")
+        raise UserError(f"{path}: {problem}")
     good, step = fallback
     raise UserError(f"{path}: {problem}; the newest intact one is {good} (step {step}): --ckpt_path {good}")
 

@@ -92,6 +92,17 @@ DATA_RULES = (
     Rule("dtype", lambda v, s: v is None or v in TOKEN_DTYPES, f"null or one of {', '.join(TOKEN_DTYPES)}"),
 )
 
+TRAINER_RULES = (  # the Trainer settings that Lightning would let through to a traceback or a silent no-op
+    Rule("max_steps", lambda v, s: v == -1 or _count(v), "-1 (set by train_tokens) or an integer >= 1"),
+    Rule("accumulate_grad_batches", lambda v, s: _count(v), "an integer >= 1"),
+    Rule("val_check_interval", lambda v, s: not _real(v) or v > 0, "> 0 (steps) or a duration"),
+)
+
+THROUGHPUT_RULES = (
+    Rule("window", lambda v, s: _count(v), "an integer >= 1"),
+    Rule("peak_flops", lambda v, s: v is None or (_real(v) and v > 0), "null or a number > 0"),
+)
+
 RUN_RULES = (  # top-level settings of `lmproject fit ...`
     Rule("train_tokens", lambda v, s: v is None or _count(v), "null or an integer >= 1"),
     Rule(
@@ -101,11 +112,17 @@ RUN_RULES = (  # top-level settings of `lmproject fit ...`
     ),
 )
 
-RULES = {"model": MODEL_RULES, "data": DATA_RULES, "": RUN_RULES}
+RULES = {
+    "model": MODEL_RULES,
+    "data": DATA_RULES,
+    "trainer": TRAINER_RULES,
+    "throughput": THROUGHPUT_RULES,
+    "": RUN_RULES,
+}
 
 
 def check_settings(section: str, values: Mapping[str, Any]) -> None:
-    """Raise SettingError for the first setting of `values` (a config section: "model", "data", or "" for
+    """Raise SettingError for the first setting of `values` (a config section named as in RULES, "" for
     the top level) that breaks its rule, e.g. `model.num_heads=4: must be a divisor of d_model=66`.
     Settings absent from `values` are skipped (TransformerLM has no optimizer settings)."""
     prefix = f"{section}." if section else ""

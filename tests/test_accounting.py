@@ -196,3 +196,13 @@ def test_cli_counts_a_configs_token_budget_as_fit_does(tmp_path, capsys):
 def test_training_time_divides_the_step_flops_over_the_devices():
     one = acc.training_seconds(XL, batch_size=1024, steps=10, mfu=0.5, peak_flops=19.5e12)
     assert acc.training_seconds(XL, 1024, 10, 0.5, 19.5e12, devices=4) == pytest.approx(one / 4)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--memory-gb", "nan"), ("--peak-flops", "inf"), ("--mfu", "nan")]
+)
+def test_cli_rejects_numbers_that_are_not_finite(capsys, flag, value):
+    with pytest.raises(SystemExit) as exit_info:
+        acc.main(["--preset", "gpt2-small", flag, value])
+    assert exit_info.value.code == 2
+    assert "--peak-flops and --memory-gb must be positive" in capsys.readouterr().err

@@ -1,8 +1,10 @@
 """Every numeric and choice setting is checked at start-up, before any work, with one line naming it."""
 
+import lightning as L
 import pytest
 from test_training_cli import fails, one_thread, write_config, write_tokens  # noqa: F401 (autouse fixture)
 
+from lmproject.callbacks import ThroughputMonitor
 from lmproject.cli import _join_negative_numbers
 from lmproject.data import TokenDataModule
 from lmproject.module import LanguageModel
@@ -34,6 +36,24 @@ BAD_SETTINGS = [
     (["--data.seed=-1"], "data.seed=-1: must be an integer in [0, 4294967295]"),
     (["--data.num_workers=-2"], "data.num_workers=-2: must be an integer >= 0"),
     (["--train_tokens", "0"], "train_tokens=0: must be null or an integer >= 1"),
+    (
+        ["--trainer.max_steps", "0"],
+        "trainer.max_steps=0: must be -1 (set by train_tokens) or an integer >= 1",
+    ),
+    (
+        ["--trainer.accumulate_grad_batches", "0"],
+        "trainer.accumulate_grad_batches=0: must be an integer >= 1",
+    ),
+    (
+        ["--trainer.val_check_interval", "0"],
+        "trainer.val_check_interval=0: must be > 0 (steps) or a duration",
+    ),
+    (["--throughput.peak_flops=-1"], "throughput.peak_flops=-1.0: must be null or a number > 0"),
+    (
+        ["--trainer.devices", "0"],
+        "`Trainer(devices='0')` value is not a valid input",
+    ),  # Lightning's own check
+    (["--checkpoint.every_n_train_steps=-1"], "Invalid value for every_n_train_steps=-1. Must be >= 0"),
     (["--seed_everything=-1"], "seed_everything=-1: must be true, false or an integer in [0, 4294967295]"),
 ]
 
@@ -82,6 +102,8 @@ def test_every_rule_names_a_setting_of_its_section():
     arguments = {
         "model": inspect.signature(LanguageModel.__init__).parameters,
         "data": inspect.signature(TokenDataModule.__init__).parameters,
+        "trainer": inspect.signature(L.Trainer.__init__).parameters,
+        "throughput": inspect.signature(ThroughputMonitor.__init__).parameters,
         "": {"train_tokens", "seed_everything"},
     }
     for section, rules in RULES.items():
