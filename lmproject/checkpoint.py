@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 from typing import IO, BinaryIO
 
@@ -46,7 +47,9 @@ def load_checkpoint(src: Target, model: torch.nn.Module, optimizer: torch.optim.
     try:
         state = torch.load(src, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for damaged files (pickle, zip, EOF, runtime)
-        first_line = next((line for line in str(err).splitlines() if line.strip()), "")  # torch adds advice
+        if isinstance(src, (str, os.PathLike)) and not zipfile.is_zipfile(src):  # torch's advice misleads
+            raise UserError(f"checkpoint {name}: not a torch checkpoint (or cut short)") from None
+        first_line = next((line for line in str(err).splitlines() if line.strip()), "")
         raise UserError(f"checkpoint {name}: cannot read it ({type(err).__name__}: {first_line})") from None
     if not isinstance(state, dict) or not {"model", "optimizer", "iteration"} <= state.keys():
         raise UserError(f"checkpoint {name}: not a save_checkpoint file (needs model, optimizer, iteration)")

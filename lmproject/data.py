@@ -115,6 +115,10 @@ def get_batch(
     rng: np.random.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A batch of (inputs, targets), each (batch_size, context_length), at uniformly random offsets."""
+    if batch_size < 1 or context_length < 1:
+        raise ValueError(f"batch_size and context_length must be >= 1, got {batch_size} and {context_length}")
+    if len(tokens) <= context_length:
+        raise ValueError(f"{len(tokens)} tokens are too few for context_length={context_length}")
     rng = np.random.default_rng() if rng is None else rng
     x, y = windows(tokens, random_starts(rng, len(tokens), batch_size, context_length), context_length)
     return x.to(device), y.to(device)

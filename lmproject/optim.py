@@ -30,13 +30,13 @@ class AdamW(torch.optim.Optimizer):
         eps: float = 1e-8,
         weight_decay: float = 0.01,
     ):
-        if lr < 0:
+        if not lr >= 0:  # written so that NaN fails too
             raise ValueError(f"AdamW: lr must be >= 0, got {lr}")
         if not all(0.0 <= beta < 1.0 for beta in betas):
             raise ValueError(f"AdamW: betas must be in [0, 1), got {betas}")
-        if eps <= 0:
+        if not eps > 0:
             raise ValueError(f"AdamW: eps must be > 0, got {eps}")
-        if weight_decay < 0:
+        if not weight_decay >= 0:
             raise ValueError(f"AdamW: weight_decay must be >= 0, got {weight_decay}")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
 
@@ -100,6 +100,8 @@ def clip_grad_norm(parameters: Iterable[torch.nn.Parameter], max_norm: float) ->
 def clip_gradients(parameters: Iterable[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
     """clip_grad_norm without waiting for the GPU: the norm stays a tensor on the device, and "scale when
     above max_norm" is a multiplication by min(1, max_norm/(norm+1e-6)) instead of a Python branch."""
+    if not max_norm > 0:  # a negative one would flip the gradients' sign
+        raise ValueError(f"max_norm must be > 0 (math.inf: no clipping), got {max_norm}")
     grads = [p.grad.detach() for p in parameters if p.grad is not None]
     if not grads:
         return torch.tensor(0.0)

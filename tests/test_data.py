@@ -133,3 +133,10 @@ def test_data_module_checks_files_against_the_model_before_training(tmp_path):
 def test_val_batch_size_must_be_positive(tmp_path):
     with pytest.raises(UserError, match="data.val_batch_size=0: must be null or an integer >= 1"):
         TokenDataModule("train.npy", "valid.npy", 2, vocab_size=64, context_length=8, val_batch_size=0)
+
+
+def test_get_batch_refuses_a_file_shorter_than_a_window_and_empty_shapes():
+    with pytest.raises(ValueError, match="10 tokens are too few for context_length=16"):
+        get_batch(np.arange(10), 2, 16, "cpu")
+    with pytest.raises(ValueError, match="must be >= 1, got 2 and 0"):
+        get_batch(np.arange(100), 2, 0, "cpu")

@@ -67,6 +67,12 @@ def test_adamw_rejects_bad_hyperparameters():
         AdamW(params, lr=-1.0)
     with pytest.raises(ValueError, match="betas"):
         AdamW(params, betas=(0.9, 1.0))
+    for bad in ({"lr": math.nan}, {"eps": math.nan}, {"weight_decay": math.nan}):  # NaN would train silently
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            AdamW(params, **bad)
+    params[0].grad = torch.ones(1)
+    with pytest.raises(ValueError, match="max_norm must be > 0"):  # -1 would flip the gradient
+        clip_grad_norm(params, -1.0)
 
 
 def test_cosine_lr_boundaries():
