@@ -190,3 +190,5 @@ def test_token_ids_outside_the_vocabulary_are_a_value_error(bad, shown):
         TransformerLM(**SMALL)(ids)
     with pytest.raises(ValueError, match="token_ids must be integers"):
         TransformerLM(**SMALL)(torch.zeros(1, 3))
+    with pytest.raises(ValueError, match=r"token_ids must be \(batch, seq\), got shape \(3,\)"):
+        TransformerLM(**SMALL)(torch.tensor([1, 2, 3]))

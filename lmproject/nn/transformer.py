@@ -185,6 +185,8 @@ class TransformerLM(nn.Module):
         With a cache, token_ids continue the cached sequence: positions and the padding-aware mask come from
         the cache (token_positions is ignored), and the cache is extended by these tokens.
         """
+        if token_ids.dim() != 2:
+            raise ValueError(f"token_ids must be (batch, seq), got shape {tuple(token_ids.shape)}")
         seq = token_ids.shape[-1]
         if kv_cache is not None:
             kv_cache.begin(seq)
