@@ -99,7 +99,6 @@ TRAINER_RULES = (  # the Trainer settings that Lightning would let through to a 
 )
 
 THROUGHPUT_RULES = (
-    Rule("window", lambda v, s: _count(v), "an integer >= 1"),
     Rule("peak_flops", lambda v, s: v is None or (_real(v) and v > 0), "null or a number > 0"),
 )
 
