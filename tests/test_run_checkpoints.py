@@ -28,13 +28,15 @@ def steps(run):
 
 
 def test_ctrl_c_before_the_first_periodic_checkpoint_then_resume_keeps_one_last_file(run):
-    every = ["--checkpoint.every_n_train_steps", "50"]
+    """The issue's run: Ctrl-C at step 46 of checkpoints every 50, resumed to step 300, left last.ckpt at 46
+    and wrote steps 50 to 300 to last-v1.ckpt. Here: Ctrl-C at 2, checkpoints every 4, resumed to 8."""
+    every = ["--checkpoint.every_n_train_steps", "4"]
     with pytest.raises(SystemExit) as exit_info:
-        fit(run, "--trainer.max_steps", "6", *every, callbacks=[(SigintAt, {"step": 2})])
+        fit(run, "--trainer.max_steps", "8", *every, callbacks=[(SigintAt, {"step": 2})])
     assert exit_info.value.code == 130
     assert steps(run) == {"last.ckpt": 2}
-    fit(run, "--trainer.max_steps", "6", *every, "--ckpt_path", "last")
-    assert steps(run) == {"last.ckpt": 6}  # not a last-v1.ckpt beside a stale last.ckpt
+    fit(run, "--trainer.max_steps", "8", *every, "--ckpt_path", "last")
+    assert steps(run) == {"epoch=0-step=8.ckpt": 8, "last.ckpt": 8}
 
 
 def test_resuming_with_another_checkpoint_interval_keeps_last_at_the_newest_step(run):
