@@ -4,7 +4,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmproject.nn import cross_entropy, scaled_dot_product_attention, silu, softmax, token_losses
+from lmproject.nn import (
+    cross_entropy,
+    linear_cross_entropy,
+    scaled_dot_product_attention,
+    silu,
+    softmax,
+    token_losses,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -82,3 +89,44 @@ def test_cross_entropy_is_stable_for_large_logits():
     loss = cross_entropy(logits, targets)
     assert torch.isfinite(loss)
     torch.testing.assert_close(loss, F.cross_entropy(logits, targets))
+
+
+@pytest.mark.parametrize("chunk_tokens", [1, 7, 16, 1000])
+def test_linear_cross_entropy_matches_torch_values_and_gradients(chunk_tokens):
+    hidden = torch.randn(2, 8, 12, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(50, 12, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 50, (2, 8))
+    expected = F.cross_entropy((hidden @ weight.T).flatten(0, 1), targets.flatten())
+    expected_grads = torch.autograd.grad(2.5 * expected, (hidden, weight))
+    loss = linear_cross_entropy(hidden, weight, targets, chunk_tokens)
+    grads = torch.autograd.grad(2.5 * loss, (hidden, weight))  # an upstream gradient other than 1
+    torch.testing.assert_close(loss, expected.float())
+    for grad, reference in zip(grads, expected_grads, strict=True):
+        assert grad.dtype == torch.float64
+        torch.testing.assert_close(grad, reference, atol=1e-6, rtol=1e-5)
+
+
+def test_linear_cross_entropy_under_bf16_autocast_matches_plain_path():
+    """Under autocast the fused head gives what lm_head + cross_entropy give: bf16 matmuls, float32 loss."""
+    hidden = torch.randn(64, 32, requires_grad=True)
+    weight = torch.randn(300, 32, requires_grad=True)
+    targets = torch.randint(0, 300, (64,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = cross_entropy(hidden @ weight.T, targets)
+        loss = linear_cross_entropy(hidden, weight, targets, 24)
+    expected_grads = torch.autograd.grad(expected, (hidden, weight))
+    grads = torch.autograd.grad(loss, (hidden, weight))
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, expected, atol=1e-3, rtol=1e-3)
+    for grad, reference in zip(grads, expected_grads, strict=True):
+        assert grad.dtype == torch.float32
+        torch.testing.assert_close(grad, reference, atol=2e-3, rtol=2e-2)
+
+
+def test_linear_cross_entropy_is_stable_for_large_logits():
+    hidden = torch.full((3, 4), 100.0, requires_grad=True)
+    weight = torch.randn(5, 4) * 10
+    loss = linear_cross_entropy(hidden, weight, torch.tensor([0, 1, 2]), 2)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(hidden.grad).all()
+    torch.testing.assert_close(loss, F.cross_entropy(hidden.detach() @ weight.T, torch.tensor([0, 1, 2])))

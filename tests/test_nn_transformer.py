@@ -192,3 +192,50 @@ def test_token_ids_outside_the_vocabulary_are_a_value_error(bad, shown):
         TransformerLM(**SMALL)(torch.zeros(1, 3))
     with pytest.raises(ValueError, match=r"token_ids must be \(batch, seq\), got shape \(3,\)"):
         TransformerLM(**SMALL)(torch.tensor([1, 2, 3]))
+
+
+def gradients(model, token_ids, targets, chunk_tokens=None):
+    model.zero_grad()
+    loss = model.loss(token_ids, targets, chunk_tokens)
+    loss.backward()
+    return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize(("norm", "tie"), [("pre", False), ("post", True)])
+def test_activation_checkpointing_gives_the_same_losses_and_gradients_over_training_steps(norm, tie):
+    plain = TransformerLM(**SMALL, norm=norm, tie_embeddings=tie)
+    recomputed = TransformerLM(**SMALL, norm=norm, tie_embeddings=tie, activation_checkpointing=True)
+    recomputed.load_state_dict(plain.state_dict())
+    optimizers = [AdamW(m.parameters(), lr=1e-2) for m in (plain, recomputed)]
+    for _ in range(3):
+        token_ids, targets = torch.randint(0, 64, (2, 4, 16))
+        (loss, grads), (loss_ac, grads_ac) = (gradients(m, token_ids, targets) for m in (plain, recomputed))
+        torch.testing.assert_close(loss_ac, loss, atol=1e-6, rtol=1e-6)
+        for name, grad in grads.items():
+            torch.testing.assert_close(grads_ac[name], grad, atol=1e-6, rtol=1e-5, msg=name)
+        for optimizer in optimizers:
+            optimizer.step()
+
+
+def test_activation_checkpointing_recomputes_each_block_in_backward():
+    model = TransformerLM(**SMALL, activation_checkpointing=True)
+    calls = []
+    for layer in model.layers:  # (forward hooks do not fire when checkpoint recomputes)
+        layer.ffn.forward = lambda x, forward=layer.ffn.forward: calls.append(1) or forward(x)
+    model.loss(*torch.randint(0, 64, (2, 3, 16))).backward()
+    assert len(calls) == 2 * SMALL["num_layers"]  # forward, then again in backward
+    calls.clear()
+    with torch.no_grad():
+        model(torch.randint(0, 64, (3, 16)))
+    assert len(calls) == SMALL["num_layers"]  # nothing to recompute without gradients
+
+
+def test_chunked_loss_gives_the_plain_loss_and_gradients():
+    model = TransformerLM(**SMALL, tie_embeddings=True)
+    token_ids, targets = torch.randint(0, 64, (2, 3, 16))
+    loss, grads = gradients(model, token_ids, targets)
+    torch.testing.assert_close(loss, cross_entropy(model(token_ids), targets))
+    chunked_loss, chunked_grads = gradients(model, token_ids, targets, chunk_tokens=10)
+    torch.testing.assert_close(chunked_loss, loss)
+    for name, grad in grads.items():
+        torch.testing.assert_close(chunked_grads[name], grad, atol=1e-6, rtol=1e-5, msg=name)

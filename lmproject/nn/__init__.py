@@ -2,6 +2,7 @@
 
 from lmproject.nn.functional import (
     cross_entropy,
+    linear_cross_entropy,
     scaled_dot_product_attention,
     silu,
     softmax,
@@ -23,6 +24,7 @@ __all__ = [
     "TransformerBlock",
     "TransformerLM",
     "cross_entropy",
+    "linear_cross_entropy",
     "scaled_dot_product_attention",
     "silu",
     "softmax",

@@ -79,3 +79,52 @@ class _CrossEntropy(torch.autograd.Function):
         grad.scatter_(-1, target_index, grad.gather(-1, target_index) - 1.0)  # minus one_hot(target)
         grad.mul_(grad_loss / targets.numel())
         return grad.to(ctx.logits_dtype), None
+
+
+def linear_cross_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_tokens: int
+) -> torch.Tensor:
+    """cross_entropy(hidden @ weightᵀ, targets), `chunk_tokens` rows at a time: the lm head and the loss
+    fused, so the (tokens x vocab) float32 logits never exist for the whole batch, only for one chunk.
+
+    hidden: (..., d_model), weight: (vocab, d_model), targets: (...). The gradients are computed chunk by
+    chunk during the forward pass (each chunk's softmax is needed for them and is thrown away after), and
+    backward only scales them: one (tokens x d_model) and one (vocab x d_model) buffer are kept instead of
+    the logits. Under autocast the matmuls run in the autocast dtype, the softmax in float32.
+    """
+    if chunk_tokens <= 0:
+        raise ValueError(f"chunk_tokens must be positive, got {chunk_tokens}")
+    return _LinearCrossEntropy.apply(hidden.flatten(0, -2), weight, targets.flatten(), chunk_tokens)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Per chunk of rows: logits = h Wᵀ in float32, loss = log Σ exp(logits) − logits[target], and the
+    logits' gradient g = (softmax − one_hot(target)) / N, from which ∂h = g W and ∂W += gᵀ h."""
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_tokens: int):
+        n = targets.numel()
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32)
+        loss_sum = hidden.new_zeros((), dtype=torch.float32)
+        for start in range(0, n, chunk_tokens):
+            h, t = hidden[start : start + chunk_tokens], targets[start : start + chunk_tokens, None]
+            logits = (h @ weight.T).float()
+            shifted = logits - logits.amax(dim=-1, keepdim=True)
+            target_logits = shifted.gather(-1, t)
+            exps = shifted.exp_()
+            sums = exps.sum(dim=-1, keepdim=True)
+            loss_sum = loss_sum + (sums.log() - target_logits).sum()
+            grad = exps.div_(sums).scatter_add_(-1, t, torch.full_like(target_logits, -1.0)).div_(n)
+            grad = grad.to(hidden.dtype)
+            grad_hidden[start : start + chunk_tokens] = grad @ weight.to(hidden.dtype)
+            grad_weight += grad.T @ h
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.weight_dtype = weight.dtype
+        return loss_sum / n
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        grad_weight = (grad_weight * grad_loss).to(ctx.weight_dtype)
+        return grad_hidden * grad_loss.to(grad_hidden.dtype), grad_weight, None, None

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
-from lmproject.nn.functional import scaled_dot_product_attention
+from lmproject.nn.functional import cross_entropy, linear_cross_entropy, scaled_dot_product_attention
 from lmproject.nn.kv_cache import KVCache, LayerKVCache
 from lmproject.nn.layers import Embedding, Linear, RMSNorm, RotaryEmbedding, SiLUFFN, SwiGLU
 from lmproject.settings_check import ATTENTIONS, FFNS, NORMS, check_settings
@@ -122,6 +123,10 @@ class TransformerLM(nn.Module):
     about ln(vocab); with σ = 1 the logits' σ would be √d_model and the first loss several times ln(vocab).
     As the embedding, the small rows are harmless: every layer reads the stream through an RMSNorm (pre-norm),
     which rescales it. Untied models keep the CS336 inits of both.
+
+    activation_checkpointing keeps only each block's input for the backward pass and recomputes the block
+    there (torch.utils.checkpoint, non-reentrant): the same gradients for a third more compute, and the
+    activations' memory drops from every intermediate of every layer to one (batch, seq, d_model) per layer.
     """
 
     def __init__(
@@ -138,6 +143,7 @@ class TransformerLM(nn.Module):
         ffn: str = "swiglu",
         tie_embeddings: bool = False,
         attention: str = "fused",
+        activation_checkpointing: bool = False,
     ):
         super().__init__()
         arguments = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
@@ -145,7 +151,7 @@ class TransformerLM(nn.Module):
         self.vocab_size, self.context_length, self.d_model = vocab_size, context_length, d_model
         self.num_layers, self.num_heads, self.d_ff, self.rope_theta = num_layers, num_heads, d_ff, rope_theta
         self.norm, self.position, self.ffn, self.attention = norm, position, ffn, attention
-        self.tie_embeddings = tie_embeddings
+        self.tie_embeddings, self.activation_checkpointing = tie_embeddings, activation_checkpointing
 
         self.token_embeddings = Embedding(vocab_size, d_model)
         d_head = d_model // num_heads
@@ -166,6 +172,17 @@ class TransformerLM(nn.Module):
     ) -> torch.Tensor:
         """token_ids (batch, seq) -> logits (batch, seq, vocab_size); arguments as in `hidden_states`."""
         return self.lm_head(self.ln_final(self.hidden_states(token_ids, token_positions, kv_cache)))
+
+    def loss(
+        self, token_ids: torch.Tensor, targets: torch.Tensor, chunk_tokens: int | None = None
+    ) -> torch.Tensor:
+        """Mean cross-entropy of `targets` (batch, seq) after `token_ids` (batch, seq). With chunk_tokens the
+        lm head and the loss run fused over that many tokens at a time (linear_cross_entropy), so the float32
+        logits of the whole batch are never built."""
+        hidden = self.ln_final(self.hidden_states(token_ids))
+        if chunk_tokens is None:
+            return cross_entropy(self.lm_head(hidden), targets)
+        return linear_cross_entropy(hidden, self.lm_head.weight, targets, chunk_tokens)
 
     def next_token_logits(self, token_ids: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
         """token_ids (batch, seq) -> logits of the last position only (batch, vocab_size), what a
@@ -196,8 +213,12 @@ class TransformerLM(nn.Module):
         if token_ids.device.type == "cpu":
             self._check_token_ids(token_ids)
         x = self.token_embeddings(token_ids)
+        recompute = self.activation_checkpointing and kv_cache is None and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
-            x = layer(x, token_positions, None, None if kv_cache is None else kv_cache.layers[i])
+            if recompute:
+                x = checkpoint(layer, x, token_positions, use_reentrant=False)
+            else:
+                x = layer(x, token_positions, None, None if kv_cache is None else kv_cache.layers[i])
         if kv_cache is not None:
             kv_cache.end(seq)
         return x
