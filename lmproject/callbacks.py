@@ -49,7 +49,9 @@ class ThroughputMonitor(StepBoundary):
       the peak of one device; by default Lightning's table for the GPU and precision in use (no MFU on CPUs,
       whose peak is not in the table);
     - time/elapsed_s: wall-clock seconds since this fit started, validation included (the x axis of
-      `lmproject plot`'s curves against time).
+      `lmproject plot`'s curves against time);
+    - memory/max_allocated_gb, on a GPU: torch.cuda.max_memory_allocated so far (GB = 1e9 bytes), the peak
+      `lmproject accounting` predicts.
     """
 
     def __init__(self, peak_flops: float | None = None):
@@ -98,6 +100,9 @@ class ThroughputMonitor(StepBoundary):
         if self.peak_flops:
             mfu = tokens_per_s * self.flops_per_token / (self.peak_flops * trainer.world_size)
             pl_module.log("throughput/mfu", mfu)
+        device = trainer.strategy.root_device
+        if device.type == "cuda":
+            pl_module.log("memory/max_allocated_gb", torch.cuda.max_memory_allocated(device) / 1e9)
         self._new_row(now)
 
 

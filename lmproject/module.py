@@ -23,7 +23,7 @@ from torchmetrics import MeanMetric
 from lmproject.callbacks import logs_written_this_step
 from lmproject.errors import UserError
 from lmproject.generate import for_decoding, generate, generate_steps
-from lmproject.nn import TransformerLM, cross_entropy, token_losses
+from lmproject.nn import TransformerLM, token_losses
 from lmproject.optim import AdamW, clip_gradients, cosine_lr
 from lmproject.precision import DTYPES
 from lmproject.settings_check import check_settings
@@ -73,6 +73,9 @@ class LanguageModel(L.LightningModule):
         weight_decay: float = 0.1,
         max_grad_norm: float | None = 1.0,
         compile: bool = False,
+        compile_mode: str | None = None,
+        loss_chunk_tokens: int | None = None,
+        activation_checkpointing: bool = False,
     ):
         """
         Args:
@@ -84,15 +87,24 @@ class LanguageModel(L.LightningModule):
             cosine_cycle_iters: optimizer step where the cosine reaches lr_min (default: the run's max_steps).
             betas, eps, weight_decay: AdamW.
             max_grad_norm: clip the global gradient norm to this (null: no clipping, norm still logged).
-            compile: torch.compile the model for `fit` (in place: checkpoint names do not change).
+            compile: torch.compile the model and its loss for `fit` (checkpoint names do not change).
+            compile_mode: torch.compile's mode, e.g. reduce-overhead (CUDA graphs) or
+                max-autotune-no-cudagraphs (null: the default mode).
+            loss_chunk_tokens: compute the lm head and cross-entropy fused, this many tokens at a time
+                (lmproject.nn.linear_cross_entropy): no float32 logits for the whole batch (null: plain).
+            activation_checkpointing: recompute each TransformerBlock in backward instead of keeping its
+                activations (less memory, about a third more compute).
         """
         super().__init__()
         self.save_hyperparameters()
         check_settings("model", self.hparams)
         self.model = TransformerLM(
             vocab_size, context_length, d_model, num_layers, num_heads, d_ff, rope_theta,
-            norm, position, ffn, tie_embeddings, attention,
+            norm, position, ffn, tie_embeddings, attention, activation_checkpointing,
         )  # fmt: skip
+        if loss_chunk_tokens is not None and loss_chunk_tokens <= 0:
+            raise UserError(f"model.loss_chunk_tokens must be positive, got {loss_chunk_tokens}")
+        self._compute_loss = self.model.loss
         self.eval_loss = MeanMetric()
         self.grad_norm: float | None = None
         self.step_loss: float | None = None  # mean loss of this rank's micro-batches in the last step
@@ -104,14 +116,17 @@ class LanguageModel(L.LightningModule):
 
     def on_fit_start(self) -> None:
         if self.hparams.compile:  # training only: sampling's growing KV cache would recompile at every length
-            self.model.compile()
+            compiled = torch.compile(self.model.loss, mode=self.hparams.compile_mode)
+            # Under CUDA graphs (reduce-overhead) an output lives in a buffer that the next replay overwrites;
+            # the loss is kept past that (logging, the divergence check), so it leaves as a copy.
+            self._compute_loss = lambda x, y, chunk_tokens: compiled(x, y, chunk_tokens).clone()
 
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
         return self.model(token_ids)
 
     def _loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         x, y = batch
-        return cross_entropy(self.model(x), y)
+        return self._compute_loss(x, y, self.hparams.loss_chunk_tokens)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch)
