@@ -1,27 +1,40 @@
-"""GPU training throughput and MFU of `lmproject fit`, TinyStories config (goal: >= 500K tokens/s on an H100).
+"""GPU training throughput, MFU and peak memory of `lmproject fit` for a list of variants, with profiles.
 
-Runs the real command in-process (LightningCLI, the memory-mapped data module with its worker processes,
-logging, progress bar, the throughput callback) on a random token file, once per variant:
+Each variant is the real command (LightningCLI, the memory-mapped data module with its worker processes,
+logging, progress bar, the throughput callback) on a random token file, run in its own process (a variant
+that fails or runs out of memory costs only its own row) with extra `fit` options:
 
-  - bf16-mixed, eager;
-  - bf16-mixed, `--model.compile true`;
-  - a plain PyTorch loop doing the same step (bf16 autocast, compiled model, the project's AdamW, schedule
-    and clipping, one host sync per step like `fit`) with no Lightning around it: the ceiling for `fit`.
+  eager       bf16-mixed, no torch.compile
+  compiled    --model.compile true (the model and its loss compiled together)
+  chunked     compiled + --model.loss_chunk_tokens 8192 (fused lm head + cross-entropy: no float32 logits
+              for the whole batch)
+  cudagraphs  chunked + --model.compile_mode reduce-overhead (CUDA graphs: no launch overhead)
+  autotune    chunked + --model.compile_mode max-autotune-no-cudagraphs (slow to compile: minutes)
+  b256, b512  chunked with a per-device batch of 256 or 512 sequences
+  plain       a plain PyTorch loop doing fit's step (bf16 autocast, compiled model and loss, the project's
+              AdamW, schedule and clipping, one host sync per step) with no Lightning around it
 
 Tokens/s are timed between CUDA-synchronized clocks after `--warmup` steps (compilation happens there);
 MFU = tokens/s x training FLOPs per token (lmproject.accounting) / peak bf16 FLOP/s (Lightning's table for
-the GPU; the dense H100 SXM figure is 989 TFLOP/s). The figure `fit` itself logs (throughput/tokens_per_s,
-unsynchronized, over the steps since the previous logged row) is printed beside it as a check on that
-callback.
+the GPU: 989 TFLOP/s dense for an H100 or H200 SXM). "logged tok/s" is what `fit` itself logs (over the
+steps since the previous logged row, unsynchronized), a check on that callback. With --profile,
+`--profile-steps` more steps of those variants run under torch.profiler and the top operators by GPU time
+(CPU time on a CPU) go to OUT/profile_VARIANT.txt; the table goes to OUT/bench_gpu.txt too.
 
-    python bench/bench_gpu.py                      # TinyStories model, batch 128, 20 + 150 steps per variant
-    python bench/bench_gpu.py --steps 5 --warmup 2 --batch-size 4 --config configs/smoke.yaml   # CPU dry run
+    python bench/bench_gpu.py --out $OUT      # TinyStories model, 15 + 100 steps per variant
+    python bench/bench_gpu.py --variants compiled,cudagraphs --profile cudagraphs --out /tmp/gpu
+    python bench/bench_gpu.py --steps 3 --warmup 1 --batch-size 4 --config configs/smoke.yaml \\
+        --variants eager,chunked,b256,plain --profile chunked --out /tmp/gpu   # CPU dry run
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,16 +43,21 @@ import lightning as L
 import numpy as np
 import torch
 import yaml
-from lightning.fabric.utilities.throughput import get_available_flops
-
-from lmproject.accounting import train_flops_per_token
-from lmproject.cli import run_lightning
-from lmproject.data import get_batch, open_tokens
-from lmproject.module import ARCHITECTURE
-from lmproject.nn import TransformerLM, cross_entropy
-from lmproject.optim import AdamW, clip_gradients, cosine_lr
 
 ROOT = Path(__file__).resolve().parent.parent
+COMPILED = ["--model.compile", "true"]
+CHUNKED = [*COMPILED, "--model.loss_chunk_tokens", "8192"]
+VARIANTS = {
+    "eager": ["--model.compile", "false"],
+    "compiled": COMPILED,
+    "chunked": CHUNKED,
+    "cudagraphs": [*CHUNKED, "--model.compile_mode", "reduce-overhead"],
+    "autotune": [*CHUNKED, "--model.compile_mode", "max-autotune-no-cudagraphs"],
+    "b256": [*CHUNKED, "--data.batch_size", "256"],
+    "b512": [*CHUNKED, "--data.batch_size", "512"],
+    "plain": None,
+}
+DEFAULT_VARIANTS = "compiled,chunked,cudagraphs,b512"
 
 
 def synchronize() -> None:
@@ -48,98 +66,224 @@ def synchronize() -> None:
 
 
 class SyncTimer(L.Callback):
-    """Synchronized wall clock after the warmup steps and after the last step."""
+    """Synchronized wall clock after the warmup steps and after the timed steps."""
 
-    warmup = 0
+    warmup = timed_end = 0
     times: list[float] = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step in (SyncTimer.warmup, trainer.max_steps):
+        if trainer.global_step in (SyncTimer.warmup, SyncTimer.timed_end):
             synchronize()
             SyncTimer.times.append(time.perf_counter())
 
 
-def run_fit(args: argparse.Namespace, data: Path, compile: bool) -> tuple[float, float, float, dict]:
-    """(synchronized tokens/s, tokens/s the callback logged, final loss, model hyperparameters) of `fit`."""
-    SyncTimer.warmup, SyncTimer.times = args.warmup, []
+class Profile:
+    """torch.profiler around a stretch of steps; `write` saves the operators that took the most time."""
+
+    def __init__(self):
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if torch.cuda.is_available():
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        self.profiler = torch.profiler.profile(activities=activities)
+
+    def write(self, path: Path, title: str) -> None:
+        key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+        table = self.profiler.key_averages().table(sort_by=key, row_limit=30, max_name_column_width=70)
+        path.write_text(f"{title}\ntop operators by {key}\n{table}\n")
+
+
+class ProfileSteps(L.Callback):
+    """Profiles the steps after the timed ones (set by the variant's process before fit)."""
+
+    start = end = 0
+    path: Path | None = None
+    title = ""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if ProfileSteps.path is not None and trainer.global_step == ProfileSteps.start:
+            self.profile = Profile()
+            self.profile.profiler.start()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if ProfileSteps.path is not None and trainer.global_step == ProfileSteps.end:
+            synchronize()
+            self.profile.profiler.stop()
+            self.profile.write(ProfileSteps.path, ProfileSteps.title)
+
+
+def run_fit(args: argparse.Namespace, data: Path, extra: list[str]) -> dict:
+    """One `fit` of `extra` options: synchronized and logged tokens/s, final loss, peak memory, hparams."""
+    from lmproject.cli import run_lightning
+
+    steps = args.warmup + args.steps
+    SyncTimer.warmup, SyncTimer.timed_end, SyncTimer.times = args.warmup, steps, []
+    total = steps + (args.profile_steps if ProfileSteps.path else 0)
+    ProfileSteps.start, ProfileSteps.end = steps, total
     cli = run_lightning([
         "fit", "--config", str(args.config), "--train_tokens", "null", "--trainer.devices", "1",
-        "--trainer.max_steps", str(args.warmup + args.steps), "--trainer.limit_val_batches", "0",
+        "--trainer.max_steps", str(total), "--trainer.limit_val_batches", "0",
         "--trainer.num_sanity_val_steps", "0", "--trainer.callbacks+=__main__.SyncTimer",
-        "--trainer.default_root_dir", str(data.parent / f"runs-{compile}"),
-        "--model.compile", str(compile).lower(), "--data.train_path", str(data), "--data.val_path", str(data),
-        "--data.batch_size", str(args.batch_size), "--checkpoint.every_n_train_steps", "0",
+        "--trainer.callbacks+=__main__.ProfileSteps",
+        "--trainer.default_root_dir", str(data.parent / "run"),
+        "--data.train_path", str(data), "--data.val_path", str(data),
+        "--data.batch_size", str(args.batch_size),
+        "--checkpoint.every_n_train_steps", "0", "--checkpoint.save_last", "false", *extra,
     ])  # fmt: skip
     start, end = SyncTimer.times
     hp = dict(cli.model.hparams)
-    rate = args.steps * args.batch_size * hp["context_length"] / (end - start)
     metrics = cli.trainer.callback_metrics
-    logged = float(metrics.get("throughput/tokens_per_s", math.nan))
-    return rate, logged, float(metrics.get("train/loss", math.nan)), hp
+    return {
+        "tokens_per_s": args.steps * cli.datamodule.batch_size * hp["context_length"] / (end - start),
+        "logged": float(metrics.get("throughput/tokens_per_s", math.nan)),
+        "loss": float(metrics.get("train/loss", math.nan)),
+        "batch_size": cli.datamodule.batch_size,
+        "hparams": {k: v for k, v in hp.items() if isinstance(v, (int, float, str, type(None)))},
+    }
 
 
-def run_plain(args: argparse.Namespace, data: Path, hp: dict) -> tuple[float, float]:
-    """(synchronized tokens/s, final loss) of a hand-written compiled bf16 loop doing `fit`'s step."""
+def run_plain(args: argparse.Namespace, data: Path) -> dict:
+    """`fit`'s step as a hand-written compiled bf16 loop, the config's model and optimizer settings."""
+    from lmproject.data import get_batch, open_tokens
+    from lmproject.module import ARCHITECTURE, LanguageModel
+    from lmproject.nn import TransformerLM
+    from lmproject.optim import AdamW, clip_gradients, cosine_lr
+
+    hp = dict(LanguageModel(**yaml.safe_load(args.config.read_text())["model"]).hparams)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
     model = TransformerLM(**{k: hp[k] for k in (*ARCHITECTURE, "attention")}).to(device)
-    model.compile()
+    loss_of = torch.compile(model.loss)
     optimizer = AdamW(model.parameters(), hp["lr_max"], hp["betas"], hp["eps"], hp["weight_decay"])
     tokens, rng = open_tokens(data), np.random.default_rng(0)
     total = args.warmup + args.steps
-    for step in range(total):
+    profile = Profile() if ProfileSteps.path else None
+    for step in range(total + (args.profile_steps if profile else 0)):
         if step == args.warmup:
             synchronize()
             start = time.perf_counter()
+        if step == total:
+            synchronize()
+            elapsed = time.perf_counter() - start
+            if profile:
+                profile.profiler.start()
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step, hp["lr_max"], hp["lr_min"], hp["warmup_iters"], total)
         x, y = get_batch(tokens, args.batch_size, hp["context_length"], device, rng)
         with torch.autocast(device, dtype=torch.bfloat16):
-            loss = cross_entropy(model(x), y)
+            loss = loss_of(x, y)
         loss.backward()
         norm = clip_gradients(list(model.parameters()), hp["max_grad_norm"])
         loss_value, _ = torch.stack([loss.float(), norm]).tolist()  # the one sync per step `fit` has
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     synchronize()
-    return args.steps * args.batch_size * hp["context_length"] / (time.perf_counter() - start), loss_value
+    if step < total:  # no profile steps: the timed stretch ends with the loop
+        elapsed = time.perf_counter() - start
+    if profile:
+        profile.profiler.stop()
+        profile.write(ProfileSteps.path, ProfileSteps.title)
+    return {
+        "tokens_per_s": args.steps * args.batch_size * hp["context_length"] / elapsed,
+        "logged": math.nan,
+        "loss": loss_value,
+        "batch_size": args.batch_size,
+        "hparams": {k: v for k, v in hp.items() if isinstance(v, (int, float, str, type(None)))},
+    }
+
+
+def run_variant(args: argparse.Namespace) -> int:
+    """The child process: one variant, its result as one JSON line on stdout's last line."""
+    name, data = args.run_variant, Path(args.data)
+    if name in args.profile.split(","):
+        ProfileSteps.path = args.out / f"profile_{name}.txt"
+        ProfileSteps.title = f"variant {name}: {args.profile_steps} steps after {args.warmup + args.steps}"
+    result = run_plain(args, data) if VARIANTS[name] is None else run_fit(args, data, VARIANTS[name])
+    result["max_memory_gb"] = torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else None
+    print(json.dumps(result))
+    return 0
+
+
+def child_command(args: argparse.Namespace, name: str, data: Path) -> list[str]:
+    return [
+        sys.executable, __file__, "--run-variant", name, "--data", str(data), "--config", str(args.config),
+        "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup),
+        "--profile", args.profile, "--profile-steps", str(args.profile_steps), "--out", str(args.out),
+    ]  # fmt: skip
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "tinystories.yaml")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=150, help="timed optimizer steps per variant")
-    parser.add_argument("--warmup", type=int, default=20, help="untimed steps before them (compilation)")
+    parser.add_argument(
+        "--variants", default=DEFAULT_VARIANTS, help=f"comma-separated, of {', '.join(VARIANTS)}"
+    )
+    parser.add_argument("--batch-size", type=int, default=128, help="per device, unless the variant sets it")
+    parser.add_argument("--steps", type=int, default=100, help="timed optimizer steps per variant")
+    parser.add_argument("--warmup", type=int, default=15, help="untimed steps before them (compilation)")
+    parser.add_argument("--profile", default="compiled,b512", help="comma-separated variants to profile")
+    parser.add_argument("--profile-steps", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=20_000_000, help="size of the random token file")
+    parser.add_argument("--timeout", type=float, default=240, help="seconds per variant before it is killed")
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")), help="profiles, table")
+    parser.add_argument("--run-variant", help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True  # float32 leftovers outside autocast (the optimizer)
+    unknown = [name for name in args.variants.split(",") if name not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.run_variant:
+        return run_variant(args)
 
+    from lightning.fabric.utilities.throughput import get_available_flops
+
+    from lmproject.accounting import train_flops_per_token
+
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "train.npy"
         vocab_size = yaml.safe_load(args.config.read_text())["model"]["vocab_size"]
         np.save(data, np.random.default_rng(0).integers(0, vocab_size, args.tokens).astype(np.uint16))
-        rows = []
-        for name, compile in (("fit, bf16-mixed, eager", False), ("fit, bf16-mixed, compiled", True)):
-            rate, logged, loss, hp = run_fit(args, data, compile)
-            rows.append((name, rate, logged, loss))
-        rate, loss = run_plain(args, data, hp)
-        rows.append(("plain loop, bf16, compiled", rate, math.nan, loss))
+        for name in args.variants.split(","):
+            began = time.perf_counter()
+            try:
+                done = subprocess.run(
+                    child_command(args, name, data), capture_output=True, text=True, timeout=args.timeout
+                )
+                lines = done.stdout.strip().splitlines()
+                result = json.loads(lines[-1]) if done.returncode == 0 and lines else None
+                failure = None if result else (done.stderr.strip().splitlines() or ["no output"])[-1]
+            except subprocess.TimeoutExpired:
+                result, failure = None, f"killed after {args.timeout:.0f} s"
+            rows.append((name, result, failure, time.perf_counter() - began))
+            print(f"{name}: {'done' if result else 'FAILED: ' + failure} in {rows[-1][3]:.0f} s", flush=True)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    flops = train_flops_per_token(*(hp[k] for k in ("vocab_size", "context_length", "d_model", "num_layers")),
-                                  hp["d_ff"], hp["ffn"])  # fmt: skip
     peak = get_available_flops(device, torch.bfloat16)
-    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    gpu = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    hp = next((r["hparams"] for _, r, _, _ in rows if r), None)
+    flops = train_flops_per_token(*(hp[k] for k in ("vocab_size", "context_length", "d_model", "num_layers")),
+                                  hp["d_ff"], hp["ffn"]) if hp else math.nan  # fmt: skip
     peak_text = f"{peak / 1e12:.0f} TFLOP/s" if peak else "unknown"
-    print(f"{name}, torch {torch.__version__}, config {args.config.name}, batch {args.batch_size} x "
-          f"{hp['context_length']}, {args.steps} timed steps after {args.warmup}, "
-          f"{flops / 1e6:.1f} MFLOP/token, peak {peak_text}")  # fmt: skip
-    print(f"{'variant':30} {'tokens/s':>12} {'MFU':>7} {'logged tok/s':>13} {'final loss':>11}")
-    for name, rate, logged, loss in rows:
-        mfu = f"{rate * flops / peak:7.1%}" if peak else "    n/a"
-        print(f"{name:30} {rate:12,.0f} {mfu} {logged:13,.0f} {loss:11.3f}")
-    return 0
+    lines = [
+        f"{gpu}, torch {torch.__version__}, config {args.config.name}, context "
+        f"{hp['context_length'] if hp else '?'}, {args.steps} timed steps after {args.warmup}, "
+        f"{flops / 1e6:.1f} MFLOP/token, peak {peak_text}",
+        f"{'variant':11} {'batch':>5} {'tokens/s':>12} {'MFU':>7} {'logged tok/s':>13} {'final loss':>10} "
+        f"{'peak GB':>8} {'wall s':>6}",
+    ]
+    for name, r, failure, wall in rows:
+        if r is None:
+            lines.append(f"{name:11} FAILED ({failure})")
+            continue
+        mfu = f"{r['tokens_per_s'] * flops / peak:7.1%}" if peak else "    n/a"
+        memory = f"{r['max_memory_gb']:8.2f}" if r["max_memory_gb"] is not None else "     n/a"
+        lines.append(f"{name:11} {r['batch_size']:5} {r['tokens_per_s']:12,.0f} {mfu} {r['logged']:13,.0f} "
+                     f"{r['loss']:10.3f} {memory} {wall:6.0f}")  # fmt: skip
+    print("\n".join(lines))
+    (args.out / "bench_gpu.txt").write_text("\n".join(lines) + "\n")
+    return 0 if all(r for _, r, _, _ in rows) else 1
 
 
 if __name__ == "__main__":
