@@ -18,6 +18,9 @@ Conventions (they reproduce the CS336 reference analysis exactly; tests/test_acc
   outputs (2*T*d), Q, K, V (3*T*d), the scores Q K^T and their softmax (2*h*T*T), the weighted sum (T*d), the
   output projection (T*d), the FFN's W1 output and SiLU (2*T*d_ff) and W2 output (T*d); then the final
   RMSNorm (T*d), the logits (T*V) and the cross-entropy's softmax over them (T*V). Absent norms store nothing.
+  That is the handout's estimate; `lmproject accounting` also prints lmproject.memory's prediction of this
+  implementation's peak (what its ops save, bf16-mixed, activation checkpointing), checked against measured
+  peaks.
 
 Two reference figures are rounded there and exact here: the reference's constant memory term 34.04 GB is
 8.51 + 8.51 + 17.02 (parameters, gradients, optimizer state each rounded to 10 MB first), exactly 34.03 GB;
@@ -249,6 +252,8 @@ def _read_config(paths: list[Path]) -> tuple[dict, dict]:
         "devices": _config_devices(trainer),
         "steps": steps if steps and steps > 0 else None,
         "train_tokens": config.get("train_tokens"),
+        "precision": None if trainer.get("precision") is None else str(trainer["precision"]),
+        "loss_chunk_tokens": model.get("loss_chunk_tokens"),
     }
 
 
@@ -361,6 +366,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mfu", type=float, default=0.5, help="model FLOPs utilization, 0 < mfu <= 1")
     p.add_argument("--peak-flops", type=float, default=19.5e12, help="peak FLOP/s (default A100 float32)")
     p.add_argument("--steps", type=int, help="default: the config's max_steps or train_tokens, else 1")
+    p.add_argument(
+        "--precision",
+        help="for the predicted peak: 32-true or bf16-mixed (default: the config's, else 32-true)",
+    )
+    p.add_argument("--loss-chunk-tokens", type=int, help="for the predicted peak (default: the config's)")
     return p
 
 
@@ -408,7 +418,22 @@ def _run(argv: list[str]) -> int:
             file=sys.stderr,
         )
     print(report(shape, batch, args.memory_gb, args.mfu, args.peak_flops, steps, accumulation, devices))
+    print()
+    precision = args.precision or defaults.get("precision") or "32-true"
+    chunk = (
+        args.loss_chunk_tokens if args.loss_chunk_tokens is not None else defaults.get("loss_chunk_tokens")
+    )
+    print(_predicted_peaks(shape, batch, precision, chunk))
     return 0
+
+
+def _predicted_peaks(shape: ModelShape, batch: int, precision: str, loss_chunk_tokens: int | None) -> str:
+    from lmproject.memory import memory_report  # it builds on this module
+
+    try:
+        return memory_report(shape, batch, precision, loss_chunk_tokens)
+    except ValueError as err:
+        raise UserError(str(err)) from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -109,15 +109,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         loss_sum = hidden.new_zeros((), dtype=torch.float32)
         for start in range(0, n, chunk_tokens):
             h, t = hidden[start : start + chunk_tokens], targets[start : start + chunk_tokens, None]
-            logits = (h @ weight.T).float()
-            shifted = logits - logits.amax(dim=-1, keepdim=True)
-            target_logits = shifted.gather(-1, t)
-            exps = shifted.exp_()
-            sums = exps.sum(dim=-1, keepdim=True)
-            loss_sum = loss_sum + (sums.log() - target_logits).sum()
-            grad = exps.div_(sums).scatter_add_(-1, t, torch.full_like(target_logits, -1.0)).div_(n)
-            grad = grad.to(hidden.dtype)
-            grad_hidden[start : start + chunk_tokens] = grad @ weight.to(hidden.dtype)
+            losses, grad = _chunk_loss_and_logit_gradient(h @ weight.T, t, n)
+            loss_sum = loss_sum + losses
+            grad_hidden[start : start + chunk_tokens] = grad @ weight
             grad_weight += grad.T @ h
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.weight_dtype = weight.dtype
@@ -128,3 +122,17 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_hidden, grad_weight = ctx.saved_tensors
         grad_weight = (grad_weight * grad_loss).to(ctx.weight_dtype)
         return grad_hidden * grad_loss.to(grad_hidden.dtype), grad_weight, None, None
+
+
+def _chunk_loss_and_logit_gradient(
+    logits: torch.Tensor, targets: torch.Tensor, n: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed losses, (softmax − one_hot) / n in logits' dtype) of one chunk, all in one float32 buffer
+    of the chunk's logits, updated in place (the caller runs without autograd)."""
+    buffer = logits.float()
+    buffer -= buffer.amax(dim=-1, keepdim=True)
+    target_logits = buffer.gather(-1, targets)
+    sums = buffer.exp_().sum(dim=-1, keepdim=True)
+    losses = (sums.log() - target_logits).sum()
+    buffer.div_(sums).scatter_add_(-1, targets, torch.full_like(target_logits, -1.0)).div_(n)
+    return losses, buffer.to(logits.dtype)

@@ -1,0 +1,56 @@
+"""The predicted peak training memory (lmproject.memory) against peaks measured on CPU, and its report."""
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from lmproject import accounting
+from lmproject.accounting import ModelShape
+from lmproject.memory import measure_in_subprocess, training_memory
+
+WIDE = ModelShape(8000, 64, 256, 2, 8, 688)
+DEEP = ModelShape(6000, 128, 192, 3, 6, 512)
+CASES = [  # shape, batch, precision, activation checkpointing, loss chunk tokens: peaks of 120-200 MB
+    (WIDE, 16, "32-true", False, None),
+    (WIDE, 16, "bf16-mixed", True, None),
+    (DEEP, 8, "bf16-mixed", False, 256),
+]
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="measures through Linux's /proc")
+def test_predicted_peaks_are_within_15_percent_of_measured_ones():
+    with ThreadPoolExecutor(len(CASES)) as pool:  # each measurement is its own process: they can overlap
+        measured = list(pool.map(lambda case: measure_in_subprocess(*case)["peak_bytes"], CASES))
+    ratios = [training_memory(*case)["peak"] / peak for case, peak in zip(CASES, measured, strict=True)]
+    assert all(0.85 <= ratio <= 1.15 for ratio in ratios), list(zip(CASES, measured, ratios, strict=True))
+
+
+def test_checkpointing_and_the_chunked_loss_lower_the_prediction_and_batch_raises_it():
+    plain = training_memory(WIDE, 16, "bf16-mixed")["peak"]
+    assert training_memory(WIDE, 16, "bf16-mixed", activation_checkpointing=True)["peak"] < plain
+    assert training_memory(WIDE, 16, "bf16-mixed", loss_chunk_tokens=128)["peak"] < plain
+    assert training_memory(WIDE, 32, "bf16-mixed")["peak"] > plain
+    with pytest.raises(ValueError, match="precision"):
+        training_memory(WIDE, 16, "64-true")
+
+
+def test_accounting_prints_the_predicted_peaks_for_the_configs_precision(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "trainer:\n  precision: bf16-mixed\nmodel:\n  vocab_size: 8000\n  context_length: 64\n"
+        "  d_model: 256\n  num_layers: 2\n  num_heads: 8\n  d_ff: 688\ndata:\n  batch_size: 16\n"
+    )
+    assert accounting.main(["--config", str(config)]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("  bf16-mixed")]
+    assert [row[1] for row in rows] == ["off", "on"]
+    for row, checkpointing in zip(rows, (False, True), strict=True):
+        expected = training_memory(WIDE, 16, "bf16-mixed", checkpointing)["peak"] / 1e9
+        assert float(row[-1]) == pytest.approx(expected, abs=5e-4)
+
+
+def test_accounting_refuses_a_precision_it_cannot_predict(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        accounting.main(["--preset", "gpt2-small", "--precision", "64-true"])
+    assert exit_info.value.code == 2
+    assert "precision" in capsys.readouterr().err
