@@ -34,6 +34,7 @@ from lmproject.module import ARCHITECTURE, LanguageModel, NonFiniteLossError
 from lmproject.precision import DTYPES, check_dtype, cpu_supports_bf16
 from lmproject.predict import CompletionWriter, SamplingOptions, TokenPrinter, requests
 from lmproject.settings_check import check_settings
+from lmproject.sharding import STATE_DICT_TYPES, consolidate, fsdp_strategy, is_sharded_checkpoint
 from lmproject.tokenizer import Tokenizer
 from lmproject.tokenizer.files import read_text
 
@@ -95,6 +96,7 @@ class LMCLI(LightningCLI):
             self.sampling = SamplingOptions.from_config(config)
         self._fill_run_layout(config)
         self._choose_precision(config.trainer)
+        self._check_strategy(config.trainer)
         self._resolve_checkpoint(config, subcommand)
 
     @staticmethod
@@ -119,6 +121,22 @@ class LMCLI(LightningCLI):
                 "this CPU has no native bfloat16: training in float32 (precision 32-true)", stacklevel=1
             )
             trainer.precision = "32-true"
+
+    @staticmethod
+    def _check_strategy(trainer: Namespace) -> None:
+        if trainer.get("strategy") in STATE_DICT_TYPES and runs_on_cpu(trainer):
+            raise UserError(
+                f"--trainer.strategy {trainer.strategy} needs CUDA GPUs (Lightning's FSDP refuses the CPU); "
+                "on CPUs use the default strategy (DDP across processes with --trainer.devices N)"
+            )
+
+    def instantiate_trainer(self, **kwargs: Any):
+        """`--trainer.strategy fsdp` (or fsdp_sharded) becomes lmproject.sharding's FSDPStrategy: one shard
+        unit per TransformerBlock."""
+        strategy = kwargs.get("strategy", self._get(self.config_init, "trainer", default={}).get("strategy"))
+        if strategy in STATE_DICT_TYPES:
+            kwargs["strategy"] = fsdp_strategy(strategy)
+        return super().instantiate_trainer(**kwargs)
 
     def _resolve_checkpoint(self, config: Namespace, subcommand: str | None) -> None:
         """`last` becomes the newest last*.ckpt of the run (fit starts fresh when there is none); the file is
@@ -149,6 +167,12 @@ class LMCLI(LightningCLI):
             )
             config.ckpt_path = None
             return
+        if subcommand == "fit" and config.trainer.get("strategy") in STATE_DICT_TYPES:
+            sharded = find_last(Path(config.checkpoint.dirpath)) if config.ckpt_path == "last" else None
+            sharded = sharded or Path(config.ckpt_path)
+            if is_sharded_checkpoint(sharded):
+                config.ckpt_path = str(sharded)
+                return  # FSDP reads its shards itself
         path, checkpoint = resolve_checkpoint(config.ckpt_path, config)
         config.ckpt_path = str(path)
         if subcommand == "fit" and "optimizer_states" not in checkpoint:
@@ -266,6 +290,8 @@ def resolve_checkpoint(ckpt_path: str, config: Namespace) -> tuple[Path, dict[st
         if found is None:
             raise UserError(f"--ckpt_path last: no last checkpoint in {config.checkpoint.dirpath}")
         path = found
+    if is_sharded_checkpoint(path):  # written with --trainer.strategy fsdp_sharded
+        path = consolidate(path)
     model_config = config.model.as_dict()
     with torch.device("meta"):  # shapes only: no memory, no initialization
         shapes = {name: t.shape for name, t in LanguageModel(**model_config).state_dict().items()}

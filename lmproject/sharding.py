@@ -1,0 +1,95 @@
+"""FSDP through Lightning: each TransformerBlock a shard unit; sharded checkpoints turned into ordinary ones.
+
+`--trainer.strategy fsdp` gives Lightning's FSDPStrategy with this project's settings: FULL_SHARD (weights,
+gradients and AdamW state split across all ranks), one FSDP unit per TransformerBlock (a block's weights are
+gathered just before it runs and freed after; the embeddings, ln_final and lm head form the root unit), and
+mixed precision from `trainer.precision` (bf16-mixed: float32 weights and optimizer, bfloat16 compute and
+gradient reductions). Its checkpoints are full state dicts gathered on rank 0: ordinary files, loaded as
+any other by fit (with or without FSDP), validate, test, predict and export.
+
+`--trainer.strategy fsdp_sharded` is the same but every rank writes its own shard (a faster save for a large
+model): the checkpoint is a directory (torch.distributed.checkpoint files, Lightning's meta.pt). fit under
+FSDP resumes from it directly; everything else reads it through `consolidate`, which writes the ordinary
+file once (checkpoints/consolidated/NAME) and reuses it while it is newer than the shards.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmproject.atomic import atomic_write
+from lmproject.nn import TransformerBlock
+
+STATE_DICT_TYPES = {"fsdp": "full", "fsdp_sharded": "sharded"}
+METADATA_FILE = (
+    "meta.pt"  # what Lightning's FSDPStrategy writes beside the shards (all but weights, optimizer)
+)
+
+
+def wrap_policy():
+    """FSDP's auto-wrap policy: every TransformerBlock becomes its own shard unit."""
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    return ModuleWrapPolicy({TransformerBlock})
+
+
+def fsdp_strategy(name: str):
+    """Lightning's FSDPStrategy for `--trainer.strategy fsdp` or `fsdp_sharded` (see the module docstring)."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    return FSDPStrategy(
+        auto_wrap_policy=wrap_policy(), sharding_strategy="FULL_SHARD", state_dict_type=STATE_DICT_TYPES[name]
+    )
+
+
+def is_sharded_checkpoint(path: Path) -> bool:
+    """Whether `path` is a sharded checkpoint directory (torch.distributed.checkpoint's .metadata inside)."""
+    return path.is_dir() and (path / ".metadata").is_file()
+
+
+def consolidated_path(path: Path) -> Path:
+    return path.parent / "consolidated" / path.name
+
+
+def consolidate(path: Path) -> Path:
+    """The ordinary checkpoint file of the sharded checkpoint `path`, written on first use: weights under
+    state_dict, the optimizer state keyed by parameter position as a single-process run saves it, and
+    Lightning's metadata (hyperparameters, loop and callback state)."""
+    out = consolidated_path(path)
+    if out.is_file() and out.stat().st_mtime >= (path / ".metadata").stat().st_mtime:
+        return out
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    with tempfile.TemporaryDirectory() as tmp:
+        dcp_to_torch_save(path, Path(tmp) / "full.pt")
+        shards = torch.load(Path(tmp) / "full.pt", map_location="cpu", weights_only=False)
+    checkpoint = _ordinary(shards)
+    metadata = path / METADATA_FILE
+    if metadata.is_file():
+        checkpoint.update(torch.load(metadata, map_location="cpu", weights_only=False))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out, "wb") as file:
+        torch.save(checkpoint, file)
+    print(f"lmproject: consolidated the sharded checkpoint {path} into {out}", file=sys.stderr)
+    return out
+
+
+def _ordinary(shards: dict[str, Any]) -> dict[str, Any]:
+    """{"model", "optimizer_0", ...} as Lightning shards them -> {"state_dict", "optimizer_states"}."""
+    checkpoint = {"state_dict": shards["model"]}
+    count = sum(1 for key in shards if key.startswith("optimizer_"))
+    checkpoint["optimizer_states"] = [_keyed_by_position(shards[f"optimizer_{i}"]) for i in range(count)]
+    return checkpoint
+
+
+def _keyed_by_position(state: dict[str, Any]) -> dict[str, Any]:
+    """FSDP's optimizer state dict keys parameters by name; torch.optim's by position in the param groups."""
+    names = [name for group in state["param_groups"] for name in group["params"]]
+    position = {name: i for i, name in enumerate(names)}
+    groups = [{**group, "params": [position[n] for n in group["params"]]} for group in state["param_groups"]]
+    return {"state": {position[n]: s for n, s in state["state"].items()}, "param_groups": groups}
