@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 from test_training_cli import one_thread  # noqa: F401 (autouse fixture)
 
 from lmproject import cli
@@ -75,3 +76,22 @@ def test_bf16_falls_back_to_float32_on_a_cpu_without_it(monkeypatch):
             "smoke.yaml", extra=["--trainer.accelerator", "cpu", "--trainer.precision", "bf16-mixed"]
         )
     assert built.trainer.precision == "32-true"
+
+
+@pytest.mark.parametrize(
+    ("config", "shape", "parameters", "batch"),
+    [
+        ("gpt2_small.yaml", (768, 12, 12, 2048), 134_105_856, 32),
+        ("gpt2_medium.yaml", (1024, 24, 16, 2752), 369_148_928, 16),
+    ],
+)
+def test_gpt2_configs_build_gpt2_shapes_on_owt_with_their_commented_figures(config, shape, parameters, batch):
+    with torch.device("meta"):  # shapes only: no memory, no initialization
+        built = build(config)
+    hp = built.model.hparams
+    assert (hp.d_model, hp.num_layers, hp.num_heads, hp.d_ff) == shape
+    assert (hp.vocab_size, hp.context_length) == (32_000, 1024)
+    assert built.datamodule.train_path == Path("data/owt/train.npy")
+    assert built.datamodule.batch_size == batch
+    assert sum(p.numel() for p in built.model.parameters()) == parameters
+    assert f"parameters {parameters:,}" in (CONFIGS / config).read_text()  # the comment states the count
