@@ -57,7 +57,7 @@ VARIANTS = {
     "b512": [*CHUNKED, "--data.batch_size", "512"],
     "plain": None,
 }
-DEFAULT_VARIANTS = "compiled,chunked,cudagraphs,b512"
+DEFAULT_VARIANTS = "eager,compiled,chunked,cudagraphs,b512"
 
 
 def synchronize() -> None:
@@ -203,6 +203,17 @@ def run_variant(args: argparse.Namespace) -> int:
     return 0
 
 
+def predicted_gb(result: dict) -> float:
+    """lmproject.memory's bf16-mixed prediction of the peak (eager; compiled code saves other tensors)."""
+    from lmproject.accounting import SIZE_FIELDS, ModelShape
+    from lmproject.memory import training_memory
+
+    hp = result["hparams"]
+    shape = ModelShape(**{k: hp[k] for k in (*SIZE_FIELDS, "ffn", "norm")})
+    parts = training_memory(shape, result["batch_size"], "bf16-mixed", False, hp.get("loss_chunk_tokens"))
+    return parts["peak"] / 1e9
+
+
 def child_command(args: argparse.Namespace, name: str, data: Path) -> list[str]:
     return [
         sys.executable, __file__, "--run-variant", name, "--data", str(data), "--config", str(args.config),
@@ -251,7 +262,8 @@ def main() -> int:
                 done = subprocess.run(
                     child_command(args, name, data), capture_output=True, text=True, timeout=args.timeout
                 )
-                lines = done.stdout.strip().splitlines()
+                (args.out / f"variant_{name}.log").write_text(done.stdout + done.stderr)
+                lines = [line for line in done.stdout.splitlines() if line.startswith('{"tokens_per_s"')]
                 result = json.loads(lines[-1]) if done.returncode == 0 and lines else None
                 failure = None if result else (done.stderr.strip().splitlines() or ["no output"])[-1]
             except subprocess.TimeoutExpired:
@@ -271,16 +283,17 @@ def main() -> int:
         f"{hp['context_length'] if hp else '?'}, {args.steps} timed steps after {args.warmup}, "
         f"{flops / 1e6:.1f} MFLOP/token, peak {peak_text}",
         f"{'variant':11} {'batch':>5} {'tokens/s':>12} {'MFU':>7} {'logged tok/s':>13} {'final loss':>10} "
-        f"{'peak GB':>8} {'wall s':>6}",
+        f"{'peak GB':>8} {'pred GB':>8} {'wall s':>6}",
     ]
     for name, r, failure, wall in rows:
         if r is None:
-            lines.append(f"{name:11} FAILED ({failure})")
+            lines.append(f"{name:11} FAILED ({failure}; OUT/variant_{name}.log)")
             continue
         mfu = f"{r['tokens_per_s'] * flops / peak:7.1%}" if peak else "    n/a"
         memory = f"{r['max_memory_gb']:8.2f}" if r["max_memory_gb"] is not None else "     n/a"
         lines.append(f"{name:11} {r['batch_size']:5} {r['tokens_per_s']:12,.0f} {mfu} {r['logged']:13,.0f} "
-                     f"{r['loss']:10.3f} {memory} {wall:6.0f}")  # fmt: skip
+                     f"{r['loss']:10.3f} {memory} {predicted_gb(r):8.2f} {wall:6.0f}")  # fmt: skip
+    lines.append("pred GB: lmproject.memory's bf16-mixed peak for the batch and loss, without compilation")
     print("\n".join(lines))
     (args.out / "bench_gpu.txt").write_text("\n".join(lines) + "\n")
     return 0 if all(r for _, r, _, _ in rows) else 1
