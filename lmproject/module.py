@@ -1,12 +1,13 @@
 """The LightningModule: the from-scratch TransformerLM with its loss, optimizer, schedule and clipping.
 
 One training step is `training_step` (forward, cross-entropy); Lightning runs backward, then
-`configure_gradient_clipping` clips with the project's `clip_gradients` and checks that the loss and gradient
-norm are finite, then the project's AdamW steps and the LambdaLR advances the warmup + cosine schedule by one
-optimizer step. That check is the step's one wait for the GPU (once per optimizer step, not per micro-batch):
-it is what lets a diverged run stop before a bad update reaches the weights. The micro-batches' losses are
-summed on the device and read in that same wait, so train/loss is the mean loss of the whole optimizer step
-(all micro-batches of gradient accumulation, averaged over DDP ranks when it is logged).
+`configure_gradient_clipping` clips with the project's `clip_gradients` (under FSDP, FSDP's over all shards)
+and checks that the loss and gradient norm are finite, then the project's AdamW steps and the LambdaLR
+advances the warmup + cosine schedule by one optimizer step. That check is the step's one wait for the GPU
+(once per optimizer step, not per micro-batch): it is what lets a diverged run stop before a bad update
+reaches the weights. The micro-batches' losses are summed on the device and read in that same wait, so
+train/loss is the mean loss of the whole optimizer step (all micro-batches of gradient accumulation,
+averaged over DDP ranks when it is logged).
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from lmproject.callbacks import logs_written_this_step
 from lmproject.errors import UserError
 from lmproject.generate import for_decoding, generate, generate_steps
 from lmproject.nn import TransformerLM, token_losses
-from lmproject.optim import AdamW, clip_gradients, cosine_lr
+from lmproject.optim import AdamW, cosine_lr
 from lmproject.precision import DTYPES
 from lmproject.settings_check import check_settings
+from lmproject.sharding import clip_gradients_of
 
 ARCHITECTURE = (
     "vocab_size",
@@ -148,7 +150,7 @@ class LanguageModel(L.LightningModule):
         if gradient_clip_val is not None:
             raise UserError("set model.max_grad_norm instead of trainer.gradient_clip_val")
         limit = math.inf if self.hparams.max_grad_norm is None else self.hparams.max_grad_norm
-        norm = clip_gradients(self.parameters(), limit)
+        norm = clip_gradients_of(self.trainer.strategy.model, limit)  # under FSDP: over every rank's shard
         loss = self._step_loss_sum.float() / self._micro_batches
         self._step_loss_sum, self._micro_batches = None, 0
         self.step_loss, self.grad_norm = torch.stack([loss, norm.to(loss.device)]).tolist()  # one sync

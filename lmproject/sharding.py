@@ -24,6 +24,7 @@ import torch
 
 from lmproject.atomic import atomic_write
 from lmproject.nn import TransformerBlock
+from lmproject.optim import clip_gradients
 
 STATE_DICT_TYPES = {"fsdp": "full", "fsdp_sharded": "sharded"}
 METADATA_FILE = (
@@ -45,6 +46,18 @@ def fsdp_strategy(name: str):
     return FSDPStrategy(
         auto_wrap_policy=wrap_policy(), sharding_strategy="FULL_SHARD", state_dict_type=STATE_DICT_TYPES[name]
     )
+
+
+def clip_gradients_of(model: torch.nn.Module, limit: float) -> torch.Tensor:
+    """lmproject.optim.clip_gradients for `model` as the strategy runs it. Under FSDP each rank holds a shard
+    of every gradient, so the global norm needs all of them: FSDP's clip_grad_norm_ sums the ranks' squared
+    norms first (the same scale min(1, limit / (norm + 1e-6)) as clip_gradients)."""
+    if torch.distributed.is_available():
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        if isinstance(model, FullyShardedDataParallel):
+            return model.clip_grad_norm_(limit)
+    return clip_gradients(model.parameters(), limit)
 
 
 def is_sharded_checkpoint(path: Path) -> bool:

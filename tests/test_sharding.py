@@ -1,5 +1,6 @@
 """FSDP without a GPU: the wrap policy, and a checkpoint sharded by two gloo ranks read as an ordinary one."""
 
+import math
 import os
 import socket
 
@@ -14,8 +15,15 @@ from lmproject.cli import main
 from lmproject.lightning_checkpoints import check_checkpoint
 from lmproject.module import ARCHITECTURE, LanguageModel
 from lmproject.nn import TransformerBlock, cross_entropy
-from lmproject.optim import AdamW
-from lmproject.sharding import METADATA_FILE, consolidate, fsdp_strategy, is_sharded_checkpoint, wrap_policy
+from lmproject.optim import AdamW, clip_gradients
+from lmproject.sharding import (
+    METADATA_FILE,
+    clip_gradients_of,
+    consolidate,
+    fsdp_strategy,
+    is_sharded_checkpoint,
+    wrap_policy,
+)
 
 CONFIG = {k: TINY_MODEL[k] for k in ARCHITECTURE if k in TINY_MODEL}
 
@@ -61,12 +69,14 @@ def _train_and_save_sharded(rank: int, port: int, directory: str) -> None:
     optimizer = AdamW(model.parameters(), lr=1e-2)
     x, y = batch(rank)
     cross_entropy(model(x), y).backward()
+    norm = clip_gradients_of(model, math.inf)  # over both ranks' shards
     optimizer.step()
     with FSDP.state_dict_type(model, StateDictType.SHARDED_STATE_DICT):
         shards = {"model": model.state_dict(), "optimizer_0": FSDP.optim_state_dict(model, optimizer)}
     dcp.save(shards, checkpoint_id=directory)
     if rank == 0:
         metadata = {"hyper_parameters": dict(module.hparams), "global_step": 1, "epoch": 0,
+                    "norm": norm.item(),
                     "pytorch-lightning_version": L.__version__}  # fmt: skip
         torch.save(metadata, f"{directory}/{METADATA_FILE}")
     dist.destroy_process_group()
@@ -98,6 +108,9 @@ def test_a_checkpoint_sharded_across_two_ranks_loads_as_an_ordinary_one(sharded)
     reference = LanguageModel(**CONFIG)
     (x0, y0), (x1, y1) = batch(0), batch(1)
     cross_entropy(reference(torch.cat([x0, x1])), torch.cat([y0, y1])).backward()
+    assert checkpoint["norm"] == pytest.approx(
+        clip_gradients(reference.parameters(), math.inf).item(), rel=1e-5
+    )
     reference_optimizer = AdamW(reference.parameters(), lr=1e-2)
     reference_optimizer.step()
     optimizer = AdamW(model.parameters(), lr=1e-2)

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# FSDP on a GPU, end to end on the smoke config (about 2 minutes): train with --trainer.strategy fsdp,
+# resume, validate under FSDP and on the CPU (the checkpoint is an ordinary file), sample; then the same with
+# fsdp_sharded, whose directory of shards validate consolidates. Needs `make smoke-data` first.
+#   bash bench/gpu_fsdp_check.sh [OUT_DIR]     # the runs and a summary go to OUT_DIR (default $OUT or /tmp)
+set -euo pipefail
+out=${1:-${OUT:-/tmp}}/fsdp
+rm -rf "$out" && mkdir -p "$out"
+lm=${LMPROJECT:-lmproject}
+common=(--config configs/smoke.yaml --train_tokens null --trainer.enable_progress_bar false)
+gpu=(--trainer.accelerator gpu --trainer.devices 1 --trainer.precision bf16-mixed)
+for strategy in fsdp fsdp_sharded; do
+  run=$out/$strategy
+  $lm fit "${common[@]}" "${gpu[@]}" --trainer.strategy $strategy --trainer.max_steps 30 \
+    --trainer.default_root_dir "$run"
+  $lm fit "${common[@]}" "${gpu[@]}" --trainer.strategy $strategy --trainer.max_steps 40 \
+    --trainer.default_root_dir "$run" --ckpt_path last
+  $lm validate "${common[@]}" "${gpu[@]}" --trainer.strategy $strategy --trainer.default_root_dir "$run" \
+    --ckpt_path last 2>&1 | tee "$run/validate_fsdp.txt"
+  $lm validate "${common[@]}" --trainer.accelerator cpu --trainer.default_root_dir "$run" --ckpt_path last \
+    2>&1 | tee "$run/validate_cpu.txt"
+  $lm predict "${common[@]}" --trainer.accelerator cpu --trainer.default_root_dir "$run" --ckpt_path last \
+    --prompt "Once upon a time" --max_new_tokens 20 --stream false --output "$run/samples.jsonl"
+  ls -la "$run/checkpoints" > "$run/checkpoints.txt"
+done
+grep -h "val/loss" "$out"/*/validate_*.txt | tee "$out/summary.txt"
