@@ -9,7 +9,8 @@ The prediction counts the tensors this code keeps alive at its two high points (
 
 Saved activations per token and layer (pre-norm, SwiGLU, the fused attention; d = d_model, f = d_ff,
 h = heads), counted from what each op of lmproject.nn saves (the SiLU FFN saves 3 f-sized tensors instead
-of 5; other norm placements and attention="math", which keeps the scores, are not modelled):
+of 5, and under bf16-mixed one bfloat16 copy of its input instead of 2; other norm placements and
+attention="math", which keeps the scores, are not modelled):
   float32:      44d + 20f + 4h + 8 bytes: the block input, x/rms and the normed input twice (ln1, ln2), q and
                 k after RoPE, v, attention output and its reshaped copy, the residual after attention, the
                 SwiGLU's w1 output, its sigmoid, silu, w3 output and the product (f each), 4 bytes of
@@ -47,11 +48,14 @@ PRECISIONS = ("32-true", "bf16-mixed")
 GB = 1e9
 
 
-def _layer_bytes(shape: ModelShape, bf16: bool) -> int:
+def layer_activation_bytes(shape: ModelShape, bf16: bool) -> int:
     """Activation bytes one layer saves per token (docstring above)."""
     d, f, h = shape.d_model, shape.d_ff, shape.num_heads
-    ffn_tensors = 5 if shape.ffn == "swiglu" else 3  # the SiLU ablation: w1 output, sigmoid, silu
-    return (36 * d + 2 * ffn_tensors * f if bf16 else 44 * d + 4 * ffn_tensors * f) + 4 * h + 8
+    swiglu = shape.ffn == "swiglu"
+    ffn_tensors = 5 if swiglu else 3  # the SiLU ablation: w1 output, sigmoid, silu
+    if bf16:  # w1 and w3 each save their own bfloat16 copy of the normed input (SiLU: w1 only)
+        return 32 * d + (4 if swiglu else 2) * d + 2 * ffn_tensors * f + 4 * h + 8
+    return 44 * d + 4 * ffn_tensors * f + 4 * h + 8
 
 
 def _matmul_parameters(shape: ModelShape) -> int:
@@ -74,7 +78,7 @@ def training_memory(
     bf16 = precision == "bf16-mixed"
     params = sum(parameter_counts(shape).values())
     d, vocab, tokens = shape.d_model, shape.vocab_size, batch_size * shape.context_length
-    layer = _layer_bytes(shape, bf16)
+    layer = layer_activation_bytes(shape, bf16)
     final = 10 * d if bf16 else 12 * d
     if loss_chunk_tokens is None:
         loss_per_token, loss_fixed = (10 if bf16 else 8) * vocab, 0

@@ -1,13 +1,16 @@
 """The predicted peak training memory (lmproject.memory) against peaks measured on CPU, and its report."""
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 from lmproject import accounting
-from lmproject.accounting import ModelShape
-from lmproject.memory import measure_in_subprocess, training_memory
+from lmproject.accounting import ModelShape, parameter_counts
+from lmproject.memory import layer_activation_bytes, measure_in_subprocess, training_memory
+from lmproject.nn import TransformerLM
 
 WIDE = ModelShape(8000, 64, 256, 2, 8, 688)
 DEEP = ModelShape(6000, 128, 192, 3, 6, 512)
@@ -54,3 +57,37 @@ def test_accounting_refuses_a_precision_it_cannot_predict(capsys):
         accounting.main(["--preset", "gpt2-small", "--precision", "64-true"])
     assert exit_info.value.code == 2
     assert "precision" in capsys.readouterr().err
+
+
+def saved_bytes_per_token(model, tokens, bf16):
+    """Bytes of the distinct non-parameter tensors autograd saves in one forward, per token."""
+    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in parameters:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor)
+    with hooks, torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        model.loss(tokens[0], tokens[1])
+    return sum(saved.values()) / tokens[0].numel()
+
+
+@pytest.mark.parametrize("ffn", ["swiglu", "silu"])
+@pytest.mark.parametrize("bf16", [False, True])
+def test_a_layer_saves_the_bytes_the_prediction_counts(bf16, ffn):
+    """One more layer adds exactly layer_activation_bytes per token (under bf16-mixed, besides the bfloat16
+    copies of its weights and of RoPE's tables, which do not grow with the batch)."""
+    shape = ModelShape(512, 32, 64, 1, 4, 176, ffn=ffn)
+    tokens = torch.randint(0, 512, (2, 4, 32))
+    per_token = []
+    for layers in (1, 2):
+        torch.manual_seed(0)
+        model = TransformerLM(512, 32, 64, layers, 4, 176, ffn=ffn)
+        per_token.append(saved_bytes_per_token(model, tokens, bf16))
+    weights = parameter_counts(replace(shape, num_layers=1))
+    fixed = 2 * (weights["attention"] + weights["ffn"]) + 4 * 32 * 16 * 2 if bf16 else 0  # weights, cos/sin
+    assert per_token[1] - per_token[0] == layer_activation_bytes(shape, bf16) + fixed / tokens[0].numel()
