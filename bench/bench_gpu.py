@@ -234,7 +234,10 @@ def main() -> int:
     parser.add_argument("--profile", default="compiled,b512", help="comma-separated variants to profile")
     parser.add_argument("--profile-steps", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=20_000_000, help="size of the random token file")
-    parser.add_argument("--timeout", type=float, default=240, help="seconds per variant before it is killed")
+    parser.add_argument("--timeout", type=float, default=150, help="seconds per variant before it is killed")
+    parser.add_argument(
+        "--budget", type=float, default=330, help="seconds for all variants: no new one after"
+    )
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")), help="profiles, table")
     parser.add_argument("--run-variant", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
@@ -256,18 +259,23 @@ def main() -> int:
         data = Path(tmp) / "train.npy"
         vocab_size = yaml.safe_load(args.config.read_text())["model"]["vocab_size"]
         np.save(data, np.random.default_rng(0).integers(0, vocab_size, args.tokens).astype(np.uint16))
+        deadline = time.perf_counter() + args.budget
         for name in args.variants.split(","):
             began = time.perf_counter()
+            timeout = min(args.timeout, deadline - began)
+            if timeout < 30:
+                rows.append((name, None, f"not run: --budget {args.budget:.0f} s spent", 0.0))
+                continue
             try:
                 done = subprocess.run(
-                    child_command(args, name, data), capture_output=True, text=True, timeout=args.timeout
+                    child_command(args, name, data), capture_output=True, text=True, timeout=timeout
                 )
                 (args.out / f"variant_{name}.log").write_text(done.stdout + done.stderr)
                 lines = [line for line in done.stdout.splitlines() if line.startswith('{"tokens_per_s"')]
                 result = json.loads(lines[-1]) if done.returncode == 0 and lines else None
                 failure = None if result else (done.stderr.strip().splitlines() or ["no output"])[-1]
             except subprocess.TimeoutExpired:
-                result, failure = None, f"killed after {args.timeout:.0f} s"
+                result, failure = None, f"killed after {timeout:.0f} s"
             rows.append((name, result, failure, time.perf_counter() - began))
             print(f"{name}: {'done' if result else 'FAILED: ' + failure} in {rows[-1][3]:.0f} s", flush=True)
 
@@ -287,7 +295,8 @@ def main() -> int:
     ]
     for name, r, failure, wall in rows:
         if r is None:
-            lines.append(f"{name:11} FAILED ({failure}; OUT/variant_{name}.log)")
+            log = f"; see OUT/variant_{name}.log" if (args.out / f"variant_{name}.log").is_file() else ""
+            lines.append(f"{name:11} FAILED ({failure}{log})")
             continue
         mfu = f"{r['tokens_per_s'] * flops / peak:7.1%}" if peak else "    n/a"
         memory = f"{r['max_memory_gb']:8.2f}" if r["max_memory_gb"] is not None else "     n/a"
