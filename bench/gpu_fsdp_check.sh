@@ -1,12 +1,24 @@
 #!/usr/bin/env bash
 # FSDP on a GPU, end to end on the smoke config (about 2 minutes): train with --trainer.strategy fsdp,
 # resume, validate under FSDP and on the CPU (the checkpoint is an ordinary file), sample; then the same with
-# fsdp_sharded, whose directory of shards validate consolidates. Needs `make smoke-data` first.
+# fsdp_sharded, whose directory of shards validate consolidates. Builds data/smoke as `make smoke-data`
+# does when it is missing (with $PYTHON, default python: no venv needed).
 #   bash bench/gpu_fsdp_check.sh [OUT_DIR]     # the runs and a summary go to OUT_DIR (default $OUT or /tmp)
 set -euo pipefail
 out=${1:-${OUT:-/tmp}}/fsdp
 rm -rf "$out" && mkdir -p "$out"
-lm=${LMPROJECT:-lmproject}
+py=${PYTHON:-python}
+lm="$py -m lmproject.cli"
+if [ ! -f data/smoke/valid.npy ]; then
+  mkdir -p data/smoke
+  $py -m lmproject.stories --out data/smoke/train.txt --size-mb 2 --seed 0
+  $py -m lmproject.stories --out data/smoke/valid.txt --size-mb 0.2 --seed 1
+  $py -m lmproject.tokenizer train data/smoke/train.txt --vocab-size 512 --special-token '<|endoftext|>' \
+    --out data/smoke/tokenizer
+  for split in train valid; do
+    $py -m lmproject.tokenizer encode --tokenizer data/smoke/tokenizer data/smoke/$split.txt data/smoke/$split.npy
+  done
+fi
 common=(--config configs/smoke.yaml --train_tokens null --trainer.enable_progress_bar false)
 gpu=(--trainer.accelerator gpu --trainer.devices 1 --trainer.precision bf16-mixed)
 for strategy in fsdp fsdp_sharded; do
