@@ -104,8 +104,6 @@ class LanguageModel(L.LightningModule):
             vocab_size, context_length, d_model, num_layers, num_heads, d_ff, rope_theta,
             norm, position, ffn, tie_embeddings, attention, activation_checkpointing,
         )  # fmt: skip
-        if loss_chunk_tokens is not None and loss_chunk_tokens <= 0:
-            raise UserError(f"model.loss_chunk_tokens must be positive, got {loss_chunk_tokens}")
         self._compute_loss = self.model.loss
         self.eval_loss = MeanMetric()
         self.grad_norm: float | None = None

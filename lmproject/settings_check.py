@@ -20,6 +20,12 @@ POSITIONS = ("rope", "none")
 FFNS = ("swiglu", "silu")
 ATTENTIONS = ("fused", "math")
 TOKEN_DTYPES = ("uint16", "uint32")
+COMPILE_MODES = (
+    "default",
+    "reduce-overhead",
+    "max-autotune",
+    "max-autotune-no-cudagraphs",
+)  # torch.compile's
 MAX_SEED = 2**32 - 1  # numpy's generators take seeds in [0, 2**32)
 
 
@@ -81,6 +87,12 @@ MODEL_RULES = (
     Rule("eps", lambda v, s: _real(v) and v > 0, "a number > 0"),
     Rule("weight_decay", lambda v, s: _real(v) and v >= 0, "a number >= 0"),
     Rule("max_grad_norm", lambda v, s: v is None or (_real(v) and v > 0), "null or a number > 0"),
+    Rule(
+        "compile_mode",
+        lambda v, s: v is None or v in COMPILE_MODES,
+        f"null or one of {', '.join(COMPILE_MODES)}",
+    ),
+    Rule("loss_chunk_tokens", lambda v, s: v is None or _count(v), "null or an integer >= 1"),
 )
 
 DATA_RULES = (

@@ -23,8 +23,14 @@ def test_checkpointing_and_the_chunked_loss_give_the_plain_runs_losses(tmp_path)
     assert losses["memory"] == pytest.approx(losses["plain"], rel=1e-5)
 
 
-def test_a_chunk_of_no_tokens_is_refused(tmp_path, capsys):
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model.loss_chunk_tokens", "0"], "model.loss_chunk_tokens=0: must be null or an integer >= 1"),
+        (["--model.compile_mode", "fast"], "model.compile_mode='fast': must be null or one of default,"),
+    ],
+)
+def test_a_chunk_of_no_tokens_or_an_unknown_compile_mode_is_refused(tmp_path, capsys, args, message):
     write_tokens(tmp_path)
     config = str(write_config(tmp_path, tmp_path / "run"))
-    message = fails(["fit", "--config", config, "--model.loss_chunk_tokens", "0"], capsys)
-    assert "model.loss_chunk_tokens must be positive" in message
+    assert message in fails(["fit", "--config", config, *args], capsys)

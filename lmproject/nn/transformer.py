@@ -236,4 +236,3 @@ class TransformerLM(nn.Module):
         if low < 0 or high >= self.vocab_size:
             bad = int(low) if low < 0 else int(high)
             raise ValueError(f"token id {bad} is outside the vocabulary 0..{self.vocab_size - 1}")
-
