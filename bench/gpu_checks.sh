@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Every GPU check the open issues ask for, in one call on a CUDA machine, each step bounded in time so the
+# whole script ends within GPU_CHECKS_SECONDS (default 540) with whatever it measured:
+#   1. the CUDA tests of tests/test_generate.py (cached greedy = CPU, seeded sampling, CUDA-graph replay);
+#   2. generation speed: bf16, batch 1 with a CUDA-graph decode step, and batch 16 (bench_generate.py);
+#   3. FSDP end to end on the smoke config (bench/gpu_fsdp_check.sh);
+#   4. fit throughput, MFU and peak memory for the variants in $FIT_VARIANTS, with a profile (bench_gpu.py);
+#   5. with RECIPE=1: the modern recipe (configs/recipes/modern.yaml) against the baseline, compiled.
+# Runs from the checkout (PYTHONPATH) with the machine's python3, torch and Lightning (jsonargparse must be
+# importable). OUT gets summary.txt (each step's return code and the tail of its log) and logs.tar.gz (full
+# logs, bench tables and profiles, the FSDP runs without their checkpoints).
+#   OUT=/tmp/gpu bash bench/gpu_checks.sh
+set -u
+out=${OUT:-/tmp/gpu_checks}
+work=/tmp/gpu_work
+rm -rf "$work" && mkdir -p "$out" "$work/logs"
+summary=$out/summary.txt
+total=${GPU_CHECKS_SECONDS:-540}
+export PYTHONUNBUFFERED=1 PYTHON=python3 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+
+step() {  # step NAME SECONDS COMMAND...: at most SECONDS (less if the total is nearly spent), logged
+  local name=$1 limit=$2 start=$SECONDS rc
+  shift 2
+  ((limit > total - SECONDS - 15)) && limit=$((total - SECONDS - 15))
+  if ((limit < 20)); then
+    echo "=== $name: not run (the time is spent)" | tee -a "$summary"
+    return
+  fi
+  echo "=== $name (limit ${limit}s, $(date +%T))" | tee -a "$summary"
+  timeout -k 10 "$limit" "$@" >"$work/logs/$name.log" 2>&1
+  rc=$?
+  echo "--- $name: rc=$rc after $((SECONDS - start))s" | tee -a "$summary"
+  tail -n 40 "$work/logs/$name.log" >>"$summary"
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$summary"
+python3 -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__)" \
+  | tee -a "$summary"
+python3 setup.py -q build_ext --inplace >"$work/logs/build.log" 2>&1 \
+  || echo "the C merge loop did not build: the tokenizer runs its Python loop" | tee -a "$summary"
+
+if [ "${RECIPE:-0}" = 1 ]; then
+  python3 - <<'PY'
+import yaml
+
+
+def merge(base, top):
+    both = {**base, **top}
+    return {k: merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v for k, v in both.items()}
+
+
+config = merge(yaml.safe_load(open("configs/tinystories.yaml")), yaml.safe_load(open("configs/recipes/modern.yaml")))
+yaml.safe_dump(config, open("/tmp/tinystories_modern.yaml", "w"))
+PY
+  step baseline 150 python3 bench/bench_gpu.py --variants compiled --profile none --budget 120 --out "$work/baseline"
+  step recipe 150 python3 bench/bench_gpu.py --config /tmp/tinystories_modern.yaml --variants compiled \
+    --profile none --budget 120 --out "$work/recipe"
+else
+  step cuda_tests 90 python3 -m pytest -q -p no:cacheprovider tests/test_generate.py -k cuda
+  step generate 100 python3 bench/bench_generate.py --device cuda --dtype bfloat16 --cuda-graph --repeats 2
+  step fsdp 120 bash bench/gpu_fsdp_check.sh "$work"
+  remaining=$((total - SECONDS - 40))
+  step fit_variants "$remaining" python3 bench/bench_gpu.py --variants "${FIT_VARIANTS:-compiled,cudagraphs,b512,chunked}" \
+    --profile compiled --budget $((remaining - 30)) --out "$work/fit"
+fi
+tar -czf "$out/logs.tar.gz" --exclude=checkpoints --exclude="*.ckpt" -C "$work" . 2>/dev/null
+echo "done at $(date +%T), ${SECONDS}s" | tee -a "$summary"
