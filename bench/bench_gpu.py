@@ -250,9 +250,8 @@ def main() -> int:
     if args.run_variant:
         return run_variant(args)
 
-    from lightning.fabric.utilities.throughput import get_available_flops
-
     from lmproject.accounting import train_flops_per_token
+    from lmproject.callbacks import device_peak_flops
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -280,7 +279,7 @@ def main() -> int:
             print(f"{name}: {'done' if result else 'FAILED: ' + failure} in {rows[-1][3]:.0f} s", flush=True)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    peak = get_available_flops(device, torch.bfloat16)
+    peak = device_peak_flops(device, torch.bfloat16)
     gpu = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     hp = next((r["hparams"] for _, r, _, _ in rows if r), None)
     flops = train_flops_per_token(*(hp[k] for k in ("vocab_size", "context_length", "d_model", "num_layers")),

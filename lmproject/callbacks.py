@@ -6,6 +6,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -14,6 +15,22 @@ from lightning.fabric.utilities.throughput import get_available_flops
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lmproject.accounting import train_flops_per_token
+
+# Dense tensor-core peaks of GPUs missing from Lightning's table (vendor datasheets, FLOP/s). The H200 is the
+# H100 SXM's chip with more memory: the same arithmetic peaks.
+_EXTRA_PEAK_FLOPS = {"h200": {torch.bfloat16: 989.4e12, torch.float16: 989.4e12, torch.float32: 66.9e12}}
+
+
+def device_peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
+    """Peak FLOP/s of one device in `dtype`: Lightning's table, then _EXTRA_PEAK_FLOPS; None if unknown
+    (CPUs)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Lightning warns "FLOPs not found" for chips we may know
+        peak = get_available_flops(device, dtype)
+    if peak is None and device.type == "cuda":
+        name = torch.cuda.get_device_name(device).lower()
+        peak = next((table.get(dtype) for chip, table in _EXTRA_PEAK_FLOPS.items() if chip in name), None)
+    return peak
 
 
 def logs_written_this_step(trainer: L.Trainer) -> bool:
@@ -46,8 +63,8 @@ class ThroughputMonitor(StepBoundary):
     - throughput/mfu: tokens/s x training FLOPs per token / (peak FLOP/s x devices). The FLOPs per token are
       lmproject.accounting's: every matmul including the lm_head, and the full T x T attention matrix (no
       saving for the causal mask), so fused causal attention does fewer FLOPs than counted. `peak_flops` is
-      the peak of one device; by default Lightning's table for the GPU and precision in use (no MFU on CPUs,
-      whose peak is not in the table);
+      the peak of one device; by default Lightning's table for the GPU and precision in use, completed by
+      device_peak_flops for GPUs it lacks such as the H200 (no MFU on CPUs, whose peak is not in the table);
     - time/elapsed_s: wall-clock seconds since this fit started, validation included (the x axis of
       `lmproject plot`'s curves against time);
     - memory/max_allocated_gb, on a GPU: torch.cuda.max_memory_allocated so far (GB = 1e9 bytes), the peak
@@ -74,7 +91,7 @@ class ThroughputMonitor(StepBoundary):
                 if "16" in precision
                 else torch.float32
             )
-            self.peak_flops = get_available_flops(trainer.strategy.root_device, dtype)
+            self.peak_flops = device_peak_flops(trainer.strategy.root_device, dtype)
 
     def _new_row(self, now: float) -> None:
         self._row_start, self._validation_seconds, self._tokens = now, 0.0, 0

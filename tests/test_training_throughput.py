@@ -1,4 +1,5 @@
-"""ThroughputMonitor's default peak FLOP/s: Lightning's table for the GPU and the precision in use."""
+"""ThroughputMonitor's default peak FLOP/s: Lightning's table (completed for the H200) for the GPU and the
+precision in use."""
 
 from types import SimpleNamespace
 from unittest import mock
@@ -11,16 +12,17 @@ from lmproject.callbacks import ThroughputMonitor
 TINY = SimpleNamespace(vocab_size=64, context_length=16, d_model=32, num_layers=2, d_ff=64, ffn="swiglu")
 
 
+@pytest.mark.parametrize("gpu", ["NVIDIA H100 80GB HBM3", "NVIDIA H200"])  # the H200: not in Lightning's table
 @pytest.mark.parametrize(
     ("precision", "peak"), [("bf16-mixed", 989.4e12), ("16-mixed", 989.4e12), ("32-true", 66.9e12)]
 )
-def test_default_peak_is_the_h100_figure_for_the_training_precision(precision, peak):
+def test_default_peak_is_the_h100_figure_for_the_training_precision(gpu, precision, peak):
     trainer = SimpleNamespace(
         precision=precision, strategy=SimpleNamespace(root_device=torch.device("cuda", 0))
     )
     monitor = ThroughputMonitor()
     with (
-        mock.patch("torch.cuda.get_device_name", return_value="NVIDIA H100 80GB HBM3"),
+        mock.patch("torch.cuda.get_device_name", return_value=gpu),
         mock.patch("lightning.fabric.accelerators.cuda._is_ampere_or_later", return_value=True),
     ):  # float32 counts as tf32 only when torch.set_float32_matmul_precision allows it (default: not)
         monitor.setup(trainer, SimpleNamespace(hparams=TINY), "fit")
