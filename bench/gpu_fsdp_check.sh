@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # FSDP on a GPU, end to end on the smoke config (about 2 minutes): train with --trainer.strategy fsdp,
 # resume, validate under FSDP and on the CPU (the checkpoint is an ordinary file), sample; then the same with
-# fsdp_sharded, whose directory of shards validate consolidates. Builds data/smoke as `make smoke-data`
+# fsdp_sharded, whose directory of shards validate consolidates; each run is also exported (lmproject export).
+# STRATEGIES="fsdp_sharded" runs one of the two. Builds data/smoke as `make smoke-data`
 # does when it is missing (with $PYTHON, default python: no venv needed).
 #   bash bench/gpu_fsdp_check.sh [OUT_DIR]     # the runs and a summary go to OUT_DIR (default $OUT or /tmp)
 set -euo pipefail
@@ -21,7 +22,7 @@ if [ ! -f data/smoke/valid.npy ]; then
 fi
 common=(--config configs/smoke.yaml --train_tokens null --trainer.enable_progress_bar false)
 gpu=(--trainer.accelerator gpu --trainer.devices 1 --trainer.precision bf16-mixed)
-for strategy in fsdp fsdp_sharded; do
+for strategy in ${STRATEGIES:-fsdp fsdp_sharded}; do
   run=$out/$strategy
   $lm fit "${common[@]}" "${gpu[@]}" --trainer.strategy $strategy --trainer.max_steps 30 \
     --trainer.default_root_dir "$run"
@@ -33,6 +34,8 @@ for strategy in fsdp fsdp_sharded; do
     2>&1 | tee "$run/validate_cpu.txt"
   $lm predict "${common[@]}" --trainer.accelerator cpu --trainer.default_root_dir "$run" --ckpt_path last \
     --prompt "Once upon a time" --max_new_tokens 20 --stream false --output "$run/samples.jsonl"
+  $lm export "${common[@]}" --trainer.default_root_dir "$run" --ckpt_path last --out "$run/hf"
+  ls -la "$run/hf" > "$run/export.txt"
   ls -la "$run/checkpoints" > "$run/checkpoints.txt"
 done
 grep -h "val/loss" "$out"/*/validate_*.txt | tee "$out/summary.txt"
