@@ -5,7 +5,10 @@
 #   2. generation speed: bf16, batch 1 with a CUDA-graph decode step, and batch 16 (bench_generate.py);
 #   3. FSDP end to end on the smoke config (bench/gpu_fsdp_check.sh);
 #   4. fit throughput, MFU and peak memory for the variants in $FIT_VARIANTS, with a profile (bench_gpu.py);
-#   5. with RECIPE=1: the modern recipe (configs/recipes/modern.yaml) against the baseline, compiled.
+#   5. recipe (only when STEPS names it): the modern recipe (configs/recipes/modern.yaml) against the
+#      baseline, both compiled, in one bench_gpu.py run.
+# STEPS="cuda_tests generate fsdp fit_variants" (the default) chooses steps; STRATEGIES is passed on to
+# gpu_fsdp_check.sh (e.g. STEPS="recipe fsdp" STRATEGIES=fsdp_sharded for a second, shorter call).
 # Runs from the checkout (PYTHONPATH) with the machine's python3, torch and Lightning (jsonargparse must be
 # importable). OUT gets summary.txt (each step's return code and the tail of its log) and logs.tar.gz (full
 # logs, bench tables and profiles, the FSDP runs without their checkpoints).
@@ -39,26 +42,15 @@ python3 -c "import torch, lightning; print('torch', torch.__version__, 'lightnin
 python3 setup.py -q build_ext --inplace >"$work/logs/build.log" 2>&1 \
   || echo "the C merge loop did not build: the tokenizer runs its Python loop" | tee -a "$summary"
 
-if [ "${RECIPE:-0}" = 1 ]; then
-  python3 - <<'PY'
-import yaml
-
-
-def merge(base, top):
-    both = {**base, **top}
-    return {k: merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v for k, v in both.items()}
-
-
-config = merge(yaml.safe_load(open("configs/tinystories.yaml")), yaml.safe_load(open("configs/recipes/modern.yaml")))
-yaml.safe_dump(config, open("/tmp/tinystories_modern.yaml", "w"))
-PY
-  step baseline 150 python3 bench/bench_gpu.py --variants compiled --profile none --budget 120 --out "$work/baseline"
-  step recipe 150 python3 bench/bench_gpu.py --config /tmp/tinystories_modern.yaml --variants compiled \
-    --profile none --budget 120 --out "$work/recipe"
-else
-  step cuda_tests 90 python3 -m pytest -q -p no:cacheprovider tests/test_generate.py -k cuda
-  step generate 100 python3 bench/bench_generate.py --device cuda --dtype bfloat16 --cuda-graph --repeats 2
-  step fsdp 120 bash bench/gpu_fsdp_check.sh "$work"
+wants() { [[ " ${STEPS:-cuda_tests generate fsdp fit_variants} " == *" $1 "* ]]; }
+wants cuda_tests && step cuda_tests 90 python3 -m pytest -q -p no:cacheprovider tests/test_generate.py -k cuda
+wants generate && step generate 100 python3 bench/bench_generate.py --device cuda --dtype bfloat16 --cuda-graph --repeats 2
+wants fsdp && step fsdp 150 bash bench/gpu_fsdp_check.sh "$work"
+if wants recipe; then
+  step recipe 200 python3 bench/bench_gpu.py --variants compiled,recipe --profile none --budget 170 \
+    --out "$work/recipe"
+fi
+if wants fit_variants; then
   remaining=$((total - SECONDS - 40))
   step fit_variants "$remaining" python3 bench/bench_gpu.py --variants "${FIT_VARIANTS:-compiled,cudagraphs,b512,chunked}" \
     --profile compiled --budget $((remaining - 30)) --out "$work/fit"
