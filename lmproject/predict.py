@@ -178,6 +178,12 @@ class TokenPrinter:
             sys.stdout.write(self.decoder.decode(token_bytes(self.tokenizer, token)))
             sys.stdout.flush()
 
+    def finish(self) -> None:
+        """End the stream: the bytes of a character the completion cut off print as U+FFFD, as the JSONL
+        has them, then a newline."""
+        sys.stdout.write(self.decoder.decode(b"", final=True) + "\n")
+        sys.stdout.flush()
+
 
 class CompletionWriter(BasePredictionWriter):
     """Decodes each request's completions, prints them (unless streamed), and appends them to the JSONL
@@ -220,8 +226,8 @@ class CompletionWriter(BasePredictionWriter):
             print(f"{done} {self.written} completions in {self.options.output}", file=sys.stderr)
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if pl_module.token_callback is not None:
-            print(flush=True)
+        if isinstance(pl_module.token_callback, TokenPrinter):
+            pl_module.token_callback.finish()
         self._close(finished=True)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException):

@@ -18,7 +18,7 @@ from lmproject.cli import main
 from lmproject.generate import generate
 from lmproject.module import LanguageModel
 from lmproject.precision import cpu_supports_bf16
-from lmproject.predict import decode
+from lmproject.predict import TokenPrinter, decode
 from lmproject.tokenizer import Tokenizer
 
 EOS = "<|endoftext|>"
@@ -123,6 +123,17 @@ def test_a_single_prompt_streams_token_by_token_to_a_terminal(run, monkeypatch):
     prompt, *token_writes, newline = terminal.writes
     assert (prompt, newline) == ("Once upon a time", "\n")
     assert len(token_writes) == record["completion_tokens"] - record["stopped_at_eos"]
+
+
+def test_a_stream_that_ends_inside_a_character_prints_it_as_the_jsonl_does(monkeypatch):
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    tokenizer = Tokenizer({i: bytes([i]) for i in range(256)}, [])
+    printer = TokenPrinter(tokenizer, "Caf")
+    for token in "é".encode()[:1]:  # the completion stops after the first byte of a two-byte character
+        printer(token)
+    printer.finish()
+    assert terminal.getvalue() == "Caf" + decode(tokenizer, list("é".encode()[:1])) + "\n" == "Caf\ufffd\n"
 
 
 @pytest.mark.parametrize(
