@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # FSDP on a GPU, end to end on the smoke config (about 2 minutes): train with --trainer.strategy fsdp,
-# resume, validate under FSDP and on the CPU (the checkpoint is an ordinary file), sample; then the same with
+# resume, validate under FSDP and on the CPU (the checkpoint is an ordinary file), sample (greedy on the GPU =
+# greedy on the CPU); then the same with
 # fsdp_sharded, whose directory of shards validate consolidates; each run is also exported (lmproject export).
 # STRATEGIES="fsdp_sharded" runs one of the two. Builds data/smoke as `make smoke-data`
 # does when it is missing (with $PYTHON, default python: no venv needed).
@@ -34,8 +35,14 @@ for strategy in ${STRATEGIES:-fsdp fsdp_sharded}; do
     2>&1 | tee "$run/validate_cpu.txt"
   $lm predict "${common[@]}" --trainer.accelerator cpu --trainer.default_root_dir "$run" --ckpt_path last \
     --prompt "Once upon a time" --max_new_tokens 20 --stream false --output "$run/samples.jsonl"
+  for device in cpu gpu; do  # greedy on the GPU (a replayed CUDA-graph decode step) = greedy on the CPU
+    $lm predict "${common[@]}" --trainer.accelerator $device --trainer.default_root_dir "$run" --ckpt_path last \
+      --prompt "Once upon a time" --max_new_tokens 40 --temperature 0 --stream false --output "$run/greedy_$device.jsonl"
+  done
+  $py -c "import json; a, b = (json.load(open(f'$run/greedy_{d}.jsonl'))['completion'] for d in ('cpu', 'gpu'));
+print('greedy completion on the GPU equals the CPU one:', a == b)" | tee "$run/greedy.txt"
   $lm export "${common[@]}" --trainer.default_root_dir "$run" --ckpt_path last --out "$run/hf"
   ls -la "$run/hf" > "$run/export.txt"
   ls -la "$run/checkpoints" > "$run/checkpoints.txt"
 done
-grep -h "val/loss" "$out"/*/validate_*.txt | tee "$out/summary.txt"
+grep -h "val/loss\|greedy" "$out"/*/validate_*.txt "$out"/*/greedy.txt | tee "$out/summary.txt"
