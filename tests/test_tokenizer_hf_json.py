@@ -134,3 +134,31 @@ def test_lmproject_bpe_export_writes_tokenizer_json(stories_tokenizer, tmp_path,
     assert bpe_main(["export", "--tokenizer", str(tmp_path / "tok"), "--out", str(tmp_path / "t.json")]) == 0
     assert json.loads((tmp_path / "t.json").read_text()) == tokenizer_json(stories_tokenizer)
     assert "wrote" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d.update(added_tokens=["<|endoftext|>"]), "added_tokens"),
+        (lambda d: d["added_tokens"][0].update(content=5), "added_tokens"),
+        (lambda d: d["model"].update(vocab=["a", "b"]), "model.vocab"),
+        (lambda d: d["model"]["vocab"].update(a="97"), "model.vocab"),
+        (lambda d: d["model"]["vocab"].update(zz=d["model"]["vocab"]["Ġ"]), "model.vocab: id .* two tokens"),
+        (lambda d: d["model"].update(merges=[5]), "model.merges"),
+        (lambda d: d.update(normalizer="NFC"), "normalizer"),
+        (lambda d: d.update(decoder="ByteLevel"), "decoder"),
+        (lambda d: d.update(pre_tokenizer={"type": "Sequence", "pretokenizers": ["Split", "ByteLevel"]}),
+         "pre_tokenizer"),
+        (lambda d: d["pre_tokenizer"]["pretokenizers"][0].update(pattern=r"\w+"), "pre_tokenizer"),
+    ],
+)  # fmt: skip
+def test_malformed_files_are_a_one_line_error(stories_tokenizer, tmp_path, change, message):
+    """Fields of the wrong JSON type were tracebacks (AttributeError, TypeError), and two tokens with one id
+    silently lost one of them."""
+    document = tokenizer_json(stories_tokenizer)
+    change(document)
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(document))
+    with pytest.raises(UserError, match=message) as error:
+        load_tokenizer_json(path)
+    assert str(path) in str(error.value) and "\n" not in str(error.value)

@@ -103,7 +103,7 @@ def load_tokenizer_json(
         raise UserError(f"{path}: line {err.lineno}: not valid JSON ({err.msg})") from None
     if not isinstance(document, dict) or not isinstance(document.get("model"), dict):
         raise UserError(f"{path}: not a tokenizer.json (no model)")
-    problem = _unsupported(document)
+    problem = _malformed(document) or _unsupported(document)
     if problem:
         raise UserError(f"{path}: {problem}: only GPT-2-style byte-level BPE can be read")
     model = document["model"]
@@ -115,7 +115,11 @@ def load_tokenizer_json(
             raise UserError(f"{path}: added_tokens: {content!r} strips spaces or matches whole words only")
         vocab[token_id] = content.encode("utf-8")
         special_tokens.append(content)
+    seen: set[int] = set()
     for token, token_id in model.get("vocab", {}).items():
+        if token_id in seen:
+            raise UserError(f"{path}: model.vocab: id {token_id} is given to two tokens")
+        seen.add(token_id)
         if token_id in vocab:
             continue  # an added token: its own text, whatever the vocab spells
         if not all(char in CHAR_TO_BYTE for char in token):
@@ -123,6 +127,31 @@ def load_tokenizer_json(
         vocab[token_id] = str_to_token(token)
     merges = [_merge(item, path) for item in model.get("merges", [])]
     return vocab, merges, special_tokens
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _malformed(document: dict[str, Any]) -> str | None:
+    """The first field of a tokenizer.json with the wrong JSON type, as a phrase, or None (so that reading
+    the rest cannot fail on a type)."""
+    model = document["model"]
+    vocab, merges = model.get("vocab", {}), model.get("merges", [])
+    if not isinstance(vocab, dict) or not all(_is_id(token_id) for token_id in vocab.values()):
+        return "model.vocab is not an object of token: integer id"
+    if not isinstance(merges, list):
+        return "model.merges is not a list"
+    added = document.get("added_tokens") or []
+    if not isinstance(added, list) or not all(
+        isinstance(entry, dict) and isinstance(entry.get("content"), str) and _is_id(entry.get("id"))
+        for entry in added
+    ):
+        return "added_tokens is not a list of objects with a string content and an integer id"
+    for field in ("normalizer", "pre_tokenizer", "decoder"):
+        if document.get(field) is not None and not isinstance(document[field], dict):
+            return f"{field} is not an object"
+    return None
 
 
 def _unsupported(document: dict[str, Any]) -> str | None:
@@ -157,11 +186,15 @@ def _is_gpt2_pretokenizer(pre: dict[str, Any] | None) -> bool:
     if pre.get("type") == "ByteLevel":
         return pre.get("use_regex", True) and not pre.get("add_prefix_space")
     steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else []
+    if not isinstance(steps, list) or not all(isinstance(step, dict) for step in steps):
+        return False
     if [step.get("type") for step in steps] != ["Split", "ByteLevel"]:
         return False
     split, byte_level = steps
+    pattern = split.get("pattern")
     return (
-        split.get("pattern", {}).get("Regex") in _GPT2_SPELLINGS
+        isinstance(pattern, dict)
+        and pattern.get("Regex") in _GPT2_SPELLINGS
         and split.get("behavior") == "Isolated"
         and not split.get("invert")
         and not byte_level.get("use_regex", True)
@@ -172,6 +205,10 @@ def _is_gpt2_pretokenizer(pre: dict[str, Any] | None) -> bool:
 def _merge(item: str | list[str], path: str | os.PathLike[str]) -> tuple[bytes, bytes]:
     """One merge, written "left right" (older files) or ["left", "right"] (newer ones)."""
     parts = item.split(" ") if isinstance(item, str) else item
-    if len(parts) != 2 or not all(char in CHAR_TO_BYTE for char in "".join(parts)):
+    if (
+        not isinstance(parts, list)
+        or len(parts) != 2
+        or not all(isinstance(part, str) and all(char in CHAR_TO_BYTE for char in part) for part in parts)
+    ):
         raise UserError(f"{path}: model.merges: {item!r} is not two tokens in GPT-2's byte alphabet")
     return str_to_token(parts[0]), str_to_token(parts[1])
