@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -178,6 +179,13 @@ def hparams_from_llama(config: dict[str, Any], where: Path) -> dict[str, Any]:
             raise UserError(f"{where}: {field} is {config.get(field)!r}, expected a positive integer")
     heads = config["num_attention_heads"]
     rope = config.get("rope_parameters") or {}
+    theta_field = "rope_parameters.rope_theta" if "rope_theta" in rope else "rope_theta"
+    theta = rope.get("rope_theta", config.get("rope_theta", 10000.0))
+    if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not 0 < theta < math.inf:
+        raise UserError(f"{where}: {theta_field} is {theta!r}, expected a number > 0")
+    tied = config.get("tie_word_embeddings", False)
+    if not isinstance(tied, bool):
+        raise UserError(f"{where}: tie_word_embeddings is {tied!r}, expected true or false")
     refusals = [
         (config.get("model_type") != "llama", f"model_type is {config.get('model_type')!r}, not 'llama'"),
         (config.get("num_key_value_heads", heads) != heads,
@@ -205,8 +213,8 @@ def hparams_from_llama(config: dict[str, Any], where: Path) -> dict[str, Any]:
         "num_layers": config["num_hidden_layers"],
         "num_heads": heads,
         "d_ff": config["intermediate_size"],
-        "rope_theta": float(rope.get("rope_theta", config.get("rope_theta", 10000.0))),
-        "tie_embeddings": bool(config.get("tie_word_embeddings", False)),
+        "rope_theta": float(theta),
+        "tie_embeddings": tied,
     }
 
 
