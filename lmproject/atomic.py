@@ -61,6 +61,40 @@ def remove_stale_temps(directory: Path, target: str | None = None) -> list[Path]
     return removed
 
 
+def check_writable(path: Path) -> None:
+    """Refuse an --output file (predict, evaluate) that could not be written (a directory, a missing or
+    read-only folder), by trying: an existing file is opened for appending, a new one created and removed
+    again."""
+    if path.is_dir():
+        raise UserError(f"--output {path}: is a directory, expected a file name")
+    parent = path.resolve().parent
+    if not parent.is_dir():
+        problem = "is not a directory" if parent.exists() else "does not exist"
+        raise UserError(f"--output {path}: {path.parent} {problem}")
+    existed = path.exists()
+    try:
+        with open(path, "ab"):
+            pass
+    except OSError as err:
+        raise UserError(f"--output {path}: cannot write it ({err.strerror or err})") from None
+    if not existed:
+        path.unlink()
+
+
+def check_new_folder(path: Path) -> None:
+    """Refuse, before any work, a folder that atomic_dir could not create: one that exists and is not
+    empty, or one whose nearest existing ancestor is a file or read-only."""
+    if path.exists() and not (path.is_dir() and not any(path.iterdir())):
+        raise UserError(f"{path}: already exists: choose another output folder or remove it")
+    ancestor = path.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UserError(f"{path}: {ancestor} is not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UserError(f"{path}: cannot create it in {ancestor} (no write permission)")
+
+
 @contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO]:
     """Open a temp file next to `path` for writing and rename it to `path` only if the block succeeds.
@@ -69,6 +103,8 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO]:
     The directory must exist: a missing one is a UserError rather than being created silently.
     """
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, expected a file name")
     if not path.parent.is_dir():
         raise UserError(f"{path}: directory {path.parent} does not exist")
     remove_stale_temps(path.parent, path.name)
@@ -90,8 +126,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     folder appears whole or not at all. `path` must not exist yet (or be an empty folder); its parent is
     created if missing."""
     path = Path(path)
-    if path.exists() and not (path.is_dir() and not any(path.iterdir())):
-        raise UserError(f"{path}: already exists: choose another output folder or remove it")
+    check_new_folder(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path.parent, path.name)
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=temp_prefix(path), suffix=".tmp"))

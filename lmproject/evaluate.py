@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from lmproject.atomic import atomic_write
+from lmproject.atomic import atomic_write, check_writable
 from lmproject.data import open_tokens, windows
 from lmproject.errors import UserError, run_cli
 from lmproject.nn import TransformerLM, token_losses
@@ -138,8 +138,8 @@ def _evaluate(argv: list[str]) -> int:
         raise UserError(f"--stride must be between 1 and context_length={context_length}, got {stride}")
     if batch_size < 1:
         raise UserError(f"--batch_size must be >= 1, got {batch_size}")
-    if args.output is not None and not args.output.resolve().parent.is_dir():
-        raise UserError(f"{args.output}: directory {args.output.parent} does not exist")
+    if args.output is not None:
+        check_writable(args.output)  # before the scoring, not after it
     path, checkpoint = resolve_checkpoint(args.ckpt_path, config)
     data = TokenDataModule(**config.data.as_dict())
     tokenizer = Tokenizer.from_dir(data.tokenizer_dir)

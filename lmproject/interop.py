@@ -29,7 +29,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from lmproject.atomic import atomic_dir
+from lmproject.atomic import atomic_dir, check_new_folder
 from lmproject.errors import UserError, run_cli
 from lmproject.lightning_checkpoints import AtomicCheckpointIO
 from lmproject.nn.layers import RMS_NORM_EPS
@@ -389,6 +389,7 @@ def _export(argv: list[str]) -> int:
         "--dtype", choices=list(DTYPES), default="float32", help="weights' dtype in the folder"
     )
     args, overrides = parser.parse_known_args(argv)
+    check_new_folder(args.out)
     config = parse_run_config(args.config, overrides)
     hparams = config.model.as_dict()
     check_llama_expressible(hparams)  # before the checkpoint: its error would only say the model differs
@@ -412,6 +413,7 @@ def _import(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if not args.source.is_dir():
         raise UserError(f"{args.source}: not a directory")
+    check_new_folder(args.out)
     hparams = import_folder(args.source, args.out)
     if not (args.out / "tokenizer").is_dir():
         print(f"lmproject: {args.source} has no {TOKENIZER_JSON}: the run has no tokenizer", file=sys.stderr)

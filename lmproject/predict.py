@@ -21,6 +21,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from lmproject.atomic import check_writable
 from lmproject.errors import UserError
 from lmproject.precision import DTYPES
 from lmproject.tokenizer import Tokenizer
@@ -126,25 +127,6 @@ class SamplingOptions:
         if not prompts:
             raise UserError(f"{self.prompts_file}: no prompts in the file (one prompt per line)")
         return prompts
-
-
-def check_writable(path: Path) -> None:
-    """Refuse an output file that could not be written (a directory, a missing or read-only folder), by
-    trying: an existing file is opened for appending, a new one created and removed again."""
-    if path.is_dir():
-        raise UserError(f"--output {path}: is a directory, expected a file name")
-    parent = path.resolve().parent
-    if not parent.is_dir():
-        problem = "is not a directory" if parent.exists() else "does not exist"
-        raise UserError(f"--output {path}: {path.parent} {problem}")
-    existed = path.exists()
-    try:
-        with open(path, "ab"):
-            pass
-    except OSError as err:
-        raise UserError(f"--output {path}: cannot write it ({err.strerror or err})") from None
-    if not existed:
-        path.unlink()
 
 
 def eos_id(tokenizer: Tokenizer) -> int | None:

@@ -1,6 +1,6 @@
 import pytest
 
-from lmproject.atomic import atomic_dir, atomic_write
+from lmproject.atomic import atomic_dir, atomic_write, check_new_folder
 from lmproject.errors import UserError
 
 
@@ -41,3 +41,17 @@ def test_atomic_dir_appears_whole_or_not_at_all(tmp_path):
     with atomic_dir(tmp_path / "empty") as folder:  # an empty folder may be replaced
         (folder / "b.txt").write_text("b")
     assert (tmp_path / "empty/b.txt").exists()
+
+
+def test_outputs_that_cannot_be_written_are_named_before_any_work(tmp_path):
+    """A directory as an output file was an IsADirectoryError naming the temp file; a folder under a file
+    was `[Errno 17] File exists` naming the file."""
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="is a directory, expected a file name"), atomic_write(tmp_path):
+        pass
+    with pytest.raises(UserError, match=f"{tmp_path / 'file'} is not a directory"):
+        check_new_folder(tmp_path / "file/sub/out")
+    with pytest.raises(UserError, match="is not a directory"), atomic_dir(tmp_path / "file/out"):
+        pass
+    check_new_folder(tmp_path / "new/sub/out")  # missing parents are created by atomic_dir
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]

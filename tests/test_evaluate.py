@@ -124,6 +124,14 @@ def test_bad_input_gets_a_one_line_error(run, tmp_path, capsys):
     )
 
 
+def test_an_output_that_cannot_be_written_is_refused_before_scoring(run, tmp_path, capsys, monkeypatch):
+    """--output naming a directory failed after the whole scoring, with the temp file's errno message."""
+    monkeypatch.setattr("lmproject.evaluate.score", lambda *args, **kwargs: pytest.fail("scored"))
+    argv = ["evaluate", "--config", str(run / "config.yaml"), "--ckpt_path", "last"]
+    message = fails([*argv, "--tokens", str(run / "valid.npy"), "--output", str(tmp_path)], capsys)
+    assert f"--output {tmp_path}: is a directory" in message
+
+
 def test_a_bf16_config_scores_under_bf16_autocast(run, tmp_path):
     if not cpu_supports_bf16():
         pytest.skip("this CPU has no native bfloat16: a bf16 config falls back to float32")

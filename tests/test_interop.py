@@ -242,6 +242,20 @@ def test_export_names_the_switch_and_writes_nothing(run, tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
+def test_an_out_folder_that_cannot_be_made_is_refused_before_any_work(
+    run, exported, tmp_path, capsys, monkeypatch
+):
+    """An existing --out was found only after reading and converting every weight; --out under a file was
+    `[Errno 17] File exists`."""
+    monkeypatch.setattr("lmproject.interop._load_safetensors", lambda *args: pytest.fail("read the weights"))
+    monkeypatch.setattr("lmproject.cli.parse_run_config", lambda *args: pytest.fail("read the config"))
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken/keep.txt").write_text("mine")
+    assert "already exists" in fails(["import", str(exported), "--out", str(tmp_path / "taken")], capsys)
+    message = fails(export_argv(run, tmp_path / "taken/keep.txt/hf"), capsys)
+    assert f"{tmp_path / 'taken/keep.txt'} is not a directory" in message
+
+
 def test_export_appears_whole_or_not_at_all(run, tmp_path, capsys, monkeypatch):
     argv = export_argv(run, tmp_path / "x")
 
