@@ -33,6 +33,7 @@ from lmproject.atomic import atomic_dir, check_new_folder
 from lmproject.errors import UserError, run_cli
 from lmproject.lightning_checkpoints import AtomicCheckpointIO
 from lmproject.nn.layers import RMS_NORM_EPS
+from lmproject.precision import DTYPES
 from lmproject.predict import EOS_TOKEN
 from lmproject.tokenizer import Tokenizer
 from lmproject.tokenizer.hf_json import TOKENIZER_JSON, load_tokenizer_json, save_tokenizer_json
@@ -44,8 +45,6 @@ LLAMA_SWITCHES: dict[str, tuple[Any, str]] = {
     "position": ("rope", "Llama encodes positions with RoPE"),
     "ffn": ("swiglu", "Llama's MLP is SwiGLU"),
 }
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 # Our tensor names -> Llama's, for the whole model and for each layer i (`layers.{i}.` / `model.layers.{i}.`).
 _MODEL_NAMES = {
