@@ -282,7 +282,8 @@ def import_folder(source: Path, out: Path) -> dict[str, Any]:
         save_weights_checkpoint(weights, dict(module.hparams), folder / "checkpoints" / "last.ckpt")
         if tokenizer is not None:
             tokenizer.save(folder / "tokenizer")
-        (folder / "config.yaml").write_text(_run_config(out, hparams, dtype), encoding="utf-8")
+        run_config = _run_config(out.absolute(), hparams, dtype, tokenizer is not None)
+        (folder / "config.yaml").write_text(run_config, encoding="utf-8")
     return hparams
 
 
@@ -302,8 +303,9 @@ def save_weights_checkpoint(
     AtomicCheckpointIO().save_checkpoint(checkpoint, path)
 
 
-def _run_config(out: Path, hparams: dict[str, Any], dtype: str | None) -> str:
-    """config.yaml of an imported run: its model, its run directory, placeholders for the token files."""
+def _run_config(out: Path, hparams: dict[str, Any], dtype: str | None, has_tokenizer: bool) -> str:
+    """config.yaml of an imported run: its model, its run directory, placeholders for the token files.
+    The paths are absolute (`out` is), so that the config works from any directory."""
     config = {
         "trainer": {
             "default_root_dir": str(out),
@@ -317,11 +319,16 @@ def _run_config(out: Path, hparams: dict[str, Any], dtype: str | None) -> str:
             "batch_size": 32,
         },
     }
+    ready = (
+        "predict and evaluate work as is"
+        if has_tokenizer
+        else "the folder had no tokenizer.json: predict and evaluate need one in data.tokenizer_dir"
+    )
     header = (
-        "# Written by `lmproject import`. predict and evaluate work as is; validate, test and fit need\n"
-        "# token files (at data.train_path / data.val_path, or --data.train_path ... --data.val_path ...),\n"
-        "# and fit a token budget (--train_tokens N). fit starts at step 0 from the imported weights, with\n"
-        "# a fresh AdamW.\n"
+        f"# Written by `lmproject import`. {ready}.\n"
+        "# validate, test and fit need token files (at data.train_path / data.val_path, or\n"
+        "# --data.train_path ... --data.val_path ...), and fit a token budget (--train_tokens N).\n"
+        "# fit starts at step 0 from the imported weights, with a fresh AdamW.\n"
     )
     return header + yaml.safe_dump(config, sort_keys=False)
 

@@ -187,6 +187,21 @@ def test_an_imported_run_validates_predicts_and_trains_as_is(run, exported, tmp_
     assert torch.load(find_last(imported / "checkpoints"), weights_only=True)["global_step"] == 3
 
 
+def test_an_imported_run_works_from_any_directory(run, exported, tmp_path, monkeypatch, capsys):
+    """`import --out runs/x` wrote paths relative to where import ran: from anywhere else `--ckpt_path last`
+    found no checkpoint and the tokenizer was missing."""
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert main(["import", str(exported), "--out", "runs/imported"]) == 0
+    capsys.readouterr()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    config = ["--config", str(tmp_path / "runs/imported/config.yaml"), "--ckpt_path", "last"]
+    assert main(["evaluate", *config, "--tokens", str(run / "valid.npy")]) == 0
+    assert json.loads(capsys.readouterr().out)["checkpoint"] == str(
+        tmp_path / "runs/imported/checkpoints/last.ckpt"
+    )
+
+
 @pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
 def test_a_transformers_model_imported_gives_its_own_logits(tmp_path, tied):
     config = LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=56, num_hidden_layers=2,
@@ -203,6 +218,7 @@ def test_a_transformers_model_imported_gives_its_own_logits(tmp_path, tied):
     assert main(["import", str(tmp_path / "hf"), "--out", str(tmp_path / "run")]) == 0
     ours = load_ours(tmp_path / "run/checkpoints/last.ckpt")
     assert ours.tie_embeddings == tied
+    assert "had no tokenizer.json" in (tmp_path / "run/config.yaml").read_text()  # it said "work as is"
     ids = torch.randint(0, 96, (2, 24))
     with torch.no_grad():
         assert torch.allclose(ours(ids), theirs(ids).logits, atol=1e-4, rtol=0)
