@@ -36,6 +36,7 @@ from lmproject.tokenizer import Tokenizer
 from lmproject.tokenizer.files import iter_text_blocks
 
 _CHUNK = 1 << 22  # tokens per pass when checking ids and counting bytes of a token file
+AUTOCAST = {"bf16": torch.bfloat16, "16": torch.float16}  # Lightning precision's prefix -> autocast dtype
 
 
 def window_plan(num_tokens: int, context_length: int, stride: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -169,14 +170,7 @@ def _evaluate(argv: list[str]) -> int:
             f"trainer.accelerator={config.trainer.accelerator}: no GPU here (use --trainer.accelerator cpu)"
         )
     model = module.model.to(device).eval()
-    precision = str(config.trainer.precision)
-    autocast = (
-        torch.bfloat16
-        if precision.startswith("bf16")
-        else torch.float16
-        if precision.startswith("16")
-        else None
-    )
+    autocast = AUTOCAST.get(str(config.trainer.precision).split("-")[0])
     nats = score(model, tokens, stride, batch_size, autocast, progress=True)
     report = results(nats, len(tokens) - 1, size, stride, str(path))
     text = json.dumps(report, indent=2)
