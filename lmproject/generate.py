@@ -177,18 +177,9 @@ def generate(
     eos_id ends with it (the EOS token is included); otherwise it has max_new_tokens tokens."""
     completions: list[list[int]] = [[] for _ in prompt_ids]
     steps = generate_steps(
-        model,
-        prompt_ids,
-        max_new_tokens,
-        temperature,
-        top_p,
-        top_k,
-        eos_id,
-        seed,
-        window_slide,
-        dtype,
-        cuda_graph,
-    )
+        model, prompt_ids, max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, eos_id=eos_id,
+        seed=seed, window_slide=window_slide, dtype=dtype, cuda_graph=cuda_graph,
+    )  # fmt: skip
     for step_tokens in steps:
         for completion, token in zip(completions, step_tokens, strict=True):
             if token is not None:
