@@ -118,9 +118,10 @@ def to_llama(
 
 
 def from_llama(
-    tensors: dict[str, torch.Tensor], hparams: dict[str, Any], where: Path
+    tensors: dict[str, torch.Tensor], hparams: dict[str, Any], shapes: dict[str, torch.Size], where: Path
 ) -> dict[str, torch.Tensor]:
-    """Llama's tensors as our state dict in float32; a missing or unknown tensor is a UserError."""
+    """Llama's tensors as our state dict in float32; a missing or unknown tensor, or one whose shape differs
+    from `shapes` (our model's, from config.json), is a UserError."""
     names = _name_map(hparams["num_layers"])
     tied = hparams["tie_embeddings"]
     unknown = sorted(
@@ -137,6 +138,11 @@ def from_llama(
             continue
         if theirs not in tensors:
             raise UserError(f"{where}: tensor {theirs} is missing")
+        if tensors[theirs].shape != shapes[ours]:  # before reordering rows, which needs the shape
+            raise UserError(
+                f"{where}: {theirs} has shape {tuple(tensors[theirs].shape)}, config.json implies "
+                f"{tuple(shapes[ours])}"
+            )
         tensor = tensors[theirs].to(torch.float32)
         weights[ours] = halves_to_pairs(tensor, hparams["num_heads"]) if ours.endswith(_ROTATED) else tensor
     return weights
@@ -255,17 +261,12 @@ def import_folder(source: Path, out: Path) -> dict[str, Any]:
     config_path = source / "config.json"
     config = _read_json(config_path)
     hparams = hparams_from_llama(config, config_path)
-    weights = from_llama(_load_safetensors(source), hparams, source)
     from lmproject.module import LanguageModel  # Lightning's import is slow: only here
 
     with torch.device("meta"):
         module = LanguageModel(**hparams)
     shapes = {name.removeprefix("model."): tensor.shape for name, tensor in module.state_dict().items()}
-    for name, shape in shapes.items():
-        if weights[name].shape != shape:
-            raise UserError(
-                f"{source}: {name} has shape {tuple(weights[name].shape)}, config.json implies {tuple(shape)}"
-            )
+    weights = from_llama(_load_safetensors(source), hparams, shapes, source)
     tokenizer = None
     if (source / TOKENIZER_JSON).is_file():
         try:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from test_training_cli import fails, one_thread  # noqa: F401 (autouse fixture)
 from tiny_run import EOT, load_ours, make_run
 
@@ -241,6 +241,18 @@ def test_import_refuses_features_we_do_not_have_and_values_of_the_wrong_type(
     message = fails(["import", str(folder), "--out", str(tmp_path / "run")], capsys)
     assert field in message and "config.json" in message
     assert not (tmp_path / "run").exists()
+
+
+def test_import_names_a_tensor_of_the_wrong_shape(exported, tmp_path, capsys):
+    """A q_proj whose rows do not split into heads was a RuntimeError traceback from the row reordering."""
+    folder = tmp_path / "hf"
+    shutil.copytree(exported, folder)
+    tensors = load_file(folder / "model.safetensors")
+    name = "model.layers.0.self_attn.q_proj.weight"
+    d_out, d_in = tensors[name].shape
+    save_file(tensors | {name: torch.zeros(d_out - 4, d_in)}, folder / "model.safetensors")
+    message = fails(["import", str(folder), "--out", str(tmp_path / "run")], capsys)
+    assert f"{name} has shape ({d_out - 4}, {d_in}), config.json implies ({d_out}, {d_in})" in message
 
 
 @pytest.mark.parametrize(
