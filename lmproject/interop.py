@@ -180,7 +180,7 @@ def hparams_from_llama(config: dict[str, Any], where: Path) -> dict[str, Any]:
     """Our model hyperparameters from a Llama config.json; a feature we do not have is a UserError naming
     the field."""
     for field in _LLAMA_SIZES:
-        if not isinstance(config.get(field), int) or config[field] < 1:
+        if isinstance(config.get(field), bool) or not isinstance(config.get(field), int) or config[field] < 1:
             raise UserError(f"{where}: {field} is {config.get(field)!r}, expected a positive integer")
     heads = config["num_attention_heads"]
     rope = config.get("rope_parameters") or {}

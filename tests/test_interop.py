@@ -228,12 +228,14 @@ def test_a_transformers_model_imported_gives_its_own_logits(tmp_path, tied):
     ("field", "value"),
     [("num_key_value_heads", 1), ("rope_scaling", {"rope_type": "linear", "factor": 2.0}),
      ("attention_bias", True), ("mlp_bias", True), ("hidden_act", "gelu"), ("sliding_window", 16),
-     ("model_type", "mistral"), ("rope_theta", "10000"), ("rope_theta", -1.0), ("tie_word_embeddings", "no")],
+     ("model_type", "mistral"), ("rope_theta", "10000"), ("rope_theta", -1.0), ("tie_word_embeddings", "no"),
+     ("vocab_size", True)],
 )  # fmt: skip
 def test_import_refuses_features_we_do_not_have_and_values_of_the_wrong_type(
     exported, tmp_path, capsys, field, value
 ):
-    """(A rope_theta string was a ValueError traceback; tie_word_embeddings "no" read as tied.)"""
+    """(A rope_theta string was a ValueError traceback; tie_word_embeddings "no" read as tied; vocab_size true
+    was refused as model.vocab_size, not naming config.json.)"""
     folder = tmp_path / "hf"
     shutil.copytree(exported, folder)
     config = json.loads((folder / "config.json").read_text())
