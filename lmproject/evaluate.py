@@ -185,7 +185,7 @@ def _evaluate(argv: list[str]) -> int:
 def _encode(tokenizer: Tokenizer, path: Path) -> np.ndarray:
     """The ids of a UTF-8 text file (invalid UTF-8 is a UserError naming the byte offset)."""
     if not path.is_file():
-        raise UserError(f"{path}: no such file")
+        raise UserError(f"{path}: {'not a file' if path.exists() else 'no such file'}")
     return np.fromiter(tokenizer.encode_iterable(iter_text_blocks(path)), dtype=np.int64)
 
 

@@ -119,6 +119,7 @@ def test_bad_input_gets_a_one_line_error(run, tmp_path, capsys):
         [*config, "--text", str(tmp_path / "short.txt"), "--data.tokenizer_dir", str(tmp_path / "big")],
         capsys,
     )
+    assert f"{tmp_path}: not a file" in fails([*config, "--text", str(tmp_path)], capsys)  # "no such file"
     assert "--stride must be between 1 and context_length=32" in fails(
         [*config, "--text", str(tmp_path / "short.txt"), "--stride", "33"], capsys
     )
