@@ -3,9 +3,10 @@
 Conventions (they reproduce the CS336 reference analysis exactly; tests/test_accounting.py pins the figures):
 
 - Parameters: token embeddings and an untied lm head (vocab x d_model each); per layer four d x d attention
-  projections (q, k, v, output), the FFN (SwiGLU: three d x d_ff matrices w1, w2, w3; the SiLU ablation: two),
-  two RMSNorm gains of d; one final RMSNorm gain. No biases. RoPE has no parameters. The ablations' switches
-  (`norm` post/none, `ffn` silu, `tie_embeddings`) change the counts exactly as lmproject.nn builds the model.
+  projections (q, k, v, output), the FFN (SwiGLU: three d x d_ff matrices w1, w2, w3; the SiLU ablation and
+  the ReLU² FFN: two), two RMSNorm gains of d; one final RMSNorm gain. No biases. RoPE has no parameters.
+  The ablations' switches (`norm` post/none, `ffn` silu or relu2, `tie_embeddings`) change the counts
+  exactly as lmproject.nn builds the model (qk_norm's per-head gains, 2 x d_head a layer, are not counted).
 - FLOPs: only matrix multiplies count, 2 FLOPs per multiply-add, for one sequence of `context_length` tokens:
   attention projections 2*T*d*4d, attention scores Q K^T plus the weighted sum of values 2 * 2*T*T*d (the full
   T x T matrix, no causal saving), FFN 2*T*d*d_ff per matrix, lm head 2*T*d*V. The embedding lookup, norms,
@@ -43,7 +44,7 @@ from lmproject.tokenizer.files import read_text
 BYTES_PER_FLOAT = 4
 GB = 1e9
 ADAMW_FLOPS_PER_PARAM = 14
-FFN_MATRICES = {"swiglu": 3, "silu": 2}
+FFN_MATRICES = {"swiglu": 3, "silu": 2, "relu2": 2}
 # RMSNorms per layer and after the last layer: pre-norm has ln1, ln2 and ln_final; post-norm has no ln_final.
 NORM_COUNTS = {"pre": (2, 1), "post": (2, 0), "none": (0, 0)}
 SIZE_FIELDS = ("vocab_size", "context_length", "d_model", "num_layers", "num_heads", "d_ff")

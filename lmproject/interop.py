@@ -44,6 +44,8 @@ LLAMA_SWITCHES: dict[str, tuple[Any, str]] = {
     "norm": ("pre", "Llama normalizes the input of each sublayer (pre-norm RMSNorm)"),
     "position": ("rope", "Llama encodes positions with RoPE"),
     "ffn": ("swiglu", "Llama's MLP is SwiGLU"),
+    "qk_norm": (False, "Llama has no norm on each head's queries and keys"),
+    "logit_softcap": (None, "Llama's logits are not soft-capped"),
 }
 
 # Our tensor names -> Llama's, for the whole model and for each layer i (`layers.{i}.` / `model.layers.{i}.`).

@@ -18,14 +18,16 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric
 
 from lmproject.callbacks import logs_written_this_step
 from lmproject.errors import UserError
 from lmproject.generate import for_decoding, generate, generate_steps
+from lmproject.muon import Muon, describe_groups, muon_param_groups
 from lmproject.nn import TransformerLM, token_losses
-from lmproject.optim import AdamW, cosine_lr
+from lmproject.optim import AdamW, cosine_lr, wsd_lr
 from lmproject.precision import DTYPES
 from lmproject.settings_check import check_settings
 from lmproject.sharding import clip_gradients_of
@@ -42,6 +44,8 @@ ARCHITECTURE = (
     "position",
     "ffn",
     "tie_embeddings",
+    "qk_norm",
+    "logit_softcap",
 )
 
 
@@ -66,6 +70,13 @@ class LanguageModel(L.LightningModule):
         ffn: str = "swiglu",
         tie_embeddings: bool = False,
         attention: str = "fused",
+        qk_norm: bool = False,
+        zero_init: bool = False,
+        logit_softcap: float | None = None,
+        optimizer: str = "adamw",
+        muon_momentum: float = 0.95,
+        schedule: str = "cosine",
+        wsd_decay_fraction: float = 0.2,
         lr_max: float = 1e-3,
         lr_min: float = 1e-4,
         warmup_iters: int = 100,
@@ -82,12 +93,19 @@ class LanguageModel(L.LightningModule):
         """
         Args:
             vocab_size, context_length, d_model, num_layers, num_heads, d_ff, rope_theta, norm, position, ffn,
-                tie_embeddings, attention: the TransformerLM (see lmproject.nn.TransformerLM).
+                tie_embeddings, attention, qk_norm, zero_init, logit_softcap: the TransformerLM (see
+                lmproject.nn.TransformerLM).
+            optimizer: "adamw" for every parameter, or "muon": Muon for the 2-D matrices inside the blocks and
+                AdamW for embeddings, head and norms, at the same learning rate (lmproject.muon).
+            muon_momentum: Muon's (Nesterov) momentum.
+            schedule: "cosine" (warmup, cosine decay) or "wsd" (warmup, constant, linear decay over the last
+                wsd_decay_fraction of the run).
             lr_max: peak learning rate, reached after warmup_iters optimizer steps.
-            lr_min: learning rate at the end of the cosine decay and after it.
+            lr_min: learning rate at the end of the decay and after it.
             warmup_iters: optimizer steps of linear warmup.
-            cosine_cycle_iters: optimizer step where the cosine reaches lr_min (default: the run's max_steps).
-            betas, eps, weight_decay: AdamW.
+            cosine_cycle_iters: optimizer step where the schedule (cosine or wsd) reaches lr_min (default: the
+                run's max_steps).
+            betas, eps, weight_decay: AdamW (and Muon's decoupled weight decay).
             max_grad_norm: clip the global gradient norm to this (null: no clipping, norm still logged).
             compile: torch.compile the model and its loss for `fit` (checkpoint names do not change).
             compile_mode: torch.compile's mode, e.g. reduce-overhead (CUDA graphs) or
@@ -102,7 +120,8 @@ class LanguageModel(L.LightningModule):
         check_settings("model", self.hparams)
         self.model = TransformerLM(
             vocab_size, context_length, d_model, num_layers, num_heads, d_ff, rope_theta,
-            norm, position, ffn, tie_embeddings, attention, activation_checkpointing,
+            norm, position, ffn, tie_embeddings, attention, activation_checkpointing, qk_norm, zero_init,
+            logit_softcap,
         )  # fmt: skip
         self._compute_loss = self.model.loss
         self.eval_loss = MeanMetric()
@@ -238,13 +257,20 @@ class LanguageModel(L.LightningModule):
         cycle = hp.cosine_cycle_iters or self.trainer.max_steps
         if cycle is None or cycle <= 0:
             raise UserError(
-                "the cosine schedule needs a length: set train_tokens or model.cosine_cycle_iters"
+                "the learning-rate schedule needs a length: set train_tokens or model.cosine_cycle_iters"
             )
-        optimizer = AdamW(
-            self.parameters(), lr=hp.lr_max, betas=hp.betas, eps=hp.eps, weight_decay=hp.weight_decay
-        )
+        settings = dict(lr=hp.lr_max, betas=hp.betas, eps=hp.eps, weight_decay=hp.weight_decay)
+        if hp.optimizer == "muon":
+            groups = muon_param_groups(self.model)
+            rank_zero_info("optimizer groups:\n" + describe_groups(groups))
+            optimizer = Muon(groups, momentum=hp.muon_momentum, **settings)
+        else:
+            optimizer = AdamW(self.parameters(), **settings)
+        decay_iters = round(hp.wsd_decay_fraction * cycle)
 
         def factor(step: int) -> float:  # LambdaLR multiplies the initial lr (lr_max) by this
+            if hp.schedule == "wsd":
+                return wsd_lr(step, hp.lr_max, hp.lr_min, hp.warmup_iters, cycle, decay_iters) / hp.lr_max
             return cosine_lr(step, hp.lr_max, hp.lr_min, hp.warmup_iters, cycle) / hp.lr_max
 
         schedule = LambdaLR(optimizer, factor)

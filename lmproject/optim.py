@@ -1,4 +1,5 @@
-"""AdamW, the warmup + cosine learning-rate schedule, and global gradient-norm clipping."""
+"""AdamW, the warmup + cosine and warmup–stable–decay learning-rate schedules, and global gradient-norm
+clipping."""
 
 from __future__ import annotations
 
@@ -47,25 +48,28 @@ class AdamW(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            lr, (beta1, beta2), eps, decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
             params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            grads, states = [p.grad for p in params], [self._state(p) for p in params]
-            m, v = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]
-            # The docstring's formulas, each line applied to every parameter at once: torch._foreach_*
-            # makes one call per line instead of one per line and parameter, which on a GPU turns hundreds
-            # of tiny kernel launches per step into a few.
-            torch._foreach_mul_(m, beta1)
-            torch._foreach_add_(m, grads, alpha=1 - beta1)  # m ← β1·m + (1−β1)·g
-            torch._foreach_mul_(v, beta2)
-            torch._foreach_addcmul_(v, grads, grads, value=1 - beta2)  # v ← β2·v + (1−β2)·g²
-            denominators = torch._foreach_sqrt(v)
-            torch._foreach_add_(denominators, eps)  # √v + ε
-            step_sizes = [-lr * math.sqrt(1 - beta2 ** s["step"]) / (1 - beta1 ** s["step"]) for s in states]
-            torch._foreach_addcdiv_(params, m, denominators, step_sizes)  # θ ← θ − αt·m/(√v + ε)
-            torch._foreach_mul_(params, 1 - lr * decay)  # θ ← θ − lr·λ·θ
+            if params:
+                self._update(group, params)
         return loss
+
+    def _update(self, group: dict, params: list[torch.nn.Parameter]) -> None:
+        """One AdamW step of the parameters of `group` that have a gradient."""
+        lr, (beta1, beta2), eps, decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        grads, states = [p.grad for p in params], [self._state(p) for p in params]
+        m, v = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]
+        # The docstring's formulas, each line applied to every parameter at once: torch._foreach_*
+        # makes one call per line instead of one per line and parameter, which on a GPU turns hundreds
+        # of tiny kernel launches per step into a few.
+        torch._foreach_mul_(m, beta1)
+        torch._foreach_add_(m, grads, alpha=1 - beta1)  # m ← β1·m + (1−β1)·g
+        torch._foreach_mul_(v, beta2)
+        torch._foreach_addcmul_(v, grads, grads, value=1 - beta2)  # v ← β2·v + (1−β2)·g²
+        denominators = torch._foreach_sqrt(v)
+        torch._foreach_add_(denominators, eps)  # √v + ε
+        step_sizes = [-lr * math.sqrt(1 - beta2 ** s["step"]) / (1 - beta1 ** s["step"]) for s in states]
+        torch._foreach_addcdiv_(params, m, denominators, step_sizes)  # θ ← θ − αt·m/(√v + ε)
+        torch._foreach_mul_(params, 1 - lr * decay)  # θ ← θ − lr·λ·θ
 
     def _state(self, p: torch.nn.Parameter) -> dict:
         """p's moments and step count, the count advanced for the step being taken."""
@@ -87,6 +91,23 @@ def cosine_lr(t: int, lr_max: float, lr_min: float, warmup_iters: int, cosine_cy
     decay_iters = cosine_cycle_iters - warmup_iters
     progress = (t - warmup_iters) / decay_iters if decay_iters > 0 else 0.0
     return lr_min + 0.5 * (1 + math.cos(math.pi * progress)) * (lr_max - lr_min)
+
+
+def wsd_lr(
+    t: int, lr_max: float, lr_min: float, warmup_iters: int, total_iters: int, decay_iters: int
+) -> float:
+    """Warmup–stable–decay: linear warmup to lr_max over warmup_iters, lr_max until decay_iters before
+    total_iters, a linear decay to lr_min at total_iters, then lr_min. Unlike the cosine, the rate stays
+    at its peak for most of the run, so a run can be extended from a stable-phase checkpoint and decayed
+    later."""
+    if t < warmup_iters:
+        return t / warmup_iters * lr_max
+    decay_start = max(total_iters - decay_iters, warmup_iters)
+    if t <= decay_start:
+        return lr_max
+    if t >= total_iters:
+        return lr_min
+    return lr_max + (t - decay_start) / (total_iters - decay_start) * (lr_min - lr_max)
 
 
 def clip_grad_norm(parameters: Iterable[torch.nn.Parameter], max_norm: float) -> float:

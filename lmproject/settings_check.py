@@ -17,7 +17,9 @@ from lmproject.errors import UserError
 
 NORMS = ("pre", "post", "none")
 POSITIONS = ("rope", "none")
-FFNS = ("swiglu", "silu")
+FFNS = ("swiglu", "silu", "relu2")
+OPTIMIZERS = ("adamw", "muon")
+SCHEDULES = ("cosine", "wsd")
 ATTENTIONS = ("fused", "math")
 TOKEN_DTYPES = ("uint16", "uint32")
 COMPILE_MODES = (
@@ -73,6 +75,16 @@ MODEL_RULES = (
     Rule("position", lambda v, s: v in POSITIONS, f"one of {', '.join(POSITIONS)}"),
     Rule("ffn", lambda v, s: v in FFNS, f"one of {', '.join(FFNS)}"),
     Rule("attention", lambda v, s: v in ATTENTIONS, f"one of {', '.join(ATTENTIONS)}"),
+    Rule("logit_softcap", lambda v, s: v is None or (_real(v) and v > 0), "null or a number > 0"),
+    Rule(
+        "logit_softcap",
+        lambda v, s: v is None or s.get("loss_chunk_tokens") is None,
+        "null when loss_chunk_tokens={loss_chunk_tokens} is set: the chunked loss has no soft-cap",
+    ),
+    Rule("optimizer", lambda v, s: v in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
+    Rule("muon_momentum", lambda v, s: _real(v) and 0 <= v < 1, "a number in [0, 1)"),
+    Rule("schedule", lambda v, s: v in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
+    Rule("wsd_decay_fraction", lambda v, s: _real(v) and 0 < v <= 1, "a number in (0, 1]"),
     Rule("lr_max", lambda v, s: _real(v) and v > 0, "a number > 0"),
     Rule("lr_min", lambda v, s: _real(v) and 0 <= v <= s["lr_max"], "in [0, lr_max={lr_max}]"),
     Rule("warmup_iters", lambda v, s: _natural(v), "an integer >= 0"),

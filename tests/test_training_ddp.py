@@ -59,6 +59,19 @@ def test_two_process_ddp_draws_different_batches_and_keeps_weights_equal(tmp_pat
     assert torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=True)["global_step"] == 3
 
 
+def test_muon_under_ddp_steps_every_rank_with_the_reduced_gradients(tmp_path):
+    # Each rank draws its own batches: unreduced gradients would give each rank its own Muon update.
+    recorder = [(RecordRank, {"out_dir": str(tmp_path)})]
+    done = fit_ddp(tmp_path, recorder, 3, "--model.optimizer", "muon")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Muon  14 tensors" in done.stdout + done.stderr  # the split is logged (once, by rank 0)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["batches"] != ranks[1]["batches"]
+    assert ranks[0]["weights"] == ranks[1]["weights"]
+    state = torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=True)["optimizer_states"][0]
+    assert sum("momentum_buffer" in s for s in state["state"].values()) == 14  # Muon stepped the matrices
+
+
 def test_a_nan_loss_on_one_rank_stops_every_rank_with_the_step_named(tmp_path):
     done = fit_ddp(tmp_path, [(PoisonAt, {"step": 3, "rank": 1})], steps=6)  # checkpoints every 2 steps
     assert done.returncode == 3, done.stderr[-3000:]

@@ -3,13 +3,23 @@
 from lmproject.nn.functional import (
     cross_entropy,
     linear_cross_entropy,
+    relu_squared,
     scaled_dot_product_attention,
     silu,
+    soft_cap,
     softmax,
     token_losses,
 )
 from lmproject.nn.kv_cache import KVCache
-from lmproject.nn.layers import Embedding, Linear, RMSNorm, RotaryEmbedding, SiLUFFN, SwiGLU
+from lmproject.nn.layers import (
+    Embedding,
+    Linear,
+    ReLUSquaredFFN,
+    RMSNorm,
+    RotaryEmbedding,
+    SiLUFFN,
+    SwiGLU,
+)
 from lmproject.nn.transformer import MultiHeadSelfAttention, TransformerBlock, TransformerLM
 
 __all__ = [
@@ -18,6 +28,7 @@ __all__ = [
     "Linear",
     "MultiHeadSelfAttention",
     "RMSNorm",
+    "ReLUSquaredFFN",
     "RotaryEmbedding",
     "SiLUFFN",
     "SwiGLU",
@@ -26,7 +37,9 @@ __all__ = [
     "cross_entropy",
     "linear_cross_entropy",
     "scaled_dot_product_attention",
+    "relu_squared",
     "silu",
+    "soft_cap",
     "softmax",
     "token_losses",
 ]

@@ -19,6 +19,16 @@ def silu(x: torch.Tensor) -> torch.Tensor:
     return x * torch.sigmoid(x)
 
 
+def relu_squared(x: torch.Tensor) -> torch.Tensor:
+    """ReLU²: max(x, 0)², the activation of the ReLU² FFN."""
+    return torch.relu(x).square()
+
+
+def soft_cap(logits: torch.Tensor, cap: float) -> torch.Tensor:
+    """cap·tanh(logits/cap): about the identity for |logits| << cap, smoothly bounded to (−cap, cap)."""
+    return cap * torch.tanh(logits / cap)
+
+
 def scaled_dot_product_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
 ) -> torch.Tensor:

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from lmproject.nn.functional import silu
+from lmproject.nn.functional import relu_squared, silu
 
 
 class Linear(nn.Module):
@@ -69,8 +69,9 @@ class SwiGLU(nn.Module):
         return self.w2(silu(self.w1(x)) * self.w3(x))
 
 
-class SiLUFFN(nn.Module):
-    """Ungated feed-forward w2(silu(w1 x)), the SwiGLU ablation (d_ff = 4·d_model matches its size)."""
+class UngatedFFN(nn.Module):
+    """Feed-forward w2(activation(w1 x)) with two matrices: d_ff = 4·d_model gives about SwiGLU's parameter
+    count and FLOPs. Subclasses set `activation`."""
 
     def __init__(self, d_model: int, d_ff: int, device=None, dtype=None):
         super().__init__()
@@ -78,7 +79,19 @@ class SiLUFFN(nn.Module):
         self.w2 = Linear(d_ff, d_model, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(silu(self.w1(x)))
+        return self.w2(self.activation(self.w1(x)))
+
+
+class SiLUFFN(UngatedFFN):
+    """w2(silu(w1 x)), the SwiGLU ablation."""
+
+    activation = staticmethod(silu)
+
+
+class ReLUSquaredFFN(UngatedFFN):
+    """w2(relu(w1 x)²), the ReLU² FFN (So et al., Primer) of the modern recipe."""
+
+    activation = staticmethod(relu_squared)
 
 
 class RotaryEmbedding(nn.Module):

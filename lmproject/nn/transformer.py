@@ -7,10 +7,17 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from lmproject.nn.functional import cross_entropy, linear_cross_entropy, scaled_dot_product_attention
+from lmproject.nn.functional import (
+    cross_entropy,
+    linear_cross_entropy,
+    scaled_dot_product_attention,
+    soft_cap,
+)
 from lmproject.nn.kv_cache import KVCache, LayerKVCache
-from lmproject.nn.layers import Embedding, Linear, RMSNorm, RotaryEmbedding, SiLUFFN, SwiGLU
+from lmproject.nn.layers import Embedding, Linear, ReLUSquaredFFN, RMSNorm, RotaryEmbedding, SiLUFFN, SwiGLU
 from lmproject.settings_check import ATTENTIONS, FFNS, NORMS, check_settings
+
+FFN_CLASSES = {"swiglu": SwiGLU, "silu": SiLUFFN, "relu2": ReLUSquaredFFN}  # the keys are settings_check.FFNS
 
 
 class MultiHeadSelfAttention(nn.Module):
@@ -18,10 +25,17 @@ class MultiHeadSelfAttention(nn.Module):
 
     attention="math" runs the from-scratch softmax attention of lmproject.nn.functional; "fused" calls
     torch's scaled_dot_product_attention (flash / memory-efficient kernels) for the same result.
+    qk_norm=True RMS-normalizes each head's queries and keys (own gains q_norm, k_norm of size d_head)
+    before RoPE, which bounds the attention logits.
     """
 
     def __init__(
-        self, d_model: int, num_heads: int, rope: RotaryEmbedding | None = None, attention: str = "fused"
+        self,
+        d_model: int,
+        num_heads: int,
+        rope: RotaryEmbedding | None = None,
+        attention: str = "fused",
+        qk_norm: bool = False,
     ):
         super().__init__()
         if d_model % num_heads:
@@ -33,6 +47,9 @@ class MultiHeadSelfAttention(nn.Module):
         self.k_proj = Linear(d_model, d_model)
         self.v_proj = Linear(d_model, d_model)
         self.output_proj = Linear(d_model, d_model)
+        if qk_norm:
+            self.q_norm, self.k_norm = RMSNorm(d_model // num_heads), RMSNorm(d_model // num_heads)
+        self.qk_norm = qk_norm
         self.rope = rope
 
     def forward(
@@ -49,6 +66,8 @@ class MultiHeadSelfAttention(nn.Module):
         """
         batch, seq, d_model = x.shape
         q, k, v = (self._split_heads(proj(x)) for proj in (self.q_proj, self.k_proj, self.v_proj))
+        if self.qk_norm:  # before RoPE, which the cache's update applies too
+            q, k = self.q_norm(q), self.k_norm(k)
         causal = mask is None
         if kv_cache is not None:  # positions and mask come from the cache (None: every key so far)
             q, k, v = kv_cache.update(q, k, v)
@@ -84,6 +103,7 @@ class TransformerBlock(nn.Module):
         norm: str = "pre",
         ffn: str = "swiglu",
         attention: str = "fused",
+        qk_norm: bool = False,
     ):
         super().__init__()
         if norm not in NORMS:
@@ -92,9 +112,9 @@ class TransformerBlock(nn.Module):
             raise ValueError(f"ffn must be one of {FFNS}, got {ffn!r}")
         self.norm = norm
         self.ln1 = nn.Identity() if norm == "none" else RMSNorm(d_model)
-        self.attn = MultiHeadSelfAttention(d_model, num_heads, rope, attention)
+        self.attn = MultiHeadSelfAttention(d_model, num_heads, rope, attention, qk_norm)
         self.ln2 = nn.Identity() if norm == "none" else RMSNorm(d_model)
-        self.ffn = SwiGLU(d_model, d_ff) if ffn == "swiglu" else SiLUFFN(d_model, d_ff)
+        self.ffn = FFN_CLASSES[ffn](d_model, d_ff)
 
     def forward(
         self,
@@ -114,9 +134,13 @@ class TransformerLM(nn.Module):
     """Decoder-only LM: token_embeddings -> layers -> ln_final -> lm_head, returning logits.
 
     Switches (for the ablations): norm "pre" | "post" | "none" (ln_final exists only for "pre": a post-norm
-    stack already ends normalized); position "rope" | "none" (NoPE); ffn "swiglu" | "silu" (the caller
-    passes d_ff, 4·d_model for "silu" so the parameter count roughly matches); tie_embeddings shares one
-    (vocab, d_model) matrix between token_embeddings and lm_head; attention "fused" | "math".
+    stack already ends normalized); position "rope" | "none" (NoPE); ffn "swiglu" | "silu" | "relu2" (the
+    caller passes d_ff, 4·d_model for the two-matrix "silu" and "relu2" so the parameter count roughly
+    matches); tie_embeddings shares one (vocab, d_model) matrix between token_embeddings and lm_head;
+    attention "fused" | "math".
+    Switches of the modern recipe (all off by default): qk_norm (RMSNorm on each head's q and k, adding
+    layers.{i}.attn.{q_norm,k_norm}); zero_init (every attn.output_proj and ffn.w2 starts at zero, so each
+    block starts as the identity); logit_softcap (logits become cap·tanh(logits/cap)).
 
     The shared matrix starts as the lm_head's Linear init (σ = √(2/(vocab+d_model))), not the embedding's
     σ = 1: as the head that gives logits of σ ≈ √(2·d_model/vocab) ≪ 1, so training starts at a loss of
@@ -144,6 +168,9 @@ class TransformerLM(nn.Module):
         tie_embeddings: bool = False,
         attention: str = "fused",
         activation_checkpointing: bool = False,
+        qk_norm: bool = False,
+        zero_init: bool = False,
+        logit_softcap: float | None = None,
     ):
         super().__init__()
         arguments = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
@@ -152,17 +179,23 @@ class TransformerLM(nn.Module):
         self.num_layers, self.num_heads, self.d_ff, self.rope_theta = num_layers, num_heads, d_ff, rope_theta
         self.norm, self.position, self.ffn, self.attention = norm, position, ffn, attention
         self.tie_embeddings, self.activation_checkpointing = tie_embeddings, activation_checkpointing
+        self.logit_softcap = logit_softcap
 
         self.token_embeddings = Embedding(vocab_size, d_model)
         d_head = d_model // num_heads
         rope = RotaryEmbedding(rope_theta, d_head, context_length) if position == "rope" else None
         self.layers = nn.ModuleList(
-            TransformerBlock(d_model, num_heads, d_ff, rope, norm, ffn, attention) for _ in range(num_layers)
+            TransformerBlock(d_model, num_heads, d_ff, rope, norm, ffn, attention, qk_norm)
+            for _ in range(num_layers)
         )
         self.ln_final = RMSNorm(d_model) if norm == "pre" else nn.Identity()
         self.lm_head = Linear(d_model, vocab_size)
         if tie_embeddings:  # one matrix, initialized as the head (see the class docstring)
             self.token_embeddings.weight = self.lm_head.weight
+        if zero_init:
+            for layer in self.layers:
+                nn.init.zeros_(layer.attn.output_proj.weight)
+                nn.init.zeros_(layer.ffn.w2.weight)
 
     def forward(
         self,
@@ -171,24 +204,31 @@ class TransformerLM(nn.Module):
         kv_cache: KVCache | None = None,
     ) -> torch.Tensor:
         """token_ids (batch, seq) -> logits (batch, seq, vocab_size); arguments as in `hidden_states`."""
-        return self.lm_head(self.ln_final(self.hidden_states(token_ids, token_positions, kv_cache)))
+        return self._logits(self.hidden_states(token_ids, token_positions, kv_cache))
 
     def loss(
         self, token_ids: torch.Tensor, targets: torch.Tensor, chunk_tokens: int | None = None
     ) -> torch.Tensor:
         """Mean cross-entropy of `targets` (batch, seq) after `token_ids` (batch, seq). With chunk_tokens the
         lm head and the loss run fused over that many tokens at a time (linear_cross_entropy), so the float32
-        logits of the whole batch are never built."""
-        hidden = self.ln_final(self.hidden_states(token_ids))
+        logits of the whole batch are never built (not with logit_softcap: the fused loss has no soft-cap)."""
+        hidden = self.hidden_states(token_ids)
         if chunk_tokens is None:
-            return cross_entropy(self.lm_head(hidden), targets)
-        return linear_cross_entropy(hidden, self.lm_head.weight, targets, chunk_tokens)
+            return cross_entropy(self._logits(hidden), targets)
+        if self.logit_softcap is not None:
+            raise ValueError("the chunked loss (chunk_tokens) has no logit soft-cap: use chunk_tokens=None")
+        return linear_cross_entropy(self.ln_final(hidden), self.lm_head.weight, targets, chunk_tokens)
 
     def next_token_logits(self, token_ids: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
         """token_ids (batch, seq) -> logits of the last position only (batch, vocab_size), what a
         generation step samples from: ln_final and lm_head skip the other positions (for a 256-token
         window the vocabulary projection alone is about a quarter of the forward's work)."""
-        return self.lm_head(self.ln_final(self.hidden_states(token_ids, kv_cache=kv_cache)[:, -1]))
+        return self._logits(self.hidden_states(token_ids, kv_cache=kv_cache)[:, -1])
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The last layer's output -> logits: ln_final, lm_head, then the soft cap if there is one."""
+        logits = self.lm_head(self.ln_final(hidden))
+        return logits if self.logit_softcap is None else soft_cap(logits, self.logit_softcap)
 
     def hidden_states(
         self,
