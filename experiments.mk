@@ -25,7 +25,7 @@ LR_POINTS ?= lr_1e-4 lr_3e-4 lr_1e-3 lr_3e-3 lr_1e-2 lr_3e-2 lr_1e-1
 BATCH_POINTS ?= bs_8 bs_32 bs_64 bs_128 bs_256 bs_512
 ABLATIONS ?= no_rmsnorm post_norm nope silu
 
-.PHONY: experiments lr-sweep batch-size-sweep ablations
+.PHONY: experiments lr-sweep batch-size-sweep ablations recipe-compare
 
 experiments: lr-sweep batch-size-sweep ablations
 
@@ -58,3 +58,27 @@ batch-size-sweep: $(foreach p,$(BATCH_POINTS),$(RUNS)/batch_size/$(p)/fit.status
 ablations: $(foreach a,baseline $(ABLATIONS),$(RUNS)/ablations/$(a)/fit.status)
 	$(LM) plot $(foreach a,baseline $(ABLATIONS),$(RUNS)/ablations/$(a)) --out $(RUNS)/ablations/curves.png \
 	    --title "ablations"
+
+# The modern-recipe switches side by side (bench/recipe_compare.py; figures in bench/RESULTS.md): baseline, each
+# switch of configs/recipes/ alone and the combined recipe, on the benchmark corpus (corpus.txt to train,
+# heldout.txt to validate) with a 2,048-token BPE, a learning-rate sweep and two seeds each; about 40 minutes
+# to an hour on 2 busy CPU cores. Writes $(RUNS)/recipes/{results.md,results.json,curves.png}.
+#   make recipe-compare BENCH_CORPUS_DIR=data/bench-corpus   the corpus folder (built there when missing)
+SHARED ?= ../shared
+BENCH_CORPUS_DIR ?= /tmp/bench-corpus
+RECIPE_DATA := data/recipe_compare
+
+$(BENCH_CORPUS_DIR)/corpus.txt $(BENCH_CORPUS_DIR)/heldout.txt:
+	OUT=$(abspath $(BENCH_CORPUS_DIR)) bash $(SHARED)/bench/make_corpus.sh
+
+$(RECIPE_DATA)/tokenizer/vocab.json: $(BENCH_CORPUS_DIR)/corpus.txt | install
+	$(BIN)/lmproject-bpe train $< --vocab-size 2048 --special-token '<|endoftext|>' --out $(RECIPE_DATA)/tokenizer
+
+$(RECIPE_DATA)/train.npy: $(BENCH_CORPUS_DIR)/corpus.txt $(RECIPE_DATA)/tokenizer/vocab.json
+	$(BIN)/lmproject-bpe encode --tokenizer $(RECIPE_DATA)/tokenizer $< $@
+
+$(RECIPE_DATA)/valid.npy: $(BENCH_CORPUS_DIR)/heldout.txt $(RECIPE_DATA)/tokenizer/vocab.json
+	$(BIN)/lmproject-bpe encode --tokenizer $(RECIPE_DATA)/tokenizer $< $@
+
+recipe-compare: $(RECIPE_DATA)/train.npy $(RECIPE_DATA)/valid.npy | install
+	$(PY) bench/recipe_compare.py --runs $(RUNS)/recipes

@@ -14,6 +14,8 @@ that fails or runs out of memory costs only its own row) with extra `fit` option
   recipe      compiled, with the overlay configs/recipes/modern.yaml (the modern recipe's cost per token)
   plain       a plain PyTorch loop doing fit's step (bf16 autocast, compiled model and loss, the project's
               AdamW, schedule and clipping, one host sync per step) with no Lightning around it
+  muon        compiled + configs/recipes/muon.yaml (Muon's Newton-Schulz iterations: its extra cost)
+  modern      compiled + configs/recipes/modern.yaml (the combined recipe of issue 15)
 
 Tokens/s are timed between CUDA-synchronized clocks after `--warmup` steps (compilation happens there);
 MFU = tokens/s x training FLOPs per token (lmproject.accounting) / peak bf16 FLOP/s (Lightning's table for
@@ -26,6 +28,7 @@ steps since the previous logged row, unsynchronized), a check on that callback. 
     python bench/bench_gpu.py --variants compiled,cudagraphs --profile cudagraphs --out /tmp/gpu
     python bench/bench_gpu.py --steps 3 --warmup 1 --batch-size 4 --config configs/smoke.yaml \\
         --variants eager,chunked,b256,plain --profile chunked --out /tmp/gpu   # CPU dry run
+    python bench/bench_gpu.py --variants compiled,muon,modern --profile muon --out $OUT   # the recipe's cost
 """
 
 from __future__ import annotations
@@ -58,6 +61,9 @@ VARIANTS = {
     "b512": [*CHUNKED, "--data.batch_size", "512"],
     "recipe": ["--config", str(ROOT / "configs" / "recipes" / "modern.yaml"), *COMPILED],
     "plain": None,
+    # the modern-recipe switches (issue 15), compiled: compare with "compiled" (no chunked loss: soft-cap)
+    "muon": [*COMPILED, "--config", str(ROOT / "configs" / "recipes" / "muon.yaml")],
+    "modern": [*COMPILED, "--config", str(ROOT / "configs" / "recipes" / "modern.yaml")],
 }
 DEFAULT_VARIANTS = "eager,compiled,chunked,cudagraphs,b512"
 
