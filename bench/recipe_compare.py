@@ -4,12 +4,12 @@ For each variant (the base config configs/recipe_compare.yaml plus its overlays 
 1. a learning-rate sweep at seed 0, each run scored by `lmproject validate` on VAL_WINDOWS held-out windows:
    LR_GRID for the baseline and for the variants that change the optimizer (SWEPT_ON_GRID), plus one point
    (a factor of 2) past an edge of the grid that wins; each other switch alone at the baseline's best rate
-   (a sweep of each did not fit the comparison's time budget);
+   (a sweep of each did not fit the comparison's time budget), the recipe without ReLU² at the recipe's;
 2. time per optimizer step of every variant, measured in this process (while the sweep runs) in interleaved
    rounds (one thread, the same batch), so that all variants see the same machine load;
-3. a second seed (init and data order) at the best rate of the baseline, Muon and the recipe (the switches
-   alone keep one seed, for time); a variant's equal-wall-clock budget is the baseline's steps x (baseline
-   s/step) / (its s/step), and when that differs from the baseline's step count by more than
+3. a second seed (init and data order) at the best rate of the baseline, Muon and the recipes (SEEDED; the
+   switches alone keep one seed, for time); a variant's equal-wall-clock budget is the baseline's steps x
+   (baseline s/step) / (its s/step), and when that differs from the baseline's step count by more than
    CLOCK_TOLERANCE its seeds are trained again at that budget.
 Writes RUNS/results.md (tables), RUNS/results.json and RUNS/curves.png (val and train loss of each variant's
 best seed-0 run against steps and against seconds, the seconds from the interleaved timing). Every training
@@ -47,13 +47,16 @@ VARIANTS = {
     "softcap": ["softcap"],
     "wsd": ["wsd"],
     "modern": ["modern"],
+    "modern_swiglu": ["muon", "qk_norm", "zero_init", "softcap", "wsd"],  # the recipe without ReLU²
 }
 LR_GRID = (5e-3, 1e-2, 2e-2)
 SWEPT_ON_GRID = ("baseline", "muon", "modern")
+LR_LIKE = {"modern_swiglu": "modern"}  # trained at that variant's best rate, not the baseline's
+SEEDED = (*SWEPT_ON_GRID, *LR_LIKE)  # the variants trained with every seed of SEEDS
 SEEDS = (0, 1)
 VAL_WINDOWS = 256
 CLOCK_TOLERANCE = 0.03
-TIMING_ROUNDS, TIMING_STEPS = 8, 3
+TIMING_ROUNDS, TIMING_STEPS = 15, 3
 
 
 def model_settings(variant: str) -> dict:
@@ -161,15 +164,15 @@ def sweep(runs: Path, workers: int) -> dict[str, dict[float, float]]:
         if best in (LR_GRID[0], LR_GRID[-1]):
             edges.append((v, best / 2 if best == LR_GRID[0] else best * 2))
     train(edges)
-    base = min(losses["baseline"], key=losses["baseline"].get)
-    train([(v, base) for v in VARIANTS if v not in SWEPT_ON_GRID])
+    best = {v: min(losses[v], key=losses[v].get) for v in SWEPT_ON_GRID}
+    train([(v, best[LR_LIKE.get(v, "baseline")]) for v in VARIANTS if v not in SWEPT_ON_GRID])
     return losses
 
 
 def time_per_step(variants: list[str]) -> dict[str, float]:
     """Seconds per optimizer step (forward, backward, clipping, optimizer, schedule) of each variant,
-    measured round-robin on one thread with the same random batch, after one warm-up step each: the 20th
-    percentile of its steps, since load from other processes only ever adds time."""
+    measured round-robin on one thread with the same random batch, after one warm-up step each: the fastest
+    of its steps, since load from other processes only ever adds time."""
     torch.set_num_threads(1)
     config = yaml.safe_load(BASE.read_text())
     batch, context = config["data"]["batch_size"], config["model"]["context_length"]
@@ -195,7 +198,7 @@ def time_per_step(variants: list[str]) -> dict[str, float]:
                 optimizer.zero_grad()
                 if round_index:  # round 0 warms up
                     samples[v].append(time.perf_counter() - begin)
-    return {v: sorted(s)[len(s) // 5] for v, s in samples.items()}
+    return {v: min(s) for v, s in samples.items()}
 
 
 def summary(values: list[float]) -> str:
@@ -213,15 +216,15 @@ def main(argv: list[str] | None = None) -> int:
     steps = base_steps()
     print(f"recipe comparison: {len(VARIANTS)} variants, {steps} steps each, lr grid {LR_GRID}", flush=True)
     timing = args.runs / "seconds_per_step.json"
+    # A rerun keeps the step times its equal-wall-clock runs were sized by, unless a variant is new.
+    timed = timing.is_file() and set(VARIANTS) <= set(json.loads(timing.read_text()))
     with ThreadPoolExecutor(1) as timer:
-        if not timing.is_file():  # a rerun keeps the step times its equal-wall-clock runs were sized by
-            print(
-                "timing each variant's optimizer step (interleaved, one thread) in the background", flush=True
-            )
+        if not timed:
+            print("timing each variant's step (interleaved, one thread) in the background", flush=True)
             measured = timer.submit(time_per_step, list(VARIANTS))
         print("learning-rate sweep (seed 0) ...", flush=True)
         losses = sweep(args.runs, args.workers)
-        if not timing.is_file():
+        if not timed:
             args.runs.mkdir(parents=True, exist_ok=True)
             timing.write_text(json.dumps(measured.result()))
     seconds = json.loads(timing.read_text())
@@ -231,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     clock_steps = {
         v: steps if abs(n - steps) <= CLOCK_TOLERANCE * steps else n for v, n in clock_steps.items()
     }
-    seeds = {v: SEEDS if v in SWEPT_ON_GRID else SEEDS[:1] for v in VARIANTS}
+    seeds = {v: SEEDS if v in SEEDED else SEEDS[:1] for v in VARIANTS}
     jobs = [
         (v, best_lr[v], s, n) for v in VARIANTS for n in sorted({steps, clock_steps[v]}) for s in seeds[v]
     ]
