@@ -261,6 +261,11 @@ class LanguageModel(L.LightningModule):
             )
         settings = dict(lr=hp.lr_max, betas=hp.betas, eps=hp.eps, weight_decay=hp.weight_decay)
         if hp.optimizer == "muon":
+            if type(getattr(self._trainer, "strategy", None)).__name__ == "FSDPStrategy":
+                raise UserError(
+                    "model.optimizer=muon cannot run under FSDP: Muon orthogonalizes whole matrices and FSDP "
+                    "gives each rank a flat shard (use ddp, or optimizer adamw)"
+                )
             groups = muon_param_groups(self.model)
             rank_zero_info("optimizer groups:\n" + describe_groups(groups))
             optimizer = Muon(groups, momentum=hp.muon_momentum, **settings)

@@ -258,3 +258,10 @@ def test_export_refuses_the_switches_llama_cannot_express_and_takes_the_others()
         with pytest.raises(UserError, match=f"model.{switch}={value!r} cannot be exported"):
             check_llama_expressible({**SMALL, switch: value})
     check_llama_expressible({**SMALL, "zero_init": True, "optimizer": "muon", "schedule": "wsd"})
+
+
+def test_muon_refuses_fsdp_in_one_line():
+    module = LanguageModel(**SMALL, optimizer="muon", cosine_cycle_iters=100)
+    module._trainer = type("Trainer", (), {"strategy": type("FSDPStrategy", (), {})()})()
+    with pytest.raises(UserError, match="model.optimizer=muon cannot run under FSDP"):
+        module.configure_optimizers()
