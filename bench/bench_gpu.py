@@ -11,7 +11,6 @@ that fails or runs out of memory costs only its own row) with extra `fit` option
   cudagraphs  chunked + --model.compile_mode reduce-overhead (CUDA graphs: no launch overhead)
   autotune    chunked + --model.compile_mode max-autotune-no-cudagraphs (slow to compile: minutes)
   b256, b512  chunked with a per-device batch of 256 or 512 sequences
-  recipe      compiled, with the overlay configs/recipes/modern.yaml (the modern recipe's cost per token)
   plain       a plain PyTorch loop doing fit's step (bf16 autocast, compiled model and loss, the project's
               AdamW, schedule and clipping, one host sync per step) with no Lightning around it
   muon        compiled + configs/recipes/muon.yaml (Muon's Newton-Schulz iterations: its extra cost)
@@ -59,7 +58,6 @@ VARIANTS = {
     "autotune": [*CHUNKED, "--model.compile_mode", "max-autotune-no-cudagraphs"],
     "b256": [*CHUNKED, "--data.batch_size", "256"],
     "b512": [*CHUNKED, "--data.batch_size", "512"],
-    "recipe": ["--config", str(ROOT / "configs" / "recipes" / "modern.yaml"), *COMPILED],
     "plain": None,
     # the modern-recipe switches (issue 15), compiled: compare with "compiled" (no chunked loss: soft-cap)
     "muon": [*COMPILED, "--config", str(ROOT / "configs" / "recipes" / "muon.yaml")],

@@ -5,8 +5,8 @@
 #   2. generation speed: bf16, batch 1 with a CUDA-graph decode step, and batch 16 (bench_generate.py);
 #   3. FSDP end to end on the smoke config (bench/gpu_fsdp_check.sh);
 #   4. fit throughput, MFU and peak memory for the variants in $FIT_VARIANTS, with a profile (bench_gpu.py);
-#   5. recipe (only when STEPS names it): the modern recipe (configs/recipes/modern.yaml) against the
-#      baseline, both compiled, in one bench_gpu.py run.
+#   5. recipe (only when STEPS names it): the baseline, Muon alone and the modern recipe
+#      (configs/recipes/modern.yaml), all compiled, in one bench_gpu.py run, Muon profiled.
 # STEPS="cuda_tests generate fsdp fit_variants" (the default) chooses steps; STRATEGIES is passed on to
 # gpu_fsdp_check.sh (e.g. STEPS="recipe fsdp" STRATEGIES=fsdp_sharded for a second, shorter call).
 # Runs from the checkout (PYTHONPATH) with the machine's python3, torch and Lightning (jsonargparse must be
@@ -47,7 +47,7 @@ wants cuda_tests && step cuda_tests 90 python3 -m pytest -q -p no:cacheprovider 
 wants generate && step generate 100 python3 bench/bench_generate.py --device cuda --dtype bfloat16 --cuda-graph --repeats 2
 wants fsdp && step fsdp 150 bash bench/gpu_fsdp_check.sh "$work"
 if wants recipe; then
-  step recipe 200 python3 bench/bench_gpu.py --variants compiled,recipe --profile none --budget 170 \
+  step recipe 220 python3 bench/bench_gpu.py --variants compiled,muon,modern --profile muon --budget 190 \
     --out "$work/recipe"
 fi
 if wants fit_variants; then
