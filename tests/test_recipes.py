@@ -65,28 +65,33 @@ def test_muon_groups_are_built_by_name_hidden_matrices_against_the_rest():
 
 def test_muon_steps_matrices_along_the_orthogonalized_momentum_and_the_rest_like_adamw():
     torch.manual_seed(0)
-    matrix, vector = torch.nn.Parameter(torch.randn(8, 32)), torch.nn.Parameter(torch.randn(32))
+    # Two matrices of one shape (orthogonalized in one batch) and one of another.
+    matrices = [torch.nn.Parameter(torch.randn(*shape)) for shape in ((8, 32), (8, 32), (32, 8))]
+    vector = torch.nn.Parameter(torch.randn(32))
     twin = torch.nn.Parameter(vector.detach().clone())
-    groups = [{"muon": True, "params": [matrix]}, {"params": [vector]}]
+    groups = [{"muon": True, "params": matrices}, {"params": [vector]}]
     muon, adamw = (
         Muon(groups, lr=0.1, weight_decay=0.5, momentum=0.9),
         AdamW([twin], lr=0.1, betas=(0.9, 0.95), weight_decay=0.5),
     )
-    momentum = torch.zeros_like(matrix)
+    momenta = [torch.zeros_like(m) for m in matrices]
     for _ in range(3):
-        before = matrix.detach().clone()
-        gradient = torch.randn(8, 32)
-        matrix.grad, vector.grad = gradient, torch.randn(32)
+        befores = [m.detach().clone() for m in matrices]
+        gradients = [torch.randn_like(m) for m in matrices]
+        for m, gradient in zip(matrices, gradients, strict=True):
+            m.grad = gradient
+        vector.grad = torch.randn(32)
         twin.grad = vector.grad.clone()
         muon.step()
         adamw.step()
-        momentum = 0.9 * momentum + gradient
-        nesterov = gradient + 0.9 * momentum
-        expected = before * (1 - 0.1 * 0.5) - 0.1 * 0.2 * math.sqrt(32) * orthogonalize(nesterov)
-        assert torch.allclose(matrix, expected, atol=1e-6)
+        for i, (matrix, before, gradient) in enumerate(zip(matrices, befores, gradients, strict=True)):
+            momenta[i] = 0.9 * momenta[i] + gradient
+            nesterov = gradient + 0.9 * momenta[i]
+            expected = before * (1 - 0.1 * 0.5) - 0.1 * 0.2 * math.sqrt(32) * orthogonalize(nesterov)
+            assert torch.allclose(matrix, expected, atol=1e-6)
+            step_rms = (expected - before * (1 - 0.1 * 0.5)).pow(2).mean().sqrt() / 0.1
+            assert 0.1 < step_rms < 0.3  # about AdamW's step size: the two kinds share one lr
         assert torch.equal(vector, twin)
-        step_rms = (expected - before * (1 - 0.1 * 0.5)).pow(2).mean().sqrt() / 0.1
-        assert 0.1 < step_rms < 0.3  # about AdamW's step size: the two kinds share one lr
 
 
 def test_muon_refuses_a_group_that_is_not_matrices():
