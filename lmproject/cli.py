@@ -30,6 +30,7 @@ from lmproject.callbacks import GracefulInterrupt, RunCheckpoint, ThroughputMoni
 from lmproject.data import TokenDataModule
 from lmproject.errors import UserError, run_cli
 from lmproject.lightning_checkpoints import check_checkpoint, find_last
+from lmproject.lightning_output import lightning_output
 from lmproject.module import ARCHITECTURE, LanguageModel, NonFiniteLossError
 from lmproject.precision import DTYPES, check_dtype, cpu_supports_bf16
 from lmproject.predict import CompletionWriter, SamplingOptions, TokenPrinter, requests
@@ -43,7 +44,8 @@ DESCRIPTION = (
     "Train, validate and sample small language models: fit, validate, test, predict (LightningCLI: "
     "`lmproject fit --help`); `lmproject accounting` (parameters, FLOPs, memory), `lmproject plot` "
     "(loss curves), `lmproject evaluate` (loss, perplexity, bits per byte of a file) and `lmproject "
-    "export|import` (Hugging Face Llama folders) have their own --help."
+    "export|import` (Hugging Face Llama folders) have their own --help. `--verbose` shows Lightning's "
+    "start-up lines, which every command but fit hides."
 )
 
 
@@ -365,7 +367,16 @@ def run_lightning(argv: list[str] | None, run: bool = True, cli_class: type[LMCL
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`lmproject COMMAND ...`; `--verbose` anywhere shows Lightning's start-up lines (lightning_output)."""
     words = sys.argv[1:] if argv is None else argv
+    verbose = "--verbose" in words
+    words = [word for word in words if word != "--verbose"]
+    command = next((word for word in words if not word.startswith("-")), None)
+    with lightning_output(command, verbose):
+        return _run_command(words)
+
+
+def _run_command(words: list[str]) -> int:
     if words[:1] == ["accounting"]:
         from lmproject import accounting
 
@@ -382,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         from lmproject import evaluate
 
         return evaluate.main(words[1:])
-    run_cli(lambda: _fit_or_diverge(argv), "lmproject")
+    run_cli(lambda: _fit_or_diverge(words), "lmproject")
     return 0
 
 
