@@ -40,6 +40,7 @@ from lmproject.tokenizer import Tokenizer
 from lmproject.tokenizer.files import read_text
 
 DEFAULT_RUN_DIR = "runs/default"
+CSV_LOGGER = "lightning.pytorch.loggers.CSVLogger"
 DESCRIPTION = (
     "Train, validate and sample small language models: fit, validate, test, predict (LightningCLI: "
     "`lmproject fit --help`); `lmproject accounting` (parameters, FLOPs, memory), `lmproject plot` "
@@ -107,14 +108,19 @@ class LMCLI(LightningCLI):
         config.trainer.default_root_dir = root
         if config.checkpoint.dirpath is None:
             config.checkpoint.dirpath = str(Path(root) / "checkpoints")
+        csv = Namespace(class_path=CSV_LOGGER, init_args=Namespace(save_dir=root, name="logs"))
         logger = config.trainer.logger
         if logger is None or logger is True:
-            config.trainer.logger = Namespace(
-                class_path="lightning.pytorch.loggers.CSVLogger",
-                init_args=Namespace(save_dir=root, name="logs"),
-            )
-        elif isinstance(logger, Namespace) and logger.get("init_args.save_dir", "") is None:
-            logger.init_args.save_dir = root  # e.g. configs/wandb.yaml: files under the run directory
+            config.trainer.logger = csv
+            return
+        if logger is False:
+            return
+        loggers = logger if isinstance(logger, list) else [logger]
+        for each in loggers:
+            if isinstance(each, Namespace) and each.get("init_args.save_dir", "") is None:
+                each.init_args.save_dir = root  # e.g. configs/wandb.yaml: files under the run directory
+        if not any(isinstance(each, Namespace) and each.class_path == CSV_LOGGER for each in loggers):
+            config.trainer.logger = [csv, *loggers]  # metrics.csv in every run: `lmproject plot` reads it
 
     @staticmethod
     def _choose_precision(trainer: Namespace) -> None:

@@ -1,12 +1,14 @@
 """The shipped configs build the intended runs; wandb goes offline without a key; bf16 falls back on CPU."""
 
+import csv
 from pathlib import Path
 
 import pytest
 import torch
 from test_training_cli import one_thread  # noqa: F401 (autouse fixture)
+from tiny_run import make_run
 
-from lmproject import cli
+from lmproject import cli, plot
 from lmproject.accounting import ModelShape, parameter_counts
 from lmproject.loggers import WandbLogger
 
@@ -62,11 +64,24 @@ def test_smoke_config_builds_a_small_model():
 def test_wandb_overlay_is_offline_without_an_api_key_and_logs_under_the_run(monkeypatch, tmp_path):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
-    logger = build("smoke.yaml", "wandb.yaml").trainer.logger
+    csv, logger = build("smoke.yaml", "wandb.yaml").trainer.loggers
     assert isinstance(logger, WandbLogger) and logger._offline
-    assert logger.save_dir == "runs/smoke"
+    assert logger.save_dir == csv.save_dir == "runs/smoke"
     monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
-    assert not build("smoke.yaml", "wandb.yaml").trainer.logger._offline
+    assert not build("smoke.yaml", "wandb.yaml").trainer.loggers[1]._offline
+
+
+def test_a_wandb_run_also_writes_the_metrics_csv_that_plot_reads(monkeypatch, tmp_path):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    config = make_run(tmp_path, steps=1)
+    root = tmp_path / "wandb_run"
+    cli.main(["fit", "--config", str(config), "--config", str(CONFIGS / "wandb.yaml"),
+              "--trainer.default_root_dir", str(root), "--trainer.max_steps", "2",
+              "--trainer.log_every_n_steps", "1"])  # fmt: skip
+    with open(root / "logs" / "version_0" / "metrics.csv") as rows:
+        assert [row["step"] for row in csv.DictReader(rows) if row["train/loss"]] == ["0", "1"]
+    plot.main([str(root), "--out", str(tmp_path / "curves.png")])
+    assert (tmp_path / "curves.png").stat().st_size > 0
 
 
 def test_bf16_falls_back_to_float32_on_a_cpu_without_it(monkeypatch):
