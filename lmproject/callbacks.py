@@ -15,6 +15,7 @@ from lightning.fabric.utilities.throughput import get_available_flops
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lmproject.accounting import train_flops_per_token
+from lmproject.lightning_compat import logs_written_this_step, save_checkpoint_file
 
 # Dense tensor-core peaks of GPUs missing from Lightning's table (vendor datasheets, FLOP/s). The H200 is the
 # H100 SXM's chip with more memory: the same arithmetic peaks.
@@ -31,13 +32,6 @@ def device_peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
         name = torch.cuda.get_device_name(device).lower()
         peak = next((table.get(dtype) for chip, table in _EXTRA_PEAK_FLOPS.items() if chip in name), None)
     return peak
-
-
-def logs_written_this_step(trainer: L.Trainer) -> bool:
-    """Whether Lightning passes the values logged during this optimizer step to the loggers (every
-    trainer.log_every_n_steps steps). A value logged on another step would be written again on the next
-    row that is written, stale, so per-step values are logged only on these steps."""
-    return getattr(trainer._logger_connector, "should_update_logs", True)
 
 
 class StepBoundary(L.Callback):
@@ -135,11 +129,12 @@ class RunCheckpoint(ModelCheckpoint):
         path = Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
         if self._last_file_step != trainer.global_step or not path.exists():
             self.last_model_path = str(path)  # before saving: it is part of the saved state
-            self._save_checkpoint(trainer, str(path))
+            save_checkpoint_file(self, trainer, str(path))
             self._last_file_step = trainer.global_step
         return path
 
     def _save_last_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
+        # a private method of ModelCheckpoint: see lightning_compat.PRIVATE_OVERRIDES
         if self.save_last:
             self.save_last_now(trainer)
 

@@ -30,6 +30,7 @@ from lmproject.callbacks import GracefulInterrupt, RunCheckpoint, ThroughputMoni
 from lmproject.data import TokenDataModule
 from lmproject.errors import UserError, run_cli
 from lmproject.lightning_checkpoints import check_checkpoint, find_last
+from lmproject.lightning_compat import set_max_steps
 from lmproject.lightning_output import lightning_output
 from lmproject.module import ARCHITECTURE, LanguageModel, NonFiniteLossError
 from lmproject.precision import DTYPES, check_dtype, cpu_supports_bf16
@@ -81,6 +82,7 @@ class LMCLI(LightningCLI):
     def _prepare_subcommand_parser(
         self, klass: type, subcommand: str, **kwargs: Any
     ) -> LightningArgumentParser:
+        # a private method of LightningCLI: see lightning_compat.PRIVATE_OVERRIDES
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
         if subcommand == "predict":
             parser.add_class_arguments(SamplingOptions, nested_key=None, as_group=True)
@@ -141,7 +143,8 @@ class LMCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any):
         """`--trainer.strategy fsdp` (or fsdp_sharded) becomes lmproject.sharding's FSDPStrategy: one shard
         unit per TransformerBlock."""
-        strategy = kwargs.get("strategy", self._get(self.config_init, "trainer", default={}).get("strategy"))
+        config = self.config_init.get(str(self.subcommand), self.config_init)  # run=False: no subcommand
+        strategy = kwargs.get("strategy", config.get("trainer", {}).get("strategy"))
         if strategy in STATE_DICT_TYPES:
             kwargs["strategy"] = fsdp_strategy(strategy)
         return super().instantiate_trainer(**kwargs)
@@ -205,12 +208,15 @@ class LMCLI(LightningCLI):
             raise UserError(
                 "set either train_tokens or trainer.max_steps, not both (use --train_tokens null)"
             )
-        trainer.fit_loop.epoch_loop.max_steps = steps_for_tokens(
-            tokens,
-            self.datamodule.batch_size,
-            self.datamodule.context_length,
-            trainer.accumulate_grad_batches,
-            trainer.world_size,
+        set_max_steps(
+            trainer,
+            steps_for_tokens(
+                tokens,
+                self.datamodule.batch_size,
+                self.datamodule.context_length,
+                trainer.accumulate_grad_batches,
+                trainer.world_size,
+            ),
         )
 
     def _interrupt_callback(self) -> GracefulInterrupt:
@@ -218,7 +224,8 @@ class LMCLI(LightningCLI):
 
     def _run_subcommand(self, subcommand: str) -> None:
         """Lightning answers Ctrl-C outside the training loop with exit status 1 (and ignores Ctrl-C from
-        then on): make it 130, the status of an interrupted command, and restore Ctrl-C."""
+        then on): make it 130, the status of an interrupted command, and restore Ctrl-C. (A private method
+        of LightningCLI: see lightning_compat.PRIVATE_OVERRIDES.)"""
         try:
             super()._run_subcommand(subcommand)
         except SystemExit as exit_:
