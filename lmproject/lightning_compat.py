@@ -31,7 +31,7 @@ def set_max_steps(trainer: L.Trainer, max_steps: int) -> None:
     Undocumented: `trainer.max_steps` is read-only; the limit lives in
     `trainer.fit_loop.epoch_loop.max_steps`. If that moves, this raises AttributeError (fit with
     train_tokens fails at start-up, loudly); if it stays but is no longer read, training runs without a
-    limit, which tests/test_training_cli.py catches (it checks the step count that train_tokens gives)."""
+    limit, which tests/test_cli.py catches (it checks the step count that train_tokens gives)."""
     trainer.fit_loop.epoch_loop.max_steps = max_steps
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_training_cli import one_thread  # noqa: F401 (autouse fixture)
+from test_cli import one_thread  # noqa: F401 (autouse fixture)
 from tiny_run import make_run
 
 from lmproject import cli, plot

@@ -9,7 +9,7 @@ import sys
 import lightning as L
 import pytest
 import torch
-from test_training_cli import one_thread  # noqa: F401 (autouse fixture)
+from test_cli import one_thread  # noqa: F401 (autouse fixture)
 from tiny_run import make_run
 
 from lmproject import generate as generate_module

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
-from test_training_cli import fails, one_thread  # noqa: F401 (autouse fixture)
+from test_cli import fails, one_thread  # noqa: F401 (autouse fixture)
 from tiny_run import load_ours, make_run
 
 from lmproject.cli import cpu_supports_bf16, main

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from test_training_cli import fails, one_thread  # noqa: F401 (autouse fixture)
+from test_cli import fails, one_thread  # noqa: F401 (autouse fixture)
 from tiny_run import EOT, load_ours, make_run
 
 from lmproject.cli import main, run_lightning

@@ -7,7 +7,7 @@ import signal
 
 import lightning as L
 import pytest
-from test_training_cli import one_thread, write_config, write_tokens  # noqa: F401 (autouse fixture)
+from test_cli import one_thread, write_config, write_tokens  # noqa: F401 (autouse fixture)
 
 from lmproject import launch
 from lmproject.cli import main

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from test_cli import one_thread  # noqa: F401 (autouse fixture)
 from test_cli_configs import build
-from test_training_cli import one_thread  # noqa: F401 (autouse fixture)
 
 from lmproject.errors import UserError
 from lmproject.interop import check_llama_expressible

@@ -1,9 +1,9 @@
 """With `--trainer.deterministic true`, Ctrl-C then resume is bit-identical to an uninterrupted run at
-torch's default thread count too (test_training_cli pins one thread, where it holds without the flag)."""
+torch's default thread count too (test_cli pins one thread, where it holds without the flag)."""
 
 import pytest
 import torch
-from test_training_cli import BATCH, TINY_MODEL, SigintAt, train_losses, write_config, write_tokens
+from test_cli import BATCH, TINY_MODEL, SigintAt, train_losses, write_config, write_tokens
 
 from lmproject.cli import main
 

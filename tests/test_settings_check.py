@@ -2,7 +2,7 @@
 
 import lightning as L
 import pytest
-from test_training_cli import fails, one_thread, write_config, write_tokens  # noqa: F401 (autouse fixture)
+from test_cli import fails, one_thread, write_config, write_tokens  # noqa: F401 (autouse fixture)
 
 from lmproject.callbacks import ThroughputMonitor
 from lmproject.cli import _join_negative_numbers

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from test_training_cli import TINY_MODEL, fails, write_config, write_tokens
+from test_cli import TINY_MODEL, fails, write_config, write_tokens
 
 from lmproject.cli import main
 from lmproject.lightning_checkpoints import check_checkpoint

@@ -4,7 +4,7 @@ killed run left behind is cleaned up. Real short fits of a tiny model."""
 import pytest
 import torch
 from test_checkpoint import zero_middle
-from test_training_cli import BATCH, SigintAt, fails, one_thread, write_config, write_tokens  # noqa: F401
+from test_cli import BATCH, SigintAt, fails, one_thread, write_config, write_tokens  # noqa: F401
 
 from lmproject.atomic import remove_stale_temps
 from lmproject.cli import main

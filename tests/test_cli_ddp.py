@@ -11,8 +11,8 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from test_training_cli import PoisonAt, one_thread, write_config, write_tokens  # noqa: F401 (autouse)
-from test_training_logs import RecordLosses, metric_rows
+from test_cli import PoisonAt, one_thread, write_config, write_tokens  # noqa: F401 (autouse)
+from test_module import RecordLosses, metric_rows
 
 from lmproject.cli import main
 

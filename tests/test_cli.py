@@ -1,10 +1,14 @@
-"""Training through `lmproject fit` in-process: exact resume, Ctrl-C, NaN stop, token budget, bad input."""
+"""Training through `lmproject fit`: in-process (exact resume, Ctrl-C, NaN stop, token budget, bad input),
+then `fit` and `validate` with configs/smoke.yaml as a user runs them, in separate processes."""
 
 import csv
 import json
 import math
 import os
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -21,6 +25,7 @@ TINY_MODEL = {
     "lr_max": 1e-2, "lr_min": 1e-3, "warmup_iters": 2,
 }  # fmt: skip
 BATCH = 4
+SMOKE = Path(__file__).resolve().parent.parent / "configs" / "smoke.yaml"
 
 
 class SigintAt(L.Callback):
@@ -282,3 +287,32 @@ def test_a_failed_checkpoint_save_leaves_the_previous_checkpoint_intact(tmp_path
         AtomicCheckpointIO().save_checkpoint({"step": 2, "unpicklable": lambda: None}, path)
     assert torch.load(path, weights_only=True) == {"step": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left behind
+
+
+def lmproject(*args, cwd):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "lmproject.cli", *args]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_smoke_config_fits_and_validates_end_to_end(tmp_path):
+    ids = np.random.default_rng(0).integers(0, 512, 20_000).astype(np.uint16)
+    np.save(tmp_path / "train.npy", ids)
+    np.save(tmp_path / "valid.npy", ids[:2000])
+    data = ["--data.train_path", "train.npy", "--data.val_path", "valid.npy"]
+    fit = lmproject("fit", "--config", str(SMOKE), *data, "--train_tokens", "4096", cwd=tmp_path)
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    assert "max_steps=8" in fit.stderr + fit.stdout  # 4096 tokens / (8 x 64) per step
+
+    validate = lmproject("validate", "--config", str(SMOKE), *data, "--ckpt_path", "last", cwd=tmp_path)
+    assert validate.returncode == 0, validate.stderr[-3000:]
+    assert "val/perplexity" in validate.stdout
+    rows = list(csv.DictReader((tmp_path / "runs/smoke/logs/version_1/metrics.csv").open()))
+    assert 5.5 < float(rows[-1]["val/loss"]) < 7.0  # uniform random ids: about ln(512) = 6.24
+
+    missing = lmproject("validate", "--config", str(SMOKE), "--ckpt_path", "last", cwd=tmp_path)
+    assert missing.returncode == 2
+    assert (
+        missing.stderr.strip().splitlines()[-1]
+        == "lmproject: error: data/smoke/valid.npy: token file not found"
+    )

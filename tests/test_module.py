@@ -1,5 +1,6 @@
 """Every logged number is what its name says: under gradient accumulation, with validation in between, on
-any log interval (tests/test_training_ddp.py covers several devices)."""
+any log interval (tests/test_cli_ddp.py covers several devices). Activation checkpointing and the chunked
+loss train the same run as without them."""
 
 import csv
 import json
@@ -9,7 +10,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from test_training_cli import BATCH, TINY_MODEL, one_thread, write_config, write_tokens  # noqa: F401
+from test_cli import BATCH, TINY_MODEL, fails, one_thread, train_losses, write_config, write_tokens  # noqa: F401
 
 from lmproject.cli import main
 from lmproject.nn import cross_entropy
@@ -76,3 +77,34 @@ def test_every_logged_row_carries_throughput_and_time_measured_for_it(tmp_path, 
     tokens_per_row = log_every * BATCH * TINY_MODEL["context_length"]
     spans = [elapsed[0], *(b - a for a, b in pairwise(elapsed))]
     assert all(tokens_per_row / speed <= span * 1.001 for speed, span in zip(speeds, spans, strict=True))
+
+
+MEMORY_STEPS = 6
+
+
+def test_checkpointing_and_the_chunked_loss_give_the_plain_runs_losses(tmp_path):
+    write_tokens(tmp_path)
+    budget = ["--train_tokens", str(MEMORY_STEPS * BATCH * TINY_MODEL["context_length"])]
+    runs = {
+        "plain": [],
+        "memory": ["--model.activation_checkpointing", "true", "--model.loss_chunk_tokens", "24"],
+    }
+    losses = {}
+    for name, options in runs.items():
+        main(["fit", "--config", str(write_config(tmp_path, tmp_path / name)), *budget, *options])
+        losses[name] = train_losses(tmp_path / name)
+    assert sorted(losses["plain"]) == list(range(MEMORY_STEPS))
+    assert losses["memory"] == pytest.approx(losses["plain"], rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model.loss_chunk_tokens", "0"], "model.loss_chunk_tokens=0: must be null or an integer >= 1"),
+        (["--model.compile_mode", "fast"], "model.compile_mode='fast': must be null or one of default,"),
+    ],
+)
+def test_a_chunk_of_no_tokens_or_an_unknown_compile_mode_is_refused(tmp_path, capsys, args, message):
+    write_tokens(tmp_path)
+    config = str(write_config(tmp_path, tmp_path / "run"))
+    assert message in fails(["fit", "--config", config, *args], capsys)
