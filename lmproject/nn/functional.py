@@ -38,10 +38,10 @@ def scaled_dot_product_attention(
     (..., queries, keys); True means the query may attend to that key. Every query must be allowed at
     least one key (a row with none would be 0/0).
     """
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (..., queries, keys)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
-    return softmax(scores, dim=-1) @ v
+    return softmax(scores, dim=-1) @ v  # each query's weights over the keys, sum 1: (..., queries, d_v)
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -65,12 +65,13 @@ class MultiHeadSelfAttention(nn.Module):
         True = may attend; default causal. kv_cache: this layer's past keys/values, extended by this call.
         """
         batch, seq, d_model = x.shape
+        # q, k, v: (batch, heads, seq, d_head), d_head = d_model / heads
         q, k, v = (self._split_heads(proj(x)) for proj in (self.q_proj, self.k_proj, self.v_proj))
         if self.qk_norm:  # before RoPE, which the cache's update applies too
             q, k = self.q_norm(q), self.k_norm(k)
         causal = mask is None
         if kv_cache is not None:  # positions and mask come from the cache (None: every key so far)
-            q, k, v = kv_cache.update(q, k, v)
+            q, k, v = kv_cache.update(q, k, v)  # k, v: (batch, heads, keys so far, d_head)
             mask, causal = kv_cache.cache.mask, False
         elif self.rope is not None:
             # Every head sees the same positions: add a head axis to broadcast over.
@@ -82,6 +83,7 @@ class MultiHeadSelfAttention(nn.Module):
             if causal:
                 mask = torch.ones(seq, seq, dtype=torch.bool, device=x.device).tril()
             out = scaled_dot_product_attention(q, k, v, mask)
+        # out (batch, heads, seq, d_head) -> (batch, seq, d_model): the heads side by side
         return self.output_proj(out.transpose(1, 2).reshape(batch, seq, d_model))
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
@@ -252,7 +254,7 @@ class TransformerLM(nn.Module):
 
         if token_ids.device.type == "cpu":
             self._check_token_ids(token_ids)
-        x = self.token_embeddings(token_ids)
+        x = self.token_embeddings(token_ids)  # (batch, seq, d_model), the same through every layer
         recompute = self.activation_checkpointing and kv_cache is None and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
             if recompute:
