@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from test_cli import fails, one_thread  # noqa: F401 (autouse fixture)
+from test_readme import readme_snippets, shrunk
 from tiny_run import EOT, load_ours, make_run
 
 from lmproject.cli import main, run_lightning
@@ -308,9 +308,7 @@ def test_export_appears_whole_or_not_at_all(run, tmp_path, capsys, monkeypatch):
 
 
 def test_the_readme_snippet_runs_on_an_export(exported, capsys):
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme[readme.index("## Use your model elsewhere") :]
-    snippet = section[section.index("```python\n") + len("```python\n") :]
-    snippet = snippet[: snippet.index("```")].replace("exports/tinystories", str(exported))
+    snippet = readme_snippets()["Use your model elsewhere: `lmproject export | import`"]
+    snippet = shrunk(snippet, {"exports/tinystories": str(exported)})
     exec(compile(snippet, "README.md", "exec"), {})
     assert capsys.readouterr().out.startswith("Once upon a time")
