@@ -2,15 +2,13 @@
 
 For each variant (the base config configs/recipe_compare.yaml plus its overlays from configs/recipes/):
 1. a learning-rate sweep at seed 0, each run scored by `lmproject validate` on VAL_WINDOWS held-out windows:
-   LR_GRID for the baseline and for the variants that change the optimizer (SWEPT_ON_GRID), plus one point
-   (a factor of 2) past an edge of the grid that wins; each other switch alone at the baseline's best rate
-   (a sweep of each did not fit the comparison's time budget), the recipe without ReLU² at the recipe's;
+   LR_GRID for the baseline, each switch alone and the recipe (SWEPT_ON_GRID), plus one point (a factor of
+   2) past an edge of the grid that wins; the recipe without ReLU² at the recipe's best rate;
 2. time per optimizer step of every variant, measured in this process (while the sweep runs) in interleaved
    rounds (one thread, the same batch), so that all variants see the same machine load;
-3. a second seed (init and data order) at the best rate of the baseline, Muon and the recipes (SEEDED; the
-   switches alone keep one seed, for time); a variant's equal-wall-clock budget is the baseline's steps x
-   (baseline s/step) / (its s/step), and when that differs from the baseline's step count by more than
-   CLOCK_TOLERANCE its seeds are trained again at that budget.
+3. a second seed (init and data order) at every variant's best rate (SEEDED); a variant's equal-wall-clock
+   budget is the baseline's steps x (baseline s/step) / (its s/step), and when that differs from the
+   baseline's step count by more than CLOCK_TOLERANCE its seeds are trained again at that budget.
 Writes RUNS/results.md (tables), RUNS/results.json and RUNS/curves.png (val and train loss of each variant's
 best seed-0 run against steps and against seconds, the seconds from the interleaved timing). Every training
 run uses one thread; WORKERS runs go at once. Finished runs (their result.json) are reused on a rerun.
@@ -50,7 +48,7 @@ VARIANTS = {
     "modern_swiglu": ["muon", "qk_norm", "zero_init", "softcap", "wsd"],  # the recipe without ReLU²
 }
 LR_GRID = (5e-3, 1e-2, 2e-2)
-SWEPT_ON_GRID = ("baseline", "muon", "modern")
+SWEPT_ON_GRID = ("baseline", "muon", "qk_norm", "relu2", "zero_init", "softcap", "wsd", "modern")
 LR_LIKE = {"modern_swiglu": "modern"}  # trained at that variant's best rate, not the baseline's
 SEEDED = (*SWEPT_ON_GRID, *LR_LIKE)  # the variants trained with every seed of SEEDS
 SEEDS = (0, 1)
