@@ -110,7 +110,7 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO]:
     remove_stale_temps(path.parent, path.name)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path), suffix=".tmp")
     try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes the file private; give it the usual permissions
+        usual_permissions(tmp)  # mkstemp makes the file private
         encoding = None if "b" in mode else "utf-8"
         with open(fd, mode, encoding=encoding) as file:
             yield file
@@ -118,6 +118,12 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO]:
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def usual_permissions(path: str | os.PathLike[str]) -> None:
+    """Give a file the permissions a plain open() would have (0666 less the umask): temp-file helpers and
+    some writers (safetensors' save_file) make files readable by their owner only."""
+    os.chmod(path, 0o666 & ~_UMASK)
 
 
 @contextmanager

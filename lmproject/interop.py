@@ -29,7 +29,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from lmproject.atomic import atomic_dir, check_new_folder
+from lmproject.atomic import atomic_dir, check_new_folder, usual_permissions
 from lmproject.errors import UserError, run_cli
 from lmproject.lightning_checkpoints import AtomicCheckpointIO
 from lmproject.nn.layers import RMS_NORM_EPS
@@ -251,6 +251,7 @@ def export_folder(
         save_file(
             to_llama(weights, hparams, DTYPES[dtype]), folder / "model.safetensors", metadata={"format": "pt"}
         )
+        usual_permissions(folder / "model.safetensors")  # save_file makes it private (0600)
         _write_json(folder / "config.json", llama_config(hparams, dtype, eos_id))
         _write_json(folder / "generation_config.json", {"bos_token_id": eos_id, "eos_token_id": eos_id})
         save_tokenizer_json(tokenizer, folder / TOKENIZER_JSON)
