@@ -128,6 +128,7 @@ def test_bad_encoding_input(tmp_path, corpus, tokenizer_dir, capsys):
     for text, message in [
         ("missing.txt", "cannot read: No such file or directory"),
         ("", "is a directory, expected a text file"),  # tmp_path itself
+        ("bad.txt", "invalid UTF-8 at byte offset 17"),
     ]:
         capsys.readouterr()
         with pytest.raises(SystemExit):

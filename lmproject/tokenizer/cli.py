@@ -138,8 +138,9 @@ def _encode(args: argparse.Namespace) -> int:
 
 def _inspect(args: argparse.Namespace) -> int:
     tokenizer = Tokenizer.from_dir(args.tokenizer)
-    if args.text is not None:
-        size = _text_size(args.text)  # checked before any of the report is printed
+    if args.text is not None:  # encoded first: a file that is not UTF-8 stops before any of the report
+        size = _text_size(args.text)
+        count = sum(1 for _ in tokenizer.encode_iterable(_blocks_with_progress(args.text, size)))
     merges, top = tokenizer.merges, args.top
     print(f"tokenizer: {args.tokenizer}")
     print(f"vocab size: {len(tokenizer.vocab):,} (largest id {tokenizer.vocab_size - 1})")
@@ -153,7 +154,6 @@ def _inspect(args: argparse.Namespace) -> int:
     print(f"first merges: {', '.join(f'{_show(a)}+{_show(b)}' for a, b in merges[:top])}")
     print(f"last merges: {', '.join(f'{_show(a)}+{_show(b)}' for a, b in merges[-top:])}")
     if args.text is not None:
-        count = sum(1 for _ in tokenizer.encode_iterable(_blocks_with_progress(args.text, size)))
         ratio = _bytes_per_token(size, count)
         print(f"compression on {args.text}: {size:,} bytes, {count:,} tokens, {ratio}")
     return 0
