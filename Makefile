@@ -43,13 +43,13 @@ test: lint
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/pytest -q
 
 demo: install
-	$(PY) -m lmproject.demo --out demo
+	$(PY) -m lmproject.tools.demo --out demo
 
 bench: install
 	$(PY) bench/run_all.py
 
 data: install
-	$(PY) -m lmproject.download $(DATASET) --dest $(DATA_DIR)
+	$(PY) -m lmproject.tools.download $(DATASET) --dest $(DATA_DIR)
 
 tokenizer: install
 	$(BIN)/lmproject-bpe train $(TRAIN_TXT) --vocab-size $(VOCAB_SIZE) \
@@ -62,8 +62,8 @@ tokenize: install
 # A tiny data set from the built-in story generator for configs/smoke.yaml (seconds, offline).
 smoke-data: install
 	mkdir -p data/smoke
-	$(PY) -m lmproject.stories --out data/smoke/train.txt --size-mb 2 --seed 0
-	$(PY) -m lmproject.stories --out data/smoke/valid.txt --size-mb 0.2 --seed 1
+	$(PY) -m lmproject.tools.stories --out data/smoke/train.txt --size-mb 2 --seed 0
+	$(PY) -m lmproject.tools.stories --out data/smoke/valid.txt --size-mb 0.2 --seed 1
 	$(BIN)/lmproject-bpe train data/smoke/train.txt --vocab-size 512 --special-token '<|endoftext|>' \
 	    --out data/smoke/tokenizer
 	$(BIN)/lmproject-bpe encode --tokenizer data/smoke/tokenizer data/smoke/train.txt data/smoke/train.npy

@@ -31,9 +31,9 @@ import numpy as np
 import torch
 import yaml
 
-from lmproject.cli import run_lightning
 from lmproject.data import get_batch, open_tokens
-from lmproject.module import ARCHITECTURE
+from lmproject.lit.cli import run_lightning
+from lmproject.lit.module import ARCHITECTURE
 from lmproject.nn import TransformerLM, cross_entropy
 from lmproject.optim import AdamW, clip_grad_norm, cosine_lr
 

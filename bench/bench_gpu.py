@@ -119,7 +119,7 @@ class ProfileSteps(L.Callback):
 
 def run_fit(args: argparse.Namespace, data: Path, extra: list[str]) -> dict:
     """One `fit` of `extra` options: synchronized and logged tokens/s, final loss, peak memory, hparams."""
-    from lmproject.cli import run_lightning
+    from lmproject.lit.cli import run_lightning
 
     steps = args.warmup + args.steps
     SyncTimer.warmup, SyncTimer.timed_end, SyncTimer.times = args.warmup, steps, []
@@ -150,7 +150,7 @@ def run_fit(args: argparse.Namespace, data: Path, extra: list[str]) -> dict:
 def run_plain(args: argparse.Namespace, data: Path) -> dict:
     """`fit`'s step as a hand-written compiled bf16 loop, the config's model and optimizer settings."""
     from lmproject.data import get_batch, open_tokens
-    from lmproject.module import ARCHITECTURE, LanguageModel
+    from lmproject.lit.module import ARCHITECTURE, LanguageModel
     from lmproject.nn import TransformerLM
     from lmproject.optim import AdamW, clip_gradients, cosine_lr
 
@@ -257,7 +257,7 @@ def main() -> int:
         return run_variant(args)
 
     from lmproject.accounting import train_flops_per_token
-    from lmproject.callbacks import device_peak_flops
+    from lmproject.lit.callbacks import device_peak_flops
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

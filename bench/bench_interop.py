@@ -29,7 +29,7 @@ import yaml
 from lmproject.data import windows
 from lmproject.evaluate import score, window_plan
 from lmproject.interop import export_folder, save_weights_checkpoint
-from lmproject.module import LanguageModel
+from lmproject.lit.module import LanguageModel
 from lmproject.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]

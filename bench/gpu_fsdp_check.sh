@@ -10,11 +10,11 @@ set -euo pipefail
 out=${1:-${OUT:-/tmp}}/fsdp
 rm -rf "$out" && mkdir -p "$out"
 py=${PYTHON:-python}
-lm="$py -m lmproject.cli"
+lm="$py -m lmproject.lit.cli"
 if [ ! -f data/smoke/valid.npy ]; then
   mkdir -p data/smoke
-  $py -m lmproject.stories --out data/smoke/train.txt --size-mb 2 --seed 0
-  $py -m lmproject.stories --out data/smoke/valid.txt --size-mb 0.2 --seed 1
+  $py -m lmproject.tools.stories --out data/smoke/train.txt --size-mb 2 --seed 0
+  $py -m lmproject.tools.stories --out data/smoke/valid.txt --size-mb 0.2 --seed 1
   $py -m lmproject.tokenizer train data/smoke/train.txt --vocab-size 512 --special-token '<|endoftext|>' \
     --out data/smoke/tokenizer
   for split in train valid; do

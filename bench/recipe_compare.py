@@ -30,9 +30,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from lmproject.module import LanguageModel
+from lmproject.lit.module import LanguageModel
 from lmproject.optim import clip_gradients
-from lmproject.plot import plot_runs, read_run
+from lmproject.tools.plot import plot_runs, read_run
 
 BASE = Path("configs/recipe_compare.yaml")
 RECIPES = Path("configs/recipes")
@@ -88,7 +88,7 @@ def train_and_validate(runs: Path, variant: str, lr: float, seed: int, steps: in
     config = yaml.safe_load(BASE.read_text())
     tokens = steps * config["data"]["batch_size"] * config["model"]["context_length"]
     settings = model_settings(variant)
-    common = [sys.executable, "-m", "lmproject.cli"]
+    common = [sys.executable, "-m", "lmproject.lit.cli"]
     configs = ["--config", str(BASE)] + [
         a for o in VARIANTS[variant] for a in ("--config", f"{RECIPES}/{o}.yaml")
     ]

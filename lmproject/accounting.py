@@ -263,7 +263,7 @@ def _check_model(settings: dict) -> None:
     accounting never reports on a model that training would refuse."""
     import inspect
 
-    from lmproject.module import LanguageModel
+    from lmproject.lit.module import LanguageModel
 
     parameters = inspect.signature(LanguageModel.__init__).parameters.values()
     defaults = {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}

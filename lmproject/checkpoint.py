@@ -9,7 +9,7 @@ from typing import IO, BinaryIO
 
 import torch
 
-from lmproject.atomic import atomic_write
+from lmproject.atomic import atomic_write, remove_stale_temps
 from lmproject.checkpoint_digest import digest_status, save_with_digest
 from lmproject.errors import UserError
 
@@ -30,6 +30,16 @@ def save_checkpoint(
         torch.save(state, out)
         return
     with atomic_write(out, "wb") as file:
+        save_with_digest(state, file)
+
+
+def write_checkpoint(state: dict, path: str | os.PathLike) -> None:
+    """torch.save `state` to `path` atomically, with a digest of its bytes (the format of every checkpoint
+    the project writes, Lightning's included); first removes temporary files that a killed save left in
+    that folder (e.g. `.last.ckpt.PID.XXXX.tmp`)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(Path(path).parent)
+    with atomic_write(path, "wb") as file:
         save_with_digest(state, file)
 
 

@@ -1,4 +1,5 @@
-"""Token files and batches: memory-mapped token arrays, random training windows, fixed validation windows.
+"""Token files and batches (plain PyTorch, no Lightning): memory-mapped token arrays, random training windows,
+fixed validation windows. The Lightning data module over them is lmproject.lit.datamodule.
 
 A token file is a flat array of token ids: `.npy` (what `lmproject-bpe encode` writes) or raw `.bin` with a
 declared dtype. Files are memory-mapped, never read into RAM; a batch gathers its windows straight from disk.
@@ -16,14 +17,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.accelerators import CUDAAccelerator
-from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from lmproject.errors import UserError
-from lmproject.settings_check import TOKEN_DTYPES, check_settings
+from lmproject.settings_check import TOKEN_DTYPES
 
 NPY_MAGIC = b"\x93NUMPY"
 VOCAB_SAMPLE_CHUNKS = 16
@@ -181,111 +180,3 @@ class FixedWindows(Dataset):
         start = self.starts[i % len(self.starts)]
         x, y = windows(self.tokens, np.array([start]), self.context_length)
         return x[0], y[0], torch.tensor(1.0 if real else 0.0)
-
-
-class TokenDataModule(L.LightningDataModule):
-    """Training and validation token files for LightningCLI's `data:` section.
-
-    vocab_size and context_length are linked from the model section (set once, in `model:`).
-    """
-
-    def __init__(
-        self,
-        train_path: str,
-        val_path: str,
-        batch_size: int,
-        vocab_size: int,
-        context_length: int,
-        dtype: str | None = None,
-        val_windows: int = 512,
-        val_batch_size: int | None = None,
-        num_workers: int = 0,
-        seed: int = 0,
-        tokenizer_dir: str | None = None,
-        test_path: str | None = None,
-    ):
-        """
-        Args:
-            train_path: training token file (.npy, or raw .bin with `dtype`).
-            val_path: validation token file.
-            batch_size: sequences per training step on each device (before gradient accumulation).
-            vocab_size: linked from model.vocab_size.
-            context_length: linked from model.context_length.
-            dtype: uint16 or uint32; required for raw .bin files, checked against .npy files.
-            val_windows: how many fixed validation windows to evaluate.
-            val_batch_size: validation batch size (default: batch_size).
-            num_workers: dataloader worker processes for training batches.
-            seed: seed of the training-window stream.
-            tokenizer_dir: the tokenizer that encoded the files (default: `tokenizer/` next to train_path);
-                used by `lmproject predict`.
-            test_path: token file for `lmproject test` (default: val_path).
-        """
-        super().__init__()
-        settings = {"batch_size": batch_size, "val_windows": val_windows, "val_batch_size": val_batch_size}
-        check_settings("data", {**settings, "num_workers": num_workers, "seed": seed, "dtype": dtype})
-        self.train_path, self.val_path, self.dtype = Path(train_path), Path(val_path), dtype
-        self.test_path = Path(test_path) if test_path else self.val_path
-        self.batch_size = batch_size
-        self.val_batch_size = batch_size if val_batch_size is None else val_batch_size
-        self.vocab_size, self.context_length = vocab_size, context_length
-        self.val_windows, self.num_workers, self.seed = val_windows, num_workers, seed
-        self.tokenizer_dir = Path(tokenizer_dir) if tokenizer_dir else self.train_path.parent / "tokenizer"
-        self.batches_drawn = 0
-
-    def setup(self, stage: str) -> None:
-        paths = {
-            "fit": [self.train_path, self.val_path],
-            "validate": [self.val_path],
-            "test": [self.test_path],
-        }
-        for path in paths.get(stage, []):
-            check_tokens(open_tokens(path, self.dtype), path, self.context_length, self.vocab_size)
-
-    def _loader_args(self) -> dict:
-        on_gpu = self.trainer is not None and isinstance(self.trainer.accelerator, CUDAAccelerator)
-        return {
-            "num_workers": self.num_workers,
-            "pin_memory": on_gpu,
-            "persistent_workers": self.num_workers > 0,
-        }
-
-    def train_dataloader(self) -> DataLoader:
-        rank = self.trainer.global_rank if self.trainer is not None else 0
-        stream = RandomWindows(
-            self.train_path,
-            self.dtype,
-            self.batch_size,
-            self.context_length,
-            self.seed,
-            rank,
-            self.batches_drawn,
-        )
-        return DataLoader(stream, batch_size=None, **self._loader_args())
-
-    def _fixed_loader(self, path: Path) -> DataLoader:
-        ranks = self.trainer.world_size if self.trainer is not None else 1
-        fixed = FixedWindows(path, self.dtype, self.context_length, self.val_windows, ranks)
-        return DataLoader(fixed, batch_size=self.val_batch_size, shuffle=False, **self._loader_args())
-
-    def val_dataloader(self) -> DataLoader:
-        return self._fixed_loader(self.val_path)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._fixed_loader(self.test_path)
-
-    def on_before_batch_transfer(self, batch, dataloader_idx: int):
-        """Count training batches as the loop consumes them (prefetched ones are not yet consumed)."""
-        if self.trainer is not None and self.trainer.training:
-            self.batches_drawn += 1
-        return batch
-
-    def state_dict(self) -> dict:
-        return {"seed": self.seed, "batches_drawn": self.batches_drawn}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        if state_dict["seed"] != self.seed:
-            raise UserError(
-                f"data.seed={self.seed} differs from the checkpoint's {state_dict['seed']}: "
-                "resuming would not continue the same run"
-            )
-        self.batches_drawn = state_dict["batches_drawn"]

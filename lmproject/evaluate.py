@@ -107,7 +107,7 @@ def main(argv: list[str]) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from lmproject.cli import add_run_arguments  # Lightning's import is slow: only here
+    from lmproject.lit.cli import add_run_arguments  # Lightning's import is slow: only here
 
     parser = argparse.ArgumentParser(
         prog="lmproject evaluate",
@@ -127,9 +127,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _evaluate(argv: list[str]) -> int:
     args, overrides = _parser().parse_known_args(argv)
-    from lmproject.cli import parse_run_config, resolve_checkpoint, runs_on_cpu
-    from lmproject.data import TokenDataModule
-    from lmproject.module import LanguageModel
+    from lmproject.lit.cli import parse_run_config, resolve_checkpoint, runs_on_cpu
+    from lmproject.lit.datamodule import TokenDataModule
+    from lmproject.lit.module import LanguageModel
 
     config = parse_run_config(args.config, overrides)
     context_length = config.model.context_length

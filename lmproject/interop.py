@@ -18,24 +18,23 @@ them at step 0 with a fresh optimizer) and tokenizer/ when the folder has a toke
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import math
 import sys
 from pathlib import Path
 from typing import Any
 
-import lightning
 import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
 from lmproject.atomic import atomic_dir, check_new_folder, usual_permissions
+from lmproject.checkpoint import write_checkpoint
 from lmproject.errors import UserError, run_cli
-from lmproject.lightning_checkpoints import AtomicCheckpointIO
 from lmproject.nn.layers import RMS_NORM_EPS
 from lmproject.precision import DTYPES
-from lmproject.predict import EOS_TOKEN
-from lmproject.tokenizer import Tokenizer
+from lmproject.tokenizer import EOS_TOKEN, Tokenizer
 from lmproject.tokenizer.hf_json import TOKENIZER_JSON, load_tokenizer_json, save_tokenizer_json
 
 # Each model switch Llama can express, with the one value it can express and why. A switch added to the
@@ -264,7 +263,7 @@ def import_folder(source: Path, out: Path) -> dict[str, Any]:
     config_path = source / "config.json"
     config = _read_json(config_path)
     hparams = hparams_from_llama(config, config_path)
-    from lmproject.module import LanguageModel  # Lightning's import is slow: only here
+    from lmproject.lit.module import LanguageModel  # Lightning's import is slow: only here
 
     with torch.device("meta"):
         module = LanguageModel(**hparams)
@@ -300,11 +299,11 @@ def save_weights_checkpoint(
     checkpoint = {
         "state_dict": {f"model.{name}": tensor for name, tensor in weights.items()},
         "hyper_parameters": hyper_parameters,
-        "pytorch-lightning_version": lightning.__version__,
+        "pytorch-lightning_version": importlib.metadata.version("lightning"),
         "epoch": 0,
         "global_step": 0,
     }
-    AtomicCheckpointIO().save_checkpoint(checkpoint, path)
+    write_checkpoint(checkpoint, path)
 
 
 def _run_config(out: Path, hparams: dict[str, Any], dtype: str | None, has_tokenizer: bool) -> str:
@@ -384,8 +383,8 @@ def main(argv: list[str]) -> int:
 
 
 def _export(argv: list[str]) -> int:
-    from lmproject.cli import add_run_arguments, parse_run_config, resolve_checkpoint  # slow: only here
-    from lmproject.data import TokenDataModule
+    from lmproject.lit.cli import add_run_arguments, parse_run_config, resolve_checkpoint  # slow: only here
+    from lmproject.lit.datamodule import TokenDataModule
 
     parser = argparse.ArgumentParser(
         prog="lmproject export",

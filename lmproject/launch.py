@@ -18,7 +18,7 @@ def _start(module: str, prog: str) -> int:
 
 
 def lmproject() -> int:
-    return _start("lmproject.cli", "lmproject")
+    return _start("lmproject.lit.cli", "lmproject")
 
 
 def lmproject_bpe() -> int:

@@ -7,7 +7,7 @@ from unittest import mock
 import pytest
 import torch
 
-from lmproject.callbacks import ThroughputMonitor
+from lmproject.lit.callbacks import ThroughputMonitor
 
 TINY = SimpleNamespace(vocab_size=64, context_length=16, d_model=32, num_layers=2, d_ff=64, ffn="swiglu")
 

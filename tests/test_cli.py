@@ -17,8 +17,8 @@ import torch
 import yaml
 
 from lmproject.accounting import train_flops_per_token
-from lmproject.cli import main
-from lmproject.lightning_checkpoints import AtomicCheckpointIO
+from lmproject.lit.checkpoints import AtomicCheckpointIO
+from lmproject.lit.cli import main
 
 TINY_MODEL = {
     "vocab_size": 64, "context_length": 16, "d_model": 32, "num_layers": 2, "num_heads": 2, "d_ff": 64,
@@ -217,7 +217,7 @@ def test_16_mixed_skips_a_step_with_inf_gradients_instead_of_stopping(data_dir):
     config = write_config(data_dir, run, callbacks=[(InfGradientAt, {"step": 2})])
     fp16 = {"class_path": "lightning.pytorch.plugins.MixedPrecision",
             "init_args": {"precision": "16-mixed", "device": "cpu"}}  # fmt: skip
-    atomic = {"class_path": "lmproject.lightning_checkpoints.AtomicCheckpointIO"}
+    atomic = {"class_path": "lmproject.lit.checkpoints.AtomicCheckpointIO"}
     main(["fit", "--config", str(config), "--trainer.max_steps", "4", "--trainer.precision", "null",
           "--trainer.plugins", json.dumps([fp16, atomic])])  # fmt: skip
     last = torch.load(run / "checkpoints/last.ckpt", weights_only=True)
@@ -291,7 +291,7 @@ def test_a_failed_checkpoint_save_leaves_the_previous_checkpoint_intact(tmp_path
 
 def lmproject(*args, cwd):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "lmproject.cli", *args]
+    command = [sys.executable, "-m", "lmproject.lit.cli", *args]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 

@@ -8,9 +8,10 @@ import torch
 from test_cli import one_thread  # noqa: F401 (autouse fixture)
 from tiny_run import make_run
 
-from lmproject import cli, plot
 from lmproject.accounting import ModelShape, parameter_counts
-from lmproject.loggers import WandbLogger
+from lmproject.lit import cli
+from lmproject.lit.loggers import WandbLogger
+from lmproject.tools import plot
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 OVERLAYS = {

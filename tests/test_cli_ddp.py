@@ -14,7 +14,7 @@ import torch
 from test_cli import PoisonAt, one_thread, write_config, write_tokens  # noqa: F401 (autouse)
 from test_module import RecordLosses, metric_rows
 
-from lmproject.cli import main
+from lmproject.lit.cli import main
 
 
 class RecordRank(L.Callback):
@@ -41,7 +41,7 @@ def fit_ddp(tmp_path, callbacks, steps, *args):
     write_tokens(tmp_path)
     config = write_config(tmp_path, tmp_path / "run", callbacks=callbacks)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "lmproject.cli", "fit", "--config", str(config),
+    command = [sys.executable, "-m", "lmproject.lit.cli", "fit", "--config", str(config),
                "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(steps),
                "--trainer.strategy", "ddp", "--trainer.devices", "2", *args]  # fmt: skip
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)

@@ -14,11 +14,11 @@ from tiny_run import make_run
 
 from lmproject import generate as generate_module
 from lmproject import precision
-from lmproject.cli import main
 from lmproject.generate import generate
-from lmproject.module import LanguageModel
+from lmproject.lit.cli import main
+from lmproject.lit.module import LanguageModel
+from lmproject.lit.predict import TokenPrinter, decode
 from lmproject.precision import cpu_supports_bf16
-from lmproject.predict import TokenPrinter, decode
 from lmproject.tokenizer import Tokenizer
 
 EOS = "<|endoftext|>"

@@ -1,4 +1,4 @@
-"""`python -m lmproject.demo`: the README's first command, end to end at toy scale, and its folder safety."""
+"""`python -m lmproject.tools.demo`: the README's first command, end to end at toy scale; folder safety."""
 
 import json
 import subprocess
@@ -7,8 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from lmproject import demo
 from lmproject.errors import UserError
+from lmproject.tools import demo
 
 
 def test_prepare_out_replaces_only_a_previous_demo(tmp_path):
@@ -42,7 +42,7 @@ def test_config_gets_the_demo_paths_and_tiny_sizes(tmp_path):
 def test_tiny_demo_runs_every_stage(tmp_path):
     out = tmp_path / "demo"
     result = subprocess.run(
-        [sys.executable, "-m", "lmproject.demo", "--tiny", "--out", str(out)],
+        [sys.executable, "-m", "lmproject.tools.demo", "--tiny", "--out", str(out)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from lmproject import download
-from lmproject.download import RemoteFile, download_dataset, fetch, main, sha256_from_etag
 from lmproject.errors import UserError
+from lmproject.tools import download
+from lmproject.tools.download import RemoteFile, download_dataset, fetch, main, sha256_from_etag
 
 CONTENT = b"".join(b"Once upon a time there was story number %d.\n<|endoftext|>" % i for i in range(20_000))
 SHA = hashlib.sha256(CONTENT).hexdigest()
@@ -130,7 +130,7 @@ def test_bad_gzip_and_missing_source_are_one_line_errors(tmp_path, source, capsy
     with pytest.raises(SystemExit):
         main(["tinystories", "--dest", str(dest), "--mirror", source.parent.as_uri()])
     err = capsys.readouterr().err.strip()
-    assert err.startswith("lmproject.download: error: ") and "TinyStoriesV2-GPT4-train.txt" in err
+    assert err.startswith("lmproject.tools.download: error: ") and "TinyStoriesV2-GPT4-train.txt" in err
     assert "\n" not in err
     with pytest.raises(UserError, match="unknown dataset"):
         download_dataset("wikipedia", dest)

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from test_cli import fails, one_thread  # noqa: F401 (autouse fixture)
 from tiny_run import load_ours, make_run
 
-from lmproject.cli import cpu_supports_bf16, main
 from lmproject.evaluate import window_plan
+from lmproject.lit.cli import cpu_supports_bf16, main
 from lmproject.nn import cross_entropy
 from lmproject.tokenizer import Tokenizer
 

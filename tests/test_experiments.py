@@ -20,8 +20,8 @@ def make_variable(name: str) -> list[str]:
 
 @pytest.mark.parametrize("variable, folder", [("LR_POINTS", "lr"), ("BATCH_POINTS", "batch_size")])
 def test_sweep_points_are_overlays_with_known_keys(variable, folder):
-    from lmproject.data import TokenDataModule
-    from lmproject.module import LanguageModel
+    from lmproject.lit.datamodule import TokenDataModule
+    from lmproject.lit.module import LanguageModel
 
     accepted = {
         "model": set(inspect.signature(LanguageModel).parameters),

@@ -13,7 +13,6 @@ from test_cli import fails, one_thread  # noqa: F401 (autouse fixture)
 from test_readme import readme_snippets, shrunk
 from tiny_run import EOT, load_ours, make_run
 
-from lmproject.cli import main, run_lightning
 from lmproject.generate import generate
 from lmproject.interop import (
     LLAMA_SWITCHES,
@@ -22,8 +21,9 @@ from lmproject.interop import (
     halves_to_pairs,
     pairs_to_halves,
 )
-from lmproject.lightning_checkpoints import find_last
-from lmproject.module import ARCHITECTURE
+from lmproject.lit.checkpoints import find_last
+from lmproject.lit.cli import main, run_lightning
+from lmproject.lit.module import ARCHITECTURE
 from lmproject.nn import TransformerLM, cross_entropy
 from lmproject.nn.layers import RotaryEmbedding
 from lmproject.optim import AdamW
@@ -281,7 +281,7 @@ def test_an_out_folder_that_cannot_be_made_is_refused_before_any_work(
     """An existing --out was found only after reading and converting every weight; --out under a file was
     `[Errno 17] File exists`."""
     monkeypatch.setattr("lmproject.interop._load_safetensors", lambda *args: pytest.fail("read the weights"))
-    monkeypatch.setattr("lmproject.cli.parse_run_config", lambda *args: pytest.fail("read the config"))
+    monkeypatch.setattr("lmproject.lit.cli.parse_run_config", lambda *args: pytest.fail("read the config"))
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken/keep.txt").write_text("mine")
     assert "already exists" in fails(["import", str(exported), "--out", str(tmp_path / "taken")], capsys)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from test_cli import BATCH, TINY_MODEL, fails, one_thread, train_losses, write_config, write_tokens  # noqa: F401
 
-from lmproject.cli import main
+from lmproject.lit.cli import main
 from lmproject.nn import cross_entropy
 
 

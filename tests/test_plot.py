@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from lmproject import plot
+from lmproject.tools import plot
 
 
 def write_metrics(folder, losses, val_every=5, clock=True, nan_at=None, first_step=0):

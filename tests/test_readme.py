@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lmproject.stories import generate_stories
+from lmproject.tools.stories import generate_stories
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 EOT = "<|endoftext|>"

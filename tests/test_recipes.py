@@ -14,7 +14,7 @@ from test_cli_configs import build
 
 from lmproject.errors import UserError
 from lmproject.interop import check_llama_expressible
-from lmproject.module import LanguageModel
+from lmproject.lit.module import LanguageModel
 from lmproject.muon import Muon, muon_param_groups, orthogonalize
 from lmproject.nn import TransformerLM
 from lmproject.optim import AdamW, wsd_lr

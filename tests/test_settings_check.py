@@ -4,10 +4,10 @@ import lightning as L
 import pytest
 from test_cli import fails, one_thread, write_config, write_tokens  # noqa: F401 (autouse fixture)
 
-from lmproject.callbacks import ThroughputMonitor
-from lmproject.cli import _join_negative_numbers
-from lmproject.data import TokenDataModule
-from lmproject.module import LanguageModel
+from lmproject.lit.callbacks import ThroughputMonitor
+from lmproject.lit.cli import _join_negative_numbers
+from lmproject.lit.datamodule import TokenDataModule
+from lmproject.lit.module import LanguageModel
 from lmproject.nn import TransformerLM
 from lmproject.settings_check import RULES, SettingError, check_settings
 

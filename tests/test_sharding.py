@@ -12,12 +12,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from test_cli import TINY_MODEL, fails, write_config, write_tokens
 
-from lmproject.cli import main
-from lmproject.lightning_checkpoints import check_checkpoint
-from lmproject.module import ARCHITECTURE, LanguageModel
-from lmproject.nn import TransformerBlock, cross_entropy
-from lmproject.optim import AdamW, clip_gradients
-from lmproject.sharding import (
+from lmproject.lit.checkpoints import check_checkpoint
+from lmproject.lit.cli import main
+from lmproject.lit.module import ARCHITECTURE, LanguageModel
+from lmproject.lit.sharding import (
     METADATA_FILE,
     clip_gradients_of,
     consolidate,
@@ -25,6 +23,8 @@ from lmproject.sharding import (
     is_sharded_checkpoint,
     wrap_policy,
 )
+from lmproject.nn import TransformerBlock, cross_entropy
+from lmproject.optim import AdamW, clip_gradients
 
 CONFIG = {k: TINY_MODEL[k] for k in ARCHITECTURE if k in TINY_MODEL}
 

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from lmproject import stories
+from lmproject.tools import stories
 
 
 def test_same_seed_same_corpus_and_different_seed_differs(tmp_path):

@@ -10,10 +10,10 @@ import pytest
 from conftest import shared
 
 from lmproject.errors import UserError
-from lmproject.stories import generate_stories
 from lmproject.tokenizer import Tokenizer, train_bpe
 from lmproject.tokenizer.cli import main as bpe_main
 from lmproject.tokenizer.hf_json import load_tokenizer_json, save_tokenizer_json, tokenizer_json
+from lmproject.tools.stories import generate_stories
 
 transformers = pytest.importorskip("transformers")
 

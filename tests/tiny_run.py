@@ -10,11 +10,11 @@ import numpy as np
 import torch
 import yaml
 
-from lmproject.cli import main
-from lmproject.module import LanguageModel
+from lmproject.lit.cli import main
+from lmproject.lit.module import LanguageModel
 from lmproject.nn import TransformerLM
-from lmproject.stories import generate_stories
 from lmproject.tokenizer import Tokenizer, train_bpe
+from lmproject.tools.stories import generate_stories
 
 EOT = "<|endoftext|>"
 MODEL = {

@@ -46,6 +46,7 @@ except ImportError:  # installed without a C compiler: Tokenizer._bpe does the s
 VOCAB_FILE = "vocab.json"
 MERGES_FILE = "merges.txt"
 SPECIAL_TOKENS_FILE = "special_tokens.json"
+EOS_TOKEN = "<|endoftext|>"  # the end-of-document token of GPT-2 and the CS336 data: sampling stops at it
 _MAX_ID = 2**32 - 2  # ids are stored in 32 bits (uint32 .npy files, _merge.c), one value kept as a marker
 _NOT_A_MERGE = 1 << 62  # above every rank; an int, since min() over ints alone is faster than with inf
 _STREAM_BLOCK = 1 << 16  # characters that encode_iterable gathers before encoding

@@ -11,8 +11,8 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from lmproject.atomic import atomic_write, remove_stale_temps
-from lmproject.checkpoint_digest import digest_status, save_with_digest
+from lmproject.checkpoint import write_checkpoint
+from lmproject.checkpoint_digest import digest_status
 from lmproject.errors import UserError
 
 LAST = "last.ckpt"  # what `--ckpt_path last` means
@@ -25,10 +25,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     checkpoint of the project is written here."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(Path(path).parent)  # e.g. `.epoch=0-step=50.ckpt.PID.XXXX.tmp` of a killed run
-        with atomic_write(path, "wb") as file:
-            save_with_digest(checkpoint, file)
+        write_checkpoint(checkpoint, path)
 
 
 def checkpoint_step(path: Path) -> int:

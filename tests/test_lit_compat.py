@@ -1,4 +1,4 @@
-"""The installed Lightning still has every private part lmproject.lightning_compat relies on: an upgrade that
+"""The installed Lightning still has every private part lmproject.lit.compat relies on: an upgrade that
 renames one fails here, by name, instead of silently skipping an override or a logging decision."""
 
 import inspect
@@ -7,14 +7,14 @@ import lightning as L
 import pytest
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lmproject import lightning_compat
-from lmproject.callbacks import RunCheckpoint
-from lmproject.cli import LMCLI
+from lmproject.lit import compat
+from lmproject.lit.callbacks import RunCheckpoint
+from lmproject.lit.cli import LMCLI
 
 OURS = {ModelCheckpoint: RunCheckpoint, L.pytorch.cli.LightningCLI: LMCLI}
 
 
-@pytest.mark.parametrize(("base", "name"), list(lightning_compat.PRIVATE_OVERRIDES))
+@pytest.mark.parametrize(("base", "name"), list(compat.PRIVATE_OVERRIDES))
 def test_each_overridden_private_method_still_exists_with_our_parameters(base, name):
     assert hasattr(base, name), f"Lightning no longer has {base.__name__}.{name}"
     theirs, ours = getattr(base, name), getattr(OURS[base], name)
@@ -25,7 +25,7 @@ def test_each_overridden_private_method_still_exists_with_our_parameters(base, n
 def test_the_private_attributes_behind_the_helpers_are_there():
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, max_steps=5)
     assert isinstance(trainer._logger_connector.should_update_logs, bool)
-    lightning_compat.set_max_steps(trainer, 12)
+    compat.set_max_steps(trainer, 12)
     assert trainer.max_steps == 12
     parameters = inspect.signature(ModelCheckpoint._save_checkpoint).parameters
     assert list(parameters) == ["self", "trainer", "filepath"]

@@ -22,15 +22,15 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric
 
-from lmproject.callbacks import logs_written_this_step
 from lmproject.errors import UserError
 from lmproject.generate import for_decoding, generate, generate_steps
+from lmproject.lit.callbacks import logs_written_this_step
+from lmproject.lit.sharding import clip_gradients_of
 from lmproject.muon import Muon, describe_groups, muon_param_groups
 from lmproject.nn import TransformerLM, token_losses
 from lmproject.optim import AdamW, cosine_lr, wsd_lr
 from lmproject.precision import DTYPES
 from lmproject.settings_check import check_settings
-from lmproject.sharding import clip_gradients_of
 
 ARCHITECTURE = (
     "vocab_size",

@@ -26,17 +26,17 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from torch.utils.data import DataLoader
 
 from lmproject.accounting import steps_for_tokens
-from lmproject.callbacks import GracefulInterrupt, RunCheckpoint, ThroughputMonitor
-from lmproject.data import TokenDataModule
 from lmproject.errors import UserError, run_cli
-from lmproject.lightning_checkpoints import check_checkpoint, find_last
-from lmproject.lightning_compat import set_max_steps
-from lmproject.lightning_output import lightning_output
-from lmproject.module import ARCHITECTURE, LanguageModel, NonFiniteLossError
+from lmproject.lit.callbacks import GracefulInterrupt, RunCheckpoint, ThroughputMonitor
+from lmproject.lit.checkpoints import check_checkpoint, find_last
+from lmproject.lit.compat import set_max_steps
+from lmproject.lit.datamodule import TokenDataModule
+from lmproject.lit.module import ARCHITECTURE, LanguageModel, NonFiniteLossError
+from lmproject.lit.output import lightning_output
+from lmproject.lit.predict import CompletionWriter, SamplingOptions, TokenPrinter, requests
+from lmproject.lit.sharding import STATE_DICT_TYPES, consolidate, fsdp_strategy, is_sharded_checkpoint
 from lmproject.precision import DTYPES, check_dtype, cpu_supports_bf16
-from lmproject.predict import CompletionWriter, SamplingOptions, TokenPrinter, requests
 from lmproject.settings_check import check_settings
-from lmproject.sharding import STATE_DICT_TYPES, consolidate, fsdp_strategy, is_sharded_checkpoint
 from lmproject.tokenizer import Tokenizer
 from lmproject.tokenizer.files import read_text
 
@@ -141,8 +141,8 @@ class LMCLI(LightningCLI):
             )
 
     def instantiate_trainer(self, **kwargs: Any):
-        """`--trainer.strategy fsdp` (or fsdp_sharded) becomes lmproject.sharding's FSDPStrategy: one shard
-        unit per TransformerBlock."""
+        """`--trainer.strategy fsdp` (or fsdp_sharded) becomes lmproject.lit.sharding's FSDPStrategy:
+        one shard unit per TransformerBlock."""
         config = self.config_init.get(str(self.subcommand), self.config_init)  # run=False: no subcommand
         strategy = kwargs.get("strategy", config.get("trainer", {}).get("strategy"))
         if strategy in STATE_DICT_TYPES:
@@ -366,7 +366,7 @@ def run_lightning(argv: list[str] | None, run: bool = True, cli_class: type[LMCL
             seed_everything_default=0,
             save_config_kwargs={"overwrite": True},
             trainer_defaults={
-                "plugins": [{"class_path": "lmproject.lightning_checkpoints.AtomicCheckpointIO"}],
+                "plugins": [{"class_path": "lmproject.lit.checkpoints.AtomicCheckpointIO"}],
                 "callbacks": [GracefulInterrupt()],
                 "check_val_every_n_epoch": None,
                 "val_check_interval": 1000,
@@ -395,7 +395,7 @@ def _run_command(words: list[str]) -> int:
 
         return accounting.main(words[1:])
     if words[:1] == ["plot"]:
-        from lmproject import plot
+        from lmproject.tools import plot
 
         return plot.main(words[1:])
     if words[:1] in (["export"], ["import"]):

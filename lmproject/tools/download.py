@@ -1,4 +1,4 @@
-"""Download the training corpora: `python -m lmproject.download {tinystories,owt} --dest DIR`.
+"""Download the training corpora: `python -m lmproject.tools.download {tinystories,owt} --dest DIR`.
 
 Each file is fetched into `<name>.part` and resumed from where it stopped when run again (an HTTP Range
 request; `file://` mirrors seek). It is checked against a SHA-256 before being renamed to its final name,
@@ -244,10 +244,10 @@ def _copy(stream: BinaryIO, out: BinaryIO, digest, bar: tqdm, url: str, part: Pa
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m lmproject.download DATASET --dest DIR [--mirror URL]`."""
+    """`python -m lmproject.tools.download DATASET --dest DIR [--mirror URL]`."""
 
     def run() -> int:
-        parser = argparse.ArgumentParser(prog="python -m lmproject.download", description=_DESCRIPTION)
+        parser = argparse.ArgumentParser(prog="python -m lmproject.tools.download", description=_DESCRIPTION)
         parser.add_argument("dataset", choices=sorted(DATASETS), help="which corpus")
         parser.add_argument("--dest", type=Path, required=True, help="directory to put the files in")
         parser.add_argument("--mirror", help="base URL to fetch the same file names from instead")
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         download_dataset(args.dataset, args.dest, mirror=args.mirror)
         return 0
 
-    return run_cli(run, "lmproject.download")
+    return run_cli(run, "lmproject.tools.download")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
-"""`python -m lmproject.demo --out demo`: the whole pipeline, offline, on the built-in generated stories.
+"""`python -m lmproject.tools.demo --out demo`: the whole pipeline, offline, on built-in generated stories.
 
 Each stage runs the same command a user would type, and the demo prints it:
 
-  1. stories    python -m lmproject.stories       train and validation text (a stand-in for TinyStories)
+  1. stories    python -m lmproject.tools.stories       train and validation text (a stand-in for TinyStories)
   2. tokenizer  lmproject-bpe train               byte-level BPE on the training text
   3. tokens     lmproject-bpe encode              both texts -> .npy token ids
   4. fit        lmproject fit --config OUT/config.yaml  (configs/demo.yaml with the demo's paths)
@@ -32,7 +32,7 @@ from lmproject.atomic import atomic_write
 from lmproject.errors import UserError, run_cli
 
 MARKER = ".lmproject-demo"
-CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 PROMPT = "Once upon a time"
 # OpenMP threads that sleep instead of spinning while they wait: on a 2-core machine that is busy with
 # anything else, spinning threads make a training step 5-8x slower (bench/RESULTS.md, the demo section).
@@ -100,7 +100,7 @@ def prepare_out(out: Path) -> None:
             raise UserError(f"--out {out}: folder exists and was not made by the demo; choose another --out")
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    (out / MARKER).write_text("made by `python -m lmproject.demo`; a rerun deletes this folder\n")
+    (out / MARKER).write_text("made by `python -m lmproject.tools.demo`; a rerun deletes this folder\n")
 
 
 def write_config(path: Path, scale: Scale, tokens: Path, tokenizer: Path, run_dir: Path) -> Path:
@@ -118,7 +118,9 @@ def write_config(path: Path, scale: Scale, tokens: Path, tokenizer: Path, run_di
             config[key].update(value)
         else:
             config[key] = value
-    header = f"# Written by `python -m lmproject.demo`: {CONFIG.name} with this demo's paths and sizes.\n"
+    header = (
+        f"# Written by `python -m lmproject.tools.demo`: {CONFIG.name} with the demo's paths and sizes.\n"
+    )
     with atomic_write(path) as file:
         file.write(header + yaml.safe_dump(config, sort_keys=False))
     return path
@@ -132,7 +134,7 @@ def run_demo(out: Path, scale: Scale) -> dict[str, float]:
     texts, tokenizer, tokens, run_dir = out / "stories", out / "tokenizer", out / "tokens", out / "run"
     tokens.mkdir()
     pipe = Pipeline()
-    py = [sys.executable, "-m", "lmproject.stories"]
+    py = [sys.executable, "-m", "lmproject.tools.stories"]
     for split, size, seed in (("train", scale.train_mb, 0), ("valid", scale.valid_mb, 1)):
         pipe.run(
             "stories",
@@ -194,9 +196,9 @@ def _summary(out: Path, seconds: dict[str, float], sample: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m lmproject.demo [--out DIR] [--tiny]`."""
+    """`python -m lmproject.tools.demo [--out DIR] [--tiny]`."""
     p = argparse.ArgumentParser(
-        prog="python -m lmproject.demo",
+        prog="python -m lmproject.tools.demo",
         description="Run the whole pipeline offline on generated stories: corpus, BPE, tokens, fit, "
         "validate, predict, plot.",
     )
@@ -208,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         run_demo(args.out, TINY if args.tiny else FULL)
         return 0
 
-    return run_cli(demo, "lmproject.demo")
+    return run_cli(demo, "lmproject.tools.demo")
 
 
 if __name__ == "__main__":

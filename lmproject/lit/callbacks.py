@@ -15,7 +15,7 @@ from lightning.fabric.utilities.throughput import get_available_flops
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lmproject.accounting import train_flops_per_token
-from lmproject.lightning_compat import logs_written_this_step, save_checkpoint_file
+from lmproject.lit.compat import logs_written_this_step, save_checkpoint_file
 
 # Dense tensor-core peaks of GPUs missing from Lightning's table (vendor datasheets, FLOP/s). The H200 is the
 # H100 SXM's chip with more memory: the same arithmetic peaks.

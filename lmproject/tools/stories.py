@@ -8,7 +8,7 @@ vocabulary and plots are far narrower, so losses on it are not comparable with T
 
 Documents are separated by `<|endoftext|>` on its own line, as in the TinyStories text files.
 
-    python -m lmproject.stories --out demo/stories.txt --size-mb 4 --seed 0
+    python -m lmproject.tools.stories --out demo/stories.txt --size-mb 4 --seed 0
 """
 
 from __future__ import annotations
@@ -260,9 +260,9 @@ def write_corpus(out: Path, size_mb: float, seed: int, progress: bool = True) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m lmproject.stories --out FILE --size-mb N --seed S`."""
+    """`python -m lmproject.tools.stories --out FILE --size-mb N --seed S`."""
     p = argparse.ArgumentParser(
-        prog="python -m lmproject.stories",
+        prog="python -m lmproject.tools.stories",
         description="Write procedurally generated children's stories (a stand-in for TinyStories).",
     )
     p.add_argument("--out", type=Path, required=True, help="output text file")
@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {n:,} bytes of generated stories to {args.out}")
         return 0
 
-    return run_cli(run, "lmproject.stories")
+    return run_cli(run, "lmproject.tools.stories")
 
 
 if __name__ == "__main__":

@@ -24,9 +24,8 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lmproject.atomic import check_writable
 from lmproject.errors import UserError
 from lmproject.precision import DTYPES
-from lmproject.tokenizer import Tokenizer
+from lmproject.tokenizer import EOS_TOKEN, Tokenizer
 
-EOS_TOKEN = "<|endoftext|>"
 SETTINGS = ("max_new_tokens", "temperature", "top_p", "top_k", "window_slide", "dtype")
 UNKNOWN = "\ufffd".encode()  # a model's vocab may be larger than its tokenizer's: such ids print as �
 
