@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from bench_model import TINYSTORIES  # noqa: E402
 from reference_model import feed_forward, greedy_recompute, rms_norm, rope  # noqa: E402
 
-from lmproject.generate import generate, window_slide_for  # noqa: E402
+from lmproject.generate import SamplingConfig, generate, window_slide_for  # noqa: E402
 from lmproject.nn import TransformerLM  # noqa: E402
 from lmproject.precision import DTYPES  # noqa: E402
 
@@ -137,8 +137,10 @@ def main() -> None:
     prompt = torch.randint(0, TINYSTORIES["vocab_size"], (args.prompt_len,)).tolist()
     n, slide = args.new_tokens, window_slide_for(model.context_length, args.window_slide)
 
+    sampling = SamplingConfig(max_new_tokens=n, temperature=0, window_slide=slide)
+
     def greedy(model: TransformerLM, prompts: list[list[int]], cuda_graph: bool = args.cuda_graph) -> list:
-        return generate(model, prompts, n, temperature=0, window_slide=slide, cuda_graph=cuda_graph)
+        return generate(model, prompts, sampling, cuda_graph=cuda_graph)
 
     runs: dict[str, Callable[[], list]] = {"cached": lambda: greedy(model, [prompt])[0]}
     if args.prompt_len + n <= model.context_length:  # the plain loop does not slide a window
@@ -182,8 +184,8 @@ def main() -> None:
             print(f"  repeat {repeat + 1} {name:9s} {rate:9.1f} tok/s", flush=True)
     report(rates, outputs)
     if dtype != torch.float32:
-        ours = generate(model, [prompt], 256, temperature=0)[0]
-        reference = generate(float32_model, [prompt], 256, temperature=0)[0]
+        greedy_256 = SamplingConfig(max_new_tokens=256, temperature=0)
+        ours, reference = (generate(m, [prompt], greedy_256)[0] for m in (model, float32_model))
         same = sum(a == b for a, b in zip(ours, reference, strict=True))
         print(
             f"{args.dtype} vs float32, 256 greedy tokens: the first {first_difference(ours, reference)} "

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -28,7 +29,86 @@ from lmproject.cuda_graph import CUDAGraphStep
 from lmproject.errors import UserError
 from lmproject.nn import KVCache, Linear, TransformerLM
 from lmproject.nn.functional import softmax
-from lmproject.precision import check_dtype
+from lmproject.precision import DTYPES, check_dtype
+
+
+class SamplingError(UserError, ValueError):
+    """A sampling setting outside its range: a UserError for the CLI, a ValueError for Python callers. The
+    message starts with the setting's name, so `lmproject predict` can name its flag (`--top_p must ...`)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class SamplingConfig:
+    """The sampling settings of `generate` and `lmproject predict`.
+
+    Given by name, e.g. `SamplingConfig(max_new_tokens=50, temperature=0)`, and checked when made (and
+    against the model by `check`). `lmproject predict` offers each as a flag of the same name
+    (--temperature, --top_p, ...), except seed and eos_id, which it sets per prompt.
+
+    Args:
+        max_new_tokens: the most tokens to sample per completion (fewer when it samples eos_id).
+        temperature: softmax temperature; 0 is greedy decoding.
+        top_p: nucleus sampling: keep the smallest set of tokens whose probability sums to at least top_p.
+        top_k: keep only the k most probable tokens (default: all).
+        eos_id: the token that ends a completion (it is included in it); default: none, every completion
+            has max_new_tokens tokens.
+        seed: the same seed and inputs give the same tokens; default: torch's global generator.
+        window_slide: past the model's context length, the window of tokens the model sees moves this many
+            tokens at a time (1: exactly the last context_length tokens at every step, each step a full
+            re-encode; default: a quarter of the context; lmproject/generate.py's docstring says why).
+        dtype: float32 or bfloat16, the weights' type while sampling (None: the model's). bfloat16 reads
+            half the bytes per token (faster where the hardware has native bf16: GPUs, recent CPUs; refused
+            elsewhere) but rounds the logits: greedy text can part from float32's after a few dozen tokens
+            (README, "Sampling"; `for_decoding`).
+    """
+
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int | None = None
+    eos_id: int | None = None
+    seed: int | None = None
+    window_slide: int | None = None
+    dtype: str | None = None
+
+    def __post_init__(self) -> None:
+        """Refuse a setting outside its range, naming it (the ones that need the model: `check`)."""
+        rules = [
+            (self.max_new_tokens >= 0, f"max_new_tokens must be >= 0, got {self.max_new_tokens}"),
+            (self.temperature >= 0, f"temperature must be >= 0 (0 = greedy), got {self.temperature}"),
+            (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
+            (self.top_k is None or self.top_k >= 1, f"top_k must be >= 1, got {self.top_k}"),
+            (self.eos_id is None or self.eos_id >= 0, f"eos_id must be a token id >= 0, got {self.eos_id}"),
+            (
+                self.window_slide is None or self.window_slide >= 1,
+                f"window_slide must be >= 1, got {self.window_slide}",
+            ),
+            (
+                self.dtype is None or self.dtype in DTYPES,
+                f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}",
+            ),
+        ]
+        for ok, message in rules:
+            if not ok:
+                raise SamplingError(message)
+
+    def check(self, model: TransformerLM) -> None:
+        """Refuse the settings this model cannot sample with: a window_slide beyond its context, an eos_id
+        beyond its vocabulary."""
+        if self.window_slide is not None and self.window_slide > model.context_length:
+            raise SamplingError(
+                f"window_slide must be in 1..{model.context_length} (the context length), "
+                f"got {self.window_slide}"
+            )
+        if self.eos_id is not None and self.eos_id >= model.vocab_size:
+            raise SamplingError(
+                f"eos_id must be a token id in 0..{model.vocab_size - 1} (the vocabulary), got {self.eos_id}"
+            )
+
+    @property
+    def torch_dtype(self) -> torch.dtype | None:
+        """dtype as a torch.dtype (None: the model's own)."""
+        return None if self.dtype is None else DTYPES[self.dtype]
 
 
 def filter_top_k(probs: torch.Tensor, k: int) -> torch.Tensor:
@@ -102,35 +182,33 @@ def sample_next_token(
 def generate_steps(
     model: TransformerLM,
     prompt_ids: Sequence[Sequence[int]],
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    top_k: int | None = None,
-    eos_id: int | None = None,
-    seed: int | None = None,
-    window_slide: int | None = None,
-    dtype: torch.dtype | None = None,
+    sampling: SamplingConfig,
+    *,
     cuda_graph: bool = False,
 ) -> Iterator[list[int | None]]:
     """The streaming form of `generate`: yield, at each step, the new token of every prompt (None for a
-    prompt that already ended), e.g. `for (token,) in generate_steps(model, [prompt], ...)` to print one
-    completion as it is sampled.
+    prompt that already ended), e.g. `for (token,) in generate_steps(model, [prompt], sampling)` to print
+    one completion as it is sampled. A prompt ends after it samples sampling.eos_id (that token is yielded)
+    or after sampling.max_new_tokens steps.
 
-    A prompt ends after it samples eos_id (that token is yielded) or after max_new_tokens steps.
-    The same seed (and inputs) gives the same tokens; seed=None draws from torch's global generator.
-    window_slide: how far the window moves past context_length (module docstring; default a quarter of it).
-    dtype: run the model in this dtype (e.g. torch.bfloat16: half the bytes per token; see `for_decoding`).
     cuda_graph: on CUDA, replay one captured decode step per token instead of launching its ~100 kernels
         from Python (lmproject/cuda_graph.py).
     """
-    window_slide = window_slide_for(model.context_length, window_slide)
-    _check_arguments(model, prompt_ids, max_new_tokens, temperature, top_p, top_k, window_slide)
-    model = for_decoding(model, dtype)
+    if not isinstance(sampling, SamplingConfig):  # e.g. the max_new_tokens of the older signature
+        raise TypeError(
+            f"generate: the settings are one SamplingConfig, e.g. SamplingConfig(max_new_tokens=50), "
+            f"not {type(sampling).__name__}"
+        )
+    _check_prompts(model, prompt_ids)
+    sampling.check(model)
+    window_slide = window_slide_for(model.context_length, sampling.window_slide)
+    max_new_tokens, eos_id = sampling.max_new_tokens, sampling.eos_id
+    model = for_decoding(model, sampling.torch_dtype)
     keep = model.context_length - window_slide + 1  # tokens re-encoded when a row's window is full
     if max_new_tokens == 0:
         return
     device = model.lm_head.weight.device
-    generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
+    generator = None if sampling.seed is None else torch.Generator(device=device).manual_seed(sampling.seed)
     width = max(len(prompt) for prompt in prompt_ids)
     # Every row's tokens so far, left-padded; `tokens` is the view of the columns the windows hold.
     history = torch.zeros(len(prompt_ids), width + max_new_tokens, dtype=torch.long, device=device)
@@ -144,7 +222,7 @@ def generate_steps(
     logits = model.next_token_logits(tokens, kv_cache=cache)
     step_logits = CUDAGraphStep(model, cache) if cuda_graph else _eager_step(model, cache)
     for step in range(max_new_tokens):
-        new = sample_next_token(logits, temperature, top_p, top_k, generator)
+        new = sample_next_token(logits, sampling.temperature, sampling.top_p, sampling.top_k, generator)
         new_ids = new.tolist()
         yield [None if done else token for done, token in zip(finished, new_ids, strict=True)]
         if eos_id is not None:
@@ -163,24 +241,15 @@ def generate_steps(
 def generate(
     model: TransformerLM,
     prompt_ids: Sequence[Sequence[int]],
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    top_k: int | None = None,
-    eos_id: int | None = None,
-    seed: int | None = None,
-    window_slide: int | None = None,
-    dtype: torch.dtype | None = None,
+    sampling: SamplingConfig,
+    *,
     cuda_graph: bool = False,
 ) -> list[list[int]]:
-    """The new tokens of each prompt (a batch of prompts of any lengths). A completion that stops at
-    eos_id ends with it (the EOS token is included); otherwise it has max_new_tokens tokens."""
+    """The new tokens of each prompt (a batch of prompts of any lengths), sampled as `sampling` says, e.g.
+    `generate(model, prompts, SamplingConfig(max_new_tokens=50, temperature=0))`. A completion that stops
+    at sampling.eos_id ends with it (the EOS token is included); otherwise it has max_new_tokens tokens."""
     completions: list[list[int]] = [[] for _ in prompt_ids]
-    steps = generate_steps(
-        model, prompt_ids, max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, eos_id=eos_id,
-        seed=seed, window_slide=window_slide, dtype=dtype, cuda_graph=cuda_graph,
-    )  # fmt: skip
-    for step_tokens in steps:
+    for step_tokens in generate_steps(model, prompt_ids, sampling, cuda_graph=cuda_graph):
         for completion, token in zip(completions, step_tokens, strict=True):
             if token is not None:
                 completion.append(token)
@@ -225,16 +294,8 @@ def _slide_windows(
     return tokens, pad, logits
 
 
-def _check_arguments(
-    model: TransformerLM,
-    prompt_ids: Sequence[Sequence[int]],
-    max_new_tokens: int,
-    temperature: float,
-    top_p: float,
-    top_k: int | None,
-    window_slide: int,
-) -> None:
-    """Refuse bad input with a message that names the argument."""
+def _check_prompts(model: TransformerLM, prompt_ids: Sequence[Sequence[int]]) -> None:
+    """Refuse an empty batch, an empty prompt, or a token id outside the model's vocabulary."""
     if len(prompt_ids) == 0:
         raise UserError("generate: prompt_ids is empty (give at least one prompt)")
     for i, prompt in enumerate(prompt_ids):
@@ -245,16 +306,3 @@ def _check_arguments(
             raise UserError(
                 f"generate: prompt {i} has token id {bad[0]} outside the vocabulary 0..{model.vocab_size - 1}"
             )
-    if max_new_tokens < 0:
-        raise UserError(f"generate: max_new_tokens must be >= 0, got {max_new_tokens}")
-    if temperature < 0:
-        raise UserError(f"generate: temperature must be >= 0 (0 = greedy), got {temperature}")
-    if not 0 < top_p <= 1:
-        raise UserError(f"generate: top_p must be in (0, 1], got {top_p}")
-    if top_k is not None and top_k < 1:
-        raise UserError(f"generate: top_k must be >= 1, got {top_k}")
-    if not 1 <= window_slide <= model.context_length:
-        raise UserError(
-            f"generate: window_slide must be in 1..{model.context_length} (the context length), "
-            f"got {window_slide}"
-        )

@@ -3,8 +3,10 @@
 import io
 import json
 import os
+import re
 import signal
 import sys
+from dataclasses import asdict
 
 import lightning as L
 import pytest
@@ -14,7 +16,7 @@ from tiny_run import make_run
 
 from lmproject import generate as generate_module
 from lmproject import precision
-from lmproject.generate import generate
+from lmproject.generate import SamplingConfig, generate
 from lmproject.lit.cli import main
 from lmproject.lit.module import LanguageModel
 from lmproject.lit.predict import TokenPrinter, decode
@@ -62,7 +64,9 @@ def test_greedy_completions_equal_generate_on_the_checkpoint_and_go_to_jsonl(run
     printed = capsys.readouterr().out
     for record in records:
         prompt_ids = tokenizer.encode(record["prompt"])
-        [expected] = generate(model, [prompt_ids], 12, temperature=0, eos_id=eos)
+        [expected] = generate(
+            model, [prompt_ids], SamplingConfig(max_new_tokens=12, temperature=0, eos_id=eos)
+        )
         ended = expected[-1:] == [eos]
         assert record["completion"] == decode(tokenizer, expected[:-1] if ended else expected)
         assert (record["prompt_tokens"], record["completion_tokens"]) == (len(prompt_ids), len(expected))
@@ -136,6 +140,26 @@ def test_a_stream_that_ends_inside_a_character_prints_it_as_the_jsonl_does(monke
     assert terminal.getvalue() == "Caf" + decode(tokenizer, list("é".encode()[:1])) + "\n" == "Caf\ufffd\n"
 
 
+def test_the_sampling_settings_are_top_level_flags_but_seed_and_eos_id_are_predicts_own(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "--help"])
+    assert exit_info.value.code == 0
+    flags = set(re.findall(r"^  (--\w+)", capsys.readouterr().out, re.MULTILINE))
+    sampling = {"--max_new_tokens", "--temperature", "--top_p", "--top_k", "--window_slide", "--dtype"}
+    assert (
+        sampling | {"--prompt", "--prompts_file", "--num_samples", "--seed", "--output", "--stream"} <= flags
+    )
+    assert "--eos_id" not in flags  # the tokenizer's <|endoftext|>
+
+
+def test_a_stream_of_no_tokens_prints_the_prompt_alone(monkeypatch):
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    printer = TokenPrinter(Tokenizer({i: bytes([i]) for i in range(256)}, []), "Caf")
+    printer.finish()  # --max_new_tokens 0
+    assert terminal.getvalue() == "Caf\n"
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -145,7 +169,11 @@ def test_a_stream_that_ends_inside_a_character_prints_it_as_the_jsonl_does(monke
         (["--prompt", "Hi", "--top_k", "0"], "--top_k must be >= 1"),
         (["--prompt", "Hi", "--num_samples", "0"], "--num_samples must be >= 1"),
         (["--prompt", "Hi", "--window_slide", "0"], "--window_slide must be >= 1"),
-        (["--prompt", "Hi", "--window_slide", "100000"], "window_slide must be in 1.."),
+        (
+            ["--prompt", "Hi", "--window_slide", "100000"],
+            "predict: --window_slide must be in 1..32 (the context",
+        ),
+        (["--prompt", "Hi", "--max_new_tokens", "-1"], "predict: --max_new_tokens must be >= 0, got -1"),
         (["--prompt", "Hi", "--dtype", "float16"], "--dtype must be one of float32, bfloat16, got 'float16'"),
         (["--prompt", " "], "--prompt is only whitespace (' '): give some text to continue"),
         (["--prompt", ""], "--prompt is empty: give some text to continue"),
@@ -180,7 +208,9 @@ def test_bfloat16_sampling_equals_generate_in_bfloat16_or_is_refused_without_nat
         tokenizer = Tokenizer.from_dir(run / "tokenizer")
         ids = tokenizer.encode("Tom and his dog")
         [expected] = generate(
-            model.to(torch.bfloat16), [ids], 12, temperature=0, eos_id=tokenizer.encode(EOS)[0]
+            model.to(torch.bfloat16),
+            [ids],
+            SamplingConfig(max_new_tokens=12, temperature=0, eos_id=tokenizer.encode(EOS)[0]),
         )
         assert record["completion_tokens"] == len(expected) and record["settings"]["dtype"] == "bfloat16"
         out.unlink()
@@ -208,9 +238,8 @@ def test_predict_samples_in_its_dtype_even_under_a_mixed_precision_autocast(run,
         "sample_next_token",
         lambda logits, *a: seen.append(logits.dtype) or sample(logits, *a),
     )
-    request = {"prompt_ids": [5, 6, 7], "num_samples": 2, "max_new_tokens": 4, "temperature": 0.0,
-               "top_p": 1.0, "top_k": None, "eos_id": None, "seed": 0, "window_slide": None,
-               "dtype": str(dtype).removeprefix("torch.")}  # fmt: skip
+    sampling = SamplingConfig(max_new_tokens=4, temperature=0, dtype=str(dtype).removeprefix("torch."))
+    request = {"prompt_ids": [5, 6, 7], "num_samples": 2, "sampling": asdict(sampling)}
     module.on_predict_start()
     with torch.autocast("cpu", dtype=torch.bfloat16):  # what Lightning opens for precision bf16-mixed
         module.predict_step(request, 0)

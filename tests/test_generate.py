@@ -10,6 +10,8 @@ from lmproject import generate as generate_module
 from lmproject import precision
 from lmproject.errors import UserError
 from lmproject.generate import (
+    SamplingConfig,
+    SamplingError,
     filter_top_k,
     filter_top_p,
     for_decoding,
@@ -27,6 +29,11 @@ SMALL = dict(vocab_size=64, context_length=16, d_model=32, num_layers=2, num_hea
 def _one_thread():
     with single_thread():  # token-by-token loops over a tiny model
         yield
+
+
+def greedy(max_new_tokens, **settings):
+    """Greedy decoding of max_new_tokens tokens, with other settings as given."""
+    return SamplingConfig(max_new_tokens=max_new_tokens, temperature=0, **settings)
 
 
 def small_model(seed=0, **switches):
@@ -51,7 +58,7 @@ def test_cached_forward_matches_full_forward_for_left_padded_rows():
 def test_greedy_with_cache_equals_recomputing_each_step(attention, window_slide):
     model = small_model(attention=attention).double()  # float64: no near-ties flip an argmax
     prompts = [[5], [1, 2, 3, 4, 5, 6, 7], list(range(20, 40))]  # the last is longer than the context
-    completions = generate(model, prompts, 30, temperature=0, window_slide=window_slide)  # past the context
+    completions = generate(model, prompts, greedy(30, window_slide=window_slide))  # past the context
     for prompt, completion in zip(prompts, completions, strict=True):
         assert completion == greedy_recompute(model, prompt, 30, window_slide)
 
@@ -59,16 +66,16 @@ def test_greedy_with_cache_equals_recomputing_each_step(attention, window_slide)
 def test_default_window_slide_is_a_quarter_of_the_context():
     model = small_model().double()
     prompt = [3, 1, 4, 1, 5, 9, 2, 6]
-    assert generate(model, [prompt], 40, temperature=0) == [greedy_recompute(model, prompt, 40, 4)]
-    assert generate(model, [prompt], 40, temperature=0) != generate(model, [prompt], 40, 0, window_slide=1)
+    assert generate(model, [prompt], greedy(40)) == [greedy_recompute(model, prompt, 40, 4)]
+    assert generate(model, [prompt], greedy(40)) != generate(model, [prompt], greedy(40, window_slide=1))
 
 
 @pytest.mark.parametrize("window_slide", [1, 3, 8])
 def test_each_row_of_a_batch_slides_its_window_as_if_alone(window_slide):
     model = small_model().double()
     prompts = [[7], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], [4, 4, 2, 9, 9]]  # windows fill at different steps
-    batch = generate(model, prompts, 40, temperature=0, window_slide=window_slide)
-    alone = [generate(model, [prompt], 40, temperature=0, window_slide=window_slide)[0] for prompt in prompts]
+    batch = generate(model, prompts, greedy(40, window_slide=window_slide))
+    alone = [generate(model, [prompt], greedy(40, window_slide=window_slide))[0] for prompt in prompts]
     assert batch == alone
 
 
@@ -81,7 +88,7 @@ def test_rows_whose_windows_move_at_different_steps_are_re_encoded_alone():
 
     def re_encoded(prompts):
         shapes.clear()
-        generate(model, prompts, 60, temperature=0, window_slide=4)
+        generate(model, prompts, greedy(60, window_slide=4))
         return sum(rows * width for rows, width in shapes[1:] if width > 1)  # after the prompts' encoding
 
     equal, mixed = re_encoded([[1] * 5] * 4), re_encoded([[1] * n for n in (5, 6, 7, 8)])
@@ -93,10 +100,10 @@ def test_rows_whose_windows_move_at_different_steps_are_re_encoded_alone():
 def test_generate_on_cuda_gives_the_cpu_tokens():
     model = small_model().double()  # float64: no near-ties flip an argmax
     prompts = [[5], [1, 2, 3, 4, 5, 6, 7], list(range(20, 40))]  # mixed lengths, one past the context
-    on_cpu = generate(model, prompts, 30, temperature=0, window_slide=3)
-    assert generate(model.cuda(), prompts, 30, temperature=0, window_slide=3) == on_cpu
-    sampled = generate(model, prompts, 30, temperature=1.0, top_p=0.9, top_k=20, seed=1)
-    assert sampled == generate(model, prompts, 30, temperature=1.0, top_p=0.9, top_k=20, seed=1)
+    on_cpu = generate(model, prompts, greedy(30, window_slide=3))
+    assert generate(model.cuda(), prompts, greedy(30, window_slide=3)) == on_cpu
+    seeded = SamplingConfig(max_new_tokens=30, temperature=1.0, top_p=0.9, top_k=20, seed=1)
+    assert generate(model, prompts, seeded) == generate(model, prompts, seeded)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -104,10 +111,10 @@ def test_generate_on_cuda_gives_the_cpu_tokens():
 def test_cuda_graph_replay_gives_the_eager_tokens(window_slide):
     model = small_model().double().cuda()
     prompts = [[5], [1, 2, 3, 4, 5, 6, 7], list(range(20, 40))]  # windows slide, alone and all together
-    eager = generate(model, prompts, 30, temperature=0, window_slide=window_slide)
-    assert generate(model, prompts, 30, temperature=0, window_slide=window_slide, cuda_graph=True) == eager
-    sampled = generate(model, prompts[:1], 20, temperature=1.0, seed=2)
-    assert generate(model, prompts[:1], 20, temperature=1.0, seed=2, cuda_graph=True) == sampled
+    eager = generate(model, prompts, greedy(30, window_slide=window_slide))
+    assert generate(model, prompts, greedy(30, window_slide=window_slide), cuda_graph=True) == eager
+    seeded = SamplingConfig(max_new_tokens=20, temperature=1.0, seed=2)
+    assert generate(model, prompts[:1], seeded, cuda_graph=True) == generate(model, prompts[:1], seeded)
 
 
 @pytest.mark.parametrize("window_slide", [1, 3])
@@ -117,13 +124,13 @@ def test_generation_on_a_static_cache_gives_the_tokens_of_the_growing_one(monkey
     monkeypatch.setattr(generate_module, "CUDAGraphStep", generate_module._eager_step)
     model = small_model().double()
     prompts = [[5], [1, 2, 3, 4, 5, 6, 7], list(range(20, 40))]
-    growing = generate(model, prompts, 30, temperature=0, window_slide=window_slide)
-    assert generate(model, prompts, 30, temperature=0, window_slide=window_slide, cuda_graph=True) == growing
+    growing = generate(model, prompts, greedy(30, window_slide=window_slide))
+    assert generate(model, prompts, greedy(30, window_slide=window_slide), cuda_graph=True) == growing
 
 
 def test_cuda_graph_on_the_cpu_is_refused():
     with pytest.raises(UserError, match="cuda_graph needs the model on a CUDA device"):
-        generate(small_model(), [[1, 2]], 3, cuda_graph=True)
+        generate(small_model(), [[1, 2]], SamplingConfig(max_new_tokens=3), cuda_graph=True)
 
 
 def test_static_cache_steps_match_the_growing_cache():
@@ -156,7 +163,7 @@ def test_decoding_copy_is_contiguous_along_the_longer_side_and_leaves_the_model_
     assert w1.t().is_contiguous() and w2.is_contiguous() and model.layers[0].ffn.w1.weight.is_contiguous()
     assert torch.equal(w1, model.layers[0].ffn.w1.weight) and torch.equal(w2, model.layers[0].ffn.w2.weight)
     prompts = [[5], [1, 2, 3, 4, 5, 6, 7], list(range(20, 40))]
-    completions = generate(model, prompts, 30, temperature=0, window_slide=3)  # float32: through the copy
+    completions = generate(model, prompts, greedy(30, window_slide=3))  # float32: through the copy
     assert completions == [greedy_recompute(model, prompt, 30, 3) for prompt in prompts]
 
 
@@ -164,24 +171,25 @@ def test_bfloat16_generation_where_the_cpu_has_it(monkeypatch):
     model = small_model()
     if cpu_supports_bf16():
         converted = copy.deepcopy(model).to(torch.bfloat16)
-        tokens = generate(model, [[1, 2, 3]], 10, temperature=0, dtype=torch.bfloat16)
-        assert tokens == generate(converted, [[1, 2, 3]], 10, temperature=0)
+        tokens = generate(model, [[1, 2, 3]], greedy(10, dtype="bfloat16"))
+        assert tokens == generate(converted, [[1, 2, 3]], greedy(10))
         assert model.lm_head.weight.dtype == torch.float32
     monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: False)
     with pytest.raises(UserError, match="bfloat16: this CPU has no native bf16"):
-        generate(model, [[1, 2, 3]], 10, dtype=torch.bfloat16)
+        generate(model, [[1, 2, 3]], SamplingConfig(max_new_tokens=10, dtype="bfloat16"))
 
 
 def test_generate_steps_streams_the_same_tokens_as_generate():
     model = small_model()
     prompts = [[3, 1, 4, 1, 5], [2, 7]]
-    steps = list(generate_steps(model, prompts, max_new_tokens=12, temperature=0.8, eos_id=9, seed=7))
+    sampling = SamplingConfig(max_new_tokens=12, temperature=0.8, eos_id=9, seed=7)
+    steps = list(generate_steps(model, prompts, sampling))
     streamed = [[step[row] for step in steps if step[row] is not None] for row in range(2)]
-    assert streamed == generate(model, prompts, max_new_tokens=12, temperature=0.8, eos_id=9, seed=7)
+    assert streamed == generate(model, prompts, sampling)
 
 
 def test_streaming_leaves_the_callers_grad_mode_alone():
-    steps = generate_steps(small_model(), [[1, 2]], max_new_tokens=3)
+    steps = generate_steps(small_model(), [[1, 2]], SamplingConfig(max_new_tokens=3))
     for _ in steps:
         assert torch.is_grad_enabled()
 
@@ -189,9 +197,9 @@ def test_streaming_leaves_the_callers_grad_mode_alone():
 def test_eos_stops_each_sequence_on_its_own():
     model = small_model().double()
     prompts = [[1, 2, 3], [9, 8]]
-    free = generate(model, prompts, max_new_tokens=12, temperature=0)
+    free = generate(model, prompts, greedy(12))
     eos = free[0][3]
-    stopped = generate(model, prompts, max_new_tokens=12, temperature=0, eos_id=eos)
+    stopped = generate(model, prompts, greedy(12, eos_id=eos))
     for row in range(2):
         end = free[row].index(eos) + 1 if eos in free[row] else len(free[row])
         assert stopped[row] == free[row][:end]  # includes the EOS token, nothing after it
@@ -201,13 +209,13 @@ def test_eos_stops_each_sequence_on_its_own():
 def test_same_seed_same_samples_and_different_seed_different_samples():
     model = small_model()
     prompts = [[1, 2], [3, 4, 5]]
-    first = generate(model, prompts, max_new_tokens=20, temperature=1.0, seed=123)
-    assert generate(model, prompts, max_new_tokens=20, temperature=1.0, seed=123) == first
-    assert generate(model, prompts, max_new_tokens=20, temperature=1.0, seed=124) != first
+    first = generate(model, prompts, SamplingConfig(max_new_tokens=20, temperature=1.0, seed=123))
+    assert generate(model, prompts, SamplingConfig(max_new_tokens=20, temperature=1.0, seed=123)) == first
+    assert generate(model, prompts, SamplingConfig(max_new_tokens=20, temperature=1.0, seed=124)) != first
 
 
 def test_zero_new_tokens_gives_empty_completions():
-    assert generate(small_model(), [[1], [2, 3]], max_new_tokens=0) == [[], []]
+    assert generate(small_model(), [[1], [2, 3]], SamplingConfig(max_new_tokens=0)) == [[], []]
 
 
 PROBS = torch.tensor([[0.125, 0.5, 0.125, 0.25]])
@@ -253,30 +261,73 @@ def test_greedy_and_degenerate_filters_pick_the_argmax():
 
 
 @pytest.mark.parametrize(
-    "prompts,kwargs,message",
+    "prompts,message",
     [
-        ([], {}, "prompt_ids is empty"),
-        ([[1], []], {}, "prompt 1 is empty"),
-        ([[1, 64]], {}, "token id 64 outside the vocabulary 0..63"),
-        ([[-1]], {}, "token id -1 outside"),
-        ([[1]], {"temperature": -0.5}, "temperature must be >= 0"),
-        ([[1]], {"top_p": 0.0}, r"top_p must be in \(0, 1\]"),
-        ([[1]], {"top_p": 1.5}, r"top_p must be in \(0, 1\]"),
-        ([[1]], {"top_k": 0}, "top_k must be >= 1"),
-        ([[1]], {"window_slide": 0}, r"window_slide must be in 1\.\.16"),
-        ([[1]], {"window_slide": 17}, r"window_slide must be in 1\.\.16 \(the context length\), got 17"),
+        ([], "prompt_ids is empty"),
+        ([[1], []], "prompt 1 is empty"),
+        ([[1, 64]], "token id 64 outside the vocabulary 0..63"),
+        ([[-1]], "token id -1 outside"),
     ],
 )
-def test_bad_input_is_refused_with_a_clear_message(prompts, kwargs, message):
+def test_bad_prompts_are_refused_with_a_clear_message(prompts, message):
     with pytest.raises(UserError, match=message):
-        generate(small_model(), prompts, max_new_tokens=4, **kwargs)
+        generate(small_model(), prompts, SamplingConfig(max_new_tokens=4))
 
 
-def test_top_k_1_sampling_through_generate_is_greedy():
+@pytest.mark.parametrize(
+    "settings,message",
+    [
+        ({"max_new_tokens": -1}, r"^max_new_tokens must be >= 0, got -1$"),
+        ({"temperature": -0.5}, r"^temperature must be >= 0 \(0 = greedy\), got -0.5$"),
+        ({"top_p": 0.0}, r"^top_p must be in \(0, 1\], got 0.0$"),
+        ({"top_p": 1.5}, r"^top_p must be in \(0, 1\], got 1.5$"),
+        ({"top_k": 0}, r"^top_k must be >= 1, got 0$"),
+        ({"eos_id": -1}, r"^eos_id must be a token id >= 0, got -1$"),
+        ({"window_slide": 0}, r"^window_slide must be >= 1, got 0$"),
+        ({"dtype": "float16"}, r"^dtype must be one of float32, bfloat16, got 'float16'$"),
+        ({"dtype": torch.bfloat16}, r"^dtype must be one of float32, bfloat16, got torch.bfloat16$"),
+    ],
+)
+def test_each_bad_setting_is_one_error_that_names_it(settings, message):
+    with pytest.raises(SamplingError, match=message):
+        SamplingConfig(**settings)
+
+
+@pytest.mark.parametrize(
+    "settings,message",
+    [
+        ({"window_slide": 17}, r"^window_slide must be in 1\.\.16 \(the context length\), got 17$"),
+        ({"eos_id": 64}, r"^eos_id must be a token id in 0\.\.63 \(the vocabulary\), got 64$"),
+    ],
+)
+def test_settings_beyond_the_model_are_refused_before_sampling(settings, message):
+    sampling = SamplingConfig(**settings)  # fine on its own: the model decides
+    sampling.check(TransformerLM(**SMALL | {"context_length": 17, "vocab_size": 65}))
+    with pytest.raises(SamplingError, match=message):
+        next(generate_steps(small_model(), [[1]], sampling))
+
+
+def test_the_settings_go_by_name_only():
+    """A reordered setting cannot silently take another's place: SamplingConfig takes keywords only, and
+    generate takes one SamplingConfig, not the loose settings of its former signature."""
+    with pytest.raises(TypeError, match="positional"):
+        SamplingConfig(50, 0.8)
+    with pytest.raises(TypeError, match="the settings are one SamplingConfig"):
+        generate(small_model(), [[1]], 50)
+    with pytest.raises(TypeError, match="positional"):
+        generate(small_model(), [[1]], SamplingConfig(), True)
+
+
+def test_top_k_1_or_a_tiny_top_p_through_generate_is_greedy():
+    """Each filter reaches the sampler as itself: top_k=1 and top_p=1e-6 keep only the argmax."""
     model = small_model().double()
     prompts = [[1, 2, 3], [4]]
-    greedy = generate(model, prompts, max_new_tokens=10, temperature=0)
-    assert generate(model, prompts, max_new_tokens=10, temperature=1.5, top_k=1, seed=3) == greedy
+    expected = generate(model, prompts, greedy(10))
+    for settings in ({"top_k": 1}, {"top_p": 1e-6}):
+        assert (
+            generate(model, prompts, SamplingConfig(max_new_tokens=10, temperature=1.5, seed=3, **settings))
+            == expected
+        )
 
 
 def test_next_token_logits_are_the_last_position_of_forward():

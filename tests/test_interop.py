@@ -13,7 +13,7 @@ from test_cli import fails, one_thread  # noqa: F401 (autouse fixture)
 from test_readme import readme_snippets, shrunk
 from tiny_run import EOT, load_ours, make_run
 
-from lmproject.generate import generate
+from lmproject.generate import SamplingConfig, generate
 from lmproject.interop import (
     LLAMA_SWITCHES,
     check_llama_expressible,
@@ -112,7 +112,7 @@ def test_fifty_greedy_tokens_from_transformers_generate_equal_ours(tmp_path):
     export_folder(shape | {"tie_embeddings": False}, ours.state_dict(), BYTES, tmp_path / "hf", "float32")
     theirs = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     prompt = list(b"Once upon")  # + 50 tokens fit in the 64-token context: no window slides
-    expected = generate(ours, [prompt], max_new_tokens=50, temperature=0.0)[0]
+    expected = generate(ours, [prompt], SamplingConfig(max_new_tokens=50, temperature=0.0))[0]
     with torch.no_grad():
         out = theirs.generate(torch.tensor([prompt]), max_new_tokens=50, do_sample=False, pad_token_id=0)
     assert out[0, len(prompt) :].tolist() == expected and len(expected) == 50

@@ -33,9 +33,15 @@ from lmproject.lit.compat import set_max_steps
 from lmproject.lit.datamodule import TokenDataModule
 from lmproject.lit.module import ARCHITECTURE, LanguageModel, NonFiniteLossError
 from lmproject.lit.output import lightning_output
-from lmproject.lit.predict import CompletionWriter, SamplingOptions, TokenPrinter, requests
+from lmproject.lit.predict import (
+    CompletionWriter,
+    SamplingOptions,
+    TokenPrinter,
+    add_predict_arguments,
+    requests,
+)
 from lmproject.lit.sharding import STATE_DICT_TYPES, consolidate, fsdp_strategy, is_sharded_checkpoint
-from lmproject.precision import DTYPES, check_dtype, cpu_supports_bf16
+from lmproject.precision import check_dtype, cpu_supports_bf16
 from lmproject.settings_check import check_settings
 from lmproject.tokenizer import Tokenizer
 from lmproject.tokenizer.files import read_text
@@ -85,7 +91,7 @@ class LMCLI(LightningCLI):
         # a private method of LightningCLI: see lightning_compat.PRIVATE_OVERRIDES
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
         if subcommand == "predict":
-            parser.add_class_arguments(SamplingOptions, nested_key=None, as_group=True)
+            add_predict_arguments(parser)
         return parser
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
@@ -257,7 +263,8 @@ class LMCLI(LightningCLI):
             )
         if ckpt_path is None:
             print("lmproject: no --ckpt_path: sampling from an untrained model", file=sys.stderr)
-        check_dtype(DTYPES[options.dtype], self.trainer.strategy.root_device, "predict: --dtype")
+        options.check_model(model.model)
+        check_dtype(options.sampling.torch_dtype, self.trainer.strategy.root_device, "predict: --dtype")
         prompts = requests(options, tokenizer)
         single = len(prompts) == 1 and options.num_samples == 1
         stream = single and sys.stdout.isatty() if options.stream is None else options.stream

@@ -23,13 +23,12 @@ from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric
 
 from lmproject.errors import UserError
-from lmproject.generate import for_decoding, generate, generate_steps
+from lmproject.generate import SamplingConfig, for_decoding, generate, generate_steps
 from lmproject.lit.callbacks import logs_written_this_step
 from lmproject.lit.sharding import clip_gradients_of
 from lmproject.muon import Muon, describe_groups, muon_param_groups
 from lmproject.nn import TransformerLM, token_losses
 from lmproject.optim import AdamW, cosine_lr, wsd_lr
-from lmproject.precision import DTYPES
 from lmproject.settings_check import check_settings
 
 ARCHITECTURE = (
@@ -131,7 +130,7 @@ class LanguageModel(L.LightningModule):
         self._step_loss_sum: torch.Tensor | None = None  # on the device: no wait per micro-batch
         self._micro_batches = 0
         self.token_callback: Callable[[int], None] | None = None  # `lmproject predict --stream` sets it
-        self._decoding: tuple[torch.dtype, TransformerLM] | None = None  # see _decoding_model
+        self._decoding: tuple[torch.dtype | None, TransformerLM] | None = None  # see _decoding_model
 
     def on_fit_start(self) -> None:
         if self.hparams.compile:  # training only: sampling's growing KV cache would recompile at every length
@@ -225,20 +224,20 @@ class LanguageModel(L.LightningModule):
         self._log_evaluation("test")
 
     def predict_step(self, request: dict[str, Any], batch_idx: int) -> list[list[int]]:
-        """Sample request["num_samples"] completions of one prompt; with a token_callback (one sample),
-        each token goes to it as soon as it is sampled. The arithmetic is in request["dtype"]: a mixed
-        training precision's autocast (which Lightning also opens around predict) is turned off. On a GPU
-        each token replays a captured decode step (generate's cuda_graph)."""
+        """Sample request["num_samples"] completions of request["prompt_ids"] as request["sampling"] (a
+        SamplingConfig's fields, as a dict) says; with a token_callback (one sample), each token goes to it
+        as soon as it is sampled. The arithmetic is in the sampling dtype: a mixed training precision's
+        autocast (which Lightning also opens around predict) is turned off. On a GPU each token replays a
+        captured decode step (generate's cuda_graph)."""
         prompts = [request["prompt_ids"]] * request["num_samples"]
-        names = ("max_new_tokens", "temperature", "top_p", "top_k", "eos_id", "seed", "window_slide")
-        settings = [request[k] for k in names]
-        model = self._decoding_model(DTYPES[request["dtype"]])
+        sampling = SamplingConfig(**request["sampling"])
+        model = self._decoding_model(sampling.torch_dtype)
         cuda_graph = self.device.type == "cuda"  # one replayed decode step per token: 5x on an H200
         with torch.autocast(self.device.type, enabled=False):
             if self.token_callback is None:
-                return generate(model, prompts, *settings, cuda_graph=cuda_graph)
+                return generate(model, prompts, sampling, cuda_graph=cuda_graph)
             completion = []
-            for (token,) in generate_steps(model, prompts[:1], *settings, cuda_graph=cuda_graph):
+            for (token,) in generate_steps(model, prompts[:1], sampling, cuda_graph=cuda_graph):
                 completion.append(token)
                 self.token_callback(token)
             return [completion]
@@ -246,8 +245,9 @@ class LanguageModel(L.LightningModule):
     def on_predict_start(self) -> None:
         self._decoding = None  # the weights may have changed since the last predict
 
-    def _decoding_model(self, dtype: torch.dtype) -> TransformerLM:
-        """The model in the layout and dtype generation runs, converted once per predict run."""
+    def _decoding_model(self, dtype: torch.dtype | None) -> TransformerLM:
+        """The model in the layout and dtype (None: its own) generation runs, converted once per predict
+        run."""
         if self._decoding is None or self._decoding[0] != dtype:
             self._decoding = (dtype, for_decoding(self.model, dtype))
         return self._decoding[1]

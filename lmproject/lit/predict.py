@@ -14,19 +14,24 @@ import codecs
 import json
 import os
 import sys
-from dataclasses import dataclass, fields
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.cli import LightningArgumentParser
 
 from lmproject.atomic import check_writable
 from lmproject.errors import UserError
-from lmproject.precision import DTYPES
+from lmproject.generate import SamplingConfig, SamplingError
+from lmproject.nn import TransformerLM
 from lmproject.tokenizer import EOS_TOKEN, Tokenizer
 
-SETTINGS = ("max_new_tokens", "temperature", "top_p", "top_k", "window_slide", "dtype")
+PER_REQUEST = ("seed", "eos_id")  # the SamplingConfig settings predict sets itself: no flags of their own
+DEFAULTS = {"dtype": "float32"}  # predict's defaults that differ from SamplingConfig's
 UNKNOWN = "\ufffd".encode()  # a model's vocab may be larger than its tokenizer's: such ids print as �
 
 
@@ -41,49 +46,45 @@ def decode(tokenizer: Tokenizer, ids: list[int]) -> str:
 
 @dataclass
 class SamplingOptions:
-    """Options of `lmproject predict` (top-level flags: --prompt, --temperature, ...).
+    """The options of `lmproject predict` beyond the sampling settings.
+
+    They are top-level flags (--prompt, ...), as are the sampling settings (--temperature, ...), which make
+    the SamplingConfig `sampling` (add_predict_arguments).
 
     Args:
         prompt: one prompt text.
         prompts_file: a UTF-8 text file with one prompt per line (blank lines skipped).
         num_samples: completions per prompt.
-        max_new_tokens: the most tokens to sample per completion (it stops earlier at <|endoftext|>).
-        temperature: softmax temperature; 0 is greedy decoding.
-        top_p: nucleus sampling: keep the smallest set of tokens whose probability sums to at least top_p.
-        top_k: keep only the k most probable tokens (default: all).
-        window_slide: past the model's context length, the window of tokens the model sees moves this many
-            tokens at a time (1: exactly the last context_length tokens at every step, each step a full
-            re-encode; default: a quarter of the context, see lmproject.generate).
-        dtype: float32 or bfloat16, the weights' type while sampling. bfloat16 reads half the bytes per token
-            (faster where the hardware has native bf16: GPUs, recent CPUs; refused elsewhere) but rounds the
-            logits: greedy text can part from float32's after a few dozen tokens (README, "Sampling").
         seed: sampling seed; prompt i is sampled with seed + i.
         output: JSONL file for the completions (prompt, completion, token counts, settings, seed).
         stream: print tokens as they are sampled (default: when one completion goes to a terminal).
+        sampling: the sampling settings every prompt shares (seed and eos_id are set per request).
     """
 
     prompt: str | None = None
     prompts_file: str | None = None
     num_samples: int = 1
-    max_new_tokens: int = 256
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int | None = None
-    window_slide: int | None = None
-    dtype: str = "float32"
     seed: int = 0
     output: str | None = None
     stream: bool | None = None
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(**DEFAULTS))
 
     @classmethod
     def from_config(cls, config: Any) -> SamplingOptions:
-        """The options from a parsed `lmproject predict` config, checked."""
-        options = cls(**{f.name: config[f.name] for f in fields(cls)})
+        """The options from a parsed `lmproject predict` config, checked. A bad sampling setting is an
+        error that names its flag, e.g. `predict: --top_p must be in (0, 1], got 0.0`."""
+        shared = {f.name: config[f.name] for f in fields(SamplingConfig) if f.name not in PER_REQUEST}
+        with _naming_flags():
+            sampling = SamplingConfig(**shared)
+        options = cls(
+            **{f.name: config[f.name] for f in fields(cls) if f.name != "sampling"}, sampling=sampling
+        )
         options.check()
         return options
 
     def check(self) -> None:
-        """Refuse bad options before any model or checkpoint is loaded."""
+        """Refuse bad options before any model or checkpoint is loaded (the sampling settings are checked
+        as the SamplingConfig is made)."""
         if (self.prompt is None) == (self.prompts_file is None):
             raise UserError("predict: give exactly one of --prompt or --prompts_file")
         if self.prompt is not None and not self.prompt.strip():
@@ -93,24 +94,16 @@ class SamplingOptions:
             raise UserError(f"{self.prompts_file}: is a directory, expected a prompts file (one per line)")
         if self.prompts_file is not None and not Path(self.prompts_file).is_file():
             raise UserError(f"{self.prompts_file}: prompts file not found")
-        checks = [
-            (self.num_samples >= 1, f"--num_samples must be >= 1, got {self.num_samples}"),
-            (self.max_new_tokens >= 1, f"--max_new_tokens must be >= 1, got {self.max_new_tokens}"),
-            (self.temperature >= 0, f"--temperature must be >= 0 (0 = greedy), got {self.temperature}"),
-            (0 < self.top_p <= 1, f"--top_p must be in (0, 1], got {self.top_p}"),
-            (self.top_k is None or self.top_k >= 1, f"--top_k must be >= 1, got {self.top_k}"),
-            (
-                self.window_slide is None or self.window_slide >= 1,
-                f"--window_slide must be >= 1, got {self.window_slide}",
-            ),
-            (self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise UserError(f"predict: {message}")
+        if self.num_samples < 1:
+            raise UserError(f"predict: --num_samples must be >= 1, got {self.num_samples}")
         if self.output is not None:
             check_writable(Path(self.output))
         self.prompts()  # an unreadable or empty prompts file fails here, before a model is loaded
+
+    def check_model(self, model: TransformerLM) -> None:
+        """Refuse sampling settings this model cannot sample with (e.g. a window_slide beyond its context)."""
+        with _naming_flags():
+            self.sampling.check(model)
 
     def prompts(self) -> list[str]:
         if self.prompt is not None:
@@ -128,18 +121,35 @@ class SamplingOptions:
         return prompts
 
 
+def add_predict_arguments(parser: LightningArgumentParser) -> None:
+    """The top-level flags of `lmproject predict`: SamplingOptions' own, and each SamplingConfig setting
+    but those set per request (--max_new_tokens, --temperature, ...), with predict's defaults."""
+    parser.add_class_arguments(SamplingOptions, nested_key=None, as_group=True, skip={"sampling"})
+    parser.add_class_arguments(SamplingConfig, nested_key=None, as_group=True, skip=set(PER_REQUEST))
+    parser.set_defaults(DEFAULTS)
+
+
+@contextmanager
+def _naming_flags() -> Iterator[None]:
+    """A bad sampling setting as predict's error, naming its flag: `predict: --top_p must be in (0, 1]`."""
+    try:
+        yield
+    except SamplingError as err:
+        raise UserError(f"predict: --{err}") from None
+
+
 def eos_id(tokenizer: Tokenizer) -> int | None:
     """The id of <|endoftext|> when the tokenizer has it as a special token."""
     return tokenizer.encode(EOS_TOKEN)[0] if EOS_TOKEN in tokenizer.special_tokens else None
 
 
 def requests(options: SamplingOptions, tokenizer: Tokenizer) -> list[dict[str, Any]]:
-    """One request per prompt: what `LanguageModel.predict_step` samples."""
-    settings = {k: getattr(options, k) for k in SETTINGS}
+    """One request per prompt: what `LanguageModel.predict_step` samples. The SamplingConfig travels as a
+    dict: Lightning's batch transfer refuses a frozen dataclass."""
     eos = eos_id(tokenizer)
     return [
         {"prompt": text, "prompt_ids": tokenizer.encode(text), "num_samples": options.num_samples,
-         "seed": options.seed + i, "eos_id": eos, **settings}
+         "sampling": asdict(replace(options.sampling, seed=options.seed + i, eos_id=eos))}
         for i, text in enumerate(options.prompts())
     ]  # fmt: skip
 
@@ -152,16 +162,21 @@ class TokenPrinter:
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def __call__(self, token: int) -> None:
-        if self.prompt is not None:
-            sys.stdout.write(self.prompt)
-            self.prompt = None
+        self._start()
         if token != self.eos:
             sys.stdout.write(self.decoder.decode(token_bytes(self.tokenizer, token)))
             sys.stdout.flush()
 
+    def _start(self) -> None:
+        """Print the prompt before the first token."""
+        if self.prompt is not None:
+            sys.stdout.write(self.prompt)
+            self.prompt = None
+
     def finish(self) -> None:
         """End the stream: the bytes of a character the completion cut off print as U+FFFD, as the JSONL
-        has them, then a newline."""
+        has them, then a newline (the prompt alone for a completion of no tokens: --max_new_tokens 0)."""
+        self._start()
         sys.stdout.write(self.decoder.decode(b"", final=True) + "\n")
         sys.stdout.flush()
 
@@ -179,7 +194,8 @@ class CompletionWriter(BasePredictionWriter):
     def write_on_batch_end(
         self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0
     ):
-        eos = batch["eos_id"]
+        sampling = batch["sampling"]
+        eos = sampling["eos_id"]
         for sample, ids in enumerate(prediction):
             ended = bool(ids) and ids[-1] == eos
             text = decode(self.tokenizer, ids[:-1] if ended else ids)
@@ -188,8 +204,11 @@ class CompletionWriter(BasePredictionWriter):
                 "completion": text,
                 "prompt_tokens": len(batch["prompt_ids"]),
             }
-            record.update(completion_tokens=len(ids), stopped_at_eos=ended, sample=sample, seed=batch["seed"])
-            record.update(settings={k: batch[k] for k in SETTINGS}, checkpoint=self.checkpoint)
+            record.update(
+                completion_tokens=len(ids), stopped_at_eos=ended, sample=sample, seed=sampling["seed"]
+            )
+            settings = {k: v for k, v in sampling.items() if k not in PER_REQUEST}
+            record.update(settings=settings, checkpoint=self.checkpoint)
             if self.options.output is not None and trainer.is_global_zero:
                 if self._fd is None:  # at the first completion: an earlier failure leaves any old file
                     self._fd = os.open(self.options.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
