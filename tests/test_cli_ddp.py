@@ -99,3 +99,28 @@ def test_ddp_logs_the_mean_train_loss_of_all_ranks_and_a_val_loss_independent_of
     main(["validate", "--config", str(tmp_path / "run.yaml"), *windows, "--ckpt_path", "last"])
     [one_device_val] = [float(r["val/loss"]) for r in metric_rows(run, "val/loss", version=1)]
     assert ddp_val == pytest.approx(one_device_val, rel=1e-6)
+
+
+def test_predict_under_ddp_writes_every_prompt_once_in_order_as_one_process_does(tmp_path):
+    """Each rank samples its share of the prompts (the distributed sampler repeats one to even out 3 prompts
+    over 2 ranks); the JSONL and the printed completions hold each prompt's once, as on one process."""
+    from tiny_run import make_run
+
+    config = make_run(tmp_path, steps=1)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Once upon a time\nTom and his dog\nThe sun\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
+    outputs = {}
+    for devices, strategy in (("1", "auto"), ("2", "ddp")):
+        out = tmp_path / f"devices{devices}.jsonl"
+        command = [sys.executable, "-m", "lmproject.lit.cli", "predict", "--config", str(config),
+                   "--ckpt_path", "last", "--prompts_file", str(prompts), "--max_new_tokens", "6",
+                   "--output", str(out), "--trainer.devices", devices,
+                   "--trainer.strategy", strategy]  # fmt: skip
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        outputs[devices] = ([json.loads(line) for line in out.read_text().splitlines()], result.stdout)
+    (single, single_printed), (ddp, ddp_printed) = outputs["1"], outputs["2"]
+    assert [r["prompt"] for r in ddp] == ["Once upon a time", "Tom and his dog", "The sun"]
+    assert ddp == single
+    assert ddp_printed == single_printed

@@ -4,8 +4,9 @@ Each prompt becomes one request: `num_samples` copies of the prompt sampled toge
 `predict_step` (lmproject.generate), seeded with `seed + prompt index`, so a rerun of the same command gives
 the same text. Completions print to stdout as each request finishes; with one prompt and one sample on a
 terminal they stream token by token instead. `--output` gets one JSON line per completion as soon as its
-request finishes, each line one write, so Ctrl-C (or a kill) keeps every finished completion and never half
-a line; the file is checked for writing before any sampling.
+request finishes (under DDP: at the end, gathered from every rank), each line one write, so Ctrl-C (or a
+kill) keeps every finished completion and never half a line; the file is checked for writing before any
+sampling.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LightningArgumentParser
 
@@ -148,7 +150,7 @@ def requests(options: SamplingOptions, tokenizer: Tokenizer) -> list[dict[str, A
     dict: Lightning's batch transfer refuses a frozen dataclass."""
     eos = eos_id(tokenizer)
     return [
-        {"prompt": text, "prompt_ids": tokenizer.encode(text), "num_samples": options.num_samples,
+        {"index": i, "prompt": text, "prompt_ids": tokenizer.encode(text), "num_samples": options.num_samples,
          "sampling": asdict(replace(options.sampling, seed=options.seed + i, eos_id=eos))}
         for i, text in enumerate(options.prompts())
     ]  # fmt: skip
@@ -183,40 +185,54 @@ class TokenPrinter:
 
 class CompletionWriter(BasePredictionWriter):
     """Decodes each request's completions, prints them (unless streamed), and appends them to the JSONL
-    file as the request finishes (rank 0 writes)."""
+    file as the request finishes. Under DDP each rank samples its share of the prompts (Lightning's
+    distributed sampler, which repeats prompts to even out the ranks): the ranks' completions are gathered
+    at the end and rank 0 prints and writes each prompt's once, in prompt order."""
 
     def __init__(self, tokenizer: Tokenizer, options: SamplingOptions, checkpoint: str | None):
         super().__init__(write_interval="batch")
         self.tokenizer, self.options, self.checkpoint = tokenizer, options, checkpoint
         self.written = 0
         self._fd: int | None = None
+        self._gathered: list[dict[str, Any]] = []  # this rank's records, under DDP
 
     def write_on_batch_end(
         self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0
     ):
-        sampling = batch["sampling"]
-        eos = sampling["eos_id"]
-        for sample, ids in enumerate(prediction):
-            ended = bool(ids) and ids[-1] == eos
-            text = decode(self.tokenizer, ids[:-1] if ended else ids)
-            record = {
-                "prompt": batch["prompt"],
-                "completion": text,
-                "prompt_tokens": len(batch["prompt_ids"]),
-            }
-            record.update(
-                completion_tokens=len(ids), stopped_at_eos=ended, sample=sample, seed=sampling["seed"]
-            )
-            settings = {k: v for k, v in sampling.items() if k not in PER_REQUEST}
-            record.update(settings=settings, checkpoint=self.checkpoint)
-            if self.options.output is not None and trainer.is_global_zero:
-                if self._fd is None:  # at the first completion: an earlier failure leaves any old file
-                    self._fd = os.open(self.options.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-                _write_all(self._fd, (json.dumps(record, ensure_ascii=False) + "\n").encode())
-                self.written += 1
-            if pl_module.token_callback is None:
-                header = f"--- prompt {batch_idx + 1}, sample {sample + 1} ---"
-                print(f"{header}\n{batch['prompt']}{text}\n", flush=True)
+        records = [self._record(batch, sample, ids) for sample, ids in enumerate(prediction)]
+        if trainer.world_size > 1:
+            self._gathered.extend(records)
+            return
+        for record in records:
+            self._emit(record, printed=pl_module.token_callback is None)
+
+    def _record(self, request: dict[str, Any], sample: int, ids: list[int]) -> dict[str, Any]:
+        sampling = request["sampling"]
+        ended = bool(ids) and ids[-1] == sampling["eos_id"]
+        return {
+            "prompt": request["prompt"],
+            "completion": decode(self.tokenizer, ids[:-1] if ended else ids),
+            "prompt_tokens": len(request["prompt_ids"]),
+            "completion_tokens": len(ids),
+            "stopped_at_eos": ended,
+            "sample": sample,
+            "seed": sampling["seed"],
+            "settings": {k: v for k, v in sampling.items() if k not in PER_REQUEST},
+            "checkpoint": self.checkpoint,
+            "index": request["index"],  # removed before writing: the order of the lines says it
+        }
+
+    def _emit(self, record: dict[str, Any], printed: bool) -> None:
+        """Print one completion and append it to the JSONL file."""
+        index = record.pop("index")
+        if self.options.output is not None:
+            if self._fd is None:  # at the first completion: an earlier failure leaves any old file
+                self._fd = os.open(self.options.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+            _write_all(self._fd, (json.dumps(record, ensure_ascii=False) + "\n").encode())
+            self.written += 1
+        if printed:
+            header = f"--- prompt {index + 1}, sample {record['sample'] + 1} ---"
+            print(f"{header}\n{record['prompt']}{record['completion']}\n", flush=True)
 
     def _close(self, finished: bool) -> None:
         if self._fd is not None:
@@ -228,6 +244,13 @@ class CompletionWriter(BasePredictionWriter):
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if isinstance(pl_module.token_callback, TokenPrinter):
             pl_module.token_callback.finish()
+        if trainer.world_size > 1:
+            every_rank: list[list[dict[str, Any]] | None] = [None] * trainer.world_size
+            torch.distributed.all_gather_object(every_rank, self._gathered)
+            unique = {(r["index"], r["sample"]): r for records in every_rank for r in records}
+            if trainer.is_global_zero:
+                for key in sorted(unique):
+                    self._emit(unique[key], printed=True)
         self._close(finished=True)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException):
