@@ -33,8 +33,7 @@ import yaml
 
 from lmproject.data import get_batch, open_tokens
 from lmproject.lit.cli import run_lightning
-from lmproject.lit.module import ARCHITECTURE
-from lmproject.nn import TransformerLM, cross_entropy
+from lmproject.nn import ModelConfig, TransformerLM, cross_entropy
 from lmproject.optim import AdamW, clip_grad_norm, cosine_lr
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,18 +73,21 @@ def fit_args(args: argparse.Namespace, data_dir: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def run_fit(args: argparse.Namespace, data_dir: Path) -> tuple[tuple[float, float], dict, str]:
-    """Tokens/s of `lmproject fit`, plus the model hyperparameters and precision it ran with."""
+def run_fit(args: argparse.Namespace, data_dir: Path) -> tuple[tuple[float, float], ModelConfig, dict, str]:
+    """Tokens/s of `lmproject fit`, plus the architecture, other model settings and precision it ran with."""
     cli = run_lightning(fit_args(args, data_dir))
     timer = next(c for c in cli.trainer.callbacks if isinstance(c, StepTimer))
-    tokens = args.batch_size * cli.model.hparams.context_length
-    return tokens_per_s(timer.times, args.warmup, tokens), dict(cli.model.hparams), cli.trainer.precision
+    config = cli.model.model.config
+    rates = tokens_per_s(timer.times, args.warmup, args.batch_size * config.context_length)
+    return rates, config, dict(cli.model.hparams), cli.trainer.precision
 
 
-def run_plain(args: argparse.Namespace, data_dir: Path, hp: dict, precision: str) -> tuple[float, float]:
+def run_plain(
+    args: argparse.Namespace, data_dir: Path, config: ModelConfig, hp: dict, precision: str
+) -> tuple[float, float]:
     """Tokens/s of a hand-written loop doing the same work as one `lmproject fit` step."""
     torch.manual_seed(0)  # the seed `lmproject fit` uses (seed_everything: 0)
-    model = TransformerLM(**{k: hp[k] for k in (*ARCHITECTURE, "attention")})
+    model = TransformerLM(config, attention=hp["attention"])
     optimizer = AdamW(model.parameters(), hp["lr_max"], hp["betas"], hp["eps"], hp["weight_decay"])
     total = args.warmup + args.steps
     cycle = hp["cosine_cycle_iters"] or total
@@ -98,7 +100,7 @@ def run_plain(args: argparse.Namespace, data_dir: Path, hp: dict, precision: str
     for step in range(total):
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step, hp["lr_max"], hp["lr_min"], hp["warmup_iters"], cycle)
-        x, y = get_batch(tokens, args.batch_size, hp["context_length"], "cpu", rng)
+        x, y = get_batch(tokens, args.batch_size, config.context_length, "cpu", rng)
         with autocast:
             loss = cross_entropy(model(x), y)
         if not torch.isfinite(loss):
@@ -108,7 +110,7 @@ def run_plain(args: argparse.Namespace, data_dir: Path, hp: dict, precision: str
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         times.append(clocks())
-    return tokens_per_s(times, args.warmup, args.batch_size * hp["context_length"])
+    return tokens_per_s(times, args.warmup, args.batch_size * config.context_length)
 
 
 def main() -> int:
@@ -128,14 +130,14 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp)
-        vocab_size = yaml.safe_load(args.config.read_text())["model"]["vocab_size"]
+        vocab_size = yaml.safe_load(args.config.read_text())["model"]["arch"]["vocab_size"]
         ids = np.random.default_rng(0).integers(0, vocab_size, args.tokens)
         np.save(data_dir / "train.npy", ids.astype(np.uint16))
         fit_rates, plain_rates = [], []
         for repeat in range(args.repeats):
-            rate, hp, precision = run_fit(args, data_dir)
+            rate, config, hp, precision = run_fit(args, data_dir)
             fit_rates.append(rate)
-            plain_rates.append(run_plain(args, data_dir, hp, precision))
+            plain_rates.append(run_plain(args, data_dir, config, hp, precision))
             (fit_wall, fit_cpu), (plain_wall, plain_cpu) = fit_rates[-1], plain_rates[-1]
             line = f"repeat {repeat + 1}: wall-clock tok/s fit {fit_wall:,.0f} plain {plain_wall:,.0f}; "
             print(

@@ -51,21 +51,22 @@ def plain_kv_greedy(model: TransformerLM, prompt: list[int], new_tokens: int) ->
     """Greedy decoding with a plain KV cache: keys and values grow by torch.cat, every weight is read
     from the state dict with F.linear, the head runs on the last position only."""
     w = {name: tensor.detach() for name, tensor in model.state_dict().items()}
-    heads, d_model = model.num_heads, model.d_model
-    cache: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * model.num_layers
+    config = model.config
+    heads, d_model = config.num_heads, config.d_model
+    cache: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * config.num_layers
 
     def forward(ids: torch.Tensor, start: int) -> torch.Tensor:
         seq = ids.shape[1]
         positions = torch.arange(start, start + seq, device=ids.device)
         x = F.embedding(ids, w["token_embeddings.weight"])
-        for i in range(model.num_layers):
+        for i in range(config.num_layers):
             p = f"layers.{i}."
             h = rms_norm(x, w[p + "ln1.weight"])
             q, k, v = (
                 F.linear(h, w[f"{p}attn.{name}_proj.weight"]).view(1, seq, heads, -1).transpose(1, 2)
                 for name in "qkv"
             )
-            q, k = rope(q, positions, model.rope_theta), rope(k, positions, model.rope_theta)
+            q, k = rope(q, positions, config.rope_theta), rope(k, positions, config.rope_theta)
             if cache[i] is not None:
                 k, v = torch.cat([cache[i][0], k], dim=2), torch.cat([cache[i][1], v], dim=2)
             cache[i] = (k, v)
@@ -132,10 +133,10 @@ def main() -> None:
     dtype, clock = DTYPES[args.dtype], CLOCKS[args.clock]
 
     torch.manual_seed(0)
-    float32_model = TransformerLM(**TINYSTORIES).to(args.device)
+    float32_model = TransformerLM(TINYSTORIES).to(args.device)
     model = copy.deepcopy(float32_model).to(dtype)
-    prompt = torch.randint(0, TINYSTORIES["vocab_size"], (args.prompt_len,)).tolist()
-    n, slide = args.new_tokens, window_slide_for(model.context_length, args.window_slide)
+    prompt = torch.randint(0, TINYSTORIES.vocab_size, (args.prompt_len,)).tolist()
+    n, slide = args.new_tokens, window_slide_for(TINYSTORIES.context_length, args.window_slide)
 
     sampling = SamplingConfig(max_new_tokens=n, temperature=0, window_slide=slide)
 
@@ -143,7 +144,7 @@ def main() -> None:
         return generate(model, prompts, sampling, cuda_graph=cuda_graph)
 
     runs: dict[str, Callable[[], list]] = {"cached": lambda: greedy(model, [prompt])[0]}
-    if args.prompt_len + n <= model.context_length:  # the plain loop does not slide a window
+    if args.prompt_len + n <= TINYSTORIES.context_length:  # the plain loop does not slide a window
         runs["plain"] = lambda: plain_kv_greedy(model, prompt, n)
     if args.cuda_graph:
         runs["no graph"] = lambda: greedy(model, [prompt], cuda_graph=False)[0]

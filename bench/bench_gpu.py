@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import lightning as L
@@ -136,13 +137,14 @@ def run_fit(args: argparse.Namespace, data: Path, extra: list[str]) -> dict:
         "--checkpoint.every_n_train_steps", "0", "--checkpoint.save_last", "false", *extra,
     ])  # fmt: skip
     start, end = SyncTimer.times
-    hp = dict(cli.model.hparams)
+    hp, arch = dict(cli.model.hparams), cli.model.model.config
     metrics = cli.trainer.callback_metrics
     return {
-        "tokens_per_s": args.steps * cli.datamodule.batch_size * hp["context_length"] / (end - start),
+        "tokens_per_s": args.steps * cli.datamodule.batch_size * arch.context_length / (end - start),
         "logged": float(metrics.get("throughput/tokens_per_s", math.nan)),
         "loss": float(metrics.get("train/loss", math.nan)),
         "batch_size": cli.datamodule.batch_size,
+        "arch": asdict(arch),
         "hparams": {k: v for k, v in hp.items() if isinstance(v, (int, float, str, type(None)))},
     }
 
@@ -150,14 +152,15 @@ def run_fit(args: argparse.Namespace, data: Path, extra: list[str]) -> dict:
 def run_plain(args: argparse.Namespace, data: Path) -> dict:
     """`fit`'s step as a hand-written compiled bf16 loop, the config's model and optimizer settings."""
     from lmproject.data import get_batch, open_tokens
-    from lmproject.lit.module import ARCHITECTURE, LanguageModel
+    from lmproject.lit.module import LanguageModel
     from lmproject.nn import TransformerLM
     from lmproject.optim import AdamW, clip_gradients, cosine_lr
 
-    hp = dict(LanguageModel(**yaml.safe_load(args.config.read_text())["model"]).hparams)
+    module = LanguageModel(**yaml.safe_load(args.config.read_text())["model"])
+    hp, arch = dict(module.hparams), module.model.config
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
-    model = TransformerLM(**{k: hp[k] for k in (*ARCHITECTURE, "attention")}).to(device)
+    model = TransformerLM(arch, attention=hp["attention"]).to(device)
     loss_of = torch.compile(model.loss)
     optimizer = AdamW(model.parameters(), hp["lr_max"], hp["betas"], hp["eps"], hp["weight_decay"])
     tokens, rng = open_tokens(data), np.random.default_rng(0)
@@ -174,7 +177,7 @@ def run_plain(args: argparse.Namespace, data: Path) -> dict:
                 profile.profiler.start()
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step, hp["lr_max"], hp["lr_min"], hp["warmup_iters"], total)
-        x, y = get_batch(tokens, args.batch_size, hp["context_length"], device, rng)
+        x, y = get_batch(tokens, args.batch_size, arch.context_length, device, rng)
         with torch.autocast(device, dtype=torch.bfloat16):
             loss = loss_of(x, y)
         loss.backward()
@@ -189,10 +192,11 @@ def run_plain(args: argparse.Namespace, data: Path) -> dict:
         profile.profiler.stop()
         profile.write(ProfileSteps.path, ProfileSteps.title)
     return {
-        "tokens_per_s": args.steps * args.batch_size * hp["context_length"] / elapsed,
+        "tokens_per_s": args.steps * args.batch_size * arch.context_length / elapsed,
         "logged": math.nan,
         "loss": loss_value,
         "batch_size": args.batch_size,
+        "arch": asdict(arch),
         "hparams": {k: v for k, v in hp.items() if isinstance(v, (int, float, str, type(None)))},
     }
 
@@ -211,12 +215,11 @@ def run_variant(args: argparse.Namespace) -> int:
 
 def predicted_gb(result: dict) -> float:
     """lmproject.memory's bf16-mixed prediction of the peak (eager; compiled code saves other tensors)."""
-    from lmproject.accounting import SIZE_FIELDS, ModelShape
     from lmproject.memory import training_memory
+    from lmproject.nn import ModelConfig
 
-    hp = result["hparams"]
-    shape = ModelShape(**{k: hp[k] for k in (*SIZE_FIELDS, "ffn", "norm")})
-    parts = training_memory(shape, result["batch_size"], "bf16-mixed", False, hp.get("loss_chunk_tokens"))
+    chunk = result["hparams"].get("loss_chunk_tokens")
+    parts = training_memory(ModelConfig(**result["arch"]), result["batch_size"], "bf16-mixed", False, chunk)
     return parts["peak"] / 1e9
 
 
@@ -258,11 +261,12 @@ def main() -> int:
 
     from lmproject.accounting import train_flops_per_token
     from lmproject.lit.callbacks import device_peak_flops
+    from lmproject.nn import ModelConfig
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "train.npy"
-        vocab_size = yaml.safe_load(args.config.read_text())["model"]["vocab_size"]
+        vocab_size = yaml.safe_load(args.config.read_text())["model"]["arch"]["vocab_size"]
         np.save(data, np.random.default_rng(0).integers(0, vocab_size, args.tokens).astype(np.uint16))
         deadline = time.perf_counter() + args.budget
         for name in args.variants.split(","):
@@ -287,13 +291,12 @@ def main() -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     peak = device_peak_flops(device, torch.bfloat16)
     gpu = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    hp = next((r["hparams"] for _, r, _, _ in rows if r), None)
-    flops = train_flops_per_token(*(hp[k] for k in ("vocab_size", "context_length", "d_model", "num_layers")),
-                                  hp["d_ff"], hp["ffn"]) if hp else math.nan  # fmt: skip
+    arch = next((ModelConfig(**r["arch"]) for _, r, _, _ in rows if r), None)
+    flops = train_flops_per_token(arch) if arch else math.nan
     peak_text = f"{peak / 1e12:.0f} TFLOP/s" if peak else "unknown"
     lines = [
         f"{gpu}, torch {torch.__version__}, config {args.config.name}, context "
-        f"{hp['context_length'] if hp else '?'}, {args.steps} timed steps after {args.warmup}, "
+        f"{arch.context_length if arch else '?'}, {args.steps} timed steps after {args.warmup}, "
         f"{flops / 1e6:.1f} MFLOP/token, peak {peak_text}",
         f"{'variant':11} {'batch':>5} {'tokens/s':>12} {'MFU':>7} {'logged tok/s':>13} {'final loss':>10} "
         f"{'peak GB':>8} {'pred GB':>8} {'wall s':>6}",

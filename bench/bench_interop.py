@@ -66,9 +66,10 @@ def bench_export(folder: Path, config: Path, module: LanguageModel, repeats: int
         command_times.append(time.perf_counter() - start)
         command_cpu.append(_children_cpu() - cpu_before)
         start = time.perf_counter()
-        hparams = {k: v for k, v in module.hparams.items() if not k.startswith("_")}
         tokenizer = Tokenizer.from_dir(folder / "tokenizer")
-        export_folder(hparams, module.model.state_dict(), tokenizer, folder / f"step{repeat}", "float32")
+        export_folder(
+            module.model.config, module.model.state_dict(), tokenizer, folder / f"step{repeat}", "float32"
+        )
         step_times.append(time.perf_counter() - start)
     size = (folder / "hf0/model.safetensors").stat().st_size / 1e6
     print(f"export ({size:.0f} MB of float32 weights): `lmproject export` command best "
@@ -87,18 +88,19 @@ def _children_cpu() -> float:
 
 def bare_forward(model, tokens: np.ndarray, stride: int, batch_size: int) -> None:
     """model(x) over the windows score() uses, nothing else."""
-    starts, _, length = window_plan(len(tokens), model.context_length, stride)
+    starts, _, length = window_plan(len(tokens), model.config.context_length, stride)
     with torch.inference_mode():
         for at in range(0, len(starts), batch_size):
             model(windows(tokens, starts[at : at + batch_size], length)[0])
 
 
 def bench_evaluate(model, num_tokens: int, batch_size: int, repeats: int) -> None:
-    tokens = np.random.default_rng(0).integers(0, model.vocab_size, num_tokens).astype(np.uint16)
-    stride = model.context_length // 2
+    config = model.config
+    tokens = np.random.default_rng(0).integers(0, config.vocab_size, num_tokens).astype(np.uint16)
+    stride = config.context_length // 2
     scored = num_tokens - 1
     ours, bare = [], []
-    bare_forward(model, tokens[: model.context_length * 2], stride, batch_size)  # warm-up
+    bare_forward(model, tokens[: config.context_length * 2], stride, batch_size)  # warm-up
     for _ in range(repeats):
         start = time.perf_counter()
         score(model, tokens, stride, batch_size, progress=False)

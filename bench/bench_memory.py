@@ -17,8 +17,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lmproject.accounting import SIZE_FIELDS, ModelShape, _read_config
+from lmproject.accounting import _read_config
 from lmproject.memory import measure_in_subprocess, training_memory
+from lmproject.nn import ModelConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 ROWS = [  # precision, activation checkpointing, loss chunk tokens
@@ -36,16 +37,16 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=3)
     args = parser.parse_args()
-    shape_args, _ = _read_config([args.config])
-    shape = ModelShape(**{k: v for k, v in shape_args.items() if k in (*SIZE_FIELDS, "ffn", "norm")})
-    print(f"{args.config.name}: {shape}, batch {args.batch_size}, {args.steps} steps, 1 thread")
+    arch, _ = _read_config([args.config])
+    config = ModelConfig(**arch)
+    print(f"{args.config.name}: {config}, batch {args.batch_size}, {args.steps} steps, 1 thread")
     print(f"{'precision':11} {'checkpointing':13} {'loss chunk':>10} {'measured MB':>11} "
           f"{'predicted MB':>12} {'pred/meas':>9} {'s/step':>7}  losses")  # fmt: skip
     for precision, checkpointing, chunk in ROWS:
         measured = measure_in_subprocess(
-            shape, args.batch_size, precision, checkpointing, chunk, steps=args.steps
+            config, args.batch_size, precision, checkpointing, chunk, steps=args.steps
         )
-        predicted = training_memory(shape, args.batch_size, precision, checkpointing, chunk)["peak"]
+        predicted = training_memory(config, args.batch_size, precision, checkpointing, chunk)["peak"]
         losses = " ".join(f"{loss:.6f}" for loss in measured["losses"])
         print(f"{precision:11} {'on' if checkpointing else 'off':13} {chunk or '-':>10} "
               f"{measured['peak_bytes'] / 1e6:11.0f} {predicted / 1e6:12.0f} "

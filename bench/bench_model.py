@@ -20,11 +20,13 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from reference_model import leaf_params, model_config, reference_lm  # noqa: E402
+from reference_model import leaf_params, reference_lm  # noqa: E402
 
-from lmproject.nn import TransformerLM, cross_entropy  # noqa: E402
+from lmproject.nn import ModelConfig, TransformerLM, cross_entropy  # noqa: E402
 
-TINYSTORIES = dict(vocab_size=10_000, context_length=256, d_model=512, num_layers=4, num_heads=16, d_ff=1344)
+TINYSTORIES = ModelConfig(
+    vocab_size=10_000, context_length=256, d_model=512, num_layers=4, num_heads=16, d_ff=1344
+)
 
 
 def ours_step(model, params, x, y):
@@ -32,7 +34,7 @@ def ours_step(model, params, x, y):
 
 
 def reference_step(model, params, x, y):
-    logits = reference_lm(params, x, model_config(model))
+    logits = reference_lm(params, x, model.config)
     F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1)).backward()
 
 
@@ -60,7 +62,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
-    model = TransformerLM(**TINYSTORIES).to(args.device)
+    model = TransformerLM(TINYSTORIES).to(args.device)
     params = leaf_params(model)
     x = torch.randint(0, 10_000, (args.batch, 256), device=args.device)
     y = torch.randint(0, 10_000, (args.batch, 256), device=args.device)

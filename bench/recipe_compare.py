@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from lmproject.accounting import merge_configs
 from lmproject.lit.module import LanguageModel
 from lmproject.optim import clip_gradients
 from lmproject.tools.plot import plot_runs, read_run
@@ -62,15 +63,17 @@ def model_settings(variant: str) -> dict:
     d_ff rule, 4 x d_model, which an overlay written for one width cannot state for every base)."""
     settings = yaml.safe_load(BASE.read_text())["model"]
     for overlay in VARIANTS[variant]:
-        settings.update(yaml.safe_load((RECIPES / f"{overlay}.yaml").read_text()).get("model", {}))
-    if settings.get("ffn") == "relu2":
-        settings["d_ff"] = 4 * settings["d_model"]
+        settings = merge_configs(settings, yaml.safe_load((RECIPES / f"{overlay}.yaml").read_text())["model"])
+    if settings["arch"].get("ffn") == "relu2":
+        settings["arch"]["d_ff"] = 4 * settings["arch"]["d_model"]
     return settings
 
 
 def base_steps() -> int:
     config = yaml.safe_load(BASE.read_text())
-    return config["train_tokens"] // (config["data"]["batch_size"] * config["model"]["context_length"])
+    return config["train_tokens"] // (
+        config["data"]["batch_size"] * config["model"]["arch"]["context_length"]
+    )
 
 
 def run_dir(runs: Path, variant: str, lr: float, seed: int, steps: int) -> Path:
@@ -86,14 +89,14 @@ def train_and_validate(runs: Path, variant: str, lr: float, seed: int, steps: in
         return json.loads(result.read_text())["val_loss"]
     out.mkdir(parents=True, exist_ok=True)
     config = yaml.safe_load(BASE.read_text())
-    tokens = steps * config["data"]["batch_size"] * config["model"]["context_length"]
+    tokens = steps * config["data"]["batch_size"] * config["model"]["arch"]["context_length"]
     settings = model_settings(variant)
     common = [sys.executable, "-m", "lmproject.lit.cli"]
     configs = ["--config", str(BASE)] + [
         a for o in VARIANTS[variant] for a in ("--config", f"{RECIPES}/{o}.yaml")
     ]
     args = configs + [
-        f"--model.d_ff={settings['d_ff']}", f"--model.lr_max={lr}", f"--model.lr_min={lr / 10}",
+        f"--model.arch.d_ff={settings['arch']['d_ff']}", f"--model.lr_max={lr}", f"--model.lr_min={lr / 10}",
         f"--seed_everything={seed}", f"--data.seed={seed}", f"--trainer.default_root_dir={out}",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
@@ -173,9 +176,12 @@ def time_per_step(variants: list[str]) -> dict[str, float]:
     of its steps, since load from other processes only ever adds time."""
     torch.set_num_threads(1)
     config = yaml.safe_load(BASE.read_text())
-    batch, context = config["data"]["batch_size"], config["model"]["context_length"]
+    batch, context = config["data"]["batch_size"], config["model"]["arch"]["context_length"]
     tokens = torch.randint(
-        0, config["model"]["vocab_size"], (batch, context + 1), generator=torch.Generator().manual_seed(0)
+        0,
+        config["model"]["arch"]["vocab_size"],
+        (batch, context + 1),
+        generator=torch.Generator().manual_seed(0),
     )
     data = (tokens[:, :-1], tokens[:, 1:])
     trainers = {}

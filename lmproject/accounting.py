@@ -34,10 +34,12 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
+from typing import get_args, get_type_hints
 
 from lmproject.errors import UserError, run_cli
+from lmproject.nn.config import ModelConfig, refuse_flat_fields
 from lmproject.settings_check import check_settings
 from lmproject.tokenizer.files import read_text
 
@@ -47,61 +49,35 @@ ADAMW_FLOPS_PER_PARAM = 14
 FFN_MATRICES = {"swiglu": 3, "silu": 2, "relu2": 2}
 # RMSNorms per layer and after the last layer: pre-norm has ln1, ln2 and ln_final; post-norm has no ln_final.
 NORM_COUNTS = {"pre": (2, 1), "post": (2, 0), "none": (0, 0)}
-SIZE_FIELDS = ("vocab_size", "context_length", "d_model", "num_layers", "num_heads", "d_ff")
 
 
-@dataclass(frozen=True)
-class ModelShape:
-    """The hyperparameters that decide the model's size and cost."""
-
-    vocab_size: int
-    context_length: int
-    d_model: int
-    num_layers: int
-    num_heads: int
-    d_ff: int
-    ffn: str = "swiglu"
-    norm: str = "pre"
-    tie_embeddings: bool = False
-
-    def __post_init__(self) -> None:
-        for name in SIZE_FIELDS:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise UserError(f"{name} must be a positive integer, got {value!r}")
-        if self.ffn not in FFN_MATRICES:
-            raise UserError(f"ffn must be one of {sorted(FFN_MATRICES)}, got {self.ffn!r}")
-        if self.norm not in NORM_COUNTS:
-            raise UserError(f"norm must be one of {sorted(NORM_COUNTS)}, got {self.norm!r}")
-
-
-def parameter_counts(shape: ModelShape) -> dict[str, int]:
+def parameter_counts(config: ModelConfig) -> dict[str, int]:
     """Trainable parameters by component."""
-    d, n_layers = shape.d_model, shape.num_layers
-    per_layer_norms, final_norms = NORM_COUNTS[shape.norm]
+    d, n_layers = config.d_model, config.num_layers
+    per_layer_norms, final_norms = NORM_COUNTS[config.norm]
     return {
-        "token embeddings": shape.vocab_size * d,
+        "token embeddings": config.vocab_size * d,
         "attention": n_layers * 4 * d * d,
-        "ffn": n_layers * FFN_MATRICES[shape.ffn] * d * shape.d_ff,
+        "ffn": n_layers * FFN_MATRICES[config.ffn] * d * config.d_ff,
         "rmsnorm": (n_layers * per_layer_norms + final_norms) * d,
-        "lm head": 0 if shape.tie_embeddings else shape.vocab_size * d,
+        "lm head": 0 if config.tie_embeddings else config.vocab_size * d,
     }
 
 
-def forward_flops(shape: ModelShape) -> dict[str, int]:
+def forward_flops(config: ModelConfig) -> dict[str, int]:
     """Forward-pass matmul FLOPs for one sequence of `context_length` tokens, by component."""
-    t, d, n_layers = shape.context_length, shape.d_model, shape.num_layers
+    t, d, n_layers = config.context_length, config.d_model, config.num_layers
     return {
         "attention projections": n_layers * 2 * t * d * 4 * d,
         "attention scores + weighted sum": n_layers * 2 * 2 * t * t * d,
-        "ffn": n_layers * 2 * t * d * shape.d_ff * FFN_MATRICES[shape.ffn],
-        "lm head": 2 * t * d * shape.vocab_size,
+        "ffn": n_layers * 2 * t * d * config.d_ff * FFN_MATRICES[config.ffn],
+        "lm head": 2 * t * d * config.vocab_size,
     }
 
 
-def flop_shares(shape: ModelShape) -> dict[str, float]:
+def flop_shares(config: ModelConfig) -> dict[str, float]:
     """Percent of forward FLOPs in attention (projections + scores), the FFN and the lm head."""
-    flops = forward_flops(shape)
+    flops = forward_flops(config)
     total = sum(flops.values())
     attention = flops["attention projections"] + flops["attention scores + weighted sum"]
     return {
@@ -110,56 +86,53 @@ def flop_shares(shape: ModelShape) -> dict[str, float]:
     }
 
 
-def train_flops_per_token(
-    vocab_size: int, context_length: int, d_model: int, num_layers: int, d_ff: int, ffn: str = "swiglu"
-) -> float:
+def train_flops_per_token(config: ModelConfig) -> float:
     """Training FLOPs per token (forward x 3) for MFU: multiply by tokens/s and divide by the peak FLOP/s.
 
     The optimizer's per-step cost is left out (it is about 1e-6 of a step for any realistic batch)."""
-    shape = ModelShape(vocab_size, context_length, d_model, num_layers, 1, d_ff, ffn=ffn)
-    return 3 * sum(forward_flops(shape).values()) / context_length
+    return 3 * sum(forward_flops(config).values()) / config.context_length
 
 
-def train_step_flops(shape: ModelShape, batch_size: int) -> int:
+def train_step_flops(config: ModelConfig, batch_size: int) -> int:
     """FLOPs of one training step: forward x 3 over the batch plus the AdamW update."""
-    params = sum(parameter_counts(shape).values())
-    return 3 * sum(forward_flops(shape).values()) * batch_size + ADAMW_FLOPS_PER_PARAM * params
+    params = sum(parameter_counts(config).values())
+    return 3 * sum(forward_flops(config).values()) * batch_size + ADAMW_FLOPS_PER_PARAM * params
 
 
-def activation_floats(shape: ModelShape) -> int:
+def activation_floats(config: ModelConfig) -> int:
     """Activations kept for the backward pass of one sequence, in floats (the handout's list)."""
-    t, d, h = shape.context_length, shape.d_model, shape.num_heads
-    per_layer_norms, final_norms = NORM_COUNTS[shape.norm]
+    t, d, h = config.context_length, config.d_model, config.num_heads
+    per_layer_norms, final_norms = NORM_COUNTS[config.norm]
     per_layer = (
-        per_layer_norms * t * d + 3 * t * d + 2 * h * t * t + t * d + t * d + 2 * t * shape.d_ff + t * d
+        per_layer_norms * t * d + 3 * t * d + 2 * h * t * t + t * d + t * d + 2 * t * config.d_ff + t * d
     )
-    return shape.num_layers * per_layer + final_norms * t * d + 2 * t * shape.vocab_size
+    return config.num_layers * per_layer + final_norms * t * d + 2 * t * config.vocab_size
 
 
-def adamw_memory_bytes(shape: ModelShape, batch_size: int) -> dict[str, int]:
+def adamw_memory_bytes(config: ModelConfig, batch_size: int) -> dict[str, int]:
     """Peak float32 memory of an AdamW training step, by component."""
-    params = sum(parameter_counts(shape).values())
+    params = sum(parameter_counts(config).values())
     return {
         "parameters": BYTES_PER_FLOAT * params,
         "gradients": BYTES_PER_FLOAT * params,
         "optimizer state": 2 * BYTES_PER_FLOAT * params,
-        "activations": BYTES_PER_FLOAT * activation_floats(shape) * batch_size,
+        "activations": BYTES_PER_FLOAT * activation_floats(config) * batch_size,
     }
 
 
-def max_batch_size(shape: ModelShape, memory_bytes: float) -> int:
+def max_batch_size(config: ModelConfig, memory_bytes: float) -> int:
     """Largest batch whose AdamW step fits in `memory_bytes` (0 if not even the weights and state fit)."""
-    fixed = sum(adamw_memory_bytes(shape, 0).values())
-    per_sequence = adamw_memory_bytes(shape, 1)["activations"]
+    fixed = sum(adamw_memory_bytes(config, 0).values())
+    per_sequence = adamw_memory_bytes(config, 1)["activations"]
     return max(0, math.floor((memory_bytes - fixed) / per_sequence))
 
 
 def training_seconds(
-    shape: ModelShape, batch_size: int, steps: int, mfu: float, peak_flops: float, devices: int = 1
+    config: ModelConfig, batch_size: int, steps: int, mfu: float, peak_flops: float, devices: int = 1
 ) -> float:
     """Wall-clock time of `steps` training steps of `batch_size` sequences (all devices together) at a model
     FLOPs utilization of `mfu` of `peak_flops` per device."""
-    return train_step_flops(shape, batch_size) * steps / (mfu * peak_flops * devices)
+    return train_step_flops(config, batch_size) * steps / (mfu * peak_flops * devices)
 
 
 def steps_for_tokens(
@@ -173,12 +146,11 @@ def steps_for_tokens(
 
 # GPT-2's shapes as the reference analysis uses them (SwiGLU FFN, untied lm head, d_ff = 4 * d_model).
 PRESETS = {
-    "gpt2-small": ModelShape(50257, 1024, 768, 12, 12, 3072),
-    "gpt2-medium": ModelShape(50257, 1024, 1024, 24, 16, 4096),
-    "gpt2-large": ModelShape(50257, 1024, 1280, 36, 20, 5120),
-    "gpt2-xl": ModelShape(50257, 1024, 1600, 48, 25, 6400),
+    "gpt2-small": ModelConfig(50257, 1024, 768, 12, 12, 3072),
+    "gpt2-medium": ModelConfig(50257, 1024, 1024, 24, 16, 4096),
+    "gpt2-large": ModelConfig(50257, 1024, 1280, 36, 20, 5120),
+    "gpt2-xl": ModelConfig(50257, 1024, 1600, 48, 25, 6400),
 }
-SHAPE_FIELDS = [f.name for f in fields(ModelShape)]
 
 
 def _mapping_with(node: object, key: str) -> dict:
@@ -207,12 +179,12 @@ def _load_yaml(path: Path) -> dict:
     return config
 
 
-def _merge(base: dict, top: dict) -> dict:
+def merge_configs(base: dict, top: dict) -> dict:
     """`top` over `base`, section by section, as LightningCLI layers repeated --config files."""
     merged = dict(base)
     for key, value in top.items():
         both = isinstance(value, dict) and isinstance(merged.get(key), dict)
-        merged[key] = _merge(merged[key], value) if both else value
+        merged[key] = merge_configs(merged[key], value) if both else value
     return merged
 
 
@@ -232,42 +204,44 @@ def _config_devices(trainer: dict) -> int | None:
 
 
 def _read_config(paths: list[Path]) -> tuple[dict, dict]:
-    """(the `model:` section, other defaults: batch size, accumulation, devices, steps) from LightningCLI
-    YAMLs."""
+    """(the architecture, `model.arch`; other defaults: the model's other settings, batch size, accumulation,
+    devices, steps) from LightningCLI YAMLs."""
     config: dict = {}
     for path in paths:
-        config = _merge(config, _load_yaml(path))
-    model = _mapping_with(config.get("model"), "d_model")
-    if not model:
-        names = " + ".join(str(p) for p in paths)
-        raise UserError(f"{names}: no model hyperparameters (d_model, ...) under `model:`")
+        config = merge_configs(config, _load_yaml(path))
+    names = " + ".join(str(p) for p in paths)
+    model = _mapping_with(config.get("model"), "arch") or _mapping_with(config.get("model"), "d_model")
+    refuse_flat_fields(model, names)  # a config, or an overlay, of the shape before model.arch
+    if not isinstance(model.get("arch"), dict):
+        raise UserError(f"{names}: no architecture (d_model, ...) under `model: arch:`")
     data = _mapping_with(config.get("data"), "batch_size")
     check_settings("data", data)
     check_settings("", {"train_tokens": config.get("train_tokens")})
     trainer = config.get("trainer") or {}
     check_settings("trainer", trainer)
     steps = trainer.get("max_steps")
-    return model, {
+    return dict(model["arch"]), {
+        "model": {name: value for name, value in model.items() if name != "arch"},
         "batch_size": data.get("batch_size"),
         "accumulation": trainer.get("accumulate_grad_batches"),
         "devices": _config_devices(trainer),
         "steps": steps if steps and steps > 0 else None,
         "train_tokens": config.get("train_tokens"),
         "precision": None if trainer.get("precision") is None else str(trainer["precision"]),
-        "loss_chunk_tokens": model.get("loss_chunk_tokens"),
     }
 
 
-def _check_model(settings: dict) -> None:
-    """The checks `lmproject fit` makes on the model section (the LanguageModel defaults fill the gaps), so
-    accounting never reports on a model that training would refuse."""
+def _check_model(config: ModelConfig, settings: dict) -> None:
+    """The checks `lmproject fit` makes on the model section besides the architecture (which ModelConfig
+    checks; the LanguageModel defaults fill the gaps), so accounting never reports on a model that training
+    would refuse."""
     import inspect
 
     from lmproject.lit.module import LanguageModel
 
     parameters = inspect.signature(LanguageModel.__init__).parameters.values()
     defaults = {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
-    check_settings("model", {**defaults, **settings})
+    check_settings("model", {**defaults, **settings, "arch": asdict(config)})
 
 
 def _table(title: str, rows: dict[str, float], unit: str, fmt: str = ",.0f") -> str:
@@ -281,7 +255,7 @@ def _table(title: str, rows: dict[str, float], unit: str, fmt: str = ",.0f") -> 
 
 
 def report(
-    shape: ModelShape,
+    config: ModelConfig,
     batch_size: int,
     memory_gb: float,
     mfu: float,
@@ -290,34 +264,34 @@ def report(
     accumulation: int = 1,
     devices: int = 1,
 ) -> str:
-    """All the tables for one model shape, as printed by `lmproject accounting`. `batch_size` is one
+    """All the tables for one model config, as printed by `lmproject accounting`. `batch_size` is one
     device's micro-batch (what memory holds); an optimizer step trains batch_size x accumulation x devices
     sequences."""
-    memory_bytes = adamw_memory_bytes(shape, batch_size)
+    memory_bytes = adamw_memory_bytes(config, batch_size)
     unit, scale = ("GB", GB) if sum(memory_bytes.values()) >= GB else ("MB", 1e6)
     memory = {k: v / scale for k, v in memory_bytes.items()}
-    per_seq = adamw_memory_bytes(shape, 1)["activations"] / scale
+    per_seq = adamw_memory_bytes(config, 1)["activations"] / scale
     fixed = sum(memory.values()) - memory["activations"]
     step_batch = batch_size * accumulation * devices
-    step = train_step_flops(shape, step_batch)
-    seconds = training_seconds(shape, step_batch, steps, mfu, peak, devices)
+    step = train_step_flops(config, step_batch)
+    seconds = training_seconds(config, step_batch, steps, mfu, peak, devices)
     batch_line = f"batch {step_batch}"
     if step_batch != batch_size:
         batch_line += f" ({batch_size} per device x {accumulation} accumulated x {devices} devices)"
-    shape_line = ", ".join(f"{k}={v}" for k, v in asdict(shape).items())
+    arch_line = ", ".join(f"{k}={v}" for k, v in asdict(config).items())
     return "\n\n".join(
         [
-            f"model: {shape_line}",
-            _table("parameters", parameter_counts(shape), "parameters"),
+            f"model.arch: {arch_line}",
+            _table("parameters", parameter_counts(config), "parameters"),
             _table(
-                f"forward matmul FLOPs per sequence of {shape.context_length} tokens",
-                forward_flops(shape),
+                f"forward matmul FLOPs per sequence of {config.context_length} tokens",
+                forward_flops(config),
                 "FLOPs",
             )
             + "\n  shares: "
-            + ", ".join(f"{name} {share:.2f}%" for name, share in flop_shares(shape).items()),
+            + ", ".join(f"{name} {share:.2f}%" for name, share in flop_shares(config).items()),
             f"training step FLOPs (forward x 3 over {batch_line} + AdamW): {step:.4e}\n"
-            f"training FLOPs per token: {step / (step_batch * shape.context_length):.4e}",
+            f"training FLOPs per token: {step / (step_batch * config.context_length):.4e}",
             _table(
                 f"AdamW peak memory, float32, batch {batch_size} (one device's micro-batch)",
                 memory,
@@ -325,7 +299,7 @@ def report(
                 ",.2f",
             )
             + f"\n  = {per_seq:.2f} * batch + {fixed:.2f} {unit}; largest batch in {memory_gb:g} GB: "
-            f"{max_batch_size(shape, memory_gb * GB)}",
+            f"{max_batch_size(config, memory_gb * GB)}",
             f"training time for {steps:,} steps of {batch_line} at {100 * mfu:g}% MFU of "
             f"{peak / 1e12:g} TFLOP/s{' per device' if devices > 1 else ''}: "
             f"{seconds:,.0f} s = {seconds / 3600:,.2f} h = "
@@ -337,21 +311,24 @@ def report(
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lmproject accounting",
-        description="Parameters, FLOPs, AdamW memory and training time of a Transformer LM shape.",
+        description="Parameters, FLOPs, AdamW memory and training time of a Transformer LM.",
     )
     source = p.add_mutually_exclusive_group()
     source.add_argument(
         "--config",
         type=Path,
         action="append",
-        help="LightningCLI YAML whose `model:` holds the hyperparameters; repeat to layer overlays",
+        help="LightningCLI YAML whose `model: arch:` holds the architecture; repeat to layer overlays",
     )
     source.add_argument("--preset", choices=sorted(PRESETS), help="a GPT-2 shape instead of a config")
-    for name in SIZE_FIELDS:
-        p.add_argument(f"--{name.replace('_', '-')}", type=int, help="override the config's value")
-    p.add_argument("--ffn", choices=sorted(FFN_MATRICES), help="FFN type (default swiglu)")
-    p.add_argument("--norm", choices=sorted(NORM_COUNTS), help="RMSNorm placement (default pre)")
-    p.add_argument("--tie-embeddings", action="store_true", default=None, help="lm head shares embeddings")
+    types = get_type_hints(ModelConfig)
+    for field in fields(ModelConfig):  # --vocab-size ... --logit-softcap: model.arch.*, overridden
+        flag, kind = f"--{field.name.replace('_', '-')}", types[field.name]
+        if kind is bool:
+            p.add_argument(flag, action="store_true", default=None, help=f"set model.arch.{field.name} true")
+        else:
+            kind = next(k for k in get_args(kind) if k is not type(None)) if get_args(kind) else kind
+            p.add_argument(flag, type=kind, help=f"model.arch.{field.name} (default: the config's)")
     p.add_argument(
         "--batch-size", type=int, help="sequences per device and micro-batch (default: the config's, else 1)"
     )
@@ -386,29 +363,28 @@ def _count(flag: str, given: int | None, from_config: int | None) -> int:
 
 def _run(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    model: dict = {}
+    arch: dict = {}
     defaults: dict = {}
     if args.preset:
-        model = asdict(PRESETS[args.preset])
+        arch = asdict(PRESETS[args.preset])
     if args.config:
-        model, defaults = _read_config(args.config)
-    for name in SHAPE_FIELDS:
-        if getattr(args, name) is not None:
-            model[name] = getattr(args, name)
-    missing = [n for n in SIZE_FIELDS if n not in model]
+        arch, defaults = _read_config(args.config)
+    for field in fields(ModelConfig):
+        if getattr(args, field.name) is not None:
+            arch[field.name] = getattr(args, field.name)
+    missing = [f.name for f in fields(ModelConfig) if f.default is MISSING and f.name not in arch]
     if missing:
         flags = ", ".join("--" + n.replace("_", "-") for n in missing)
         raise UserError(f"missing model hyperparameters {flags} (give --config, --preset or the flags)")
-    _check_model(model)
-    shape_args = {name: model[name] for name in SHAPE_FIELDS if name in model}
-    shape = ModelShape(**shape_args)
+    config = ModelConfig(**arch)
+    _check_model(config, defaults.get("model", {}))
     batch = _count("--batch-size", args.batch_size, defaults.get("batch_size"))
     accumulation = _count("--accumulation", args.accumulation, defaults.get("accumulation"))
     devices = _count("--devices", args.devices, defaults.get("devices"))
     steps = _count("--steps", args.steps, defaults.get("steps"))
     tokens = defaults.get("train_tokens")
     if args.steps is None and tokens:  # the config's train_tokens sets max_steps, as in `lmproject fit`
-        steps = steps_for_tokens(tokens, batch, shape.context_length, accumulation, devices)
+        steps = steps_for_tokens(tokens, batch, config.context_length, accumulation, devices)
     numbers = (args.mfu, args.peak_flops, args.memory_gb)
     if not all(map(math.isfinite, numbers)) or not 0 < args.mfu <= 1 or min(numbers) <= 0:
         raise UserError("--mfu must be in (0, 1]; --peak-flops and --memory-gb must be positive and finite")
@@ -418,21 +394,23 @@ def _run(argv: list[str]) -> int:
             "counting 1; give --devices N for more",
             file=sys.stderr,
         )
-    print(report(shape, batch, args.memory_gb, args.mfu, args.peak_flops, steps, accumulation, devices))
+    print(report(config, batch, args.memory_gb, args.mfu, args.peak_flops, steps, accumulation, devices))
     print()
     precision = args.precision or defaults.get("precision") or "32-true"
     chunk = (
-        args.loss_chunk_tokens if args.loss_chunk_tokens is not None else defaults.get("loss_chunk_tokens")
+        args.loss_chunk_tokens
+        if args.loss_chunk_tokens is not None
+        else defaults.get("model", {}).get("loss_chunk_tokens")
     )
-    print(_predicted_peaks(shape, batch, precision, chunk))
+    print(_predicted_peaks(config, batch, precision, chunk))
     return 0
 
 
-def _predicted_peaks(shape: ModelShape, batch: int, precision: str, loss_chunk_tokens: int | None) -> str:
+def _predicted_peaks(config: ModelConfig, batch: int, precision: str, loss_chunk_tokens: int | None) -> str:
     from lmproject.memory import memory_report  # it builds on this module
 
     try:
-        return memory_report(shape, batch, precision, loss_chunk_tokens)
+        return memory_report(config, batch, precision, loss_chunk_tokens)
     except ValueError as err:
         raise UserError(str(err)) from None
 

@@ -66,7 +66,7 @@ def score(
 ) -> float:
     """Total negative log-likelihood (nats) of tokens[1:] under the model, windows as in window_plan."""
     device = model.lm_head.weight.device
-    starts, first_scored, length = window_plan(len(tokens), model.context_length, stride)
+    starts, first_scored, length = window_plan(len(tokens), model.config.context_length, stride)
     total = torch.zeros((), dtype=torch.float64, device=device)
     bar = tqdm(total=len(tokens) - 1, unit="tok", unit_scale=True, desc="evaluate", disable=not progress)
     with (
@@ -132,7 +132,7 @@ def _evaluate(argv: list[str]) -> int:
     from lmproject.lit.module import LanguageModel
 
     config = parse_run_config(args.config, overrides)
-    context_length = config.model.context_length
+    context_length = config.model.arch.context_length
     stride = max(1, context_length // 2) if args.stride is None else args.stride
     batch_size = config.data.batch_size if args.batch_size is None else args.batch_size
     if not 1 <= stride <= context_length:
@@ -144,7 +144,7 @@ def _evaluate(argv: list[str]) -> int:
     path, checkpoint = resolve_checkpoint(args.ckpt_path, config)
     data = TokenDataModule(**config.data.as_dict())
     tokenizer = Tokenizer.from_dir(data.tokenizer_dir)
-    vocab_size = config.model.vocab_size
+    vocab_size = config.model.arch.vocab_size
     if tokenizer.vocab_size > vocab_size:
         raise UserError(
             f"{data.tokenizer_dir}: the tokenizer has {tokenizer.vocab_size} ids, more than the model's "

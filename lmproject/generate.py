@@ -95,14 +95,15 @@ class SamplingConfig:
     def check(self, model: TransformerLM) -> None:
         """Refuse the settings this model cannot sample with: a window_slide beyond its context, an eos_id
         beyond its vocabulary."""
-        if self.window_slide is not None and self.window_slide > model.context_length:
+        if self.window_slide is not None and self.window_slide > model.config.context_length:
             raise SamplingError(
-                f"window_slide must be in 1..{model.context_length} (the context length), "
+                f"window_slide must be in 1..{model.config.context_length} (the context length), "
                 f"got {self.window_slide}"
             )
-        if self.eos_id is not None and self.eos_id >= model.vocab_size:
+        if self.eos_id is not None and self.eos_id >= model.config.vocab_size:
             raise SamplingError(
-                f"eos_id must be a token id in 0..{model.vocab_size - 1} (the vocabulary), got {self.eos_id}"
+                f"eos_id must be a token id in 0..{model.config.vocab_size - 1} (the vocabulary), "
+                f"got {self.eos_id}"
             )
 
     @property
@@ -201,10 +202,10 @@ def generate_steps(
         )
     _check_prompts(model, prompt_ids)
     sampling.check(model)
-    window_slide = window_slide_for(model.context_length, sampling.window_slide)
+    window_slide = window_slide_for(model.config.context_length, sampling.window_slide)
     max_new_tokens, eos_id = sampling.max_new_tokens, sampling.eos_id
     model = for_decoding(model, sampling.torch_dtype)
-    keep = model.context_length - window_slide + 1  # tokens re-encoded when a row's window is full
+    keep = model.config.context_length - window_slide + 1  # tokens re-encoded when a row's window is full
     if max_new_tokens == 0:
         return
     device = model.lm_head.weight.device
@@ -217,7 +218,7 @@ def generate_steps(
     pad = torch.tensor([width - len(prompt) for prompt in prompt_ids], device=device)
     finished = [False] * len(prompt_ids)
 
-    tokens, pad, _ = _crop_windows(model, history[:, :width], pad, keep=model.context_length)
+    tokens, pad, _ = _crop_windows(model, history[:, :width], pad, keep=model.config.context_length)
     cache = KVCache(model, len(prompt_ids), pad, static=cuda_graph)
     logits = model.next_token_logits(tokens, kv_cache=cache)
     step_logits = CUDAGraphStep(model, cache) if cuda_graph else _eager_step(model, cache)
@@ -232,7 +233,7 @@ def generate_steps(
         end = width + step + 1
         history[:, end - 1] = new
         tokens = history[:, end - tokens.shape[1] - 1 : end]
-        if cache.length < model.context_length:
+        if cache.length < model.config.context_length:
             logits = step_logits(new)
         else:
             tokens, pad, logits = _slide_windows(model, cache, tokens, pad, keep)
@@ -263,7 +264,7 @@ def _crop_windows(
     of them; columns beyond a row's kept tokens become its padding. Returns (tokens, padding, which rows
     outgrew the context)."""
     real = tokens.shape[1] - pad
-    full = real > model.context_length
+    full = real > model.config.context_length
     kept = torch.where(full, keep, real)
     width = int(kept.max())
     return tokens[:, -width:], width - kept, full
@@ -301,8 +302,9 @@ def _check_prompts(model: TransformerLM, prompt_ids: Sequence[Sequence[int]]) ->
     for i, prompt in enumerate(prompt_ids):
         if len(prompt) == 0:
             raise UserError(f"generate: prompt {i} is empty (it needs at least one token)")
-        bad = [t for t in prompt if not 0 <= t < model.vocab_size]
+        bad = [t for t in prompt if not 0 <= t < model.config.vocab_size]
         if bad:
             raise UserError(
-                f"generate: prompt {i} has token id {bad[0]} outside the vocabulary 0..{model.vocab_size - 1}"
+                f"generate: prompt {i} has token id {bad[0]} outside the vocabulary "
+                f"0..{model.config.vocab_size - 1}"
             )

@@ -22,6 +22,7 @@ import importlib.metadata
 import json
 import math
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from lmproject.atomic import atomic_dir, check_new_folder, usual_permissions
 from lmproject.checkpoint import write_checkpoint
 from lmproject.errors import UserError, run_cli
+from lmproject.nn.config import ModelConfig
 from lmproject.nn.layers import RMS_NORM_EPS
 from lmproject.precision import DTYPES
 from lmproject.tokenizer import EOS_TOKEN, Tokenizer
@@ -72,12 +74,13 @@ _LLAMA_SIZES = (
 _IGNORED_ON_IMPORT = "rotary_emb.inv_freq"  # a buffer some older Llama checkpoints saved; recomputed here
 
 
-def check_llama_expressible(hparams: dict[str, Any]) -> None:
+def check_llama_expressible(arch: ModelConfig) -> None:
     """Refuse a model that Llama cannot express, naming the switch (see LLAMA_SWITCHES)."""
     for switch, (supported, why) in LLAMA_SWITCHES.items():
-        if switch in hparams and hparams[switch] != supported:
+        value = getattr(arch, switch)
+        if value != supported:
             raise UserError(
-                f"model.{switch}={hparams[switch]!r} cannot be exported: {why} (only {switch}={supported!r})"
+                f"model.arch.{switch}={value!r} cannot be exported: {why} (only {switch}={supported!r})"
             )
 
 
@@ -104,27 +107,27 @@ def _name_map(num_layers: int) -> dict[str, str]:
 
 
 def to_llama(
-    weights: dict[str, torch.Tensor], hparams: dict[str, Any], dtype: torch.dtype
+    weights: dict[str, torch.Tensor], arch: ModelConfig, dtype: torch.dtype
 ) -> dict[str, torch.Tensor]:
     """Our state dict (TransformerLM names) as Llama's, in `dtype`; tied embeddings keep embed_tokens only."""
     tensors = {}
-    for ours, theirs in _name_map(hparams["num_layers"]).items():
-        if ours == "lm_head.weight" and hparams.get("tie_embeddings"):
+    for ours, theirs in _name_map(arch.num_layers).items():
+        if ours == "lm_head.weight" and arch.tie_embeddings:
             continue
         tensor = weights[ours]
         if ours.endswith(_ROTATED):
-            tensor = pairs_to_halves(tensor, hparams["num_heads"])
+            tensor = pairs_to_halves(tensor, arch.num_heads)
         tensors[theirs] = tensor.to(dtype).contiguous()
     return tensors
 
 
 def from_llama(
-    tensors: dict[str, torch.Tensor], hparams: dict[str, Any], shapes: dict[str, torch.Size], where: Path
+    tensors: dict[str, torch.Tensor], arch: ModelConfig, shapes: dict[str, torch.Size], where: Path
 ) -> dict[str, torch.Tensor]:
     """Llama's tensors as our state dict in float32; a missing or unknown tensor, or one whose shape differs
     from `shapes` (our model's, from config.json), is a UserError."""
-    names = _name_map(hparams["num_layers"])
-    tied = hparams["tie_embeddings"]
+    names = _name_map(arch.num_layers)
+    tied = arch.tie_embeddings
     unknown = sorted(
         set(tensors) - set(names.values()) - {n for n in tensors if n.endswith(_IGNORED_ON_IMPORT)}
     )
@@ -145,31 +148,31 @@ def from_llama(
                 f"{tuple(shapes[ours])}"
             )
         tensor = tensors[theirs].to(torch.float32)
-        weights[ours] = halves_to_pairs(tensor, hparams["num_heads"]) if ours.endswith(_ROTATED) else tensor
+        weights[ours] = halves_to_pairs(tensor, arch.num_heads) if ours.endswith(_ROTATED) else tensor
     return weights
 
 
-def llama_config(hparams: dict[str, Any], dtype: str, eos_id: int | None) -> dict[str, Any]:
-    """config.json of LlamaForCausalLM for our hyperparameters."""
+def llama_config(arch: ModelConfig, dtype: str, eos_id: int | None) -> dict[str, Any]:
+    """config.json of LlamaForCausalLM for our architecture."""
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
-        "vocab_size": hparams["vocab_size"],
-        "hidden_size": hparams["d_model"],
-        "intermediate_size": hparams["d_ff"],
-        "num_hidden_layers": hparams["num_layers"],
-        "num_attention_heads": hparams["num_heads"],
-        "num_key_value_heads": hparams["num_heads"],
-        "head_dim": hparams["d_model"] // hparams["num_heads"],
+        "vocab_size": arch.vocab_size,
+        "hidden_size": arch.d_model,
+        "intermediate_size": arch.d_ff,
+        "num_hidden_layers": arch.num_layers,
+        "num_attention_heads": arch.num_heads,
+        "num_key_value_heads": arch.num_heads,
+        "head_dim": arch.d_head,
         "hidden_act": "silu",
-        "max_position_embeddings": hparams["context_length"],
+        "max_position_embeddings": arch.context_length,
         "rms_norm_eps": RMS_NORM_EPS,
-        "rope_theta": float(hparams["rope_theta"]),
+        "rope_theta": float(arch.rope_theta),
         "rope_scaling": None,
         "attention_bias": False,
         "mlp_bias": False,
         "attention_dropout": 0.0,
-        "tie_word_embeddings": bool(hparams.get("tie_embeddings", False)),
+        "tie_word_embeddings": arch.tie_embeddings,
         "bos_token_id": eos_id,
         "eos_token_id": eos_id,
         "torch_dtype": dtype,
@@ -177,9 +180,9 @@ def llama_config(hparams: dict[str, Any], dtype: str, eos_id: int | None) -> dic
     }
 
 
-def hparams_from_llama(config: dict[str, Any], where: Path) -> dict[str, Any]:
-    """Our model hyperparameters from a Llama config.json; a feature we do not have is a UserError naming
-    the field."""
+def arch_from_llama(config: dict[str, Any], where: Path) -> ModelConfig:
+    """Our architecture from a Llama config.json; a feature we do not have is a UserError naming the
+    field."""
     for field in _LLAMA_SIZES:
         if isinstance(config.get(field), bool) or not isinstance(config.get(field), int) or config[field] < 1:
             raise UserError(f"{where}: {field} is {config.get(field)!r}, expected a positive integer")
@@ -212,27 +215,27 @@ def hparams_from_llama(config: dict[str, Any], where: Path) -> dict[str, Any]:
     for refused, reason in refusals:
         if refused:
             raise UserError(f"{where}: {reason}: lmproject cannot express this model")
-    return {
-        "vocab_size": config["vocab_size"],
-        "context_length": config["max_position_embeddings"],
-        "d_model": config["hidden_size"],
-        "num_layers": config["num_hidden_layers"],
-        "num_heads": heads,
-        "d_ff": config["intermediate_size"],
-        "rope_theta": float(theta),
-        "tie_embeddings": tied,
-    }
+    return ModelConfig(
+        vocab_size=config["vocab_size"],
+        context_length=config["max_position_embeddings"],
+        d_model=config["hidden_size"],
+        num_layers=config["num_hidden_layers"],
+        num_heads=heads,
+        d_ff=config["intermediate_size"],
+        rope_theta=float(theta),
+        tie_embeddings=tied,
+    )
 
 
 def export_folder(
-    hparams: dict[str, Any], weights: dict[str, torch.Tensor], tokenizer: Tokenizer, out: Path, dtype: str
+    arch: ModelConfig, weights: dict[str, torch.Tensor], tokenizer: Tokenizer, out: Path, dtype: str
 ) -> None:
-    """Write the Hugging Face folder of a model (our hyperparameters and state dict) and its tokenizer."""
-    check_llama_expressible(hparams)
-    if tokenizer.vocab_size > hparams["vocab_size"]:
+    """Write the Hugging Face folder of a model (our architecture and state dict) and its tokenizer."""
+    check_llama_expressible(arch)
+    if tokenizer.vocab_size > arch.vocab_size:
         raise UserError(
             f"the tokenizer has {tokenizer.vocab_size} ids, more than the model's vocab_size="
-            f"{hparams['vocab_size']}: not the tokenizer this model was trained with"
+            f"{arch.vocab_size}: not the tokenizer this model was trained with"
         )
     eos = EOS_TOKEN if EOS_TOKEN in tokenizer.special_tokens else None
     eos_id = tokenizer.encode(eos)[0] if eos else None
@@ -242,52 +245,52 @@ def export_folder(
         special_tokens["additional_special_tokens"] = others
     tokenizer_config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
-        "model_max_length": hparams["context_length"],
+        "model_max_length": arch.context_length,
         "clean_up_tokenization_spaces": False,  # decode gives the text back exactly
         **special_tokens,
     }
     with atomic_dir(out) as folder:
         save_file(
-            to_llama(weights, hparams, DTYPES[dtype]), folder / "model.safetensors", metadata={"format": "pt"}
+            to_llama(weights, arch, DTYPES[dtype]), folder / "model.safetensors", metadata={"format": "pt"}
         )
         usual_permissions(folder / "model.safetensors")  # save_file makes it private (0600)
-        _write_json(folder / "config.json", llama_config(hparams, dtype, eos_id))
+        _write_json(folder / "config.json", llama_config(arch, dtype, eos_id))
         _write_json(folder / "generation_config.json", {"bos_token_id": eos_id, "eos_token_id": eos_id})
         save_tokenizer_json(tokenizer, folder / TOKENIZER_JSON)
         _write_json(folder / "tokenizer_config.json", tokenizer_config)
         _write_json(folder / "special_tokens_map.json", special_tokens)
 
 
-def import_folder(source: Path, out: Path) -> dict[str, Any]:
-    """Turn a Hugging Face Llama folder into the run directory `out`; returns the model hyperparameters."""
+def import_folder(source: Path, out: Path) -> ModelConfig:
+    """Turn a Hugging Face Llama folder into the run directory `out`; returns the model's architecture."""
     config_path = source / "config.json"
     config = _read_json(config_path)
-    hparams = hparams_from_llama(config, config_path)
+    arch = arch_from_llama(config, config_path)
     from lmproject.lit.module import LanguageModel  # Lightning's import is slow: only here
 
     with torch.device("meta"):
-        module = LanguageModel(**hparams)
+        module = LanguageModel(arch)
     shapes = {name.removeprefix("model."): tensor.shape for name, tensor in module.state_dict().items()}
-    weights = from_llama(_load_safetensors(source), hparams, shapes, source)
+    weights = from_llama(_load_safetensors(source), arch, shapes, source)
     tokenizer = None
     if (source / TOKENIZER_JSON).is_file():
         try:
             tokenizer = Tokenizer(*load_tokenizer_json(source / TOKENIZER_JSON))
         except ValueError as err:
             raise UserError(f"{source / TOKENIZER_JSON}: {err}") from None
-        if tokenizer.vocab_size > hparams["vocab_size"]:
+        if tokenizer.vocab_size > arch.vocab_size:
             raise UserError(
                 f"{source / TOKENIZER_JSON}: {tokenizer.vocab_size} ids, more than config.json's "
-                f"vocab_size={hparams['vocab_size']}"
+                f"vocab_size={arch.vocab_size}"
             )
     dtype = config.get("torch_dtype") or config.get("dtype")
     with atomic_dir(out) as folder:
         save_weights_checkpoint(weights, dict(module.hparams), folder / "checkpoints" / "last.ckpt")
         if tokenizer is not None:
             tokenizer.save(folder / "tokenizer")
-        run_config = _run_config(out.absolute(), hparams, dtype, tokenizer is not None)
+        run_config = _run_config(out.absolute(), arch, dtype, tokenizer is not None)
         (folder / "config.yaml").write_text(run_config, encoding="utf-8")
-    return hparams
+    return arch
 
 
 def save_weights_checkpoint(
@@ -306,7 +309,7 @@ def save_weights_checkpoint(
     write_checkpoint(checkpoint, path)
 
 
-def _run_config(out: Path, hparams: dict[str, Any], dtype: str | None, has_tokenizer: bool) -> str:
+def _run_config(out: Path, arch: ModelConfig, dtype: str | None, has_tokenizer: bool) -> str:
     """config.yaml of an imported run: its model, its run directory, placeholders for the token files.
     The paths are absolute (`out` is), so that the config works from any directory."""
     config = {
@@ -314,7 +317,7 @@ def _run_config(out: Path, hparams: dict[str, Any], dtype: str | None, has_token
             "default_root_dir": str(out),
             "precision": "bf16-mixed" if dtype in ("bfloat16", "float16") else "32-true",
         },
-        "model": hparams,
+        "model": {"arch": asdict(arch)},
         "data": {
             "train_path": str(out / "data" / "train.npy"),
             "val_path": str(out / "data" / "valid.npy"),
@@ -400,12 +403,12 @@ def _export(argv: list[str]) -> int:
     args, overrides = parser.parse_known_args(argv)
     check_new_folder(args.out)
     config = parse_run_config(args.config, overrides)
-    hparams = config.model.as_dict()
-    check_llama_expressible(hparams)  # before the checkpoint: its error would only say the model differs
+    arch = ModelConfig(**config.model.arch.as_dict())
+    check_llama_expressible(arch)  # before the checkpoint: its error would only say the model differs
     path, checkpoint = resolve_checkpoint(args.ckpt_path, config)
     weights = {name.removeprefix("model."): tensor for name, tensor in checkpoint["state_dict"].items()}
     tokenizer = Tokenizer.from_dir(TokenDataModule(**config.data.as_dict()).tokenizer_dir)
-    export_folder(hparams, weights, tokenizer, args.out, args.dtype)
+    export_folder(arch, weights, tokenizer, args.out, args.dtype)
     print(f"wrote {args.out} from {path} ({args.dtype})")
     return 0
 
@@ -423,11 +426,11 @@ def _import(argv: list[str]) -> int:
     if not args.source.is_dir():
         raise UserError(f"{args.source}: not a directory")
     check_new_folder(args.out)
-    hparams = import_folder(args.source, args.out)
+    arch = import_folder(args.source, args.out)
     if not (args.out / "tokenizer").is_dir():
         print(f"lmproject: {args.source} has no {TOKENIZER_JSON}: the run has no tokenizer", file=sys.stderr)
     print(
         f"wrote {args.out}: config.yaml, checkpoints/last.ckpt, "
-        f"{hparams['num_layers']} layers x d_model {hparams['d_model']}, vocab {hparams['vocab_size']}"
+        f"{arch.num_layers} layers x d_model {arch.d_model}, vocab {arch.vocab_size}"
     )
     return 0

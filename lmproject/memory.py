@@ -41,31 +41,33 @@ import json
 import os
 import sys
 import time
+from dataclasses import asdict, replace
 
-from lmproject.accounting import ModelShape, parameter_counts
+from lmproject.accounting import parameter_counts
+from lmproject.nn.config import ModelConfig
 
 PRECISIONS = ("32-true", "bf16-mixed")
 GB = 1e9
 
 
-def layer_activation_bytes(shape: ModelShape, bf16: bool) -> int:
+def layer_activation_bytes(config: ModelConfig, bf16: bool) -> int:
     """Activation bytes one layer saves per token (docstring above)."""
-    d, f, h = shape.d_model, shape.d_ff, shape.num_heads
-    swiglu = shape.ffn == "swiglu"
+    d, f, h = config.d_model, config.d_ff, config.num_heads
+    swiglu = config.ffn == "swiglu"
     ffn_tensors = 5 if swiglu else 3  # the SiLU ablation: w1 output, sigmoid, silu
     if bf16:  # w1 and w3 each save their own bfloat16 copy of the normed input (SiLU: w1 only)
         return 32 * d + (4 if swiglu else 2) * d + 2 * ffn_tensors * f + 4 * h + 8
     return 44 * d + 4 * ffn_tensors * f + 4 * h + 8
 
 
-def _matmul_parameters(shape: ModelShape) -> int:
+def _matmul_parameters(config: ModelConfig) -> int:
     """Parameters that go through a matmul (autocast casts them to bfloat16): all but embeddings, norms."""
-    counts = parameter_counts(shape)
-    return counts["attention"] + counts["ffn"] + shape.vocab_size * shape.d_model
+    counts = parameter_counts(config)
+    return counts["attention"] + counts["ffn"] + config.vocab_size * config.d_model
 
 
 def training_memory(
-    shape: ModelShape,
+    config: ModelConfig,
     batch_size: int,
     precision: str = "32-true",
     activation_checkpointing: bool = False,
@@ -76,9 +78,9 @@ def training_memory(
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     bf16 = precision == "bf16-mixed"
-    params = sum(parameter_counts(shape).values())
-    d, vocab, tokens = shape.d_model, shape.vocab_size, batch_size * shape.context_length
-    layer = layer_activation_bytes(shape, bf16)
+    params = sum(parameter_counts(config).values())
+    d, vocab, tokens = config.d_model, config.vocab_size, batch_size * config.context_length
+    layer = layer_activation_bytes(config, bf16)
     final = 10 * d if bf16 else 12 * d
     if loss_chunk_tokens is None:
         loss_per_token, loss_fixed = (10 if bf16 else 8) * vocab, 0
@@ -88,13 +90,13 @@ def training_memory(
         chunk = min(loss_chunk_tokens, tokens)
         loss_fixed = (6 if bf16 else 8) * vocab * d + (8 if bf16 else 4) * vocab * chunk
     if activation_checkpointing:
-        per_token = shape.num_layers * 4 * d + final + max(loss_per_token, layer) + 16
+        per_token = config.num_layers * 4 * d + final + max(loss_per_token, layer) + 16
     else:
-        per_token = shape.num_layers * layer + final + loss_per_token + 16
+        per_token = config.num_layers * layer + final + loss_per_token + 16
     components = {
         "parameters": 4 * params,
         "AdamW moments": 8 * params,
-        "bf16 weight copies": 2 * _matmul_parameters(shape) if bf16 else 0,
+        "bf16 weight copies": 2 * _matmul_parameters(config) if bf16 else 0,
         "activations and loss": per_token * tokens + loss_fixed,
     }
     components["peak"] = max(sum(components.values()), 20 * params)
@@ -110,7 +112,7 @@ def precision_kind(precision: str) -> str:
     return kinds[str(precision)]
 
 
-def memory_report(shape: ModelShape, batch_size: int, precision: str, loss_chunk_tokens: int | None) -> str:
+def memory_report(config: ModelConfig, batch_size: int, precision: str, loss_chunk_tokens: int | None) -> str:
     """The predicted peaks for `precision` and float32, each with and without activation checkpointing."""
     precision = precision_kind(precision)
     chunk = f"the loss in chunks of {loss_chunk_tokens} tokens" if loss_chunk_tokens else "the plain loss"
@@ -121,7 +123,7 @@ def memory_report(shape: ModelShape, batch_size: int, precision: str, loss_chunk
     ]
     for kind in dict.fromkeys([precision, "32-true"]):
         for checkpointing in (False, True):
-            parts = training_memory(shape, batch_size, kind, checkpointing, loss_chunk_tokens)
+            parts = training_memory(config, batch_size, kind, checkpointing, loss_chunk_tokens)
             fixed = parts["parameters"] + parts["AdamW moments"] + parts["bf16 weight copies"]
             lines.append(
                 f"  {kind:<11} {'on' if checkpointing else 'off':<13} {fixed / GB:13.3f} "
@@ -131,7 +133,7 @@ def memory_report(shape: ModelShape, batch_size: int, precision: str, loss_chunk
 
 
 def measure_peak(
-    shape: ModelShape,
+    config: ModelConfig,
     batch_size: int,
     precision: str = "32-true",
     activation_checkpointing: bool = False,
@@ -143,9 +145,7 @@ def measure_peak(
     Run it in a fresh process (main() below) with MALLOC_MMAP_THRESHOLD_ set, so that freed tensors go back
     to the system and the resident size follows the live tensors."""
 
-    tiny = ModelShape(
-        64, 8, 16, 1, 2, 16, ffn=shape.ffn, norm=shape.norm, tie_embeddings=shape.tie_embeddings
-    )
+    tiny = replace(config, vocab_size=64, context_length=8, d_model=16, num_layers=1, num_heads=2, d_ff=16)
     # The first step maps in library code and allocator pools that no later step adds: take them out of
     # the figure with a step of a tiny model first.
     _train(tiny, 2, precision, activation_checkpointing, loss_chunk_tokens, steps=2)
@@ -153,7 +153,7 @@ def measure_peak(
         refs.write("5")
     baseline = _status_bytes("VmRSS")
     start = time.perf_counter()
-    losses = _train(shape, batch_size, precision, activation_checkpointing, loss_chunk_tokens, steps)
+    losses = _train(config, batch_size, precision, activation_checkpointing, loss_chunk_tokens, steps)
     return {
         "peak_bytes": _status_bytes("VmHWM") - baseline,
         "seconds_per_step": (time.perf_counter() - start) / steps,
@@ -162,7 +162,7 @@ def measure_peak(
 
 
 def _train(
-    shape: ModelShape, batch_size: int, precision: str, activation_checkpointing: bool,
+    config: ModelConfig, batch_size: int, precision: str, activation_checkpointing: bool,
     loss_chunk_tokens: int | None, steps: int,
 ) -> list[float]:  # fmt: skip
     """`steps` training steps of a fresh model (seed 0) on random tokens; the losses."""
@@ -172,15 +172,11 @@ def _train(
     from lmproject.optim import AdamW, clip_gradients
 
     torch.manual_seed(0)
-    model = TransformerLM(
-        shape.vocab_size, shape.context_length, shape.d_model, shape.num_layers, shape.num_heads,
-        shape.d_ff, ffn=shape.ffn, norm=shape.norm, tie_embeddings=shape.tie_embeddings,
-        activation_checkpointing=activation_checkpointing,
-    )  # fmt: skip
+    model = TransformerLM(config, activation_checkpointing=activation_checkpointing)
     optimizer = AdamW(model.parameters())
     losses = []
     for _ in range(steps):
-        x, y = torch.randint(0, shape.vocab_size, (2, batch_size, shape.context_length))
+        x, y = torch.randint(0, config.vocab_size, (2, batch_size, config.context_length))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
             loss = model.loss(x, y, loss_chunk_tokens)
         loss.backward()
@@ -200,13 +196,13 @@ def _status_bytes(field: str) -> int:
 
 
 def measure_in_subprocess(
-    shape: ModelShape, batch_size: int, precision: str, activation_checkpointing: bool = False,
+    config: ModelConfig, batch_size: int, precision: str, activation_checkpointing: bool = False,
     loss_chunk_tokens: int | None = None, threads: int = 1, steps: int = 2,
 ) -> dict:  # fmt: skip
     """measure_peak in a fresh Python process (nothing else of this process's memory is counted)."""
     import subprocess
 
-    args = [sys.executable, "-m", "lmproject.memory", "--shape", json.dumps(shape.__dict__),
+    args = [sys.executable, "-m", "lmproject.memory", "--config", json.dumps(asdict(config)),
             "--batch-size", str(batch_size), "--precision", precision, "--steps", str(steps)]  # fmt: skip
     if activation_checkpointing:
         args.append("--activation-checkpointing")
@@ -218,18 +214,17 @@ def measure_in_subprocess(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m lmproject.memory --shape JSON --batch-size B ...`: print measure_peak's result as JSON."""
+    """`python -m lmproject.memory --config JSON --batch-size B ...`: print measure_peak's result as JSON."""
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--shape", required=True, help="ModelShape fields as a JSON object")
+    parser.add_argument("--config", required=True, help="ModelConfig fields as a JSON object")
     parser.add_argument("--batch-size", type=int, required=True)
     parser.add_argument("--precision", choices=PRECISIONS, default="32-true")
     parser.add_argument("--activation-checkpointing", action="store_true")
     parser.add_argument("--loss-chunk-tokens", type=int)
     parser.add_argument("--steps", type=int, default=2)
     args = parser.parse_args(argv)
-    shape = ModelShape(**json.loads(args.shape))
     result = measure_peak(
-        shape,
+        ModelConfig(**json.loads(args.config)),
         args.batch_size,
         args.precision,
         args.activation_checkpointing,

@@ -4,7 +4,7 @@ One table per config section. A rule is (setting, test, requirement): `test(valu
 and the whole section, so a rule can relate settings (lr_min <= lr_max, num_heads dividing d_model); the
 requirement is what the error says, formatted with the section's values. A new hyperparameter needs one line
 here. `lmproject fit/validate/test/predict`, `lmproject accounting --config`, LanguageModel, TokenDataModule
-and TransformerLM all call `check_settings`, so a value is refused the same way wherever it comes from.
+and ModelConfig all call `check_settings`, so a value is refused the same way wherever it comes from.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def _head_size(section: Mapping[str, Any]) -> int:
     return section["d_model"] // section["num_heads"]
 
 
-MODEL_RULES = (
+ARCH_RULES = (  # lmproject.nn.ModelConfig's fields
     Rule("vocab_size", lambda v, s: _count(v), "an integer >= 1"),
     Rule("context_length", lambda v, s: _count(v), "an integer >= 1"),
     Rule("d_model", lambda v, s: _count(v), "an integer >= 1"),
@@ -74,13 +74,11 @@ MODEL_RULES = (
     Rule("norm", lambda v, s: v in NORMS, f"one of {', '.join(NORMS)}"),
     Rule("position", lambda v, s: v in POSITIONS, f"one of {', '.join(POSITIONS)}"),
     Rule("ffn", lambda v, s: v in FFNS, f"one of {', '.join(FFNS)}"),
-    Rule("attention", lambda v, s: v in ATTENTIONS, f"one of {', '.join(ATTENTIONS)}"),
     Rule("logit_softcap", lambda v, s: v is None or (_real(v) and v > 0), "null or a number > 0"),
-    Rule(
-        "logit_softcap",
-        lambda v, s: v is None or s.get("loss_chunk_tokens") is None,
-        "null when loss_chunk_tokens={loss_chunk_tokens} is set: the chunked loss has no soft-cap",
-    ),
+)
+
+MODEL_RULES = (  # LanguageModel's settings besides the architecture (model.arch)
+    Rule("attention", lambda v, s: v in ATTENTIONS, f"one of {', '.join(ATTENTIONS)}"),
     Rule("optimizer", lambda v, s: v in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
     Rule("muon_momentum", lambda v, s: _real(v) and 0 <= v < 1, "a number in [0, 1)"),
     Rule("schedule", lambda v, s: v in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
@@ -105,6 +103,11 @@ MODEL_RULES = (
         f"null or one of {', '.join(COMPILE_MODES)}",
     ),
     Rule("loss_chunk_tokens", lambda v, s: v is None or _count(v), "null or an integer >= 1"),
+    Rule(
+        "loss_chunk_tokens",
+        lambda v, s: v is None or s["arch"]["logit_softcap"] is None,
+        "null when model.arch.logit_softcap={arch[logit_softcap]} is set: the chunked loss has no soft-cap",
+    ),
 )
 
 DATA_RULES = (
@@ -136,6 +139,7 @@ RUN_RULES = (  # top-level settings of `lmproject fit ...`
 )
 
 RULES = {
+    "model.arch": ARCH_RULES,
     "model": MODEL_RULES,
     "data": DATA_RULES,
     "trainer": TRAINER_RULES,
@@ -146,8 +150,8 @@ RULES = {
 
 def check_settings(section: str, values: Mapping[str, Any]) -> None:
     """Raise SettingError for the first setting of `values` (a config section named as in RULES, "" for
-    the top level) that breaks its rule, e.g. `model.num_heads=4: must be a divisor of d_model=66`.
-    Settings absent from `values` are skipped (TransformerLM has no optimizer settings)."""
+    the top level) that breaks its rule, e.g. `model.arch.num_heads=4: must be a divisor of d_model=66`.
+    Settings absent from `values` are skipped (a partial section checks what it has)."""
     prefix = f"{section}." if section else ""
     for name, test, requirement in RULES[section]:
         if name not in values:

@@ -13,11 +13,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
-
-def model_config(model) -> dict:
-    """The hyperparameters the reference needs, read off a TransformerLM."""
-    names = ("num_layers", "num_heads", "rope_theta", "norm", "position", "ffn")
-    return {name: getattr(model, name) for name in names}
+from lmproject.nn import ModelConfig
 
 
 def rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
@@ -61,32 +57,33 @@ def attention(
     return F.linear(merged, params[prefix + "output_proj.weight"])
 
 
-def block(x: torch.Tensor, params: dict, i: int, config: dict) -> torch.Tensor:
+def block(x: torch.Tensor, params: dict, i: int, config: ModelConfig) -> torch.Tensor:
     prefix = f"layers.{i}."
-    theta = config["rope_theta"] if config["position"] == "rope" else None
+    theta = config.rope_theta if config.position == "rope" else None
 
     def attn(h: torch.Tensor) -> torch.Tensor:
-        return attention(h, params, prefix + "attn.", config["num_heads"], theta)
+        return attention(h, params, prefix + "attn.", config.num_heads, theta)
 
     def ffn(h: torch.Tensor) -> torch.Tensor:
-        return feed_forward(h, params, prefix + "ffn.", config["ffn"])
+        return feed_forward(h, params, prefix + "ffn.", config.ffn)
 
-    if config["norm"] == "pre":
+    if config.norm == "pre":
         x = x + attn(rms_norm(x, params[prefix + "ln1.weight"]))
         return x + ffn(rms_norm(x, params[prefix + "ln2.weight"]))
-    if config["norm"] == "post":
+    if config.norm == "post":
         x = rms_norm(x + attn(x), params[prefix + "ln1.weight"])
         return rms_norm(x + ffn(x), params[prefix + "ln2.weight"])
     x = x + attn(x)
     return x + ffn(x)
 
 
-def reference_lm(params: dict, token_ids: torch.Tensor, config: dict) -> torch.Tensor:
-    """Logits (batch, seq, vocab) of the LM whose weights are `params` (state-dict names)."""
+def reference_lm(params: dict, token_ids: torch.Tensor, config: ModelConfig) -> torch.Tensor:
+    """Logits (batch, seq, vocab) of the LM of architecture `config` whose weights are `params` (state-dict
+    names). It reads num_layers, num_heads, rope_theta, norm, position and ffn (swiglu or silu)."""
     x = F.embedding(token_ids, params["token_embeddings.weight"])
-    for i in range(config["num_layers"]):
+    for i in range(config.num_layers):
         x = block(x, params, i, config)
-    if config["norm"] == "pre":
+    if config.norm == "pre":
         x = rms_norm(x, params["ln_final.weight"])
     return F.linear(x, params["lm_head.weight"])
 
@@ -119,12 +116,13 @@ def greedy_recompute(model, prompt: list[int], max_new_tokens: int, window_slide
     context_length of them, and once longer it jumps forward so that it keeps the last
     context_length - window_slide + 1 (window_slide=1: always the last context_length tokens)."""
     ids = list(prompt)
-    start = max(0, len(ids) - model.context_length)
+    context_length = model.config.context_length
+    start = max(0, len(ids) - context_length)
     device = next(model.parameters()).device
     with torch.no_grad():
         for _ in range(max_new_tokens):
-            if len(ids) - start > model.context_length:
-                start = len(ids) - (model.context_length - window_slide + 1)
+            if len(ids) - start > context_length:
+                start = len(ids) - (context_length - window_slide + 1)
             window = torch.tensor(ids[start:], device=device)[None]
             ids.append(int(model(window)[0, -1].argmax()))
     return ids[len(prompt) :]

@@ -60,17 +60,18 @@ def test_training_time_of_gpt2_xl():
 
 
 def test_train_flops_per_token_matches_the_step_formula():
-    per_token = acc.train_flops_per_token(50257, 1024, 1600, 48, 6400)
+    per_token = acc.train_flops_per_token(XL)
     assert per_token == 3 * 4_513_336_524_800 / 1024
-    silu = acc.train_flops_per_token(50257, 1024, 1600, 48, 6400, ffn="silu")
+    silu = acc.train_flops_per_token(replace(XL, ffn="silu"))
     assert per_token - silu == 3 * 2 * 1600 * 6400 * 48
 
 
 def test_cli_prints_tables_from_a_config(tmp_path, capsys):
     config = tmp_path / "c.yaml"
     config.write_text(
-        "model:\n  class_path: x.Y\n  init_args:\n    vocab_size: 50257\n    context_length: 1024\n"
-        "    d_model: 1600\n    num_layers: 48\n    num_heads: 25\n    d_ff: 6400\n"
+        "model:\n  class_path: x.Y\n  init_args:\n    arch:\n      vocab_size: 50257\n"
+        "      context_length: 1024\n"
+        "      d_model: 1600\n      num_layers: 48\n      num_heads: 25\n      d_ff: 6400\n"
         "data:\n  init_args:\n    batch_size: 1024\ntrainer:\n  max_steps: 400000\n"
     )
     assert acc.main(["--config", str(config)]) == 0
@@ -88,7 +89,7 @@ def test_cli_rejects_missing_or_bad_input(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         acc.main(["--preset", "gpt2-small", "--num-heads", "0"])
     assert exit_info.value.code == 2
-    assert "model.num_heads=0: must be an integer >= 1" in capsys.readouterr().err
+    assert "model.arch.num_heads=0: must be an integer >= 1" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         acc.main(["--config", str(tmp_path / "absent.yaml")])
     assert exit_info.value.code == 2
@@ -98,16 +99,27 @@ def test_cli_rejects_missing_or_bad_input(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("model", "message"),
     [
-        ({"d_model": 66, "num_heads": 4}, "model.num_heads=4: must be a divisor of d_model=66"),
-        ({"d_model": 34, "num_heads": 2}, "model.num_heads=2: must be a divisor of d_model=34 with an even"),
+        (
+            {"arch": {"d_model": 66, "num_heads": 4}},
+            "model.arch.num_heads=4: must be a divisor of d_model=66",
+        ),
+        (
+            {"arch": {"d_model": 34, "num_heads": 2}},
+            "model.arch.num_heads=2: must be a divisor of d_model=34 with an even",
+        ),
         ({"lr_min": -1e-3}, "model.lr_min=-0.001: must be in [0, lr_max=0.001]"),
+        (
+            {"arch": {"logit_softcap": 15.0}, "loss_chunk_tokens": 64},
+            "model.loss_chunk_tokens=64: must be null when model.arch.logit_softcap=15.0 is set",
+        ),
+        ({"d_model": 64}, "model.d_model is now model.arch.d_model"),  # a config of the flat shape
     ],
 )
 def test_a_config_that_fit_refuses_is_refused_by_the_same_check(tmp_path, capsys, model, message):
     sizes = {"vocab_size": 100, "context_length": 16, "d_model": 32, "num_layers": 2, "num_heads": 2}
     sizes["d_ff"] = 64
     config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump({"model": {**sizes, **model}}))
+    config.write_text(yaml.safe_dump({"model": {**model, "arch": {**sizes, **model.get("arch", {})}}}))
     with pytest.raises(SystemExit) as exit_info:
         acc.main(["--config", str(config)])
     assert exit_info.value.code == 2
@@ -156,28 +168,26 @@ def test_parameter_count_matches_the_model_it_describes(switches):
     }
     args.update(switches)
     model = TransformerLM(**args)
-    assert sum(acc.parameter_counts(acc.ModelShape(**args)).values()) == sum(
-        p.numel() for p in model.parameters()
-    )
+    assert sum(acc.parameter_counts(model.config).values()) == sum(p.numel() for p in model.parameters())
 
 
 def test_cli_layers_overlays_like_lightningcli(tmp_path, capsys):
     base, overlay = tmp_path / "base.yaml", tmp_path / "silu.yaml"
     base.write_text(
-        "model:\n  vocab_size: 1000\n  context_length: 64\n  d_model: 32\n  num_layers: 2\n"
-        "  num_heads: 4\n  d_ff: 96\n"
+        "model:\n  arch:\n    vocab_size: 1000\n    context_length: 64\n    d_model: 32\n    num_layers: 2\n"
+        "    num_heads: 4\n    d_ff: 96\n"
     )
-    overlay.write_text("model:\n  ffn: silu\n  d_ff: 128\n")
+    overlay.write_text("model:\n  arch:\n    ffn: silu\n    d_ff: 128\n")
     assert acc.main(["--config", str(base), "--config", str(overlay)]) == 0
     out = capsys.readouterr().out
-    assert "d_ff=128, ffn=silu" in out and f"{2 * 2 * 32 * 128:,}" in out  # two FFN matrices
+    assert "d_ff=128," in out and "ffn=silu," in out and f"{2 * 2 * 32 * 128:,}" in out  # two FFN matrices
 
 
 def test_cli_counts_a_configs_token_budget_as_fit_does(tmp_path, capsys):
     config = tmp_path / "c.yaml"
     config.write_text(
-        "train_tokens: 3840\nmodel:\n  vocab_size: 64\n  context_length: 16\n  d_model: 32\n  num_layers: 2\n"
-        "  num_heads: 2\n  d_ff: 64\ndata:\n  batch_size: 4\n"
+        "train_tokens: 3840\nmodel:\n  arch:\n    vocab_size: 64\n    context_length: 16\n    d_model: 32\n"
+        "    num_layers: 2\n    num_heads: 2\n    d_ff: 64\ndata:\n  batch_size: 4\n"
         "trainer:\n  accumulate_grad_batches: 2\n  devices: auto\n"
     )
     assert acc.main(["--config", str(config)]) == 0  # 3840 tokens / (4 x 16 x 2) = 30 steps

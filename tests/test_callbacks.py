@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from lmproject.lit.callbacks import ThroughputMonitor
+from lmproject.nn import ModelConfig
 
-TINY = SimpleNamespace(vocab_size=64, context_length=16, d_model=32, num_layers=2, d_ff=64, ffn="swiglu")
+TINY = SimpleNamespace(model=SimpleNamespace(config=ModelConfig(64, 16, 32, 2, 2, 64)))  # what setup reads
 
 
 # The H200 is not in Lightning's table: device_peak_flops completes it.
@@ -26,7 +27,7 @@ def test_default_peak_is_the_h100_figure_for_the_training_precision(gpu, precisi
         mock.patch("torch.cuda.get_device_name", return_value=gpu),
         mock.patch("lightning.fabric.accelerators.cuda._is_ampere_or_later", return_value=True),
     ):  # float32 counts as tf32 only when torch.set_float32_matmul_precision allows it (default: not)
-        monitor.setup(trainer, SimpleNamespace(hparams=TINY), "fit")
+        monitor.setup(trainer, TINY, "fit")
     assert monitor.peak_flops == peak
 
 
@@ -35,8 +36,8 @@ def test_no_default_peak_on_a_cpu_and_an_explicit_one_is_kept():
         precision="bf16-mixed", strategy=SimpleNamespace(root_device=torch.device("cpu"))
     )
     monitor = ThroughputMonitor()
-    monitor.setup(trainer, SimpleNamespace(hparams=TINY), "fit")
+    monitor.setup(trainer, TINY, "fit")
     assert monitor.peak_flops is None
     explicit = ThroughputMonitor(peak_flops=1e12)
-    explicit.setup(trainer, SimpleNamespace(hparams=TINY), "fit")
+    explicit.setup(trainer, TINY, "fit")
     assert explicit.peak_flops == 1e12

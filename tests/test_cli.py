@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import lightning as L
@@ -19,11 +20,17 @@ import yaml
 from lmproject.accounting import train_flops_per_token
 from lmproject.lit.checkpoints import AtomicCheckpointIO
 from lmproject.lit.cli import main
+from lmproject.nn import ModelConfig
 
-TINY_MODEL = {
-    "vocab_size": 64, "context_length": 16, "d_model": 32, "num_layers": 2, "num_heads": 2, "d_ff": 64,
-    "lr_max": 1e-2, "lr_min": 1e-3, "warmup_iters": 2,
-}  # fmt: skip
+TINY_ARCH = {
+    "vocab_size": 64,
+    "context_length": 16,
+    "d_model": 32,
+    "num_layers": 2,
+    "num_heads": 2,
+    "d_ff": 64,
+}
+TINY_MODEL = {"arch": TINY_ARCH, "lr_max": 1e-2, "lr_min": 1e-3, "warmup_iters": 2}
 BATCH = 4
 SMOKE = Path(__file__).resolve().parent.parent / "configs" / "smoke.yaml"
 
@@ -79,8 +86,9 @@ def write_tokens(directory, vocab_size=64, n=4000):
     np.save(directory / "valid.npy", ids[: n // 4].astype(np.uint16))
 
 
-def write_config(directory, run_dir, callbacks=(), **model):
-    """A complete fit config for a tiny model on write_tokens' files; returns its path."""
+def write_config(directory, run_dir, callbacks=(), model=None):
+    """A complete fit config for a tiny model on write_tokens' files (`model` overrides some of its `model:`
+    section); returns its path."""
     hooks = [{"class_path": f"{c.__module__}.{c.__name__}", "init_args": a} for c, a in callbacks]
     config = {
         "trainer": {
@@ -88,7 +96,7 @@ def write_config(directory, run_dir, callbacks=(), **model):
             "log_every_n_steps": 1, "val_check_interval": 4, "enable_progress_bar": False,
             "enable_model_summary": False, "callbacks": hooks,
         },
-        "model": {**TINY_MODEL, **model},
+        "model": {**TINY_MODEL, **(model or {})},
         "data": {"train_path": str(directory / "train.npy"), "val_path": str(directory / "valid.npy"),
                  "batch_size": BATCH, "val_windows": 8},
         "checkpoint": {"every_n_train_steps": 2},
@@ -136,7 +144,7 @@ def data_dir(tmp_path):
 
 def test_ctrl_c_then_resume_from_last_continues_the_exact_trajectory(data_dir):
     steps = 8
-    budget = ["--train_tokens", str(steps * BATCH * TINY_MODEL["context_length"])]
+    budget = ["--train_tokens", str(steps * BATCH * TINY_ARCH["context_length"])]
     straight = data_dir / "straight"
     main(["fit", "--config", str(write_config(data_dir, straight)), *budget])
 
@@ -170,7 +178,7 @@ def test_a_second_ctrl_c_aborts_with_status_130_without_a_checkpoint(data_dir):
 
 def test_token_budget_counts_gradient_accumulation_and_mfu_uses_the_accounting_flops(data_dir):
     run = data_dir / "run"
-    tokens = 6 * BATCH * TINY_MODEL["context_length"]
+    tokens = 6 * BATCH * TINY_ARCH["context_length"]
     throughput = ["--throughput.peak_flops", "1e9"]
     main(["fit", "--config", str(write_config(data_dir, run)), "--train_tokens", str(tokens),
           "--trainer.accumulate_grad_batches", "2", *throughput, "--ckpt_path", "last"])  # fmt: skip
@@ -179,9 +187,10 @@ def test_token_budget_counts_gradient_accumulation_and_mfu_uses_the_accounting_f
 
     rows = [r for r in csv.DictReader((run / "logs/version_0/metrics.csv").open()) if r["throughput/mfu"]]
     assert len(rows) == 3  # log_every_n_steps 1: one row per optimizer step
-    shape = {k: TINY_MODEL[k] for k in ("vocab_size", "context_length", "d_model", "num_layers", "d_ff")}
     for row in rows:
-        expected = float(row["throughput/tokens_per_s"]) * train_flops_per_token(**shape) / 1e9
+        expected = (
+            float(row["throughput/tokens_per_s"]) * train_flops_per_token(ModelConfig(**TINY_ARCH)) / 1e9
+        )
         assert float(row["throughput/mfu"]) == pytest.approx(expected, rel=1e-5)
     elapsed = [float(row["time/elapsed_s"]) for row in rows]  # the wall clock of `lmproject plot`
     assert 0 < elapsed[0] < elapsed[1] < elapsed[2]
@@ -229,11 +238,13 @@ def test_bad_input_gets_one_line_errors(data_dir, capsys):
     run = data_dir / "run"
     config = str(write_config(data_dir, run))
     assert "nonsense" in fails(["fit", "--config", config, "--model.nonsense", "1"], capsys)
-    assert "d_model" in fails(["fit", "--config", config, "--model.d_model", "null"], capsys)
+    assert "d_model" in fails(["fit", "--config", config, "--model.arch.d_model", "null"], capsys)
     assert "train_tokens or trainer.max_steps" in fails(
         ["fit", "--config", config, "--trainer.max_steps", "2", "--train_tokens", "1000"], capsys
     )
-    assert "train.npy: token id 63" in fails(["fit", "--config", config, "--model.vocab_size", "32"], capsys)
+    assert "train.npy: token id 63" in fails(
+        ["fit", "--config", config, "--model.arch.vocab_size", "32"], capsys
+    )
 
     for scoring in ("validate", "test"):
         assert fails([scoring, "--config", config], capsys).endswith(
@@ -253,14 +264,22 @@ def test_bad_input_gets_one_line_errors(data_dir, capsys):
     assert sorted(p.name for p in checkpoint.parent.iterdir()) == ["epoch=0-step=2.ckpt", "last.ckpt"]
     main(["test", "--config", config, "--ckpt_path", str(checkpoint)])  # the good checkpoint loads
     message = fails(
-        ["validate", "--config", config, "--model.d_model", "64", "--ckpt_path", str(checkpoint)], capsys
+        ["validate", "--config", config, "--model.arch.d_model", "64", "--ckpt_path", str(checkpoint)], capsys
     )
     assert "different architecture: d_model=32 in the checkpoint, 64 in the config" in message
     bare = torch.load(checkpoint, weights_only=True)
     del bare["hyper_parameters"]  # e.g. saved by other code: only the tensors can tell
     torch.save(bare, data_dir / "bare.ckpt")
     message = fails(
-        ["validate", "--config", config, "--model.d_model", "64", "--ckpt_path", str(data_dir / "bare.ckpt")],
+        [
+            "validate",
+            "--config",
+            config,
+            "--model.arch.d_model",
+            "64",
+            "--ckpt_path",
+            str(data_dir / "bare.ckpt"),
+        ],
         capsys,
     )
     assert message.endswith(
@@ -278,6 +297,58 @@ def test_bad_input_gets_one_line_errors(data_dir, capsys):
             f"{damaged}: not a readable checkpoint (truncated or not a torch checkpoint); "
             f"the newest intact one is {intact} (step 2): --ckpt_path {intact}"
         )
+
+
+def test_a_config_of_the_flat_shape_gets_one_line_naming_the_new_key(data_dir, capsys):
+    """Before model.arch the architecture sat directly under `model:`: such a config file or flag is refused
+    with the key to write instead, before anything runs."""
+    run = data_dir / "run"
+    config = write_config(data_dir, run)
+    flat = yaml.safe_load(config.read_text())
+    del flat["model"]["arch"]
+    flat["model"] = {**TINY_ARCH, **flat["model"]}
+    config.write_text(yaml.safe_dump(flat, sort_keys=False))
+    assert fails(["fit", "--config", str(config)], capsys) == (
+        f"lmproject: error: --config {config}: model.vocab_size is now model.arch.vocab_size: the "
+        "architecture has its own section (--model.arch.vocab_size on the command line)"
+    )
+    config = str(write_config(data_dir, run))
+    message = fails(["fit", "--config", config, "--model.d_model", "64"], capsys)
+    assert message.startswith("lmproject: error: --model.d_model: model.d_model is now model.arch.d_model")
+    assert "model.norm is now model.arch.norm" in fails(
+        ["fit", "--config", config, "--model={norm: post}"], capsys
+    )
+    assert not run.exists()
+
+
+def test_checkpoints_keep_the_architecture_as_plain_data_and_flat_older_ones_still_load(data_dir, capsys):
+    """A checkpoint's hyperparameters hold model.arch as a dict (weights_only loading, a readable
+    hparams.yaml) from which load_from_checkpoint rebuilds the ModelConfig; a checkpoint written before
+    model.arch, with the architecture among the flat hyperparameters, still validates, resumes and is
+    compared with the config by its hyperparameters."""
+    from lmproject.lit.module import LanguageModel
+
+    run = data_dir / "run"
+    config = str(write_config(data_dir, run))
+    main(["fit", "--config", config, "--trainer.max_steps", "2"])
+    checkpoint = torch.load(run / "checkpoints/last.ckpt", weights_only=True)
+    assert checkpoint["hyper_parameters"]["arch"] == asdict(ModelConfig(**TINY_ARCH))
+    assert yaml.safe_load((run / "logs/version_0/hparams.yaml").read_text())["arch"]["d_model"] == 32
+    loaded = LanguageModel.load_from_checkpoint(run / "checkpoints/last.ckpt", map_location="cpu")
+    assert loaded.model.config == ModelConfig(**TINY_ARCH)
+
+    hparams = checkpoint["hyper_parameters"]
+    hparams.update(hparams.pop("arch"))  # the shape of earlier versions' checkpoints
+    old = data_dir / "old.ckpt"
+    torch.save(checkpoint, old)
+    main(["validate", "--config", config, "--ckpt_path", str(old)])
+    message = fails(
+        ["validate", "--config", config, "--model.arch.num_layers", "1", "--ckpt_path", str(old)], capsys
+    )
+    assert "different architecture: num_layers=2 in the checkpoint, 1 in the config" in message
+    main(["fit", "--config", config, "--trainer.max_steps", "3", "--ckpt_path", str(old)])
+    resumed = torch.load(run / "checkpoints/last.ckpt", weights_only=True)
+    assert resumed["global_step"] == 3 and resumed["hyper_parameters"]["arch"]["num_layers"] == 2
 
 
 def test_a_failed_checkpoint_save_leaves_the_previous_checkpoint_intact(tmp_path):

@@ -1,19 +1,24 @@
 """The shipped configs build the intended runs; wandb goes offline without a key; bf16 falls back on CPU."""
 
 import csv
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from test_cli import one_thread  # noqa: F401 (autouse fixture)
 from tiny_run import make_run
 
-from lmproject.accounting import ModelShape, parameter_counts
+from lmproject.accounting import parameter_counts
 from lmproject.lit import cli
 from lmproject.lit.loggers import WandbLogger
+from lmproject.nn import ModelConfig
 from lmproject.tools import plot
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+SHIPPED = sorted(str(path.relative_to(CONFIGS)) for path in CONFIGS.rglob("*.yaml"))
+BASES = [name for name in SHIPPED if {"model", "data"} <= set(yaml.safe_load((CONFIGS / name).read_text()))]
 OVERLAYS = {
     None: {"norm": "pre", "position": "rope", "ffn": "swiglu", "d_ff": 1344},
     "no_rmsnorm": {"norm": "none"},
@@ -29,29 +34,39 @@ def build(*configs, extra=()):
 
 
 @pytest.mark.parametrize(
+    "configs",
+    [[name] for name in BASES] + [["tinystories.yaml", name] for name in SHIPPED if name not in BASES],
+)
+def test_every_shipped_config_parses_with_its_architecture_under_model_arch(configs):
+    """Each base config alone, each overlay (ablations, recipes, sweeps, wandb) on tinystories.yaml: parsed
+    and checked as `fit` does it, the architecture a valid ModelConfig that the data section is linked to."""
+    config = cli.parse_run_config([str(CONFIGS / name) for name in configs], [])
+    arch = ModelConfig(**config.model.arch.as_dict())
+    assert (config.data.vocab_size, config.data.context_length) == (arch.vocab_size, arch.context_length)
+
+
+@pytest.mark.parametrize(
     ("config", "vocab_size", "data"),
     [("tinystories.yaml", 10_000, "tinystories"), ("owt.yaml", 32_000, "owt")],
 )
 def test_cs336_configs_build_the_handout_model_with_vocab_and_context_set_once(config, vocab_size, data):
     built = build(config)
-    hp = built.model.hparams
+    arch = built.model.model.config
     expected = {"vocab_size": vocab_size, "context_length": 256, "d_model": 512, "num_layers": 4,
                 "num_heads": 16, "d_ff": 1344, "rope_theta": 10_000.0, **OVERLAYS[None]}  # fmt: skip
-    assert {k: hp[k] for k in expected} == expected
+    assert {k: getattr(arch, k) for k in expected} == expected
     assert (built.datamodule.vocab_size, built.datamodule.context_length) == (vocab_size, 256)  # linked
     assert built.datamodule.train_path == Path(f"data/{data}/train.npy")
     assert built.config.train_tokens == 327_680_000
     assert built.config.trainer.precision == ("bf16-mixed" if cli.cpu_supports_bf16() else "32-true")
-    shape = ModelShape(**{k: hp[k] for k in ("vocab_size", "context_length", "d_model", "num_layers",
-                                             "num_heads", "d_ff", "ffn", "norm")})  # fmt: skip
-    assert sum(p.numel() for p in built.model.parameters()) == sum(parameter_counts(shape).values())
+    assert sum(p.numel() for p in built.model.parameters()) == sum(parameter_counts(arch).values())
 
 
 @pytest.mark.parametrize("overlay", [name for name in OVERLAYS if name])
 def test_ablation_overlays_change_only_their_switch(overlay):
     base, ablated = (
-        build("smoke.yaml").model.hparams,
-        build("smoke.yaml", f"ablations/{overlay}.yaml").model.hparams,
+        asdict(build("smoke.yaml").model.model.config),
+        asdict(build("smoke.yaml", f"ablations/{overlay}.yaml").model.model.config),
     )
     changed = {k: ablated[k] for k in ablated if ablated[k] != base[k]}
     assert changed == OVERLAYS[overlay]
@@ -104,9 +119,9 @@ def test_bf16_falls_back_to_float32_on_a_cpu_without_it(monkeypatch):
 def test_gpt2_configs_build_gpt2_shapes_on_owt_with_their_commented_figures(config, shape, parameters, batch):
     with torch.device("meta"):  # shapes only: no memory, no initialization
         built = build(config)
-    hp = built.model.hparams
-    assert (hp.d_model, hp.num_layers, hp.num_heads, hp.d_ff) == shape
-    assert (hp.vocab_size, hp.context_length) == (32_000, 1024)
+    arch = built.model.model.config
+    assert (arch.d_model, arch.num_layers, arch.num_heads, arch.d_ff) == shape
+    assert (arch.vocab_size, arch.context_length) == (32_000, 1024)
     assert built.datamodule.train_path == Path("data/owt/train.npy")
     assert built.datamodule.batch_size == batch
     assert sum(p.numel() for p in built.model.parameters()) == parameters

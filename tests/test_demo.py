@@ -34,8 +34,11 @@ def test_config_gets_the_demo_paths_and_tiny_sizes(tmp_path):
     config = yaml.safe_load(path.read_text())
     assert config["data"]["train_path"] == str(tmp_path / "tok" / "train.npy")
     assert config["trainer"]["default_root_dir"] == str(tmp_path / "run")
-    assert config["model"]["vocab_size"] == demo.TINY.vocab_size and config["model"]["d_model"] == 32
-    assert config["model"]["lr_max"] == yaml.safe_load(demo.CONFIG.read_text())["model"]["lr_max"]
+    shipped = yaml.safe_load(demo.CONFIG.read_text())["model"]
+    assert config["model"]["arch"] == shipped["arch"] | {"vocab_size": demo.TINY.vocab_size} | (
+        {"context_length": 32, "d_model": 32, "num_layers": 1, "num_heads": 2, "d_ff": 96}
+    )  # the tiny sizes replace the shipped ones, the other fields (rope_theta) stay
+    assert config["model"]["lr_max"] == shipped["lr_max"]
 
 
 @pytest.mark.slow

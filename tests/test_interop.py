@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
@@ -23,8 +24,7 @@ from lmproject.interop import (
 )
 from lmproject.lit.checkpoints import find_last
 from lmproject.lit.cli import main, run_lightning
-from lmproject.lit.module import ARCHITECTURE
-from lmproject.nn import TransformerLM, cross_entropy
+from lmproject.nn import ModelConfig, TransformerLM, cross_entropy
 from lmproject.nn.layers import RotaryEmbedding
 from lmproject.optim import AdamW
 from lmproject.tokenizer import Tokenizer
@@ -33,12 +33,10 @@ transformers = pytest.importorskip("transformers")
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E402
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb  # noqa: E402
 
-SHAPES = {
-    "3 heads of 16": {"vocab_size": 300, "context_length": 64, "d_model": 48, "num_layers": 2, "num_heads": 3,
-                      "d_ff": 80, "rope_theta": 10000.0},
-    "8 heads of 8, tied": {"vocab_size": 290, "context_length": 64, "d_model": 64, "num_layers": 3,
-                           "num_heads": 8, "d_ff": 96, "rope_theta": 500.0, "tie_embeddings": True},
-}  # fmt: skip
+SHAPES = {  # vocab_size, context_length, d_model, num_layers, num_heads, d_ff
+    "3 heads of 16": ModelConfig(300, 64, 48, 2, 3, 80, rope_theta=10000.0),
+    "8 heads of 8, tied": ModelConfig(290, 64, 64, 3, 8, 96, rope_theta=500.0, tie_embeddings=True),
+}
 BYTES = Tokenizer({i: bytes([i]) for i in range(256)}, [])  # no special tokens: no EOS to stop at
 
 
@@ -57,13 +55,13 @@ def exported(run):
     return run / "hf"
 
 
-def trained(shape: dict, steps: int = 3) -> TransformerLM:
+def trained(shape: ModelConfig, steps: int = 3) -> TransformerLM:
     """A model of `shape` after a few AdamW steps on random tokens (weights no longer at their init)."""
     torch.manual_seed(0)
-    model = TransformerLM(**shape)
+    model = TransformerLM(shape)
     optimizer = AdamW(model.parameters(), lr=1e-2)
     for _ in range(steps):
-        batch = torch.randint(0, shape["vocab_size"], (4, shape["context_length"] + 1))
+        batch = torch.randint(0, shape.vocab_size, (4, shape.context_length + 1))
         cross_entropy(model(batch[:, :-1]), batch[:, 1:]).backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -97,19 +95,18 @@ def test_exported_run_gives_our_logits_and_tokens_in_transformers(run, exported)
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
 def test_exported_logits_equal_ours(shape, tmp_path):
     ours = trained(shape)
-    export_folder(shape | {"tie_embeddings": shape.get("tie_embeddings", False)}, ours.state_dict(), BYTES,
-                  tmp_path / "hf", "float32")  # fmt: skip
-    ids = torch.randint(0, shape["vocab_size"], (2, shape["context_length"]))
+    export_folder(shape, ours.state_dict(), BYTES, tmp_path / "hf", "float32")
+    ids = torch.randint(0, shape.vocab_size, (2, shape.context_length))
     with torch.no_grad():
         assert torch.allclose(hf_logits(tmp_path / "hf", ids), ours(ids), atol=1e-4, rtol=0)
-    if shape.get("tie_embeddings"):
+    if shape.tie_embeddings:
         assert "lm_head.weight" not in load_file(tmp_path / "hf/model.safetensors")
 
 
 def test_fifty_greedy_tokens_from_transformers_generate_equal_ours(tmp_path):
     shape = SHAPES["3 heads of 16"]
     ours = trained(shape, steps=10)
-    export_folder(shape | {"tie_embeddings": False}, ours.state_dict(), BYTES, tmp_path / "hf", "float32")
+    export_folder(shape, ours.state_dict(), BYTES, tmp_path / "hf", "float32")
     theirs = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     prompt = list(b"Once upon")  # + 50 tokens fit in the 64-token context: no window slides
     expected = generate(ours, [prompt], SamplingConfig(max_new_tokens=50, temperature=0.0))[0]
@@ -144,8 +141,8 @@ def test_import_of_an_export_is_bit_identical(run, exported, tmp_path):
     for name, tensor in original["state_dict"].items():
         assert imported["state_dict"][name].dtype == torch.float32
         assert torch.equal(imported["state_dict"][name], tensor), name
-    for key in ARCHITECTURE:  # the training settings (lr...) are not part of a Hugging Face folder
-        assert imported["hyper_parameters"][key] == original["hyper_parameters"][key], key
+    # the training settings (lr...) are not part of a Hugging Face folder
+    assert imported["hyper_parameters"]["arch"] == original["hyper_parameters"]["arch"]
     before, after = Tokenizer.from_dir(run / "tokenizer"), Tokenizer.from_dir(tmp_path / "imported/tokenizer")
     for field in ("vocab", "merges", "special_tokens"):
         assert getattr(after, field) == getattr(before, field), field
@@ -220,7 +217,7 @@ def test_a_transformers_model_imported_gives_its_own_logits(tmp_path, tied):
     assert (tmp_path / "hf/model.safetensors.index.json").is_file()  # sharded
     assert main(["import", str(tmp_path / "hf"), "--out", str(tmp_path / "run")]) == 0
     ours = load_ours(tmp_path / "run/checkpoints/last.ckpt")
-    assert ours.tie_embeddings == tied
+    assert ours.config.tie_embeddings == tied
     assert "had no tokenizer.json" in (tmp_path / "run/config.yaml").read_text()  # it said "work as is"
     ids = torch.randint(0, 96, (2, 24))
     with torch.no_grad():
@@ -264,14 +261,14 @@ def test_import_names_a_tensor_of_the_wrong_shape(exported, tmp_path, capsys):
     ("switch", "value"), [("norm", "post"), ("norm", "none"), ("position", "none"), ("ffn", "silu")]
 )
 def test_export_refuses_what_llama_cannot_express(switch, value):
-    with pytest.raises(Exception, match=f"model.{switch}={value!r} cannot be exported"):
-        check_llama_expressible({**SHAPES["3 heads of 16"], switch: value})
+    with pytest.raises(Exception, match=f"model.arch.{switch}={value!r} cannot be exported"):
+        check_llama_expressible(replace(SHAPES["3 heads of 16"], **{switch: value}))
     assert switch in LLAMA_SWITCHES
 
 
 def test_export_names_the_switch_and_writes_nothing(run, tmp_path, capsys):
     argv = export_argv(run, tmp_path / "x")
-    assert "model.norm='post'" in fails([*argv, "--model.norm", "post"], capsys)
+    assert "model.arch.norm='post'" in fails([*argv, "--model.arch.norm", "post"], capsys)
     assert not (tmp_path / "x").exists()
 
 

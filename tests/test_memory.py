@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from lmproject import accounting
-from lmproject.accounting import ModelShape, parameter_counts
+from lmproject.accounting import parameter_counts
 from lmproject.memory import layer_activation_bytes, measure_in_subprocess, training_memory
-from lmproject.nn import TransformerLM
+from lmproject.nn import ModelConfig, TransformerLM
 
-WIDE = ModelShape(8000, 64, 256, 2, 8, 688)
-DEEP = ModelShape(6000, 128, 192, 3, 6, 512)
-CASES = [  # shape, batch, precision, activation checkpointing, loss chunk tokens: peaks of 120-200 MB
+WIDE = ModelConfig(8000, 64, 256, 2, 8, 688)
+DEEP = ModelConfig(6000, 128, 192, 3, 6, 512)
+CASES = [  # architecture, batch, precision, activation checkpointing, loss chunk tokens: peaks of 120-200 MB
     (WIDE, 16, "32-true", False, None),
     (WIDE, 16, "bf16-mixed", True, None),
     (DEEP, 8, "bf16-mixed", False, 256),
@@ -41,8 +41,8 @@ def test_checkpointing_and_the_chunked_loss_lower_the_prediction_and_batch_raise
 def test_accounting_prints_the_predicted_peaks_for_the_configs_precision(tmp_path, capsys):
     config = tmp_path / "c.yaml"
     config.write_text(
-        "trainer:\n  precision: bf16-mixed\nmodel:\n  vocab_size: 8000\n  context_length: 64\n"
-        "  d_model: 256\n  num_layers: 2\n  num_heads: 8\n  d_ff: 688\ndata:\n  batch_size: 16\n"
+        "trainer:\n  precision: bf16-mixed\nmodel:\n  arch:\n    vocab_size: 8000\n    context_length: 64\n"
+        "    d_model: 256\n    num_layers: 2\n    num_heads: 8\n    d_ff: 688\ndata:\n  batch_size: 16\n"
     )
     assert accounting.main(["--config", str(config)]) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("  bf16-mixed")]
@@ -81,13 +81,13 @@ def saved_bytes_per_token(model, tokens, bf16):
 def test_a_layer_saves_the_bytes_the_prediction_counts(bf16, ffn):
     """One more layer adds exactly layer_activation_bytes per token (under bf16-mixed, besides the bfloat16
     copies of its weights and of RoPE's tables, which do not grow with the batch)."""
-    shape = ModelShape(512, 32, 64, 1, 4, 176, ffn=ffn)
+    config = ModelConfig(512, 32, 64, 1, 4, 176, ffn=ffn)
     tokens = torch.randint(0, 512, (2, 4, 32))
     per_token = []
     for layers in (1, 2):
         torch.manual_seed(0)
-        model = TransformerLM(512, 32, 64, layers, 4, 176, ffn=ffn)
+        model = TransformerLM(replace(config, num_layers=layers))
         per_token.append(saved_bytes_per_token(model, tokens, bf16))
-    weights = parameter_counts(replace(shape, num_layers=1))
+    weights = parameter_counts(config)
     fixed = 2 * (weights["attention"] + weights["ffn"]) + 4 * 32 * 16 * 2 if bf16 else 0  # weights, cos/sin
-    assert per_token[1] - per_token[0] == layer_activation_bytes(shape, bf16) + fixed / tokens[0].numel()
+    assert per_token[1] - per_token[0] == layer_activation_bytes(config, bf16) + fixed / tokens[0].numel()

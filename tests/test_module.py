@@ -10,7 +10,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from test_cli import BATCH, TINY_MODEL, fails, one_thread, train_losses, write_config, write_tokens  # noqa: F401
+from test_cli import BATCH, TINY_ARCH, fails, one_thread, train_losses, write_config, write_tokens  # noqa: F401
 
 from lmproject.lit.cli import main
 from lmproject.nn import cross_entropy
@@ -74,7 +74,7 @@ def test_every_logged_row_carries_throughput_and_time_measured_for_it(tmp_path, 
     speeds = [float(r["throughput/tokens_per_s"]) for r in rows]
     assert len(set(speeds)) == len(speeds)
     # tokens/s covers the steps since the previous row, validation excluded: not more than the wall clock
-    tokens_per_row = log_every * BATCH * TINY_MODEL["context_length"]
+    tokens_per_row = log_every * BATCH * TINY_ARCH["context_length"]
     spans = [elapsed[0], *(b - a for a, b in pairwise(elapsed))]
     assert all(tokens_per_row / speed <= span * 1.001 for speed, span in zip(speeds, spans, strict=True))
 
@@ -84,7 +84,7 @@ MEMORY_STEPS = 6
 
 def test_checkpointing_and_the_chunked_loss_give_the_plain_runs_losses(tmp_path):
     write_tokens(tmp_path)
-    budget = ["--train_tokens", str(MEMORY_STEPS * BATCH * TINY_MODEL["context_length"])]
+    budget = ["--train_tokens", str(MEMORY_STEPS * BATCH * TINY_ARCH["context_length"])]
     runs = {
         "plain": [],
         "memory": ["--model.activation_checkpointing", "true", "--model.loss_chunk_tokens", "24"],

@@ -5,9 +5,9 @@ import math
 
 import pytest
 import torch
-from reference_model import attention, leaf_params, model_config, reference_lm, single_thread
+from reference_model import attention, leaf_params, reference_lm, single_thread
 
-from lmproject.nn import MultiHeadSelfAttention, RotaryEmbedding, TransformerLM, cross_entropy
+from lmproject.nn import ModelConfig, MultiHeadSelfAttention, RotaryEmbedding, TransformerLM, cross_entropy
 from lmproject.optim import AdamW
 
 SMALL = dict(vocab_size=64, context_length=16, d_model=32, num_layers=2, num_heads=4, d_ff=48)
@@ -31,7 +31,7 @@ def randomize_gains(model):
 def assert_lm_matches_reference(model, token_ids):
     params = leaf_params(model)
     ours = model(token_ids)
-    expected = reference_lm(params, token_ids, model_config(model))
+    expected = reference_lm(params, token_ids, model.config)
     scale = max(1.0, expected.abs().max().item())  # unnormalized variants reach logits in the hundreds
     torch.testing.assert_close(ours, expected, atol=1e-5 * scale, rtol=1e-5)
     upstream = torch.randn_like(ours)
@@ -83,7 +83,7 @@ def test_lm_matches_reference_for_every_switch(norm, position, ffn, tie):
 def test_default_lm_with_fused_attention_matches_reference():
     model = TransformerLM(**SMALL)
     randomize_gains(model)
-    assert model.attention == "fused"
+    assert all(layer.attn.attention == "fused" for layer in model.layers)
     assert_lm_matches_reference(model, torch.randint(0, 64, (3, 11)))
 
 
@@ -105,6 +105,24 @@ def test_state_dict_with_the_documented_names_loads():
     written = {name: torch.randn(shape) for name, shape in shapes.items()}
     model.load_state_dict(written)
     assert torch.equal(model.layers[1].attn.k_proj.weight, written["layers.1.attn.k_proj.weight"])
+
+
+def test_the_cs336_keywords_and_a_model_config_build_the_same_model():
+    """TransformerLM(vocab_size=..., ..., rope_theta=...), the CS336 signature, is
+    TransformerLM(ModelConfig(...)): the same config, and from one seed the same weights and names."""
+    torch.manual_seed(0)
+    by_keywords = TransformerLM(
+        vocab_size=64, context_length=16, d_model=32, num_layers=2, num_heads=4, d_ff=48, rope_theta=10000.0
+    )
+    torch.manual_seed(0)
+    by_config = TransformerLM(ModelConfig(**SMALL))
+    assert by_keywords.config == by_config.config == ModelConfig(**SMALL) and by_config.config.d_head == 8
+    assert by_keywords.state_dict().keys() == by_config.state_dict().keys()
+    assert all(torch.equal(by_keywords.state_dict()[k], t) for k, t in by_config.state_dict().items())
+    with pytest.raises(TypeError, match="not both"):
+        TransformerLM(ModelConfig(**SMALL), d_model=64)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'width'"):
+        TransformerLM(**SMALL, width=64)
 
 
 STRUCTURES = [("post", "swiglu", False), ("none", "silu", False), ("pre", "silu", True)]

@@ -4,6 +4,7 @@ import functools
 import logging
 import math
 import re
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -16,10 +17,11 @@ from lmproject.errors import UserError
 from lmproject.interop import check_llama_expressible
 from lmproject.lit.module import LanguageModel
 from lmproject.muon import Muon, muon_param_groups, orthogonalize
-from lmproject.nn import TransformerLM
+from lmproject.nn import ModelConfig, TransformerLM
 from lmproject.optim import AdamW, wsd_lr
 
 SMALL = dict(vocab_size=50, context_length=16, d_model=32, num_layers=2, num_heads=4, d_ff=64)
+ARCH = ModelConfig(**SMALL)
 RECIPES = Path(__file__).resolve().parent.parent / "configs" / "recipes"
 CS336_NAMES = {"ln1.weight", "attn.q_proj.weight", "attn.k_proj.weight", "attn.v_proj.weight",
                "attn.output_proj.weight", "ln2.weight", "ffn.w1.weight", "ffn.w2.weight",
@@ -28,6 +30,11 @@ CS336_NAMES = {"ln1.weight", "attn.q_proj.weight", "attn.k_proj.weight", "attn.v
 
 def layer_names(model: TransformerLM) -> set[str]:
     return {k.removeprefix("layers.0.") for k in model.state_dict() if k.startswith("layers.0.")}
+
+
+def settings(module: LanguageModel) -> dict:
+    """Every setting of a LanguageModel, the architecture's fields among the others."""
+    return {**asdict(module.model.config), **{k: v for k, v in module.hparams.items() if k != "arch"}}
 
 
 @pytest.mark.parametrize("shape", [(64, 256), (256, 64), (48, 48)])
@@ -103,7 +110,7 @@ def test_muon_refuses_a_group_that_is_not_matrices():
 
 def test_the_module_logs_the_split_and_schedules_both_groups(caplog):
     module = LanguageModel(
-        **SMALL, optimizer="muon", warmup_iters=10, cosine_cycle_iters=100, lr_max=1e-2, lr_min=1e-3
+        ARCH, optimizer="muon", warmup_iters=10, cosine_cycle_iters=100, lr_max=1e-2, lr_min=1e-3
     )
     with caplog.at_level(logging.INFO):
         setup = module.configure_optimizers()
@@ -113,7 +120,7 @@ def test_the_module_logs_the_split_and_schedules_both_groups(caplog):
     for _ in range(100):
         schedule.step()
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([1e-3, 1e-3])
-    plain = LanguageModel(**SMALL, cosine_cycle_iters=100).configure_optimizers()["optimizer"]
+    plain = LanguageModel(ARCH, cosine_cycle_iters=100).configure_optimizers()["optimizer"]
     assert type(plain) is AdamW and len(plain.param_groups) == 1
 
 
@@ -191,7 +198,7 @@ def test_logit_softcap_is_cap_tanh_of_the_plain_logits():
     with pytest.raises(ValueError, match="logit_softcap=0.0: must be null or a number > 0"):
         TransformerLM(**SMALL, logit_softcap=0.0)
     with pytest.raises(ValueError, match="the chunked loss has no soft-cap"):
-        LanguageModel(**SMALL, logit_softcap=15.0, loss_chunk_tokens=64)
+        LanguageModel(ModelConfig(**SMALL, logit_softcap=15.0), loss_chunk_tokens=64)
     with pytest.raises(ValueError, match="no logit soft-cap"):
         capped.loss(tokens, tokens, chunk_tokens=8)
     assert torch.allclose(
@@ -206,7 +213,7 @@ def test_wsd_schedule_warms_up_holds_then_decays_linearly():
 
 
 def test_the_module_schedules_wsd_over_the_run_when_asked():
-    module = LanguageModel(**SMALL, schedule="wsd", wsd_decay_fraction=0.25, warmup_iters=10,
+    module = LanguageModel(ARCH, schedule="wsd", wsd_decay_fraction=0.25, warmup_iters=10,
                            cosine_cycle_iters=100, lr_max=1.0, lr_min=0.1)  # fmt: skip
     setup = module.configure_optimizers()
     schedule, rates = setup["lr_scheduler"]["scheduler"], {}
@@ -227,21 +234,21 @@ SWITCHES = {
 
 
 @functools.cache
-def tinystories_hparams() -> dict:
-    return dict(build("tinystories.yaml").model.hparams)
+def tinystories_settings() -> dict:
+    return settings(build("tinystories.yaml").model)
 
 
 @pytest.mark.parametrize("recipe", sorted(SWITCHES))
 def test_each_recipe_overlay_turns_on_its_switch_and_nothing_else(recipe):
-    base = tinystories_hparams()
-    switched = build("tinystories.yaml", f"recipes/{recipe}.yaml").model.hparams
+    base = tinystories_settings()
+    switched = settings(build("tinystories.yaml", f"recipes/{recipe}.yaml").model)
     changed = {k: switched[k] for k in switched if switched[k] != base[k]}
     assert changed == SWITCHES[recipe]
 
 
 def test_recipe_overlays_compose_with_ablations_and_sweeps():
     built = build("smoke.yaml", "recipes/modern.yaml", "ablations/post_norm.yaml", "sweeps/lr/lr_1e-2.yaml")
-    hp = built.model.hparams
+    hp = settings(built.model)
     expected = {"optimizer": "muon", "qk_norm": True, "ffn": "relu2", "zero_init": True,
                 "logit_softcap": 15.0, "schedule": "wsd", "norm": "post", "lr_max": 1e-2,
                 "lr_min": 1e-3}  # fmt: skip
@@ -255,18 +262,18 @@ def test_bad_recipe_settings_are_refused_by_name():
                              ({"wsd_decay_fraction": 0.0}, "must be a number in (0, 1]"),
                              ({"muon_momentum": 1.0}, "must be a number in [0, 1)")]:  # fmt: skip
         with pytest.raises(ValueError, match=re.escape(message)):
-            LanguageModel(**SMALL, **setting)
+            LanguageModel(ARCH, **setting)
 
 
 def test_export_refuses_the_switches_llama_cannot_express_and_takes_the_others():
     for switch, value in [("qk_norm", True), ("logit_softcap", 15.0), ("ffn", "relu2")]:
-        with pytest.raises(UserError, match=f"model.{switch}={value!r} cannot be exported"):
-            check_llama_expressible({**SMALL, switch: value})
-    check_llama_expressible({**SMALL, "zero_init": True, "optimizer": "muon", "schedule": "wsd"})
+        with pytest.raises(UserError, match=f"model.arch.{switch}={value!r} cannot be exported"):
+            check_llama_expressible(ModelConfig(**SMALL, **{switch: value}))
+    check_llama_expressible(ARCH)  # zero_init, muon and wsd are not the architecture: Llama takes them
 
 
 def test_muon_refuses_fsdp_in_one_line():
-    module = LanguageModel(**SMALL, optimizer="muon", cosine_cycle_iters=100)
+    module = LanguageModel(ARCH, optimizer="muon", cosine_cycle_iters=100)
     module._trainer = type("Trainer", (), {"strategy": type("FSDPStrategy", (), {})()})()
     with pytest.raises(UserError, match="model.optimizer=muon cannot run under FSDP"):
         module.configure_optimizers()

@@ -3,7 +3,7 @@ torch's default thread count too (test_cli pins one thread, where it holds witho
 
 import pytest
 import torch
-from test_cli import BATCH, TINY_MODEL, SigintAt, train_losses, write_config, write_tokens
+from test_cli import BATCH, TINY_ARCH, SigintAt, train_losses, write_config, write_tokens
 
 from lmproject.lit.cli import main
 
@@ -22,7 +22,7 @@ def test_deterministic_ctrl_c_and_resume_is_bit_identical_with_several_threads(t
     steps = 4
     args = [
         "--train_tokens",
-        str(steps * BATCH * TINY_MODEL["context_length"]),
+        str(steps * BATCH * TINY_ARCH["context_length"]),
         "--trainer.deterministic",
         "true",
     ]

@@ -1,5 +1,7 @@
 """Every numeric and choice setting is checked at start-up, before any work, with one line naming it."""
 
+from dataclasses import fields
+
 import lightning as L
 import pytest
 from test_cli import fails, one_thread, write_config, write_tokens  # noqa: F401 (autouse fixture)
@@ -8,7 +10,7 @@ from lmproject.lit.callbacks import ThroughputMonitor
 from lmproject.lit.cli import _join_negative_numbers
 from lmproject.lit.datamodule import TokenDataModule
 from lmproject.lit.module import LanguageModel
-from lmproject.nn import TransformerLM
+from lmproject.nn import ModelConfig, TransformerLM
 from lmproject.settings_check import RULES, SettingError, check_settings
 
 BAD_SETTINGS = [
@@ -22,16 +24,21 @@ BAD_SETTINGS = [
     (["--model.eps", "0"], "model.eps=0.0: must be a number > 0"),
     (["--model.weight_decay=-1"], "model.weight_decay=-1.0: must be a number >= 0"),
     (["--model.max_grad_norm", "0"], "model.max_grad_norm=0.0: must be null or a number > 0"),
-    (["--model.num_heads", "0"], "model.num_heads=0: must be an integer >= 1"),
-    (["--model.num_heads", "3"], "model.num_heads=3: must be a divisor of d_model=32"),
+    (["--model.arch.num_heads", "0"], "model.arch.num_heads=0: must be an integer >= 1"),
+    (["--model.arch.num_heads", "3"], "model.arch.num_heads=3: must be a divisor of d_model=32"),
     (
-        ["--model.d_model", "66", "--model.num_heads", "2"],
-        "model.num_heads=2: must be a divisor of d_model=66 ",
+        ["--model.arch.d_model", "66", "--model.arch.num_heads", "2"],
+        "model.arch.num_heads=2: must be a divisor of d_model=66 ",
     ),
-    (["--model.context_length", "0"], "model.context_length=0: must be an integer >= 1"),
-    (["--model.d_ff", "0"], "model.d_ff=0: must be an integer >= 1"),
-    (["--model.rope_theta", "0"], "model.rope_theta=0.0: must be a number > 0"),
-    (["--model.norm", "sandwich"], "model.norm='sandwich': must be one of pre, post, none"),
+    (["--model.arch.context_length", "0"], "model.arch.context_length=0: must be an integer >= 1"),
+    (["--model.arch.d_ff", "0"], "model.arch.d_ff=0: must be an integer >= 1"),
+    (["--model.arch.rope_theta", "0"], "model.arch.rope_theta=0.0: must be a number > 0"),
+    (["--model.arch.norm", "sandwich"], "model.arch.norm='sandwich': must be one of pre, post, none"),
+    (["--model.attention", "flash"], "model.attention='flash': must be one of fused, math"),
+    (
+        ["--model.arch.logit_softcap", "15", "--model.loss_chunk_tokens", "64"],
+        "model.loss_chunk_tokens=64: must be null when model.arch.logit_softcap=15.0 is set",
+    ),
     (["--data.batch_size", "0"], "data.batch_size=0: must be an integer >= 1"),
     (["--data.seed=-1"], "data.seed=-1: must be an integer in [0, 4294967295]"),
     (["--data.num_workers=-2"], "data.num_workers=-2: must be an integer >= 0"),
@@ -85,12 +92,12 @@ def test_negative_numbers_in_scientific_notation_keep_their_option():
 def test_the_python_api_refuses_the_same_settings_with_a_value_error():
     sizes = {"vocab_size": 64, "context_length": 16, "d_model": 66, "num_layers": 1, "num_heads": 4}
     sizes["d_ff"] = 8
-    with pytest.raises(ValueError, match="model.num_heads=4: must be a divisor of d_model=66"):
+    with pytest.raises(ValueError, match="model.arch.num_heads=4: must be a divisor of d_model=66"):
         TransformerLM(**sizes)
-    with pytest.raises(ValueError, match="model.num_heads=0: must be an integer >= 1"):
-        TransformerLM(**{**sizes, "num_heads": 0})
+    with pytest.raises(ValueError, match="model.arch.num_heads=0: must be an integer >= 1"):
+        ModelConfig(**{**sizes, "num_heads": 0})
     with pytest.raises(SettingError, match="model.lr_min=-1: must be in"):
-        LanguageModel(**{**sizes, "d_model": 32}, lr_min=-1)
+        LanguageModel(ModelConfig(**{**sizes, "d_model": 32}), lr_min=-1)
     with pytest.raises(SettingError, match="data.seed=-1"):
         TokenDataModule("t.npy", "v.npy", 4, vocab_size=64, context_length=16, seed=-1)
 
@@ -100,6 +107,7 @@ def test_every_rule_names_a_setting_of_its_section():
     import inspect
 
     arguments = {
+        "model.arch": {field.name for field in fields(ModelConfig)},
         "model": inspect.signature(LanguageModel.__init__).parameters,
         "data": inspect.signature(TokenDataModule.__init__).parameters,
         "trainer": inspect.signature(L.Trainer.__init__).parameters,

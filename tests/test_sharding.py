@@ -10,11 +10,11 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from test_cli import TINY_MODEL, fails, write_config, write_tokens
+from test_cli import TINY_ARCH, fails, write_config, write_tokens
 
 from lmproject.lit.checkpoints import check_checkpoint
 from lmproject.lit.cli import main
-from lmproject.lit.module import ARCHITECTURE, LanguageModel
+from lmproject.lit.module import LanguageModel
 from lmproject.lit.sharding import (
     METADATA_FILE,
     clip_gradients_of,
@@ -23,14 +23,14 @@ from lmproject.lit.sharding import (
     is_sharded_checkpoint,
     wrap_policy,
 )
-from lmproject.nn import TransformerBlock, cross_entropy
+from lmproject.nn import ModelConfig, TransformerBlock, cross_entropy
 from lmproject.optim import AdamW, clip_gradients
 
-CONFIG = {k: TINY_MODEL[k] for k in ARCHITECTURE if k in TINY_MODEL}
+CONFIG = ModelConfig(**TINY_ARCH)
 
 
 def test_every_transformer_block_and_nothing_else_is_a_shard_unit():
-    model = LanguageModel(**CONFIG)
+    model = LanguageModel(CONFIG)
     units = wrap_policy()._run_policy(model, ignored_modules=set(), root_kwargs={})
     wrapped = [module for module in units if module is not model]  # the root unit holds everything else
     assert wrapped == list(model.model.layers)
@@ -65,7 +65,7 @@ def _train_and_save_sharded(rank: int, port: int, directory: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     torch.manual_seed(0)
-    module = LanguageModel(**CONFIG)
+    module = LanguageModel(CONFIG)
     model = FSDP(module, auto_wrap_policy=wrap_policy(), device_id=torch.device("cpu"), use_orig_params=True)
     optimizer = AdamW(model.parameters(), lr=1e-2)
     x, y = batch(rank)
@@ -105,15 +105,15 @@ def test_a_checkpoint_sharded_across_two_ranks_loads_as_an_ordinary_one(sharded)
     assert is_sharded_checkpoint(sharded) and len(list(sharded.glob("*.distcp"))) == 2
     ordinary = consolidate(sharded)
     assert ordinary == sharded.parent / "consolidated" / "last.ckpt"
-    model = LanguageModel(**CONFIG)
-    check_checkpoint(ordinary, CONFIG, ARCHITECTURE, {k: v.shape for k, v in model.state_dict().items()})
+    model = LanguageModel(CONFIG)
+    check_checkpoint(ordinary, CONFIG, {k: v.shape for k, v in model.state_dict().items()})
     checkpoint = torch.load(ordinary, weights_only=True)
     model.load_state_dict(checkpoint["state_dict"])
-    assert checkpoint["global_step"] == 1 and checkpoint["hyper_parameters"]["d_model"] == 32
+    assert checkpoint["global_step"] == 1 and checkpoint["hyper_parameters"]["arch"]["d_model"] == 32
 
     # the same step without FSDP: one model, both ranks' batches (FSDP averages the ranks' gradients)
     torch.manual_seed(0)
-    reference = LanguageModel(**CONFIG)
+    reference = LanguageModel(CONFIG)
     (x0, y0), (x1, y1) = batch(0), batch(1)
     cross_entropy(reference(torch.cat([x0, x1])), torch.cat([y0, y1])).backward()
     assert checkpoint["norm"] == pytest.approx(

@@ -72,10 +72,7 @@ class ThroughputMonitor(StepBoundary):
         self._tokens = 0
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        hp = pl_module.hparams
-        self.flops_per_token = train_flops_per_token(
-            hp.vocab_size, hp.context_length, hp.d_model, hp.num_layers, hp.d_ff, hp.ffn
-        )
+        self.flops_per_token = train_flops_per_token(pl_module.model.config)
         if self.peak_flops is None:
             precision = str(trainer.precision)
             dtype = (

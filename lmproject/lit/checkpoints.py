@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import zipfile
 from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lmproject.checkpoint import write_checkpoint
 from lmproject.checkpoint_digest import digest_status
 from lmproject.errors import UserError
+from lmproject.nn.config import ModelConfig, saved_fields
 
 LAST = "last.ckpt"  # what `--ckpt_path last` means
 
@@ -66,13 +68,11 @@ def _refuse_damaged(path: Path, problem: str) -> None:
     raise UserError(f"{path}: {problem}; the newest intact one is {good} (step {step}): --ckpt_path {good}")
 
 
-def check_checkpoint(
-    path: Path, model_config: dict[str, Any], architecture: tuple[str, ...], shapes: Mapping[str, torch.Size]
-) -> dict[str, Any]:
-    """Refuse a checkpoint that cannot be read, or whose architecture differs from the configured model:
-    first by its saved hyperparameters, then by its tensors' names and shapes against `shapes` (the
-    configured model's state_dict), so a checkpoint without hyperparameters is caught too. Returns the
-    checkpoint, memory-mapped."""
+def check_checkpoint(path: Path, config: ModelConfig, shapes: Mapping[str, torch.Size]) -> dict[str, Any]:
+    """Refuse a checkpoint that cannot be read, or whose architecture differs from the configured model
+    (`config`): first by its saved hyperparameters (nested under `arch`, or flat in checkpoints written before
+    ModelConfig), then by its tensors' names and shapes against `shapes` (the configured model's state_dict),
+    so a checkpoint without hyperparameters is caught too. Returns the checkpoint, memory-mapped."""
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; mmap errors would say nothing useful
@@ -86,11 +86,11 @@ def check_checkpoint(
         _refuse_damaged(path, f"not a readable checkpoint ({reason})")
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise UserError(f"{path}: not a Lightning checkpoint (no state_dict)")
-    saved = checkpoint.get("hyper_parameters", {})
+    saved, configured = saved_fields(checkpoint.get("hyper_parameters") or {}), asdict(config)
     differences = [
-        f"{key}={saved[key]!r} in the checkpoint, {model_config[key]!r} in the config"
-        for key in architecture
-        if key in saved and key in model_config and saved[key] != model_config[key]
+        f"{key}={value!r} in the checkpoint, {configured[key]!r} in the config"
+        for key, value in saved.items()
+        if value != configured[key]
     ]
     differences += _tensor_differences(checkpoint["state_dict"], shapes)
     if differences:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from jsonargparse import ArgumentError, Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -31,7 +32,7 @@ from lmproject.lit.callbacks import GracefulInterrupt, RunCheckpoint, Throughput
 from lmproject.lit.checkpoints import check_checkpoint, find_last
 from lmproject.lit.compat import set_max_steps
 from lmproject.lit.datamodule import TokenDataModule
-from lmproject.lit.module import ARCHITECTURE, LanguageModel, NonFiniteLossError
+from lmproject.lit.module import LanguageModel, NonFiniteLossError
 from lmproject.lit.output import lightning_output
 from lmproject.lit.predict import (
     CompletionWriter,
@@ -41,6 +42,7 @@ from lmproject.lit.predict import (
     requests,
 )
 from lmproject.lit.sharding import STATE_DICT_TYPES, consolidate, fsdp_strategy, is_sharded_checkpoint
+from lmproject.nn.config import refuse_flat_fields
 from lmproject.precision import check_dtype, cpu_supports_bf16
 from lmproject.settings_check import check_settings
 from lmproject.tokenizer import Tokenizer
@@ -67,6 +69,7 @@ class LMCLI(LightningCLI):
     """LightningCLI with the project's defaults, links and up-front checks."""
 
     _initial_weights: dict[str, torch.Tensor] | None = None  # fit from a weights-only checkpoint
+    _flat_checkpoint = False  # its hyperparameters predate model.arch: see _parse_ckpt_path
 
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
         kwargs.setdefault("exit_on_error", False)  # errors become one-line messages in main()
@@ -79,8 +82,8 @@ class LMCLI(LightningCLI):
             default=None,
             help="Training token budget: max_steps = tokens / (batch x context x accumulation x devices).",
         )
-        parser.link_arguments("model.vocab_size", "data.vocab_size")
-        parser.link_arguments("model.context_length", "data.context_length")
+        parser.link_arguments("model.arch.vocab_size", "data.vocab_size")
+        parser.link_arguments("model.arch.context_length", "data.context_length")
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.every_n_train_steps": 1000})
         parser.add_lightning_class_args(ThroughputMonitor, "throughput")
@@ -97,11 +100,12 @@ class LMCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         words = sys.argv[1:] if args is None else args
         _check_config_files(words)
+        _check_model_shape(words)
         self.config = parser.parse_args(_join_negative_numbers(words))
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
         check_settings("", {name: config.get(name) for name in ("train_tokens", "seed_everything")})
-        for section in ("model", "data", "trainer", "throughput"):
+        for section in ("model.arch", "model", "data", "trainer", "throughput"):
             check_settings(section, config[section].as_dict())
         if subcommand == "predict":
             self.sampling = SamplingOptions.from_config(config)
@@ -192,6 +196,7 @@ class LMCLI(LightningCLI):
                 return  # FSDP reads its shards itself
         path, checkpoint = resolve_checkpoint(config.ckpt_path, config)
         config.ckpt_path = str(path)
+        self._flat_checkpoint = "arch" not in (checkpoint.get("hyper_parameters") or {})
         if subcommand == "fit" and "optimizer_states" not in checkpoint:
             print(
                 f"lmproject: {path} holds weights only: training starts from them at step 0, with a fresh "
@@ -200,6 +205,14 @@ class LMCLI(LightningCLI):
             )
             self._initial_weights = checkpoint["state_dict"]
             config.ckpt_path = None
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning replaces the config's model section with the hyperparameters saved in the checkpoint.
+        Those of a checkpoint written before model.arch are flat, keys the parser refuses; the config's
+        section stands for them (check_checkpoint has compared their architecture with it). (A private
+        method of LightningCLI: see lmproject.lit.compat.PRIVATE_OVERRIDES.)"""
+        if not self._flat_checkpoint:
+            super()._parse_ckpt_path()
 
     def before_fit(self) -> None:
         if self._initial_weights is not None:
@@ -256,10 +269,10 @@ class LMCLI(LightningCLI):
         """Sample completions of the prompts with the model (from ckpt_path) and print/write them."""
         options = self.sampling
         tokenizer = Tokenizer.from_dir(datamodule.tokenizer_dir)
-        if tokenizer.vocab_size > model.hparams.vocab_size:
+        if tokenizer.vocab_size > model.model.config.vocab_size:
             raise UserError(
                 f"{datamodule.tokenizer_dir}: tokenizer has {tokenizer.vocab_size} ids, "
-                f"more than the model's vocab_size={model.hparams.vocab_size}"
+                f"more than the model's vocab_size={model.model.config.vocab_size}"
             )
         if ckpt_path is None:
             print("lmproject: no --ckpt_path: sampling from an untrained model", file=sys.stderr)
@@ -314,10 +327,10 @@ def resolve_checkpoint(ckpt_path: str, config: Namespace) -> tuple[Path, dict[st
         path = found
     if is_sharded_checkpoint(path):  # written with --trainer.strategy fsdp_sharded
         path = consolidate(path)
-    model_config = config.model.as_dict()
     with torch.device("meta"):  # shapes only: no memory, no initialization
-        shapes = {name: t.shape for name, t in LanguageModel(**model_config).state_dict().items()}
-    return path, check_checkpoint(path, model_config, ARCHITECTURE, shapes)
+        module = LanguageModel(**config.model.as_dict())
+    shapes = {name: t.shape for name, t in module.state_dict().items()}
+    return path, check_checkpoint(path, module.model.config, shapes)
 
 
 NEGATIVE_NUMBER = re.compile(r"-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|-inf|-nan", re.IGNORECASE)
@@ -336,13 +349,17 @@ def _join_negative_numbers(words: list[str]) -> list[str]:
     return joined
 
 
+def _values_of(flag: str, words: list[str]) -> list[str]:
+    """The values given to `flag` in words, as `flag VALUE` or `flag=VALUE`."""
+    values = [value for word, value in zip(words, words[1:], strict=False) if word == flag]
+    return values + [word.split("=", 1)[1] for word in words if word.startswith(f"{flag}=")]
+
+
 def _check_config_files(words: list[str]) -> None:
     """Refuse a --config file that cannot be read as text (a binary, a directory) with its name, before the
     parser meets it (jsonargparse would raise a UnicodeDecodeError). A value that is not a path is inline
     YAML, which the parser reads itself."""
-    values = [value for flag, value in zip(words, words[1:], strict=False) if flag == "--config"]
-    values += [word.split("=", 1)[1] for word in words if word.startswith("--config=")]
-    for value in values:
+    for value in _values_of("--config", words):
         if Path(value).exists():
             try:
                 read_text(value)
@@ -350,8 +367,34 @@ def _check_config_files(words: list[str]) -> None:
                 raise UserError(f"--config {err}") from None
 
 
+def _check_model_shape(words: list[str]) -> None:
+    """Refuse an architecture field directly under `model` (`model: d_model: 512` in a config, or
+    `--model.d_model 512`), the shape before the architecture moved to `model.arch`, naming the new key.
+    jsonargparse would only say that model.arch.vocab_size is missing, or that an argument is unrecognized."""
+    for word in words:
+        flag = word.split("=", 1)[0]
+        if flag.startswith("--model."):
+            refuse_flat_fields({flag.removeprefix("--model."): None}, flag)
+    for flag in ("--config", "--model"):
+        for value in _values_of(flag, words):
+            document = _yaml_document(value)
+            section = document.get("model") if flag == "--config" else document
+            if isinstance(section, dict):
+                refuse_flat_fields(section, f"{flag} {value}")
+
+
+def _yaml_document(value: str) -> dict[str, Any]:
+    """The mapping a --config or --model value holds: a YAML file, or inline YAML; {} for anything else,
+    which the parser reports itself."""
+    try:
+        document = yaml.safe_load(read_text(value) if Path(value).is_file() else value)
+    except yaml.YAMLError:
+        return {}
+    return document if isinstance(document, dict) else {}
+
+
 def _one_line(err: Exception) -> str:
-    """jsonargparse's multi-line parse errors as one line, e.g. `model.d_model: expected int, got None`."""
+    """jsonargparse's multi-line parse errors as one line (`model.arch.d_model: expected int, got None`)."""
     text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
     return re.sub(
         r'Parser key "([^"]+)": Expected a <class \'(\w+)\'>\. Got value: (.*)',

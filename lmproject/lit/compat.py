@@ -54,6 +54,10 @@ PRIVATE_OVERRIDES = {
     (LightningCLI, "_prepare_subcommand_parser"): (
         "LMCLI: predict's sampling options (--prompt, --top_p, ...); without it predict refuses them"
     ),
+    (LightningCLI, "_parse_ckpt_path"): (
+        "LMCLI: a checkpoint written before model.arch (flat hyperparameters) still validates, predicts and "
+        "resumes; without it the parser refuses its saved hyperparameters"
+    ),
     (LightningCLI, "_run_subcommand"): (
         "LMCLI: Ctrl-C outside the training loop exits with status 130; without it, with Lightning's 1"
     ),

@@ -40,8 +40,8 @@ class TokenDataModule(L.LightningDataModule):
             train_path: training token file (.npy, or raw .bin with `dtype`).
             val_path: validation token file.
             batch_size: sequences per training step on each device (before gradient accumulation).
-            vocab_size: linked from model.vocab_size.
-            context_length: linked from model.context_length.
+            vocab_size: linked from model.arch.vocab_size.
+            context_length: linked from model.arch.context_length.
             dtype: uint16 or uint32; required for raw .bin files, checked against .npy files.
             val_windows: how many fixed validation windows to evaluate.
             val_batch_size: validation batch size (default: batch_size).

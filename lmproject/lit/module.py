@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 import lightning as L
@@ -27,25 +28,9 @@ from lmproject.generate import SamplingConfig, for_decoding, generate, generate_
 from lmproject.lit.callbacks import logs_written_this_step
 from lmproject.lit.sharding import clip_gradients_of
 from lmproject.muon import Muon, describe_groups, muon_param_groups
-from lmproject.nn import TransformerLM, token_losses
+from lmproject.nn import ModelConfig, TransformerLM, token_losses
 from lmproject.optim import AdamW, cosine_lr, wsd_lr
 from lmproject.settings_check import check_settings
-
-ARCHITECTURE = (
-    "vocab_size",
-    "context_length",
-    "d_model",
-    "num_layers",
-    "num_heads",
-    "d_ff",
-    "rope_theta",
-    "norm",
-    "position",
-    "ffn",
-    "tie_embeddings",
-    "qk_norm",
-    "logit_softcap",
-)
 
 
 class NonFiniteLossError(UserError):
@@ -53,25 +38,14 @@ class NonFiniteLossError(UserError):
 
 
 class LanguageModel(L.LightningModule):
-    """LightningCLI's `model:` section: architecture, optimizer and schedule of one training run."""
+    """LightningCLI's `model:` section: the architecture (model.arch) and how a run trains it."""
 
     def __init__(
         self,
-        vocab_size: int,
-        context_length: int,
-        d_model: int,
-        num_layers: int,
-        num_heads: int,
-        d_ff: int,
-        rope_theta: float = 10000.0,
-        norm: str = "pre",
-        position: str = "rope",
-        ffn: str = "swiglu",
-        tie_embeddings: bool = False,
+        arch: ModelConfig,
         attention: str = "fused",
-        qk_norm: bool = False,
         zero_init: bool = False,
-        logit_softcap: float | None = None,
+        activation_checkpointing: bool = False,
         optimizer: str = "adamw",
         muon_momentum: float = 0.95,
         schedule: str = "cosine",
@@ -87,13 +61,15 @@ class LanguageModel(L.LightningModule):
         compile: bool = False,
         compile_mode: str | None = None,
         loss_chunk_tokens: int | None = None,
-        activation_checkpointing: bool = False,
     ):
         """
         Args:
-            vocab_size, context_length, d_model, num_layers, num_heads, d_ff, rope_theta, norm, position, ffn,
-                tie_embeddings, attention, qk_norm, zero_init, logit_softcap: the TransformerLM (see
-                lmproject.nn.TransformerLM).
+            arch: the architecture (`model.arch` in a run's config; its fields: lmproject.nn.ModelConfig).
+            attention: "fused" (torch's scaled_dot_product_attention) or "math" (the from-scratch softmax
+                attention): the same result.
+            zero_init: every block's attn.output_proj and ffn.w2 start at zero (the modern recipe).
+            activation_checkpointing: recompute each TransformerBlock in backward instead of keeping its
+                activations (less memory, about a third more compute).
             optimizer: "adamw" for every parameter, or "muon": Muon for the 2-D matrices inside the blocks and
                 AdamW for embeddings, head and norms, at the same learning rate (lmproject.muon).
             muon_momentum: Muon's (Nesterov) momentum.
@@ -111,17 +87,20 @@ class LanguageModel(L.LightningModule):
                 max-autotune-no-cudagraphs (null: the default mode).
             loss_chunk_tokens: compute the lm head and cross-entropy fused, this many tokens at a time
                 (lmproject.nn.linear_cross_entropy): no float32 logits for the whole batch (null: plain).
-            activation_checkpointing: recompute each TransformerBlock in backward instead of keeping its
-                activations (less memory, about a third more compute).
         """
         super().__init__()
+        config = arch if isinstance(arch, ModelConfig) else ModelConfig(**arch)  # dict: load_from_checkpoint
+        # save_hyperparameters saves the arguments as bound here: the architecture as plain data, so that
+        # checkpoints load with weights_only=True and hparams.yaml stays readable
+        arch = asdict(config)
         self.save_hyperparameters()
         check_settings("model", self.hparams)
         self.model = TransformerLM(
-            vocab_size, context_length, d_model, num_layers, num_heads, d_ff, rope_theta,
-            norm, position, ffn, tie_embeddings, attention, activation_checkpointing, qk_norm, zero_init,
-            logit_softcap,
-        )  # fmt: skip
+            config,
+            attention=attention,
+            activation_checkpointing=activation_checkpointing,
+            zero_init=zero_init,
+        )
         self._compute_loss = self.model.loss
         self.eval_loss = MeanMetric()
         self.grad_norm: float | None = None

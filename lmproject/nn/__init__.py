@@ -1,5 +1,6 @@
 """The Transformer LM written from first principles: functions, layers, and the model with its KV cache."""
 
+from lmproject.nn.config import ModelConfig
 from lmproject.nn.functional import (
     cross_entropy,
     linear_cross_entropy,
@@ -26,6 +27,7 @@ __all__ = [
     "Embedding",
     "KVCache",
     "Linear",
+    "ModelConfig",
     "MultiHeadSelfAttention",
     "RMSNorm",
     "ReLUSquaredFFN",

@@ -26,7 +26,7 @@ class KVCache:
     A batch of prompts of different lengths is left-padded to a common length: row b starts with
     pad_lengths[b] padding slots. No query attends to a padding slot (except a padding query to itself,
     so no attention row is empty), and the real tokens of row b get positions 0, 1, 2, … — each prompt is
-    computed exactly as if it were alone. Room for model.context_length positions in total.
+    computed exactly as if it were alone. Room for model.config.context_length positions in total.
     """
 
     def __init__(
@@ -38,7 +38,8 @@ class KVCache:
     ):
         weight = model.lm_head.weight
         device, dtype = weight.device, weight.dtype
-        self.capacity, self.length, self.static = model.context_length, 0, static
+        config = model.config
+        self.capacity, self.length, self.static = config.context_length, 0, static
         self.slots = torch.arange(self.capacity, device=device)
         self.slot = torch.zeros((), dtype=torch.long, device=device)  # = length, for static steps
         self.pad_lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
@@ -48,8 +49,8 @@ class KVCache:
             d_head = self.rope.cos.shape[-1]
             self.cos = torch.empty(batch_size, 1, self.capacity, d_head, dtype=dtype, device=device)
             self.sin = torch.empty_like(self.cos)
-        shape = (batch_size, model.num_heads, self.capacity, model.d_model // model.num_heads)
-        self.layers = [LayerKVCache(self, shape, dtype, device) for _ in range(model.num_layers)]
+        shape = (batch_size, config.num_heads, self.capacity, config.d_head)
+        self.layers = [LayerKVCache(self, shape, dtype, device) for _ in range(config.num_layers)]
         self.reset(self.pad_lengths if pad_lengths is None else pad_lengths)
 
     def reset(self, pad_lengths: torch.Tensor) -> None:

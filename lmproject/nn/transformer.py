@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from lmproject.nn.config import ModelConfig
 from lmproject.nn.functional import (
     cross_entropy,
     linear_cross_entropy,
@@ -135,14 +138,20 @@ class TransformerBlock(nn.Module):
 class TransformerLM(nn.Module):
     """Decoder-only LM: token_embeddings -> layers -> ln_final -> lm_head, returning logits.
 
+    The architecture is a ModelConfig (lmproject.nn.config, where each field is explained), given whole or
+    as its fields by keyword: `TransformerLM(vocab_size=..., context_length=..., d_model=..., num_layers=...,
+    num_heads=..., d_ff=..., rope_theta=...)`, the CS336 signature, builds the same model as
+    `TransformerLM(ModelConfig(...))`. The model keeps it as `config`.
     Switches (for the ablations): norm "pre" | "post" | "none" (ln_final exists only for "pre": a post-norm
     stack already ends normalized); position "rope" | "none" (NoPE); ffn "swiglu" | "silu" | "relu2" (the
     caller passes d_ff, 4·d_model for the two-matrix "silu" and "relu2" so the parameter count roughly
-    matches); tie_embeddings shares one (vocab, d_model) matrix between token_embeddings and lm_head;
-    attention "fused" | "math".
+    matches); tie_embeddings shares one (vocab, d_model) matrix between token_embeddings and lm_head.
     Switches of the modern recipe (all off by default): qk_norm (RMSNorm on each head's q and k, adding
     layers.{i}.attn.{q_norm,k_norm}); zero_init (every attn.output_proj and ffn.w2 starts at zero, so each
     block starts as the identity); logit_softcap (logits become cap·tanh(logits/cap)).
+    The keyword arguments are how the model is built and run, not what it computes, so they are not part of
+    the config: attention "fused" | "math" (the same result), activation_checkpointing (below) and zero_init
+    (an initialization).
 
     The shared matrix starts as the lm_head's Linear init (σ = √(2/(vocab+d_model))), not the embedding's
     σ = 1: as the head that gives logits of σ ≈ √(2·d_model/vocab) ≪ 1, so training starts at a loss of
@@ -157,42 +166,43 @@ class TransformerLM(nn.Module):
 
     def __init__(
         self,
-        vocab_size: int,
-        context_length: int,
-        d_model: int,
-        num_layers: int,
-        num_heads: int,
-        d_ff: int,
-        rope_theta: float = 10000.0,
-        norm: str = "pre",
-        position: str = "rope",
-        ffn: str = "swiglu",
-        tie_embeddings: bool = False,
+        config: ModelConfig | None = None,
+        *,
         attention: str = "fused",
         activation_checkpointing: bool = False,
-        qk_norm: bool = False,
         zero_init: bool = False,
-        logit_softcap: float | None = None,
+        **fields: Any,
     ):
         super().__init__()
-        arguments = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
-        check_settings("model", arguments)  # one clear error for any bad size or switch
-        self.vocab_size, self.context_length, self.d_model = vocab_size, context_length, d_model
-        self.num_layers, self.num_heads, self.d_ff, self.rope_theta = num_layers, num_heads, d_ff, rope_theta
-        self.norm, self.position, self.ffn, self.attention = norm, position, ffn, attention
-        self.tie_embeddings, self.activation_checkpointing = tie_embeddings, activation_checkpointing
-        self.logit_softcap = logit_softcap
+        if config is None:
+            config = ModelConfig(**fields)  # checks every field: one clear error for a bad size or switch
+        elif fields:
+            raise TypeError(
+                f"TransformerLM: give a ModelConfig or its fields, not both (got {sorted(fields)})"
+            )
+        check_settings("model", {"attention": attention})
+        self.config, self.activation_checkpointing = config, activation_checkpointing
 
-        self.token_embeddings = Embedding(vocab_size, d_model)
-        d_head = d_model // num_heads
-        rope = RotaryEmbedding(rope_theta, d_head, context_length) if position == "rope" else None
+        self.token_embeddings = Embedding(config.vocab_size, config.d_model)
+        rope = None
+        if config.position == "rope":
+            rope = RotaryEmbedding(config.rope_theta, config.d_head, config.context_length)
         self.layers = nn.ModuleList(
-            TransformerBlock(d_model, num_heads, d_ff, rope, norm, ffn, attention, qk_norm)
-            for _ in range(num_layers)
+            TransformerBlock(
+                config.d_model,
+                config.num_heads,
+                config.d_ff,
+                rope,
+                config.norm,
+                config.ffn,
+                attention,
+                config.qk_norm,
+            )
+            for _ in range(config.num_layers)
         )
-        self.ln_final = RMSNorm(d_model) if norm == "pre" else nn.Identity()
-        self.lm_head = Linear(d_model, vocab_size)
-        if tie_embeddings:  # one matrix, initialized as the head (see the class docstring)
+        self.ln_final = RMSNorm(config.d_model) if config.norm == "pre" else nn.Identity()
+        self.lm_head = Linear(config.d_model, config.vocab_size)
+        if config.tie_embeddings:  # one matrix, initialized as the head (see the class docstring)
             self.token_embeddings.weight = self.lm_head.weight
         if zero_init:
             for layer in self.layers:
@@ -217,7 +227,7 @@ class TransformerLM(nn.Module):
         hidden = self.hidden_states(token_ids)
         if chunk_tokens is None:
             return cross_entropy(self._logits(hidden), targets)
-        if self.logit_softcap is not None:
+        if self.config.logit_softcap is not None:
             raise ValueError("the chunked loss (chunk_tokens) has no logit soft-cap: use chunk_tokens=None")
         return linear_cross_entropy(self.ln_final(hidden), self.lm_head.weight, targets, chunk_tokens)
 
@@ -230,7 +240,8 @@ class TransformerLM(nn.Module):
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """The last layer's output -> logits: ln_final, lm_head, then the soft cap if there is one."""
         logits = self.lm_head(self.ln_final(hidden))
-        return logits if self.logit_softcap is None else soft_cap(logits, self.logit_softcap)
+        cap = self.config.logit_softcap
+        return logits if cap is None else soft_cap(logits, cap)
 
     def hidden_states(
         self,
@@ -249,8 +260,10 @@ class TransformerLM(nn.Module):
         seq = token_ids.shape[-1]
         if kv_cache is not None:
             kv_cache.begin(seq)
-        elif seq > self.context_length:
-            raise ValueError(f"sequence of {seq} tokens is longer than context_length={self.context_length}")
+        elif seq > self.config.context_length:
+            raise ValueError(
+                f"sequence of {seq} tokens is longer than context_length={self.config.context_length}"
+            )
 
         if token_ids.device.type == "cpu":
             self._check_token_ids(token_ids)
@@ -275,6 +288,6 @@ class TransformerLM(nn.Module):
         if token_ids.numel() == 0:
             return
         low, high = torch.aminmax(token_ids)
-        if low < 0 or high >= self.vocab_size:
+        if low < 0 or high >= self.config.vocab_size:
             bad = int(low) if low < 0 else int(high)
-            raise ValueError(f"token id {bad} is outside the vocabulary 0..{self.vocab_size - 1}")
+            raise ValueError(f"token id {bad} is outside the vocabulary 0..{self.config.vocab_size - 1}")

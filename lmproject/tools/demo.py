@@ -47,7 +47,7 @@ class Scale:
     valid_mb: float
     vocab_size: int
     max_new_tokens: int
-    overrides: dict = field(default_factory=dict)  # config sections updated on top of configs/demo.yaml
+    overrides: dict = field(default_factory=dict)  # merged on top of configs/demo.yaml, key by key
 
 
 FULL = Scale(train_mb=4.0, valid_mb=0.2, vocab_size=1024, max_new_tokens=200)
@@ -58,7 +58,7 @@ TINY = Scale(
     max_new_tokens=30,
     overrides={
         "train_tokens": 20 * 8 * 32,  # 20 steps
-        "model": {"context_length": 32, "d_model": 32, "num_layers": 1, "num_heads": 2, "d_ff": 96},
+        "model": {"arch": {"context_length": 32, "d_model": 32, "num_layers": 1, "num_heads": 2, "d_ff": 96}},
         "data": {"batch_size": 8, "val_windows": 16},
         "trainer": {"val_check_interval": 10},
         "checkpoint": {"every_n_train_steps": 10},
@@ -107,17 +107,18 @@ def write_config(path: Path, scale: Scale, tokens: Path, tokenizer: Path, run_di
     """configs/demo.yaml with this demo's paths (and the --tiny sizes), so every command stays short."""
     import yaml
 
-    config = yaml.safe_load(CONFIG.read_text())
-    config["model"]["vocab_size"] = scale.vocab_size
-    config["data"].update(
-        train_path=str(tokens / "train.npy"), val_path=str(tokens / "valid.npy"), tokenizer_dir=str(tokenizer)
-    )
-    config["trainer"]["default_root_dir"] = str(run_dir)
-    for key, value in scale.overrides.items():
-        if isinstance(value, dict):
-            config[key].update(value)
-        else:
-            config[key] = value
+    from lmproject.accounting import merge_configs
+
+    paths = {
+        "model": {"arch": {"vocab_size": scale.vocab_size}},
+        "data": {
+            "train_path": str(tokens / "train.npy"),
+            "val_path": str(tokens / "valid.npy"),
+            "tokenizer_dir": str(tokenizer),
+        },
+        "trainer": {"default_root_dir": str(run_dir)},
+    }
+    config = merge_configs(merge_configs(yaml.safe_load(CONFIG.read_text()), paths), scale.overrides)
     header = (
         f"# Written by `python -m lmproject.tools.demo`: {CONFIG.name} with the demo's paths and sizes.\n"
     )
