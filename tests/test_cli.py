@@ -321,6 +321,15 @@ def test_a_config_of_the_flat_shape_gets_one_line_naming_the_new_key(data_dir, c
     assert not run.exists()
 
 
+def test_help_lists_the_architecture_flags_with_their_meaning(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--help"])
+    assert exit_info.value.code == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "--model.arch.d_model D_MODEL width of the residual stream. (required, type: int)" in shown
+    assert "--model.arch.qk_norm {true,false}" in shown and "--model.lr_max LR_MAX" in shown
+
+
 def test_checkpoints_keep_the_architecture_as_plain_data_and_flat_older_ones_still_load(data_dir, capsys):
     """A checkpoint's hyperparameters hold model.arch as a dict (weights_only loading, a readable
     hparams.yaml) from which load_from_checkpoint rebuilds the ModelConfig; a checkpoint written before
@@ -334,6 +343,9 @@ def test_checkpoints_keep_the_architecture_as_plain_data_and_flat_older_ones_sti
     checkpoint = torch.load(run / "checkpoints/last.ckpt", weights_only=True)
     assert checkpoint["hyper_parameters"]["arch"] == asdict(ModelConfig(**TINY_ARCH))
     assert yaml.safe_load((run / "logs/version_0/hparams.yaml").read_text())["arch"]["d_model"] == 32
+    assert yaml.safe_load((run / "logs/version_0/config.yaml").read_text())["model"]["arch"] == asdict(
+        ModelConfig(**TINY_ARCH)
+    )  # the run's config, as `fit --config` reads it again
     loaded = LanguageModel.load_from_checkpoint(run / "checkpoints/last.ckpt", map_location="cpu")
     assert loaded.model.config == ModelConfig(**TINY_ARCH)
 
