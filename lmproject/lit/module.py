@@ -25,7 +25,7 @@ from torchmetrics import MeanMetric
 
 from lmproject.errors import UserError
 from lmproject.generate import SamplingConfig, for_decoding, generate, generate_steps
-from lmproject.lit.callbacks import logs_written_this_step
+from lmproject.lit.compat import logs_written_this_step
 from lmproject.lit.sharding import clip_gradients_of
 from lmproject.muon import Muon, describe_groups, muon_param_groups
 from lmproject.nn import ModelConfig, TransformerLM, token_losses
