@@ -16,10 +16,10 @@ import sys
 
 STEP = """
 import time, torch
-from lmproject.nn import ModelConfig, TransformerLM, cross_entropy
+from lmproject.nn import TransformerLM, cross_entropy
 from lmproject.optim import AdamW
 torch.manual_seed(0)
-model = TransformerLM(ModelConfig(1024, 128, 128, 4, 4, 352))
+model = TransformerLM(vocab_size=1024, context_length=128, d_model=128, num_layers=4, num_heads=4, d_ff=352)
 opt = AdamW(model.parameters(), lr=1e-3)
 x, y = torch.randint(0, 1024, (2, 32, 128))
 def step():

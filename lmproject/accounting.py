@@ -146,10 +146,18 @@ def steps_for_tokens(
 
 # GPT-2's shapes as the reference analysis uses them (SwiGLU FFN, untied lm head, d_ff = 4 * d_model).
 PRESETS = {
-    "gpt2-small": ModelConfig(50257, 1024, 768, 12, 12, 3072),
-    "gpt2-medium": ModelConfig(50257, 1024, 1024, 24, 16, 4096),
-    "gpt2-large": ModelConfig(50257, 1024, 1280, 36, 20, 5120),
-    "gpt2-xl": ModelConfig(50257, 1024, 1600, 48, 25, 6400),
+    "gpt2-small": ModelConfig(
+        vocab_size=50257, context_length=1024, d_model=768, num_layers=12, num_heads=12, d_ff=3072
+    ),
+    "gpt2-medium": ModelConfig(
+        vocab_size=50257, context_length=1024, d_model=1024, num_layers=24, num_heads=16, d_ff=4096
+    ),
+    "gpt2-large": ModelConfig(
+        vocab_size=50257, context_length=1024, d_model=1280, num_layers=36, num_heads=20, d_ff=5120
+    ),
+    "gpt2-xl": ModelConfig(
+        vocab_size=50257, context_length=1024, d_model=1600, num_layers=48, num_heads=25, d_ff=6400
+    ),
 }
 
 
@@ -214,6 +222,11 @@ def _read_config(paths: list[Path]) -> tuple[dict, dict]:
     refuse_flat_fields(model, names)  # a config, or an overlay, of the shape before model.arch
     if not isinstance(model.get("arch"), dict):
         raise UserError(f"{names}: no architecture (d_model, ...) under `model: arch:`")
+    unknown = [name for name in model["arch"] if name not in {f.name for f in fields(ModelConfig)}]
+    if unknown:
+        raise UserError(
+            f"{names}: model.arch.{unknown[0]} is not an architecture field (lmproject.nn.ModelConfig)"
+        )
     data = _mapping_with(config.get("data"), "batch_size")
     check_settings("data", data)
     check_settings("", {"train_tokens": config.get("train_tokens")})
@@ -240,6 +253,11 @@ def _check_model(config: ModelConfig, settings: dict) -> None:
     from lmproject.lit.module import LanguageModel
 
     parameters = inspect.signature(LanguageModel.__init__).parameters.values()
+    unknown = [name for name in settings if name not in {p.name for p in parameters}]
+    if unknown:
+        raise UserError(
+            f"model.{unknown[0]} is not a setting of the model (lmproject.lit.module.LanguageModel)"
+        )
     defaults = {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
     check_settings("model", {**defaults, **settings, "arch": asdict(config)})
 

@@ -74,6 +74,8 @@ ARCH_RULES = (  # lmproject.nn.ModelConfig's fields
     Rule("norm", lambda v, s: v in NORMS, f"one of {', '.join(NORMS)}"),
     Rule("position", lambda v, s: v in POSITIONS, f"one of {', '.join(POSITIONS)}"),
     Rule("ffn", lambda v, s: v in FFNS, f"one of {', '.join(FFNS)}"),
+    Rule("tie_embeddings", lambda v, s: isinstance(v, bool), "true or false"),
+    Rule("qk_norm", lambda v, s: isinstance(v, bool), "true or false"),
     Rule("logit_softcap", lambda v, s: v is None or (_real(v) and v > 0), "null or a number > 0"),
 )
 

@@ -10,7 +10,11 @@ import torch
 from lmproject.lit.callbacks import ThroughputMonitor
 from lmproject.nn import ModelConfig
 
-TINY = SimpleNamespace(model=SimpleNamespace(config=ModelConfig(64, 16, 32, 2, 2, 64)))  # what setup reads
+TINY = SimpleNamespace(
+    model=SimpleNamespace(
+        config=ModelConfig(vocab_size=64, context_length=16, d_model=32, num_layers=2, num_heads=2, d_ff=64)
+    )
+)  # what setup reads
 
 
 # The H200 is not in Lightning's table: device_peak_flops completes it.

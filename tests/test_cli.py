@@ -318,6 +318,11 @@ def test_a_config_of_the_flat_shape_gets_one_line_naming_the_new_key(data_dir, c
     assert "model.norm is now model.arch.norm" in fails(
         ["fit", "--config", config, "--model={norm: post}"], capsys
     )
+    flat_short = data_dir / "flat.yaml"
+    flat_short.write_text(yaml.safe_dump({"model": {"d_model": 32}}))
+    assert "model.d_model is now model.arch.d_model" in fails(
+        ["fit", "-c", config, "-c", str(flat_short)], capsys
+    )
     assert not run.exists()
 
 

@@ -101,14 +101,15 @@ def test_ddp_logs_the_mean_train_loss_of_all_ranks_and_a_val_loss_independent_of
     assert ddp_val == pytest.approx(one_device_val, rel=1e-6)
 
 
-def test_predict_under_ddp_writes_every_prompt_once_in_order_as_one_process_does(tmp_path):
-    """Each rank samples its share of the prompts (the distributed sampler repeats one to even out 3 prompts
-    over 2 ranks); the JSONL and the printed completions hold each prompt's once, as on one process."""
+@pytest.mark.parametrize("texts", [["Once upon a time", "Tom and his dog", "The sun"], ["Once upon a time"]])
+def test_predict_under_ddp_writes_every_prompt_once_in_order_as_one_process_does(tmp_path, texts):
+    """Each rank samples its share of the prompts (3 prompts over 2 ranks; 1 prompt: the second rank samples
+    a copy); the JSONL and the printed completions hold each prompt's once, as on one process."""
     from tiny_run import make_run
 
     config = make_run(tmp_path, steps=1)
     prompts = tmp_path / "prompts.txt"
-    prompts.write_text("Once upon a time\nTom and his dog\nThe sun\n")
+    prompts.write_text("\n".join(texts) + "\n")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
     outputs = {}
     for devices, strategy in (("1", "auto"), ("2", "ddp")):
@@ -121,6 +122,6 @@ def test_predict_under_ddp_writes_every_prompt_once_in_order_as_one_process_does
         assert result.returncode == 0, result.stderr[-2000:]
         outputs[devices] = ([json.loads(line) for line in out.read_text().splitlines()], result.stdout)
     (single, single_printed), (ddp, ddp_printed) = outputs["1"], outputs["2"]
-    assert [r["prompt"] for r in ddp] == ["Once upon a time", "Tom and his dog", "The sun"]
+    assert [r["prompt"] for r in ddp] == texts
     assert ddp == single
     assert ddp_printed == single_printed

@@ -34,8 +34,19 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb  # noqa: E402
 
 SHAPES = {  # vocab_size, context_length, d_model, num_layers, num_heads, d_ff
-    "3 heads of 16": ModelConfig(300, 64, 48, 2, 3, 80, rope_theta=10000.0),
-    "8 heads of 8, tied": ModelConfig(290, 64, 64, 3, 8, 96, rope_theta=500.0, tie_embeddings=True),
+    "3 heads of 16": ModelConfig(
+        vocab_size=300, context_length=64, d_model=48, num_layers=2, num_heads=3, d_ff=80, rope_theta=10000.0
+    ),
+    "8 heads of 8, tied": ModelConfig(
+        vocab_size=290,
+        context_length=64,
+        d_model=64,
+        num_layers=3,
+        num_heads=8,
+        d_ff=96,
+        rope_theta=500.0,
+        tie_embeddings=True,
+    ),
 }
 BYTES = Tokenizer({i: bytes([i]) for i in range(256)}, [])  # no special tokens: no EOS to stop at
 

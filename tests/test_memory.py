@@ -12,8 +12,8 @@ from lmproject.accounting import parameter_counts
 from lmproject.memory import layer_activation_bytes, measure_in_subprocess, training_memory
 from lmproject.nn import ModelConfig, TransformerLM
 
-WIDE = ModelConfig(8000, 64, 256, 2, 8, 688)
-DEEP = ModelConfig(6000, 128, 192, 3, 6, 512)
+WIDE = ModelConfig(vocab_size=8000, context_length=64, d_model=256, num_layers=2, num_heads=8, d_ff=688)
+DEEP = ModelConfig(vocab_size=6000, context_length=128, d_model=192, num_layers=3, num_heads=6, d_ff=512)
 CASES = [  # architecture, batch, precision, activation checkpointing, loss chunk tokens: peaks of 120-200 MB
     (WIDE, 16, "32-true", False, None),
     (WIDE, 16, "bf16-mixed", True, None),
@@ -81,7 +81,9 @@ def saved_bytes_per_token(model, tokens, bf16):
 def test_a_layer_saves_the_bytes_the_prediction_counts(bf16, ffn):
     """One more layer adds exactly layer_activation_bytes per token (under bf16-mixed, besides the bfloat16
     copies of its weights and of RoPE's tables, which do not grow with the batch)."""
-    config = ModelConfig(512, 32, 64, 1, 4, 176, ffn=ffn)
+    config = ModelConfig(
+        vocab_size=512, context_length=32, d_model=64, num_layers=1, num_heads=4, d_ff=176, ffn=ffn
+    )
     tokens = torch.randint(0, 512, (2, 4, 32))
     per_token = []
     for layers in (1, 2):

@@ -131,7 +131,7 @@ class RunCheckpoint(ModelCheckpoint):
         return path
 
     def _save_last_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
-        # a private method of ModelCheckpoint: see lightning_compat.PRIVATE_OVERRIDES
+        # a private method of ModelCheckpoint: see lmproject.lit.compat.PRIVATE_OVERRIDES
         if self.save_last:
             self.save_last_now(trainer)
 

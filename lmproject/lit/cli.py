@@ -23,6 +23,7 @@ import torch
 import yaml
 from jsonargparse import ArgumentError, Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from torch.utils.data import DataLoader
 
@@ -91,7 +92,7 @@ class LMCLI(LightningCLI):
     def _prepare_subcommand_parser(
         self, klass: type, subcommand: str, **kwargs: Any
     ) -> LightningArgumentParser:
-        # a private method of LightningCLI: see lightning_compat.PRIVATE_OVERRIDES
+        # a private method of LightningCLI: see lmproject.lit.compat.PRIVATE_OVERRIDES
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
         if subcommand == "predict":
             add_predict_arguments(parser)
@@ -150,7 +151,7 @@ class LMCLI(LightningCLI):
                 "on CPUs use the default strategy (DDP across processes with --trainer.devices N)"
             )
 
-    def instantiate_trainer(self, **kwargs: Any):
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """`--trainer.strategy fsdp` (or fsdp_sharded) becomes lmproject.lit.sharding's FSDPStrategy:
         one shard unit per TransformerBlock."""
         config = self.config_init.get(str(self.subcommand), self.config_init)  # run=False: no subcommand
@@ -244,7 +245,7 @@ class LMCLI(LightningCLI):
     def _run_subcommand(self, subcommand: str) -> None:
         """Lightning answers Ctrl-C outside the training loop with exit status 1 (and ignores Ctrl-C from
         then on): make it 130, the status of an interrupted command, and restore Ctrl-C. (A private method
-        of LightningCLI: see lightning_compat.PRIVATE_OVERRIDES.)"""
+        of LightningCLI: see lmproject.lit.compat.PRIVATE_OVERRIDES.)"""
         try:
             super()._run_subcommand(subcommand)
         except SystemExit as exit_:
@@ -279,10 +280,12 @@ class LMCLI(LightningCLI):
         options.check_model(model.model)
         check_dtype(options.sampling.torch_dtype, self.trainer.strategy.root_device, "predict: --dtype")
         prompts = requests(options, tokenizer)
-        single = len(prompts) == 1 and options.num_samples == 1
+        single = len(prompts) == 1 and options.num_samples == 1 and self.trainer.world_size == 1
         stream = single and sys.stdout.isatty() if options.stream is None else options.stream
         if stream and not single:
-            raise UserError("predict: --stream needs one prompt and --num_samples 1")
+            raise UserError("predict: --stream needs one prompt, --num_samples 1 and one device")
+        # Lightning's predict sampler stops a rank that gets no request; the copies are written once
+        prompts += [prompts[-1]] * (self.trainer.world_size - len(prompts))
         if stream:
             model.token_callback = TokenPrinter(tokenizer, prompts[0]["prompt"])
             if self.trainer.progress_bar_callback is not None:
@@ -350,9 +353,11 @@ def _join_negative_numbers(words: list[str]) -> list[str]:
 
 
 def _values_of(flag: str, words: list[str]) -> list[str]:
-    """The values given to `flag` in words, as `flag VALUE` or `flag=VALUE`."""
-    values = [value for word, value in zip(words, words[1:], strict=False) if word == flag]
-    return values + [word.split("=", 1)[1] for word in words if word.startswith(f"{flag}=")]
+    """The values given to `flag` in words, as `flag VALUE` or `flag=VALUE` (for --config also its short
+    form -c)."""
+    names = (flag, "-c") if flag == "--config" else (flag,)
+    values = [value for word, value in zip(words, words[1:], strict=False) if word in names]
+    return values + [word.split("=", 1)[1] for word in words for n in names if word.startswith(f"{n}=")]
 
 
 def _check_config_files(words: list[str]) -> None:

@@ -3,7 +3,7 @@ on, in one place, each with what it is for and what breaks if Lightning changes 
 
 pyproject.toml keeps lightning below 3, but a minor release may still rename any of these. The functions
 below are the only callers of private attributes; PRIVATE_OVERRIDES lists the private methods the project
-overrides, which tests/test_lightning_compat.py checks still exist (a renamed one would silently stop being
+overrides, which tests/test_lit_compat.py checks still exist (a renamed one would silently stop being
 called)."""
 
 from __future__ import annotations
@@ -44,8 +44,16 @@ def save_checkpoint_file(checkpoint: ModelCheckpoint, trainer: L.Trainer, path: 
     checkpoint._save_checkpoint(trainer, path)
 
 
+def attached_trainer(module: L.LightningModule) -> L.Trainer | None:
+    """The Trainer a LightningModule is attached to, or None (`module.trainer` raises when there is none,
+    e.g. when a test or a script calls configure_optimizers on a bare module).
+
+    Private: `LightningModule._trainer`. If it goes, AttributeError wherever this is called."""
+    return module._trainer
+
+
 # Private methods the project overrides, with why. If Lightning renames one, the override is never called and
-# nothing fails: tests/test_lightning_compat.py checks that each still exists with the same parameters.
+# nothing fails: tests/test_lit_compat.py checks that each still exists with the same parameters.
 PRIVATE_OVERRIDES = {
     (ModelCheckpoint, "_save_last_checkpoint"): (
         "RunCheckpoint: last.ckpt always holds the newest step in that one file; without the override a "

@@ -25,7 +25,7 @@ from torchmetrics import MeanMetric
 
 from lmproject.errors import UserError
 from lmproject.generate import SamplingConfig, for_decoding, generate, generate_steps
-from lmproject.lit.compat import logs_written_this_step
+from lmproject.lit.compat import attached_trainer, logs_written_this_step
 from lmproject.lit.sharding import clip_gradients_of
 from lmproject.muon import Muon, describe_groups, muon_param_groups
 from lmproject.nn import ModelConfig, TransformerLM, token_losses
@@ -240,7 +240,7 @@ class LanguageModel(L.LightningModule):
             )
         settings = dict(lr=hp.lr_max, betas=hp.betas, eps=hp.eps, weight_decay=hp.weight_decay)
         if hp.optimizer == "muon":
-            if type(getattr(self._trainer, "strategy", None)).__name__ == "FSDPStrategy":
+            if type(getattr(attached_trainer(self), "strategy", None)).__name__ == "FSDPStrategy":
                 raise UserError(
                     "model.optimizer=muon cannot run under FSDP: Muon orthogonalizes whole matrices and FSDP "
                     "gives each rank a flat shard (use ddp, or optimizer adamw)"

@@ -185,9 +185,9 @@ class TokenPrinter:
 
 class CompletionWriter(BasePredictionWriter):
     """Decodes each request's completions, prints them (unless streamed), and appends them to the JSONL
-    file as the request finishes. Under DDP each rank samples its share of the prompts (Lightning's
-    distributed sampler, which repeats prompts to even out the ranks): the ranks' completions are gathered
-    at the end and rank 0 prints and writes each prompt's once, in prompt order."""
+    file as the request finishes. Under DDP each rank samples its share of the prompts (with fewer prompts
+    than ranks, some sample a copy of the last one): the ranks' completions are gathered at the end and
+    rank 0 prints and writes each prompt's once, in prompt order."""
 
     def __init__(self, tokenizer: Tokenizer, options: SamplingOptions, checkpoint: str | None):
         super().__init__(write_interval="batch")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -26,20 +26,24 @@ from lmproject.atomic import atomic_write
 from lmproject.nn import TransformerBlock
 from lmproject.optim import clip_gradients
 
+if TYPE_CHECKING:  # imported where used: FSDP's modules are slow to import and most runs do not shard
+    from lightning.pytorch.strategies import FSDPStrategy
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
 STATE_DICT_TYPES = {"fsdp": "full", "fsdp_sharded": "sharded"}
 METADATA_FILE = (
     "meta.pt"  # what Lightning's FSDPStrategy writes beside the shards (all but weights, optimizer)
 )
 
 
-def wrap_policy():
+def wrap_policy() -> ModuleWrapPolicy:
     """FSDP's auto-wrap policy: every TransformerBlock becomes its own shard unit."""
     from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
     return ModuleWrapPolicy({TransformerBlock})
 
 
-def fsdp_strategy(name: str):
+def fsdp_strategy(name: str) -> FSDPStrategy:
     """Lightning's FSDPStrategy for `--trainer.strategy fsdp` or `fsdp_sharded` (see the module docstring)."""
     from lightning.pytorch.strategies import FSDPStrategy
 

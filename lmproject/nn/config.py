@@ -13,7 +13,7 @@ from lmproject.errors import UserError
 from lmproject.settings_check import check_settings
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)  # by name only: num_layers and num_heads are both small ints
 class ModelConfig:
     """The architecture of a decoder-only Transformer LM (the CS336 model and its ablation switches).
 
