@@ -1,8 +1,8 @@
 """Generation speed: our cached `generate` against a plain KV-cache loop and the weight-streaming limit.
 
     .venv/bin/python bench/bench_generate.py [--dtype float32|bfloat16] [--device cpu|cuda] [--cuda-graph]
-        [--new-tokens 240] [--prompt-len 16] [--num-samples 16] [--repeats 3] [--threads N] [--clock wall|cpu]
-        [--recompute] [--window-slide N]
+        [--compiled-step] [--new-tokens 240] [--prompt-len 16] [--num-samples 16] [--repeats 3] [--threads N]
+        [--clock wall|cpu] [--recompute] [--window-slide N]
 
 TinyStories configuration with random weights, greedy, a 16-token prompt and 240 new tokens (inside the
 256-token context). Each repeat runs, on the same weights and in the same dtype:
@@ -11,6 +11,9 @@ TinyStories configuration with random weights, greedy, a 16-token prompt and 240
   - batch N: `--num-samples` copies of the prompt in one `generate` call (what `predict --num_samples N`
     runs), counted as N x new tokens;
   - no graph (with --cuda-graph): `generate` launching each step's kernels from Python;
+  - compiled, batch N compiled (with --compiled-step, CPU): `generate(..., compiled_step=True)`, the decode
+    step compiled by torch.compile (lmproject/compiled_step.py); compiled once before the repeats, and the
+    compile time printed; with --dtype bfloat16 also `float32 compiled`, the float32 model compiled;
   - recompute (--recompute): no cache, the whole window per token (tests/reference_model.greedy_recompute);
     with `--new-tokens 256` the run passes the context, both slide the window (`--window-slide`), and the
     plain loop, which does not slide, is left out (issue 5's comparison).
@@ -114,6 +117,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=DTYPES, default="float32")
     parser.add_argument("--cuda-graph", action="store_true", help="replay a captured decode step (CUDA)")
+    parser.add_argument("--compiled-step", action="store_true", help="also time the compiled step (CPU)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument(
         "--clock",
@@ -140,8 +144,13 @@ def main() -> None:
 
     sampling = SamplingConfig(max_new_tokens=n, temperature=0, window_slide=slide)
 
-    def greedy(model: TransformerLM, prompts: list[list[int]], cuda_graph: bool = args.cuda_graph) -> list:
-        return generate(model, prompts, sampling, cuda_graph=cuda_graph)
+    def greedy(
+        model: TransformerLM,
+        prompts: list[list[int]],
+        cuda_graph: bool = args.cuda_graph,
+        compiled: bool = False,
+    ) -> list:
+        return generate(model, prompts, sampling, cuda_graph=cuda_graph, compiled_step=compiled)
 
     runs: dict[str, Callable[[], list]] = {"cached": lambda: greedy(model, [prompt])[0]}
     if args.prompt_len + n <= TINYSTORIES.context_length:  # the plain loop does not slide a window
@@ -154,6 +163,14 @@ def main() -> None:
         runs[f"batch {args.num_samples}"] = lambda: greedy(model, [prompt] * args.num_samples)
     if args.recompute:
         runs["recompute"] = lambda: greedy_recompute(model, prompt, n, slide)
+    if args.compiled_step:
+        runs["compiled"] = lambda: greedy(model, [prompt], compiled=True)[0]
+        if dtype != torch.float32:
+            runs["float32 compiled"] = lambda: greedy(float32_model, [prompt], compiled=True)[0]
+        if args.num_samples:
+            runs[f"batch {args.num_samples} compiled"] = lambda: greedy(
+                model, [prompt] * args.num_samples, compiled=True
+            )
 
     weight_bytes = sum(
         p.numel() * p.element_size() for name, p in model.named_parameters() if "embed" not in name
@@ -165,6 +182,14 @@ def main() -> None:
         f"{weight_bytes / 1e6:.1f} MB per token",
         flush=True,
     )
+    for name in [name for name in runs if name.endswith("compiled")]:  # compile once, before the timing
+        start_wall, start_cpu = time.perf_counter(), time.process_time()
+        runs[name]()
+        print(
+            f"  {name}: compiling and one run took {time.perf_counter() - start_wall:.1f} s wall, "
+            f"{time.process_time() - start_cpu:.1f} s CPU",
+            flush=True,
+        )
     rates: dict[str, list[float]] = {"limit": [], **{name: [] for name in runs}}
     outputs: dict[str, list] = {}
     for repeat in range(args.repeats):
@@ -182,7 +207,7 @@ def main() -> None:
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
             rates[name].append(rate)
-            print(f"  repeat {repeat + 1} {name:9s} {rate:9.1f} tok/s", flush=True)
+            print(f"  repeat {repeat + 1} {name:18s} {rate:9.1f} tok/s", flush=True)
     report(rates, outputs)
     if dtype != torch.float32:
         greedy_256 = SamplingConfig(max_new_tokens=256, temperature=0)
@@ -203,15 +228,20 @@ def report(rates: dict[str, list[float]], outputs: dict[str, list]) -> None:
             f"{paired:.2f}x median paired"
         )
 
-    print(ratio("cached", "limit"))
-    if "plain" in rates:
-        print(ratio("cached", "plain") + f"; tokens {agreement(outputs['cached'], outputs['plain'])}")
+    batch_1 = [name for name in ("cached", "compiled") if name in rates]
+    for ours in batch_1:
+        print(ratio(ours, "limit"))
+        if "plain" in rates:
+            print(ratio(ours, "plain") + f"; tokens {agreement(outputs[ours], outputs['plain'])}")
     for name in rates:
-        if name.startswith("batch"):
-            rows = {agreement(row, outputs["cached"]) for row in outputs[name]}
-            print(ratio(name, "cached") + f"; rows vs batch 1: {', '.join(sorted(rows))}")
-        elif name in ("no graph", "float32", "recompute"):
+        if name.startswith("batch"):  # against batch 1 of the same kind
+            single = "compiled" if name.endswith("compiled") else "cached"
+            rows = {agreement(row, outputs[single]) for row in outputs[name]}
+            print(ratio(name, single) + f"; rows vs batch 1: {', '.join(sorted(rows))}")
+        elif name in ("no graph", "float32", "recompute", "compiled"):
             print(ratio("cached", name) + f"; tokens {agreement(outputs['cached'], outputs[name])}")
+        elif name == "float32 compiled":
+            print(ratio("compiled", name) + f"; tokens {agreement(outputs['compiled'], outputs[name])}")
 
 
 def agreement(a: list[int], b: list[int]) -> str:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lmproject.compiled_step import CompiledStep
 from lmproject.cuda_graph import CUDAGraphStep
 from lmproject.errors import UserError
 from lmproject.nn import KVCache, Linear, TransformerLM
@@ -186,6 +187,7 @@ def generate_steps(
     sampling: SamplingConfig,
     *,
     cuda_graph: bool = False,
+    compiled_step: bool = False,
 ) -> Iterator[list[int | None]]:
     """The streaming form of `generate`: yield, at each step, the new token of every prompt (None for a
     prompt that already ended), e.g. `for (token,) in generate_steps(model, [prompt], sampling)` to print
@@ -194,6 +196,10 @@ def generate_steps(
 
     cuda_graph: on CUDA, replay one captured decode step per token instead of launching its ~100 kernels
         from Python (lmproject/cuda_graph.py).
+    compiled_step: on the CPU, run each token through one decode step compiled by torch.compile
+        (lmproject/compiled_step.py): faster per token, but the first call for a model and batch size
+        compiles for seconds to tens of seconds. One generation at a time per model and batch size (the
+        compiled step owns its cache).
     """
     if not isinstance(sampling, SamplingConfig):  # e.g. the max_new_tokens of the older signature
         raise TypeError(
@@ -204,7 +210,7 @@ def generate_steps(
     sampling.check(model)
     window_slide = window_slide_for(model.config.context_length, sampling.window_slide)
     max_new_tokens, eos_id = sampling.max_new_tokens, sampling.eos_id
-    model = for_decoding(model, sampling.torch_dtype)
+    source, model = model, for_decoding(model, sampling.torch_dtype)
     keep = model.config.context_length - window_slide + 1  # tokens re-encoded when a row's window is full
     if max_new_tokens == 0:
         return
@@ -219,9 +225,8 @@ def generate_steps(
     finished = [False] * len(prompt_ids)
 
     tokens, pad, _ = _crop_windows(model, history[:, :width], pad, keep=model.config.context_length)
-    cache = KVCache(model, len(prompt_ids), pad, static=cuda_graph)
+    cache, step_logits = _decode_step(source, model, pad, cuda_graph, compiled_step)
     logits = model.next_token_logits(tokens, kv_cache=cache)
-    step_logits = CUDAGraphStep(model, cache) if cuda_graph else _eager_step(model, cache)
     for step in range(max_new_tokens):
         new = sample_next_token(logits, sampling.temperature, sampling.top_p, sampling.top_k, generator)
         new_ids = new.tolist()
@@ -245,12 +250,14 @@ def generate(
     sampling: SamplingConfig,
     *,
     cuda_graph: bool = False,
+    compiled_step: bool = False,
 ) -> list[list[int]]:
     """The new tokens of each prompt (a batch of prompts of any lengths), sampled as `sampling` says, e.g.
     `generate(model, prompts, SamplingConfig(max_new_tokens=50, temperature=0))`. A completion that stops
     at sampling.eos_id ends with it (the EOS token is included); otherwise it has max_new_tokens tokens."""
     completions: list[list[int]] = [[] for _ in prompt_ids]
-    for step_tokens in generate_steps(model, prompt_ids, sampling, cuda_graph=cuda_graph):
+    steps = generate_steps(model, prompt_ids, sampling, cuda_graph=cuda_graph, compiled_step=compiled_step)
+    for step_tokens in steps:
         for completion, token in zip(completions, step_tokens, strict=True):
             if token is not None:
                 completion.append(token)
@@ -268,6 +275,22 @@ def _crop_windows(
     kept = torch.where(full, keep, real)
     width = int(kept.max())
     return tokens[:, -width:], width - kept, full
+
+
+def _decode_step(
+    source: TransformerLM, model: TransformerLM, pad: torch.Tensor, cuda_graph: bool, compiled_step: bool
+) -> tuple[KVCache, Callable[[torch.Tensor], torch.Tensor]]:
+    """The cache for a batch with padding `pad` and the one-token step of `model` (the decoding form of
+    `source`) that extends it: replayed as a CUDA graph, compiled (kept per source model, with its own
+    cache), or run op by op."""
+    if cuda_graph and compiled_step:
+        raise UserError("generate: choose one of cuda_graph (CUDA) and compiled_step (CPU), not both")
+    if compiled_step:
+        step = CompiledStep.for_model(source, model, len(pad))
+        step.cache.reset(pad)
+        return step.cache, step
+    cache = KVCache(model, len(pad), pad, static=cuda_graph)
+    return cache, CUDAGraphStep(model, cache) if cuda_graph else _eager_step(model, cache)
 
 
 def _eager_step(model: TransformerLM, cache: KVCache) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -14,6 +14,7 @@ import torch
 from test_cli import one_thread  # noqa: F401 (autouse fixture)
 from tiny_run import make_run
 
+from lmproject import compiled_step as compiled_step_module
 from lmproject import generate as generate_module
 from lmproject import precision
 from lmproject.generate import SamplingConfig, generate
@@ -309,3 +310,14 @@ def test_an_output_that_cannot_be_written_is_refused_before_sampling(
         predict(run, "--prompt", "Hi", "--output", output)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+@pytest.mark.skipif(compiled_step_module.cpp_compiler() is None, reason="no C++ compiler for torch.compile")
+def test_compiled_step_completions_equal_the_op_by_op_ones(run, monkeypatch):
+    monkeypatch.setitem(compiled_step_module.INDUCTOR_CONFIG, "max_autotune", False)  # seconds faster
+    outputs = {}
+    for flag in ("false", "true"):
+        outputs[flag] = run / f"compiled_{flag}.jsonl"
+        args = ["--temperature", "0", "--max_new_tokens", "12", "--compiled_step", flag]
+        predict(run, "--prompts_file", str(run / "prompts.txt"), *args, "--output", str(outputs[flag]))
+    assert outputs["true"].read_text() == outputs["false"].read_text()

@@ -207,16 +207,19 @@ class LanguageModel(L.LightningModule):
         SamplingConfig's fields, as a dict) says; with a token_callback (one sample), each token goes to it
         as soon as it is sampled. The arithmetic is in the sampling dtype: a mixed training precision's
         autocast (which Lightning also opens around predict) is turned off. On a GPU each token replays a
-        captured decode step (generate's cuda_graph)."""
+        captured decode step (generate's cuda_graph); on the CPU, with request["compiled_step"], each token
+        runs one compiled step (generate's compiled_step)."""
         prompts = [request["prompt_ids"]] * request["num_samples"]
         sampling = SamplingConfig(**request["sampling"])
         model = self._decoding_model(sampling.torch_dtype)
         cuda_graph = self.device.type == "cuda"  # one replayed decode step per token: 5x on an H200
+        compiled = request.get("compiled_step", False) and self.device.type == "cpu"  # opt-in
+        step = {"cuda_graph": cuda_graph, "compiled_step": compiled}
         with torch.autocast(self.device.type, enabled=False):
             if self.token_callback is None:
-                return generate(model, prompts, sampling, cuda_graph=cuda_graph)
+                return generate(model, prompts, sampling, **step)
             completion = []
-            for (token,) in generate_steps(model, prompts[:1], sampling, cuda_graph=cuda_graph):
+            for (token,) in generate_steps(model, prompts[:1], sampling, **step):
                 completion.append(token)
                 self.token_callback(token)
             return [completion]

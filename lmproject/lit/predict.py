@@ -60,6 +60,9 @@ class SamplingOptions:
         seed: sampling seed; prompt i is sampled with seed + i.
         output: JSONL file for the completions (prompt, completion, token counts, settings, seed).
         stream: print tokens as they are sampled (default: when one completion goes to a terminal).
+        compiled_step: on the CPU, compile the decode step once (torch.compile, lmproject/compiled_step.py):
+            faster per token after 10-30 s of compiling, worth it for long or many completions; needs a
+            C++ compiler. On a GPU each step replays a CUDA graph instead.
         sampling: the sampling settings every prompt shares (seed and eos_id are set per request).
     """
 
@@ -69,6 +72,7 @@ class SamplingOptions:
     seed: int = 0
     output: str | None = None
     stream: bool | None = None
+    compiled_step: bool = False
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(**DEFAULTS))
 
     @classmethod
@@ -151,7 +155,8 @@ def requests(options: SamplingOptions, tokenizer: Tokenizer) -> list[dict[str, A
     eos = eos_id(tokenizer)
     return [
         {"index": i, "prompt": text, "prompt_ids": tokenizer.encode(text), "num_samples": options.num_samples,
-         "sampling": asdict(replace(options.sampling, seed=options.seed + i, eos_id=eos))}
+         "sampling": asdict(replace(options.sampling, seed=options.seed + i, eos_id=eos)),
+         "compiled_step": options.compiled_step}
         for i, text in enumerate(options.prompts())
     ]  # fmt: skip
 

@@ -5,7 +5,8 @@ for the whole context, each row's RoPE cos/sin tables for every slot, and the ma
 keys. A one-token step then only slices these (views, no new tensors) and writes its keys and values in
 place. A static cache (static=True) goes one step further for CUDA graphs: its one-token steps have the
 same shapes and buffers at every position (they attend over all slots, masking the ones not written yet,
-and find their slot in a device tensor), so one captured step can be replayed for every token.
+and find their slot in a device tensor), so one captured step can be replayed for every token, and one
+compiled step (torch.compile) serves every position.
 """
 
 from __future__ import annotations
@@ -72,18 +73,19 @@ class KVCache:
 
     def begin(self, seq: int) -> None:
         """Prepare the step that adds `seq` tokens: its RoPE tables and attention mask (None: every key
-        written so far), read by every layer."""
-        if self.length + seq > self.capacity:
+        written so far), read by every layer. Traced by torch.compile (a static one-token step, see
+        `end`), the room is the caller's to check."""
+        if not torch.compiler.is_compiling() and self.length + seq > self.capacity:
             raise ValueError(
                 f"KV cache overflow: {self.length} cached + {seq} new tokens > context_length={self.capacity}"
             )
-        start, end = self.length, self.length + seq
-        if self.static and seq == 1:
+        if self.static and seq == 1:  # addressed by the device tensor `slot`, never by `length`
             self.mask = self.real_keys & (self.slots <= self.slot)
             if self.rope is not None:
                 self.step_cos = self.cos.index_select(2, self.slot.view(1))
                 self.step_sin = self.sin.index_select(2, self.slot.view(1))
             return
+        start, end = self.length, self.length + seq
         if seq == 1:  # the newest token may see every real key
             self.mask = self.real_keys[..., :end] if self.padded else None
         else:  # causal, never onto padding keys, always onto itself
@@ -94,8 +96,11 @@ class KVCache:
             self.step_cos, self.step_sin = self.cos[:, :, start:end], self.sin[:, :, start:end]
 
     def end(self, seq: int) -> None:
-        """Count the `seq` tokens of the step just run."""
-        self.length += seq
+        """Count the `seq` tokens of the step just run. Traced by torch.compile, the Python counter is left
+        to the caller (lmproject/compiled_step.py): a compiled graph would be specialized on its value, one
+        recompilation per position; the static step's kernels advance `slot` themselves."""
+        if not torch.compiler.is_compiling():
+            self.length += seq
         if self.static:
             self.slot.add_(seq)
 

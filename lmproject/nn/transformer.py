@@ -265,7 +265,8 @@ class TransformerLM(nn.Module):
                 f"sequence of {seq} tokens is longer than context_length={self.config.context_length}"
             )
 
-        if token_ids.device.type == "cpu":
+        compiled_decoding = kv_cache is not None and torch.compiler.is_compiling()  # ids from the sampler
+        if token_ids.device.type == "cpu" and not compiled_decoding:
             self._check_token_ids(token_ids)
         x = self.token_embeddings(token_ids)  # (batch, seq, d_model), the same through every layer
         recompute = self.activation_checkpointing and kv_cache is None and torch.is_grad_enabled()
@@ -282,7 +283,9 @@ class TransformerLM(nn.Module):
         """A ValueError for ids outside 0..vocab_size-1 (-1 would silently pick the last embedding row).
         Checked on CPU, where two reductions cost little next to the forward (bench/RESULTS.md, issue 11);
         on an accelerator the check would make every step wait for the device, so there the data module
-        checks the token files and `generate` the prompts instead."""
+        checks the token files and `generate` the prompts instead. A compiled decoding step
+        (lmproject/compiled_step.py) skips it: its ids are the sampler's, always in the vocabulary, and the
+        data-dependent branch would split its graph."""
         if token_ids.dtype.is_floating_point or token_ids.dtype == torch.bool:
             raise ValueError(f"token_ids must be integers, got {token_ids.dtype}")
         if token_ids.numel() == 0:

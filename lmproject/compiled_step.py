@@ -1,0 +1,104 @@
+"""A CPU generation step compiled once by torch.compile (inductor) and run for every token.
+
+Run op by op, a batch-1 decode step of a small model spends about a third of its time outside the matrix
+products: ~60 small ops per layer (norms, RoPE, attention, views), each a dispatched kernel with its own pass
+over memory, and module calls in Python; and torch's matrix-vector kernel streams weights with 512-float rows
+at about half the machine's bandwidth. With a static KV cache (lmproject.nn.kv_cache) a one-token step has
+the same shapes at every position, so one compiled graph serves the whole generation. Inductor fuses the
+small ops into a few C++ loops and, with the weights frozen (treated as constants) and max-autotune, packs
+each weight for its own matrix-vector kernel, which streams at about the bandwidth of a long-row GEMV
+(bench/RESULTS.md, "Sampling speed, second pass"). Compiling needs a C++ compiler and takes seconds to tens
+of seconds (it benchmarks kernels), once per model, batch size and dtype: worth it for long generations.
+"""
+
+from __future__ import annotations
+
+import copy
+import weakref
+
+import torch
+from torch._inductor import config as inductor_config
+from torch._inductor import cpp_builder
+from torch._inductor.exc import InvalidCxxCompiler
+
+from lmproject.errors import UserError
+from lmproject.nn import KVCache, TransformerLM
+
+# The compiled steps of each model given to `generate` (before its conversion for decoding), by dtype and
+# batch size, remade when that model's weights change in place (their version counters move).
+_STEPS: weakref.WeakKeyDictionary[TransformerLM, dict[tuple, CompiledStep]] = weakref.WeakKeyDictionary()
+# freezing: weights as constants, packed for inductor's own matrix-vector kernels (max_autotune picks them
+# where they beat torch's); cpp_wrapper: the graph's kernels are called from C++, not from Python. Set
+# around the first call, which compiles: passed to torch.compile, `freezing` is not applied.
+INDUCTOR_CONFIG = {
+    "freezing": True,
+    "max_autotune": True,
+    "max_autotune_gemm_backends": "CPP,ATEN",
+    "cpp_wrapper": True,
+    "max_autotune_report_choices_stats": False,  # no JSON on stderr
+}
+
+
+class CompiledStep:
+    """Callable: the new token of each row (batch,) -> next-token logits (batch, vocab). Owns its static
+    KVCache (`cache`), which each generation resets to its prompts' padding and fills with the prompts
+    (prefill, run op by op) before the first step. Compiled at the first call, with its own copy of the
+    weights (they become constants of the compiled graph)."""
+
+    def __init__(self, model: TransformerLM, batch_size: int):
+        device = model.lm_head.weight.device
+        if device.type != "cpu":
+            raise UserError(f"generate: compiled_step is for the CPU, not {device} (on CUDA: cuda_graph)")
+        if cpp_compiler() is None:
+            raise UserError(
+                "generate: compiled_step needs a C++ compiler (torch.compile builds the step with g++ or "
+                "the one in $CXX) and none was found; sample without it"
+            )
+        self.model = copy.deepcopy(model)
+        self.cache = KVCache(self.model, batch_size, static=True)
+        self._step = torch.compile(self._run, dynamic=False)
+        self.compiled = False
+
+    @classmethod
+    def for_model(cls, source: TransformerLM, model: TransformerLM, batch_size: int) -> CompiledStep:
+        """The step of `model`, the decoding form of `source` (generate.for_decoding), for this batch size:
+        compiled once per source model, dtype and batch size while the source's weights stay as they are."""
+        steps = _STEPS.setdefault(source, {})
+        key, version = (model.lm_head.weight.dtype, batch_size), _weights_version(source)
+        if key not in steps or steps[key].weights_version != version:
+            steps[key] = cls(model, batch_size)
+            steps[key].weights_version = version
+        return steps[key]
+
+    def __call__(self, new: torch.Tensor) -> torch.Tensor:
+        cache = self.cache
+        if cache.length >= cache.capacity:
+            raise ValueError(f"KV cache overflow: {cache.length} cached + 1 new token > {cache.capacity}")
+        if self.compiled:
+            logits = self._step(new[:, None])
+        else:
+            with inductor_config.patch(INDUCTOR_CONFIG):  # ~0.1 ms a call: only while compiling
+                logits = self._step(new[:, None])
+            self.compiled = True
+        cache.length += 1  # KVCache.end leaves the Python counter to the caller under torch.compile
+        return logits
+
+    def _run(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model.next_token_logits(tokens, kv_cache=self.cache)
+
+
+def _weights_version(model: TransformerLM) -> tuple[tuple[int, int], ...]:
+    """Changes whenever a weight is replaced or modified in place (load_state_dict, an optimizer step).
+    Inference tensors (made under torch.inference_mode, as `lmproject predict` makes its decoding copy)
+    have no version counter: only their replacement shows."""
+    return tuple(
+        (param.data_ptr(), -1 if param.is_inference() else param._version) for param in model.parameters()
+    )
+
+
+def cpp_compiler() -> str | None:
+    """The C++ compiler torch.compile builds with here, or None when there is none."""
+    try:
+        return cpp_builder.get_cpp_compiler()
+    except InvalidCxxCompiler:
+        return None

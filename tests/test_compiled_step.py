@@ -1,0 +1,69 @@
+"""generate(..., compiled_step=True): the tokens of the op-by-op path, one compilation per model and batch
+size, recompiled when the weights change, clear errors where it cannot run."""
+
+import pytest
+import torch
+from reference_model import single_thread
+from torch._dynamo.utils import counters
+
+from lmproject import compiled_step as compiled_step_module
+from lmproject.errors import UserError
+from lmproject.generate import SamplingConfig, generate
+from lmproject.nn import TransformerLM
+
+SMALL = dict(vocab_size=64, context_length=16, d_model=32, num_layers=2, num_heads=4, d_ff=48)
+PROMPTS = [[5], [1, 2, 3, 4, 5, 6, 7], list(range(20, 40))]  # windows slide, alone and all together
+
+needs_compiler = pytest.mark.skipif(
+    compiled_step_module.cpp_compiler() is None, reason="no C++ compiler for torch.compile"
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with single_thread():
+        yield
+
+
+def small_model(seed: int = 0) -> TransformerLM:
+    torch.manual_seed(seed)
+    return TransformerLM(**SMALL).double()  # float64: no near-ties flip an argmax
+
+
+def compiled_graphs() -> int:
+    return counters["stats"]["unique_graphs"]
+
+
+@needs_compiler
+def test_compiled_steps_give_the_eager_tokens_and_compile_once():
+    model = small_model()
+    greedy = SamplingConfig(max_new_tokens=30, temperature=0, window_slide=3)
+    seeded = SamplingConfig(max_new_tokens=30, temperature=1.0, top_p=0.9, seed=1)
+    before = compiled_graphs()
+    assert generate(model, PROMPTS, greedy, compiled_step=True) == generate(model, PROMPTS, greedy)
+    assert generate(model, PROMPTS, seeded, compiled_step=True) == generate(model, PROMPTS, seeded)
+    assert compiled_graphs() == before + 1  # one graph for every position, both calls
+
+
+@needs_compiler
+def test_a_compiled_step_follows_weights_changed_in_place():
+    """The compiled graph holds the weights as constants: a model whose weights changed (a checkpoint
+    loaded into it) gets a new step instead of the old weights' tokens."""
+    model, other = small_model(0), small_model(1)
+    greedy = SamplingConfig(max_new_tokens=12, temperature=0)
+    first = generate(model, PROMPTS[:1], greedy, compiled_step=True)
+    model.load_state_dict(other.state_dict())
+    changed = generate(model, PROMPTS[:1], greedy, compiled_step=True)
+    assert changed == generate(other, PROMPTS[:1], greedy) != first
+
+
+def test_without_a_cpp_compiler_the_compiled_step_is_refused(monkeypatch):
+    monkeypatch.setattr(compiled_step_module, "cpp_compiler", lambda: None)
+    with pytest.raises(UserError, match="compiled_step needs a C\\+\\+ compiler"):
+        generate(small_model(), [[1, 2]], SamplingConfig(max_new_tokens=3), compiled_step=True)
+
+
+def test_cuda_graph_and_compiled_step_together_are_refused():
+    sampling = SamplingConfig(max_new_tokens=3)
+    with pytest.raises(UserError, match="one of cuda_graph .* and compiled_step"):
+        generate(small_model(), [[1, 2]], sampling, cuda_graph=True, compiled_step=True)
