@@ -5,9 +5,10 @@ products: ~60 small ops per layer (norms, RoPE, attention, views), each a dispat
 over memory, and module calls in Python; and torch's matrix-vector kernel streams weights with 512-float rows
 at about half the machine's bandwidth. With a static KV cache (lmproject.nn.kv_cache) a one-token step has
 the same shapes at every position, so one compiled graph serves the whole generation. Inductor fuses the
-small ops into a few C++ loops and, with the weights frozen (treated as constants) and max-autotune, packs
-each weight for its own matrix-vector kernel, which streams at about the bandwidth of a long-row GEMV
-(bench/RESULTS.md, "Sampling speed, second pass"). Compiling needs a C++ compiler and takes seconds to tens
+small ops, the attention included (the model's from-scratch math, not torch's fused kernel), into a few C++
+loops and, with the weights frozen (treated as constants) and max-autotune, packs each weight for its own
+matrix-vector kernel, which streams at 17-24 GB/s, about the bandwidth of a long-row GEMV (bench/RESULTS.md,
+"Sampling speed, second pass"). Compiling needs a C++ compiler and takes seconds to tens
 of seconds (it benchmarks kernels), once per model, batch size and dtype: worth it for long generations.
 """
 
@@ -55,6 +56,8 @@ class CompiledStep:
                 "the one in $CXX) and none was found; sample without it"
             )
         self.model = copy.deepcopy(model)
+        for layer in self.model.layers:  # the same math (lmproject.nn.functional), which inductor fuses:
+            layer.attn.attention = "math"  # torch's fused CPU kernel is slower for one query (bf16: 2-3x)
         self.cache = KVCache(self.model, batch_size, static=True)
         self._step = torch.compile(self._run, dynamic=False)
         self.compiled = False
