@@ -28,16 +28,18 @@ from lmproject.nn import KVCache, TransformerLM
 # The compiled steps of each model given to `generate` (before its conversion for decoding), by dtype and
 # batch size, remade when that model's weights change in place (their version counters move).
 _STEPS: weakref.WeakKeyDictionary[TransformerLM, dict[tuple, CompiledStep]] = weakref.WeakKeyDictionary()
-# freezing: weights as constants, packed for inductor's own matrix-vector kernels (max_autotune picks them
-# where they beat torch's); cpp_wrapper: the graph's kernels are called from C++, not from Python. Set
-# around the first call, which compiles: passed to torch.compile, `freezing` is not applied.
+# freezing: weights as constants, packed for inductor's own matrix-vector kernels (max_autotune: use them);
+# cpp_wrapper: the graph's kernels are called from C++, not from Python. Set around the first call, which
+# compiles: passed to torch.compile, `freezing` is not applied.
 INDUCTOR_CONFIG = {
     "freezing": True,
     "max_autotune": True,
-    "max_autotune_gemm_backends": "CPP,ATEN",
     "cpp_wrapper": True,
     "max_autotune_report_choices_stats": False,  # no JSON on stderr
 }
+# The dtypes of inductor's own kernels. For these they are the only choice (they beat torch's on every
+# weight here): nothing to benchmark, half the compile time. Other dtypes get torch's kernels.
+OWN_KERNEL_DTYPES = (torch.float32, torch.bfloat16)
 
 
 class CompiledStep:
@@ -80,7 +82,9 @@ class CompiledStep:
         if self.compiled:
             logits = self._step(new[:, None])
         else:
-            with inductor_config.patch(INDUCTOR_CONFIG):  # ~0.1 ms a call: only while compiling
+            own = self.model.lm_head.weight.dtype in OWN_KERNEL_DTYPES
+            backends = {"max_autotune_gemm_backends": "CPP" if own else "CPP,ATEN"}
+            with inductor_config.patch({**INDUCTOR_CONFIG, **backends}):  # ~0.1 ms a call: only to compile
                 logits = self._step(new[:, None])
             self.compiled = True
         cache.length += 1  # KVCache.end leaves the Python counter to the caller under torch.compile
