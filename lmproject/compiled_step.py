@@ -7,9 +7,9 @@ at about half the machine's bandwidth. With a static KV cache (lmproject.nn.kv_c
 the same shapes at every position, so one compiled graph serves the whole generation. Inductor fuses the
 small ops, the attention included (the model's from-scratch math, not torch's fused kernel), into a few C++
 loops and, with the weights frozen (treated as constants) and max-autotune, packs each weight for its own
-matrix-vector kernel, which streams at 17-24 GB/s, about the bandwidth of a long-row GEMV (bench/RESULTS.md,
-"Sampling speed, second pass"). Compiling needs a C++ compiler and takes seconds to tens
-of seconds (it benchmarks kernels), once per model, batch size and dtype: worth it for long generations.
+matrix-vector kernel, which streams at 20-26 GB/s, about the bandwidth of a long-row GEMV (bench/RESULTS.md,
+"Sampling speed, second pass"). Compiling needs a C++ compiler and takes about 30 s of CPU
+time here, once per model, batch size and dtype: worth it for long or many generations.
 """
 
 from __future__ import annotations

@@ -197,8 +197,8 @@ def generate_steps(
     cuda_graph: on CUDA, replay one captured decode step per token instead of launching its ~100 kernels
         from Python (lmproject/cuda_graph.py).
     compiled_step: on the CPU, run each token through one decode step compiled by torch.compile
-        (lmproject/compiled_step.py): faster per token, but the first call for a model and batch size
-        compiles for seconds to tens of seconds. One generation at a time per model and batch size (the
+        (lmproject/compiled_step.py): faster per token, but the first call for a model, dtype and batch size
+        compiles for about 30 s of CPU time. One generation at a time per model and batch size (the
         compiled step owns its cache).
     """
     if not isinstance(sampling, SamplingConfig):  # e.g. the max_new_tokens of the older signature

@@ -61,7 +61,7 @@ class SamplingOptions:
         output: JSONL file for the completions (prompt, completion, token counts, settings, seed).
         stream: print tokens as they are sampled (default: when one completion goes to a terminal).
         compiled_step: on the CPU, compile the decode step once (torch.compile, lmproject/compiled_step.py):
-            faster per token after 10-30 s of compiling, worth it for long or many completions; needs a
+            faster per token after about 30 s of compiling, worth it for long or many completions; needs a
             C++ compiler. On a GPU each step replays a CUDA graph instead.
         sampling: the sampling settings every prompt shares (seed and eos_id are set per request).
     """
