@@ -37,7 +37,7 @@ from lmproject.lit.module import LanguageModel, NonFiniteLossError
 from lmproject.lit.output import lightning_output
 from lmproject.lit.predict import (
     CompletionWriter,
-    SamplingOptions,
+    PredictOptions,
     TokenPrinter,
     add_predict_arguments,
     requests,
@@ -109,7 +109,7 @@ class LMCLI(LightningCLI):
         for section in ("model.arch", "model", "data", "trainer", "throughput"):
             check_settings(section, config[section].as_dict())
         if subcommand == "predict":
-            self.sampling = SamplingOptions.from_config(config)
+            self.sampling = PredictOptions.from_config(config)
         self._fill_run_layout(config)
         self._choose_precision(config.trainer)
         self._check_strategy(config.trainer)

@@ -47,7 +47,7 @@ def decode(tokenizer: Tokenizer, ids: list[int]) -> str:
 
 
 @dataclass
-class SamplingOptions:
+class PredictOptions:
     """The options of `lmproject predict` beyond the sampling settings.
 
     They are top-level flags (--prompt, ...), as are the sampling settings (--temperature, ...), which make
@@ -76,7 +76,7 @@ class SamplingOptions:
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(**DEFAULTS))
 
     @classmethod
-    def from_config(cls, config: Any) -> SamplingOptions:
+    def from_config(cls, config: Any) -> PredictOptions:
         """The options from a parsed `lmproject predict` config, checked. A bad sampling setting is an
         error that names its flag, e.g. `predict: --top_p must be in (0, 1], got 0.0`."""
         shared = {f.name: config[f.name] for f in fields(SamplingConfig) if f.name not in PER_REQUEST}
@@ -128,9 +128,9 @@ class SamplingOptions:
 
 
 def add_predict_arguments(parser: LightningArgumentParser) -> None:
-    """The top-level flags of `lmproject predict`: SamplingOptions' own, and each SamplingConfig setting
+    """The top-level flags of `lmproject predict`: PredictOptions' own, and each SamplingConfig setting
     but those set per request (--max_new_tokens, --temperature, ...), with predict's defaults."""
-    parser.add_class_arguments(SamplingOptions, nested_key=None, as_group=True, skip={"sampling"})
+    parser.add_class_arguments(PredictOptions, nested_key=None, as_group=True, skip={"sampling"})
     parser.add_class_arguments(SamplingConfig, nested_key=None, as_group=True, skip=set(PER_REQUEST))
     parser.set_defaults(DEFAULTS)
 
@@ -149,7 +149,7 @@ def eos_id(tokenizer: Tokenizer) -> int | None:
     return tokenizer.encode(EOS_TOKEN)[0] if EOS_TOKEN in tokenizer.special_tokens else None
 
 
-def requests(options: SamplingOptions, tokenizer: Tokenizer) -> list[dict[str, Any]]:
+def requests(options: PredictOptions, tokenizer: Tokenizer) -> list[dict[str, Any]]:
     """One request per prompt: what `LanguageModel.predict_step` samples. The SamplingConfig travels as a
     dict: Lightning's batch transfer refuses a frozen dataclass."""
     eos = eos_id(tokenizer)
@@ -194,7 +194,7 @@ class CompletionWriter(BasePredictionWriter):
     than ranks, some sample a copy of the last one): the ranks' completions are gathered at the end and
     rank 0 prints and writes each prompt's once, in prompt order."""
 
-    def __init__(self, tokenizer: Tokenizer, options: SamplingOptions, checkpoint: str | None):
+    def __init__(self, tokenizer: Tokenizer, options: PredictOptions, checkpoint: str | None):
         super().__init__(write_interval="batch")
         self.tokenizer, self.options, self.checkpoint = tokenizer, options, checkpoint
         self.written = 0
