@@ -256,6 +256,7 @@ class CompletionWriter(BasePredictionWriter):
             if trainer.is_global_zero:
                 for key in sorted(unique):
                     self._emit(unique[key], printed=True)
+            trainer.strategy.barrier("completions written")  # the ranks leave together, as after fit
         self._close(finished=True)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException):
