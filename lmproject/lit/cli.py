@@ -412,7 +412,7 @@ def run_lightning(argv: list[str] | None, run: bool = True, cli_class: type[LMCL
     """Parse argv (None: the command line), build the trainer, model and data, and run the subcommand
     (run=False: parse and build only, argv without a subcommand)."""
     try:
-        cli = cli_class(
+        return cli_class(
             LanguageModel,
             TokenDataModule,
             args=argv,
@@ -432,11 +432,12 @@ def run_lightning(argv: list[str] | None, run: bool = True, cli_class: type[LMCL
         raise UserError(_one_line(err)) from None
     except MisconfigurationException as err:  # Lightning's word for a bad Trainer or callback setting
         raise UserError(_one_line(err)) from None
-    # A multi-process run leaves its process group here, not in Lightning's exit handler, where gloo's
-    # threads sometimes aborted a rank that had finished its work (1 predict run in about 25 on CPU)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-    return cli
+    finally:
+        # A multi-process run leaves its process group here, also when it fails (divergence, bad input),
+        # not at interpreter exit, where gloo's threads sometimes aborted a rank with SIGABRT after it had
+        # finished its work ("terminate called without an active exception")
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 def main(argv: list[str] | None = None) -> int:
