@@ -210,10 +210,19 @@ def generate_steps(
     sampling.check(model)
     window_slide = window_slide_for(model.config.context_length, sampling.window_slide)
     max_new_tokens, eos_id = sampling.max_new_tokens, sampling.eos_id
-    source, model = model, for_decoding(model, sampling.torch_dtype)
-    keep = model.config.context_length - window_slide + 1  # tokens re-encoded when a row's window is full
+    if cuda_graph and compiled_step:
+        raise UserError("generate: choose one of cuda_graph (CUDA) and compiled_step (CPU), not both")
+    source, dtype = model, sampling.torch_dtype or model.lm_head.weight.dtype
+    check_dtype(dtype, model.lm_head.weight.device, "generate: dtype")
     if max_new_tokens == 0:
         return
+    compiled = None
+    if compiled_step:  # its own decoding copy prefills too: none is made per call
+        compiled = CompiledStep.for_model(source, dtype, lambda: for_decoding(source, dtype), len(prompt_ids))
+        model = compiled.model
+    else:
+        model = for_decoding(source, dtype)
+    keep = model.config.context_length - window_slide + 1  # tokens re-encoded when a row's window is full
     device = model.lm_head.weight.device
     generator = None if sampling.seed is None else torch.Generator(device=device).manual_seed(sampling.seed)
     width = max(len(prompt) for prompt in prompt_ids)
@@ -225,7 +234,7 @@ def generate_steps(
     finished = [False] * len(prompt_ids)
 
     tokens, pad, _ = _crop_windows(model, history[:, :width], pad, keep=model.config.context_length)
-    cache, step_logits = _decode_step(source, model, pad, cuda_graph, compiled_step)
+    cache, step_logits = _decode_step(model, pad, cuda_graph, compiled)
     logits = model.next_token_logits(tokens, kv_cache=cache)
     for step in range(max_new_tokens):
         new = sample_next_token(logits, sampling.temperature, sampling.top_p, sampling.top_k, generator)
@@ -278,17 +287,13 @@ def _crop_windows(
 
 
 def _decode_step(
-    source: TransformerLM, model: TransformerLM, pad: torch.Tensor, cuda_graph: bool, compiled_step: bool
+    model: TransformerLM, pad: torch.Tensor, cuda_graph: bool, compiled: CompiledStep | None
 ) -> tuple[KVCache, Callable[[torch.Tensor], torch.Tensor]]:
-    """The cache for a batch with padding `pad` and the one-token step of `model` (the decoding form of
-    `source`) that extends it: replayed as a CUDA graph, compiled (kept per source model, with its own
-    cache), or run op by op."""
-    if cuda_graph and compiled_step:
-        raise UserError("generate: choose one of cuda_graph (CUDA) and compiled_step (CPU), not both")
-    if compiled_step:
-        step = CompiledStep.for_model(source, model, len(pad))
-        step.cache.reset(pad)
-        return step.cache, step
+    """The cache for a batch with padding `pad` and the one-token step of `model` that extends it: the
+    compiled step (with its own cache) when there is one, else replayed as a CUDA graph, or run op by op."""
+    if compiled is not None:
+        compiled.cache.reset(pad)
+        return compiled.cache, compiled
     cache = KVCache(model, len(pad), pad, static=cuda_graph)
     return cache, CUDAGraphStep(model, cache) if cuda_graph else _eager_step(model, cache)
 

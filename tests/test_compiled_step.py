@@ -57,6 +57,21 @@ def test_a_compiled_step_follows_weights_changed_in_place():
     assert changed == generate(other, PROMPTS[:1], greedy) != first
 
 
+@needs_compiler
+def test_steps_of_two_models_and_batch_sizes_in_turn_each_run_their_own_graph(monkeypatch):
+    """Compiled steps run without guard checks after their first call: each must still run its own graph
+    (its model's weights, its batch size) when others were compiled since, and every step is compiled,
+    however many there are (dynamo's recompile limit counts graphs per code object)."""
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    models = [small_model(0), small_model(1)]
+    greedy = SamplingConfig(max_new_tokens=8, temperature=0)
+    before = compiled_graphs()
+    for prompts in (PROMPTS[:1], PROMPTS, PROMPTS[:1]):
+        for model in models:
+            assert generate(model, prompts, greedy, compiled_step=True) == generate(model, prompts, greedy)
+    assert compiled_graphs() == before + 4  # 2 models x 2 batch sizes
+
+
 def test_without_a_cpp_compiler_the_compiled_step_is_refused(monkeypatch):
     monkeypatch.setattr(compiled_step_module, "cpp_compiler", lambda: None)
     with pytest.raises(UserError, match="compiled_step needs a C\\+\\+ compiler"):
