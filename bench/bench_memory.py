@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lmproject.accounting import _read_config
+from lmproject.accounting import read_config
 from lmproject.memory import measure_in_subprocess, training_memory
 from lmproject.nn import ModelConfig
 
@@ -37,7 +37,7 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=3)
     args = parser.parse_args()
-    arch, _ = _read_config([args.config])
+    arch, _ = read_config([args.config])
     config = ModelConfig(**arch)
     print(f"{args.config.name}: {config}, batch {args.batch_size}, {args.steps} steps, 1 thread")
     print(f"{'precision':11} {'checkpointing':13} {'loss chunk':>10} {'measured MB':>11} "

@@ -31,14 +31,11 @@ its "about 6,581 days" divides the per-step FLOPs rounded to 1.386e16, the exact
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
-from dataclasses import MISSING, asdict, fields
+from dataclasses import asdict, fields
 from pathlib import Path
-from typing import get_args, get_type_hints
 
-from lmproject.errors import UserError, run_cli
+from lmproject.errors import UserError
 from lmproject.nn.config import ModelConfig, refuse_flat_fields
 from lmproject.settings_check import check_settings
 from lmproject.tokenizer.files import read_text
@@ -211,7 +208,7 @@ def _config_devices(trainer: dict) -> int | None:
     return devices * nodes
 
 
-def _read_config(paths: list[Path]) -> tuple[dict, dict]:
+def read_config(paths: list[Path]) -> tuple[dict, dict]:
     """(the architecture, `model.arch`; other defaults: the model's other settings, batch size, accumulation,
     devices, steps) from LightningCLI YAMLs."""
     config: dict = {}
@@ -242,24 +239,6 @@ def _read_config(paths: list[Path]) -> tuple[dict, dict]:
         "train_tokens": config.get("train_tokens"),
         "precision": None if trainer.get("precision") is None else str(trainer["precision"]),
     }
-
-
-def _check_model(config: ModelConfig, settings: dict) -> None:
-    """The checks `lmproject fit` makes on the model section besides the architecture (which ModelConfig
-    checks; the LanguageModel defaults fill the gaps), so accounting never reports on a model that training
-    would refuse."""
-    import inspect
-
-    from lmproject.lit.module import LanguageModel
-
-    parameters = inspect.signature(LanguageModel.__init__).parameters.values()
-    unknown = [name for name in settings if name not in {p.name for p in parameters}]
-    if unknown:
-        raise UserError(
-            f"model.{unknown[0]} is not a setting of the model (lmproject.lit.module.LanguageModel)"
-        )
-    defaults = {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
-    check_settings("model", {**defaults, **settings, "arch": asdict(config)})
 
 
 def _table(title: str, rows: dict[str, float], unit: str, fmt: str = ",.0f") -> str:
@@ -324,119 +303,3 @@ def report(
             f"{seconds / 86400:,.1f} days",
         ]
     )
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="lmproject accounting",
-        description="Parameters, FLOPs, AdamW memory and training time of a Transformer LM.",
-    )
-    source = p.add_mutually_exclusive_group()
-    source.add_argument(
-        "--config",
-        type=Path,
-        action="append",
-        help="LightningCLI YAML whose `model: arch:` holds the architecture; repeat to layer overlays",
-    )
-    source.add_argument("--preset", choices=sorted(PRESETS), help="a GPT-2 shape instead of a config")
-    types = get_type_hints(ModelConfig)
-    for field in fields(ModelConfig):  # --vocab-size ... --logit-softcap: model.arch.*, overridden
-        flag, kind = f"--{field.name.replace('_', '-')}", types[field.name]
-        if kind is bool:
-            p.add_argument(flag, action="store_true", default=None, help=f"set model.arch.{field.name} true")
-        else:
-            kind = next(k for k in get_args(kind) if k is not type(None)) if get_args(kind) else kind
-            p.add_argument(flag, type=kind, help=f"model.arch.{field.name} (default: the config's)")
-    p.add_argument(
-        "--batch-size", type=int, help="sequences per device and micro-batch (default: the config's, else 1)"
-    )
-    p.add_argument(
-        "--accumulation",
-        type=int,
-        help="micro-batches per optimizer step (default: the config's accumulate_grad_batches, else 1)",
-    )
-    p.add_argument(
-        "--devices", type=int, help="devices in data parallel (default: the config's devices x nodes, else 1)"
-    )
-    p.add_argument("--memory-gb", type=float, default=80.0, help="accelerator memory, GB = 1e9 bytes")
-    p.add_argument("--mfu", type=float, default=0.5, help="model FLOPs utilization, 0 < mfu <= 1")
-    p.add_argument("--peak-flops", type=float, default=19.5e12, help="peak FLOP/s (default A100 float32)")
-    p.add_argument("--steps", type=int, help="default: the config's max_steps or train_tokens, else 1")
-    p.add_argument(
-        "--precision",
-        help="for the predicted peak: 32-true or bf16-mixed (default: the config's, else 32-true)",
-    )
-    p.add_argument("--loss-chunk-tokens", type=int, help="for the predicted peak (default: the config's)")
-    return p
-
-
-def _count(flag: str, given: int | None, from_config: int | None) -> int:
-    """The flag's value, else the config's, else 1; zero or negative is an error (never silently 1)."""
-    value = given if given is not None else from_config
-    if value is not None and value <= 0:
-        source = flag if given is not None else f"{flag} (from the config)"
-        raise UserError(f"{source} must be a positive integer, got {value}")
-    return 1 if value is None else value
-
-
-def _run(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
-    arch: dict = {}
-    defaults: dict = {}
-    if args.preset:
-        arch = asdict(PRESETS[args.preset])
-    if args.config:
-        arch, defaults = _read_config(args.config)
-    for field in fields(ModelConfig):
-        if getattr(args, field.name) is not None:
-            arch[field.name] = getattr(args, field.name)
-    missing = [f.name for f in fields(ModelConfig) if f.default is MISSING and f.name not in arch]
-    if missing:
-        flags = ", ".join("--" + n.replace("_", "-") for n in missing)
-        raise UserError(f"missing model hyperparameters {flags} (give --config, --preset or the flags)")
-    config = ModelConfig(**arch)
-    _check_model(config, defaults.get("model", {}))
-    batch = _count("--batch-size", args.batch_size, defaults.get("batch_size"))
-    accumulation = _count("--accumulation", args.accumulation, defaults.get("accumulation"))
-    devices = _count("--devices", args.devices, defaults.get("devices"))
-    steps = _count("--steps", args.steps, defaults.get("steps"))
-    tokens = defaults.get("train_tokens")
-    if args.steps is None and tokens:  # the config's train_tokens sets max_steps, as in `lmproject fit`
-        steps = steps_for_tokens(tokens, batch, config.context_length, accumulation, devices)
-    numbers = (args.mfu, args.peak_flops, args.memory_gb)
-    if not all(map(math.isfinite, numbers)) or not 0 < args.mfu <= 1 or min(numbers) <= 0:
-        raise UserError("--mfu must be in (0, 1]; --peak-flops and --memory-gb must be positive and finite")
-    if args.config and args.devices is None and defaults.get("devices") is None:
-        print(
-            "lmproject accounting: the config's trainer.devices is auto (every visible device): "
-            "counting 1; give --devices N for more",
-            file=sys.stderr,
-        )
-    print(report(config, batch, args.memory_gb, args.mfu, args.peak_flops, steps, accumulation, devices))
-    print()
-    precision = args.precision or defaults.get("precision") or "32-true"
-    chunk = (
-        args.loss_chunk_tokens
-        if args.loss_chunk_tokens is not None
-        else defaults.get("model", {}).get("loss_chunk_tokens")
-    )
-    print(_predicted_peaks(config, batch, precision, chunk))
-    return 0
-
-
-def _predicted_peaks(config: ModelConfig, batch: int, precision: str, loss_chunk_tokens: int | None) -> str:
-    from lmproject.memory import memory_report  # it builds on this module
-
-    try:
-        return memory_report(config, batch, precision, loss_chunk_tokens)
-    except ValueError as err:
-        raise UserError(str(err)) from None
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`lmproject accounting ...`: print the accounting tables; bad input exits 2 with a one-line error."""
-    return run_cli(lambda: _run(sys.argv[1:] if argv is None else argv), "lmproject accounting")
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -14,29 +14,27 @@ window almost no context). Only the scored positions go through ln_final and lm_
 bits_per_byte = total nats / ln 2 / bytes, where bytes is the UTF-8 size of the text (--text) or of the
 tokens' text (--tokens), so that models with different tokenizers compare; the first token is context only.
 bf16 autocast is used when the config trains in bf16 (and the device has it, as for `fit`).
+
+This module is the scoring; the command line, which reads a run's config and checkpoint, is
+lmproject.lit.evaluate_cli.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from lmproject.atomic import atomic_write, check_writable
-from lmproject.data import open_tokens, windows
-from lmproject.errors import UserError, run_cli
+from lmproject.data import windows
+from lmproject.errors import UserError
 from lmproject.nn import TransformerLM, token_losses
 from lmproject.tokenizer import Tokenizer
 from lmproject.tokenizer.files import iter_text_blocks
 
 _CHUNK = 1 << 22  # tokens per pass when checking ids and counting bytes of a token file
-AUTOCAST = {"bf16": torch.bfloat16, "16": torch.float16}  # Lightning precision's prefix -> autocast dtype
 
 
 def window_plan(num_tokens: int, context_length: int, stride: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -101,95 +99,14 @@ def results(nats: float, tokens: int, size: int, stride: int, checkpoint: str) -
     }
 
 
-def main(argv: list[str]) -> int:
-    """`lmproject evaluate ...` (argv without the command's name)."""
-    return run_cli(lambda: _evaluate(argv), "lmproject")
-
-
-def _parser() -> argparse.ArgumentParser:
-    from lmproject.lit.cli import add_run_arguments  # Lightning's import is slow: only here
-
-    parser = argparse.ArgumentParser(
-        prog="lmproject evaluate",
-        allow_abbrev=False,
-        description="Loss, perplexity and bits per byte on every token of a file. Other --model.*/--data.*/"
-        "--trainer.* arguments override the config, as for fit.",
-    )
-    add_run_arguments(parser)
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--text", type=Path, help="a UTF-8 text file, encoded with the run's tokenizer")
-    source.add_argument("--tokens", type=Path, help="a token file (.npy) encoded with the run's tokenizer")
-    parser.add_argument("--stride", type=int, help="tokens between window starts (default: context_length/2)")
-    parser.add_argument("--batch_size", type=int, help="windows per forward (default: data.batch_size)")
-    parser.add_argument("--output", type=Path, help="also write the results to this JSON file")
-    return parser
-
-
-def _evaluate(argv: list[str]) -> int:
-    args, overrides = _parser().parse_known_args(argv)
-    from lmproject.lit.cli import parse_run_config, resolve_checkpoint, runs_on_cpu
-    from lmproject.lit.datamodule import TokenDataModule
-    from lmproject.lit.module import LanguageModel
-
-    config = parse_run_config(args.config, overrides)
-    context_length = config.model.arch.context_length
-    stride = max(1, context_length // 2) if args.stride is None else args.stride
-    batch_size = config.data.batch_size if args.batch_size is None else args.batch_size
-    if not 1 <= stride <= context_length:
-        raise UserError(f"--stride must be between 1 and context_length={context_length}, got {stride}")
-    if batch_size < 1:
-        raise UserError(f"--batch_size must be >= 1, got {batch_size}")
-    if args.output is not None:
-        check_writable(args.output)  # before the scoring, not after it
-    path, checkpoint = resolve_checkpoint(args.ckpt_path, config)
-    data = TokenDataModule(**config.data.as_dict())
-    tokenizer = Tokenizer.from_dir(data.tokenizer_dir)
-    vocab_size = config.model.arch.vocab_size
-    if tokenizer.vocab_size > vocab_size:
-        raise UserError(
-            f"{data.tokenizer_dir}: the tokenizer has {tokenizer.vocab_size} ids, more than the model's "
-            f"vocab_size={vocab_size}: not the tokenizer this model was trained with"
-        )
-    if args.text is not None:
-        tokens, size = _encode(tokenizer, args.text), args.text.stat().st_size
-    else:
-        tokens = open_tokens(args.tokens, data.dtype)
-        size = _token_bytes(tokens, tokenizer, args.tokens)
-    source = args.text or args.tokens
-    if len(tokens) < 2:
-        raise UserError(f"{source}: {len(tokens)} token(s): too short to score (at least 2 are needed)")
-
-    module = LanguageModel(**config.model.as_dict())
-    module.load_state_dict(checkpoint["state_dict"])
-    if runs_on_cpu(config.trainer):
-        device = torch.device("cpu")
-    elif torch.cuda.is_available():
-        device = torch.device("cuda")
-    else:
-        raise UserError(
-            f"trainer.accelerator={config.trainer.accelerator}: no GPU here (use --trainer.accelerator cpu)"
-        )
-    model = module.model.to(device).eval()
-    autocast = AUTOCAST.get(str(config.trainer.precision).split("-")[0])
-    nats = score(model, tokens, stride, batch_size, autocast, progress=True)
-    report = results(nats, len(tokens) - 1, size, stride, str(path))
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.output is not None:
-        with atomic_write(args.output) as file:
-            file.write(text + "\n")
-        print(f"wrote {args.output}", file=sys.stderr)
-    return 0
-
-
-def _encode(tokenizer: Tokenizer, path: Path) -> np.ndarray:
+def encode_text_file(tokenizer: Tokenizer, path: Path) -> np.ndarray:
     """The ids of a UTF-8 text file (invalid UTF-8 is a UserError naming the byte offset)."""
     if not path.is_file():
         raise UserError(f"{path}: {'not a file' if path.exists() else 'no such file'}")
     return np.fromiter(tokenizer.encode_iterable(iter_text_blocks(path)), dtype=np.int64)
 
 
-def _token_bytes(tokens: np.ndarray, tokenizer: Tokenizer, path: Path) -> int:
+def token_bytes(tokens: np.ndarray, tokenizer: Tokenizer, path: Path) -> int:
     """The UTF-8 size of the tokens' text; an id the tokenizer lacks is a UserError (another tokenizer's
     file)."""
     lengths = np.zeros(tokenizer.vocab_size + 1, dtype=np.int64)

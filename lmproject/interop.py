@@ -13,15 +13,17 @@ An export folder holds config.json, model.safetensors, generation_config.json, t
 tokenizer_config.json and special_tokens_map.json; it appears whole or not at all. An import writes a run
 directory: config.yaml, checkpoints/last.ckpt (weights and hyperparameters only: `fit` starts a new run from
 them at step 0 with a fresh optimizer) and tokenizer/ when the folder has a tokenizer.json.
+
+This module is the mapping and the files; the command lines, which read a run's config, are
+lmproject.lit.interop_cli.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib.metadata
 import json
 import math
-import sys
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -30,10 +32,10 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from lmproject.atomic import atomic_dir, check_new_folder, usual_permissions
+from lmproject.atomic import atomic_dir, usual_permissions
 from lmproject.checkpoint import write_checkpoint
-from lmproject.errors import UserError, run_cli
-from lmproject.nn.config import ModelConfig
+from lmproject.errors import UserError
+from lmproject.nn import ModelConfig, TransformerLM
 from lmproject.nn.layers import RMS_NORM_EPS
 from lmproject.precision import DTYPES
 from lmproject.tokenizer import EOS_TOKEN, Tokenizer
@@ -261,16 +263,14 @@ def export_folder(
         _write_json(folder / "special_tokens_map.json", special_tokens)
 
 
-def import_folder(source: Path, out: Path) -> ModelConfig:
-    """Turn a Hugging Face Llama folder into the run directory `out`; returns the model's architecture."""
+def import_folder(source: Path, out: Path, settings: Mapping[str, Any]) -> ModelConfig:
+    """Turn a Hugging Face Llama folder into the run directory `out`; returns the model's architecture.
+    `settings` are the training settings saved beside it in the checkpoint's hyperparameters."""
     config_path = source / "config.json"
     config = _read_json(config_path)
     arch = arch_from_llama(config, config_path)
-    from lmproject.lit.module import LanguageModel  # Lightning's import is slow: only here
-
-    with torch.device("meta"):
-        module = LanguageModel(arch)
-    shapes = {name.removeprefix("model."): tensor.shape for name, tensor in module.state_dict().items()}
+    with torch.device("meta"):  # shapes only: no memory, no initialization
+        shapes = {name: tensor.shape for name, tensor in TransformerLM(arch).state_dict().items()}
     weights = from_llama(_load_safetensors(source), arch, shapes, source)
     tokenizer = None
     if (source / TOKENIZER_JSON).is_file():
@@ -285,7 +285,8 @@ def import_folder(source: Path, out: Path) -> ModelConfig:
             )
     dtype = config.get("torch_dtype") or config.get("dtype")
     with atomic_dir(out) as folder:
-        save_weights_checkpoint(weights, dict(module.hparams), folder / "checkpoints" / "last.ckpt")
+        hyper_parameters = {"arch": asdict(arch), **settings}
+        save_weights_checkpoint(weights, hyper_parameters, folder / "checkpoints" / "last.ckpt")
         if tokenizer is not None:
             tokenizer.save(folder / "tokenizer")
         run_config = _run_config(out.absolute(), arch, dtype, tokenizer is not None)
@@ -377,60 +378,3 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _write_json(path: Path, document: dict[str, Any]) -> None:
     path.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-def main(argv: list[str]) -> int:
-    """`lmproject export ...` or `lmproject import ...` (argv starts with the command's name)."""
-    command = {"export": _export, "import": _import}[argv[0]]
-    return run_cli(lambda: command(argv[1:]), "lmproject")
-
-
-def _export(argv: list[str]) -> int:
-    from lmproject.lit.cli import add_run_arguments, parse_run_config, resolve_checkpoint  # slow: only here
-    from lmproject.lit.datamodule import TokenDataModule
-
-    parser = argparse.ArgumentParser(
-        prog="lmproject export",
-        allow_abbrev=False,
-        description="Write a checkpoint as a Hugging Face Llama folder (transformers, vLLM, llama.cpp). "
-        "Other --model.*/--data.*/--trainer.* arguments override the config, as for fit.",
-    )
-    add_run_arguments(parser)
-    parser.add_argument("--out", type=Path, required=True, help="the folder to write (must not exist)")
-    parser.add_argument(
-        "--dtype", choices=list(DTYPES), default="float32", help="weights' dtype in the folder"
-    )
-    args, overrides = parser.parse_known_args(argv)
-    check_new_folder(args.out)
-    config = parse_run_config(args.config, overrides)
-    arch = ModelConfig(**config.model.arch.as_dict())
-    check_llama_expressible(arch)  # before the checkpoint: its error would only say the model differs
-    path, checkpoint = resolve_checkpoint(args.ckpt_path, config)
-    weights = {name.removeprefix("model."): tensor for name, tensor in checkpoint["state_dict"].items()}
-    tokenizer = Tokenizer.from_dir(TokenDataModule(**config.data.as_dict()).tokenizer_dir)
-    export_folder(arch, weights, tokenizer, args.out, args.dtype)
-    print(f"wrote {args.out} from {path} ({args.dtype})")
-    return 0
-
-
-def _import(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="lmproject import",
-        allow_abbrev=False,
-        description="Turn a Hugging Face Llama folder (config.json, *.safetensors, tokenizer.json) into a "
-        "run directory for validate/predict/evaluate/fit --config RUN_DIR/config.yaml --ckpt_path last.",
-    )
-    parser.add_argument("source", type=Path, help="the Hugging Face folder")
-    parser.add_argument("--out", type=Path, required=True, help="the run directory to write (must not exist)")
-    args = parser.parse_args(argv)
-    if not args.source.is_dir():
-        raise UserError(f"{args.source}: not a directory")
-    check_new_folder(args.out)
-    arch = import_folder(args.source, args.out)
-    if not (args.out / "tokenizer").is_dir():
-        print(f"lmproject: {args.source} has no {TOKENIZER_JSON}: the run has no tokenizer", file=sys.stderr)
-    print(
-        f"wrote {args.out}: config.yaml, checkpoints/last.ckpt, "
-        f"{arch.num_layers} layers x d_model {arch.d_model}, vocab {arch.vocab_size}"
-    )
-    return 0

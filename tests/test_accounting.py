@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from lmproject import accounting as acc
+from lmproject.lit.accounting_cli import main
 
 XL = acc.PRESETS["gpt2-xl"]
 
@@ -74,7 +75,7 @@ def test_cli_prints_tables_from_a_config(tmp_path, capsys):
         "      d_model: 1600\n      num_layers: 48\n      num_heads: 25\n      d_ff: 6400\n"
         "data:\n  init_args:\n    batch_size: 1024\ntrainer:\n  max_steps: 400000\n"
     )
-    assert acc.main(["--config", str(config)]) == 0
+    assert main(["--config", str(config)]) == 0
     out = capsys.readouterr().out
     assert "2,127,057,600" in out and "4,513,336,524,800" in out
     assert "15.52 * batch + 34.03 GB; largest batch in 80 GB: 2" in out
@@ -83,15 +84,15 @@ def test_cli_prints_tables_from_a_config(tmp_path, capsys):
 
 def test_cli_rejects_missing_or_bad_input(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        acc.main(["--d-model", "64"])
+        main(["--d-model", "64"])
     assert exit_info.value.code == 2
     assert "missing model hyperparameters --vocab-size" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
-        acc.main(["--preset", "gpt2-small", "--num-heads", "0"])
+        main(["--preset", "gpt2-small", "--num-heads", "0"])
     assert exit_info.value.code == 2
     assert "model.arch.num_heads=0: must be an integer >= 1" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
-        acc.main(["--config", str(tmp_path / "absent.yaml")])
+        main(["--config", str(tmp_path / "absent.yaml")])
     assert exit_info.value.code == 2
     assert "absent.yaml: no such file" in capsys.readouterr().err
 
@@ -124,7 +125,7 @@ def test_a_config_that_fit_refuses_is_refused_by_the_same_check(tmp_path, capsys
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"model": {**model, "arch": {**sizes, **model.get("arch", {})}}}))
     with pytest.raises(SystemExit) as exit_info:
-        acc.main(["--config", str(config)])
+        main(["--config", str(config)])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
 
@@ -133,7 +134,7 @@ def test_a_binary_config_file_is_a_one_line_error(tmp_path, capsys):
     binary = tmp_path / "program"
     binary.write_bytes(b"\x7fELF\x02\x01\xd0\x00")
     with pytest.raises(SystemExit) as exit_info:
-        acc.main(["--config", str(binary)])
+        main(["--config", str(binary)])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip().endswith(f"{binary}: invalid UTF-8 at byte offset 6")
 
@@ -141,7 +142,7 @@ def test_a_binary_config_file_is_a_one_line_error(tmp_path, capsys):
 @pytest.mark.parametrize(("flag", "value"), [("--batch-size", "0"), ("--steps", "0"), ("--steps", "-3")])
 def test_cli_rejects_a_non_positive_batch_size_or_step_count(capsys, flag, value):
     with pytest.raises(SystemExit) as exit_info:
-        acc.main(["--preset", "gpt2-small", flag, value])
+        main(["--preset", "gpt2-small", flag, value])
     assert exit_info.value.code == 2
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line == f"lmproject accounting: error: {flag} must be a positive integer, got {value}"
@@ -149,7 +150,7 @@ def test_cli_rejects_a_non_positive_batch_size_or_step_count(capsys, flag, value
 
 def test_cli_refuses_a_preset_together_with_a_config(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        acc.main(["--preset", "gpt2-small", "--config", str(tmp_path / "c.yaml")])
+        main(["--preset", "gpt2-small", "--config", str(tmp_path / "c.yaml")])
     assert exit_info.value.code == 2
     assert "argument --config: not allowed with argument --preset" in capsys.readouterr().err
 
@@ -181,7 +182,7 @@ def test_cli_layers_overlays_like_lightningcli(tmp_path, capsys):
         "    num_heads: 4\n    d_ff: 96\n"
     )
     overlay.write_text("model:\n  arch:\n    ffn: silu\n    d_ff: 128\n")
-    assert acc.main(["--config", str(base), "--config", str(overlay)]) == 0
+    assert main(["--config", str(base), "--config", str(overlay)]) == 0
     out = capsys.readouterr().out
     assert "d_ff=128," in out and "ffn=silu," in out and f"{2 * 2 * 32 * 128:,}" in out  # two FFN matrices
 
@@ -193,15 +194,15 @@ def test_cli_counts_a_configs_token_budget_as_fit_does(tmp_path, capsys):
         "    num_layers: 2\n    num_heads: 2\n    d_ff: 64\ndata:\n  batch_size: 4\n"
         "trainer:\n  accumulate_grad_batches: 2\n  devices: auto\n"
     )
-    assert acc.main(["--config", str(config)]) == 0  # 3840 tokens / (4 x 16 x 2) = 30 steps
+    assert main(["--config", str(config)]) == 0  # 3840 tokens / (4 x 16 x 2) = 30 steps
     captured = capsys.readouterr()
     assert "training time for 30 steps of batch 8 (4 per device x 2 accumulated x 1 devices)" in captured.out
     assert "trainer.devices is auto" in captured.err and "give --devices N" in captured.err
     assert "AdamW peak memory, float32, batch 4 (one device's micro-batch)" in captured.out
-    assert acc.main(["--config", str(config), "--devices", "3"]) == 0  # 3840 / (4 x 16 x 2 x 3) = 10
+    assert main(["--config", str(config), "--devices", "3"]) == 0  # 3840 / (4 x 16 x 2 x 3) = 10
     assert "for 10 steps of batch 24 (4 per device x 2 accumulated x 3 devices)" in capsys.readouterr().out
     config.write_text(config.read_text().replace("devices: auto", "devices: [0, 1]\n  num_nodes: 2"))
-    assert acc.main(["--config", str(config)]) == 0  # 4 devices: 3840 / (4 x 16 x 2 x 4) rounds up to 8
+    assert main(["--config", str(config)]) == 0  # 4 devices: 3840 / (4 x 16 x 2 x 4) rounds up to 8
     assert "for 8 steps of batch 32 (4 per device x 2 accumulated x 4 devices)" in capsys.readouterr().out
     assert acc.steps_for_tokens(3840, 4, 16, 2, 4) == 8
 
@@ -216,6 +217,6 @@ def test_training_time_divides_the_step_flops_over_the_devices():
 )
 def test_cli_rejects_numbers_that_are_not_finite(capsys, flag, value):
     with pytest.raises(SystemExit) as exit_info:
-        acc.main(["--preset", "gpt2-small", flag, value])
+        main(["--preset", "gpt2-small", flag, value])
     assert exit_info.value.code == 2
     assert "--peak-flops and --memory-gb must be positive" in capsys.readouterr().err

@@ -127,7 +127,7 @@ def test_bad_input_gets_a_one_line_error(run, tmp_path, capsys):
 
 def test_an_output_that_cannot_be_written_is_refused_before_scoring(run, tmp_path, capsys, monkeypatch):
     """--output naming a directory failed after the whole scoring, with the temp file's errno message."""
-    monkeypatch.setattr("lmproject.evaluate.score", lambda *args, **kwargs: pytest.fail("scored"))
+    monkeypatch.setattr("lmproject.lit.evaluate_cli.score", lambda *args, **kwargs: pytest.fail("scored"))
     argv = ["evaluate", "--config", str(run / "config.yaml"), "--ckpt_path", "last"]
     message = fails([*argv, "--tokens", str(run / "valid.npy"), "--output", str(tmp_path)], capsys)
     assert f"--output {tmp_path}: is a directory" in message

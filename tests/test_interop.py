@@ -24,6 +24,7 @@ from lmproject.interop import (
 )
 from lmproject.lit.checkpoints import find_last
 from lmproject.lit.cli import main, run_lightning
+from lmproject.lit.module import LanguageModel
 from lmproject.nn import ModelConfig, TransformerLM, cross_entropy
 from lmproject.nn.layers import RotaryEmbedding
 from lmproject.optim import AdamW
@@ -152,8 +153,10 @@ def test_import_of_an_export_is_bit_identical(run, exported, tmp_path):
     for name, tensor in original["state_dict"].items():
         assert imported["state_dict"][name].dtype == torch.float32
         assert torch.equal(imported["state_dict"][name], tensor), name
-    # the training settings (lr...) are not part of a Hugging Face folder
+    # the training settings (lr...) are not part of a Hugging Face folder: the import saves a new model's
     assert imported["hyper_parameters"]["arch"] == original["hyper_parameters"]["arch"]
+    arch = ModelConfig(**imported["hyper_parameters"]["arch"])
+    assert imported["hyper_parameters"] == dict(LanguageModel(arch).hparams)
     before, after = Tokenizer.from_dir(run / "tokenizer"), Tokenizer.from_dir(tmp_path / "imported/tokenizer")
     for field in ("vocab", "merges", "special_tokens"):
         assert getattr(after, field) == getattr(before, field), field
@@ -289,7 +292,9 @@ def test_an_out_folder_that_cannot_be_made_is_refused_before_any_work(
     """An existing --out was found only after reading and converting every weight; --out under a file was
     `[Errno 17] File exists`."""
     monkeypatch.setattr("lmproject.interop._load_safetensors", lambda *args: pytest.fail("read the weights"))
-    monkeypatch.setattr("lmproject.lit.cli.parse_run_config", lambda *args: pytest.fail("read the config"))
+    monkeypatch.setattr(
+        "lmproject.lit.interop_cli.parse_run_config", lambda *args: pytest.fail("read the config")
+    )
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken/keep.txt").write_text("mine")
     assert "already exists" in fails(["import", str(exported), "--out", str(tmp_path / "taken")], capsys)

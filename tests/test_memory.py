@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmproject import accounting
 from lmproject.accounting import parameter_counts
+from lmproject.lit.accounting_cli import main
 from lmproject.memory import layer_activation_bytes, measure_in_subprocess, training_memory
 from lmproject.nn import ModelConfig, TransformerLM
 
@@ -44,7 +44,7 @@ def test_accounting_prints_the_predicted_peaks_for_the_configs_precision(tmp_pat
         "trainer:\n  precision: bf16-mixed\nmodel:\n  arch:\n    vocab_size: 8000\n    context_length: 64\n"
         "    d_model: 256\n    num_layers: 2\n    num_heads: 8\n    d_ff: 688\ndata:\n  batch_size: 16\n"
     )
-    assert accounting.main(["--config", str(config)]) == 0
+    assert main(["--config", str(config)]) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("  bf16-mixed")]
     assert [row[1] for row in rows] == ["off", "on"]
     for row, checkpointing in zip(rows, (False, True), strict=True):
@@ -54,7 +54,7 @@ def test_accounting_prints_the_predicted_peaks_for_the_configs_precision(tmp_pat
 
 def test_accounting_refuses_a_precision_it_cannot_predict(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        accounting.main(["--preset", "gpt2-small", "--precision", "64-true"])
+        main(["--preset", "gpt2-small", "--precision", "64-true"])
     assert exit_info.value.code == 2
     assert "precision" in capsys.readouterr().err
 

@@ -452,21 +452,21 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_command(words: list[str]) -> int:
     if words[:1] == ["accounting"]:
-        from lmproject import accounting
+        from lmproject.lit import accounting_cli
 
-        return accounting.main(words[1:])
+        return accounting_cli.main(words[1:])
     if words[:1] == ["plot"]:
         from lmproject.tools import plot
 
         return plot.main(words[1:])
     if words[:1] in (["export"], ["import"]):
-        from lmproject import interop
+        from lmproject.lit import interop_cli
 
-        return interop.main(words)
+        return interop_cli.main(words)
     if words[:1] == ["evaluate"]:
-        from lmproject import evaluate
+        from lmproject.lit import evaluate_cli
 
-        return evaluate.main(words[1:])
+        return evaluate_cli.main(words[1:])
     run_cli(lambda: _fit_or_diverge(words), "lmproject")
     return 0
 

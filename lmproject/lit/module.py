@@ -12,6 +12,7 @@ averaged over DDP ranks when it is logged).
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import asdict
@@ -262,3 +263,11 @@ class LanguageModel(L.LightningModule):
 
         schedule = LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def default_settings() -> dict[str, Any]:
+    """LanguageModel's settings besides the architecture, at their defaults: the names a run config's `model:`
+    section may hold, and the training settings saved beside imported weights (a Hugging Face folder has
+    none)."""
+    parameters = inspect.signature(LanguageModel.__init__).parameters.values()
+    return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}

@@ -1,0 +1,98 @@
+"""`lmproject evaluate`: the command line over lmproject.evaluate's scoring. It reads the run's config and
+checkpoint as `fit` does (lmproject.lit.cli), encodes the file with the run's tokenizer and scores it on
+the run's device, under bf16 autocast when the run trains in bf16."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from lmproject.atomic import atomic_write, check_writable
+from lmproject.data import open_tokens
+from lmproject.errors import UserError, run_cli
+from lmproject.evaluate import encode_text_file, results, score, token_bytes
+from lmproject.lit.cli import add_run_arguments, parse_run_config, resolve_checkpoint, runs_on_cpu
+from lmproject.lit.datamodule import TokenDataModule
+from lmproject.lit.module import LanguageModel
+from lmproject.tokenizer import Tokenizer
+
+AUTOCAST = {"bf16": torch.bfloat16, "16": torch.float16}  # Lightning precision's prefix -> autocast dtype
+
+
+def main(argv: list[str]) -> int:
+    """`lmproject evaluate ...` (argv without the command's name)."""
+    return run_cli(lambda: _evaluate(argv), "lmproject")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lmproject evaluate",
+        allow_abbrev=False,
+        description="Loss, perplexity and bits per byte on every token of a file. Other --model.*/--data.*/"
+        "--trainer.* arguments override the config, as for fit.",
+    )
+    add_run_arguments(parser)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--text", type=Path, help="a UTF-8 text file, encoded with the run's tokenizer")
+    source.add_argument("--tokens", type=Path, help="a token file (.npy) encoded with the run's tokenizer")
+    parser.add_argument("--stride", type=int, help="tokens between window starts (default: context_length/2)")
+    parser.add_argument("--batch_size", type=int, help="windows per forward (default: data.batch_size)")
+    parser.add_argument("--output", type=Path, help="also write the results to this JSON file")
+    return parser
+
+
+def _evaluate(argv: list[str]) -> int:
+    args, overrides = _parser().parse_known_args(argv)
+    config = parse_run_config(args.config, overrides)
+    context_length = config.model.arch.context_length
+    stride = max(1, context_length // 2) if args.stride is None else args.stride
+    batch_size = config.data.batch_size if args.batch_size is None else args.batch_size
+    if not 1 <= stride <= context_length:
+        raise UserError(f"--stride must be between 1 and context_length={context_length}, got {stride}")
+    if batch_size < 1:
+        raise UserError(f"--batch_size must be >= 1, got {batch_size}")
+    if args.output is not None:
+        check_writable(args.output)  # before the scoring, not after it
+    path, checkpoint = resolve_checkpoint(args.ckpt_path, config)
+    data = TokenDataModule(**config.data.as_dict())
+    tokenizer = Tokenizer.from_dir(data.tokenizer_dir)
+    vocab_size = config.model.arch.vocab_size
+    if tokenizer.vocab_size > vocab_size:
+        raise UserError(
+            f"{data.tokenizer_dir}: the tokenizer has {tokenizer.vocab_size} ids, more than the model's "
+            f"vocab_size={vocab_size}: not the tokenizer this model was trained with"
+        )
+    if args.text is not None:
+        tokens, size = encode_text_file(tokenizer, args.text), args.text.stat().st_size
+    else:
+        tokens = open_tokens(args.tokens, data.dtype)
+        size = token_bytes(tokens, tokenizer, args.tokens)
+    source = args.text or args.tokens
+    if len(tokens) < 2:
+        raise UserError(f"{source}: {len(tokens)} token(s): too short to score (at least 2 are needed)")
+
+    module = LanguageModel(**config.model.as_dict())
+    module.load_state_dict(checkpoint["state_dict"])
+    if runs_on_cpu(config.trainer):
+        device = torch.device("cpu")
+    elif torch.cuda.is_available():
+        device = torch.device("cuda")
+    else:
+        raise UserError(
+            f"trainer.accelerator={config.trainer.accelerator}: no GPU here (use --trainer.accelerator cpu)"
+        )
+    model = module.model.to(device).eval()
+    autocast = AUTOCAST.get(str(config.trainer.precision).split("-")[0])
+    nats = score(model, tokens, stride, batch_size, autocast, progress=True)
+    report = results(nats, len(tokens) - 1, size, stride, str(path))
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.output is not None:
+        with atomic_write(args.output) as file:
+            file.write(text + "\n")
+        print(f"wrote {args.output}", file=sys.stderr)
+    return 0

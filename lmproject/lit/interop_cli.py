@@ -1,0 +1,74 @@
+"""`lmproject export` and `lmproject import`: the command lines over lmproject.interop. Export reads the run's
+config and checkpoint as `fit` does (lmproject.lit.cli); import saves LanguageModel's default training
+settings beside the imported architecture, so the run directory it writes loads like any other."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from lmproject.atomic import check_new_folder
+from lmproject.errors import UserError, run_cli
+from lmproject.interop import check_llama_expressible, export_folder, import_folder
+from lmproject.lit.cli import add_run_arguments, parse_run_config, resolve_checkpoint
+from lmproject.lit.datamodule import TokenDataModule
+from lmproject.lit.module import default_settings
+from lmproject.nn import ModelConfig
+from lmproject.precision import DTYPES
+from lmproject.tokenizer import Tokenizer
+from lmproject.tokenizer.hf_json import TOKENIZER_JSON
+
+
+def main(argv: list[str]) -> int:
+    """`lmproject export ...` or `lmproject import ...` (argv starts with the command's name)."""
+    command = {"export": _export, "import": _import}[argv[0]]
+    return run_cli(lambda: command(argv[1:]), "lmproject")
+
+
+def _export(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="lmproject export",
+        allow_abbrev=False,
+        description="Write a checkpoint as a Hugging Face Llama folder (transformers, vLLM, llama.cpp). "
+        "Other --model.*/--data.*/--trainer.* arguments override the config, as for fit.",
+    )
+    add_run_arguments(parser)
+    parser.add_argument("--out", type=Path, required=True, help="the folder to write (must not exist)")
+    parser.add_argument(
+        "--dtype", choices=list(DTYPES), default="float32", help="weights' dtype in the folder"
+    )
+    args, overrides = parser.parse_known_args(argv)
+    check_new_folder(args.out)
+    config = parse_run_config(args.config, overrides)
+    arch = ModelConfig(**config.model.arch.as_dict())
+    check_llama_expressible(arch)  # before the checkpoint: its error would only say the model differs
+    path, checkpoint = resolve_checkpoint(args.ckpt_path, config)
+    weights = {name.removeprefix("model."): tensor for name, tensor in checkpoint["state_dict"].items()}
+    tokenizer = Tokenizer.from_dir(TokenDataModule(**config.data.as_dict()).tokenizer_dir)
+    export_folder(arch, weights, tokenizer, args.out, args.dtype)
+    print(f"wrote {args.out} from {path} ({args.dtype})")
+    return 0
+
+
+def _import(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="lmproject import",
+        allow_abbrev=False,
+        description="Turn a Hugging Face Llama folder (config.json, *.safetensors, tokenizer.json) into a "
+        "run directory for validate/predict/evaluate/fit --config RUN_DIR/config.yaml --ckpt_path last.",
+    )
+    parser.add_argument("source", type=Path, help="the Hugging Face folder")
+    parser.add_argument("--out", type=Path, required=True, help="the run directory to write (must not exist)")
+    args = parser.parse_args(argv)
+    if not args.source.is_dir():
+        raise UserError(f"{args.source}: not a directory")
+    check_new_folder(args.out)
+    arch = import_folder(args.source, args.out, default_settings())
+    if not (args.out / "tokenizer").is_dir():
+        print(f"lmproject: {args.source} has no {TOKENIZER_JSON}: the run has no tokenizer", file=sys.stderr)
+    print(
+        f"wrote {args.out}: config.yaml, checkpoints/last.ckpt, "
+        f"{arch.num_layers} layers x d_model {arch.d_model}, vocab {arch.vocab_size}"
+    )
+    return 0
