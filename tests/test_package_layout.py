@@ -1,9 +1,12 @@
-"""The boundary between the math and Lightning: only lmproject.lit imports lightning."""
+"""The boundary between the math and Lightning: only lmproject.lit imports lightning, and nothing outside it
+imports lmproject.lit, not even inside a function."""
 
+import ast
 import json
 import pkgutil
 import subprocess
 import sys
+from pathlib import Path
 
 import lmproject
 
@@ -32,3 +35,46 @@ def test_the_core_is_all_there():
     for name in ("nn", "optim", "tokenizer", "generate", "data", "checkpoint", "accounting", "interop"):
         assert f"lmproject.{name}" in OUTSIDE_LIT
     assert "lmproject.tools.demo" in OUTSIDE_LIT
+
+
+def lit_imports(source: str) -> list[str]:
+    """The lmproject.lit modules that Python source imports, at any depth (module level or in a function)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found += [f"{node.module}.{alias.name}" for alias in node.names]
+    return [name for name in found if name == "lmproject.lit" or name.startswith("lmproject.lit.")]
+
+
+def test_no_module_outside_lit_imports_lit_even_lazily():
+    """The core hands its results to lmproject.lit, never the reverse: a function-level `from lmproject.lit
+    ...` would pass the test above (nothing runs it there) and still tie the core to Lightning."""
+    package = Path(lmproject.__file__).parent
+    outside = [
+        path for path in sorted(package.rglob("*.py")) if "lit" not in path.relative_to(package).parts[:1]
+    ]
+    assert len(outside) > 30  # the walk sees the core and the tools
+    offenders = {
+        str(path.relative_to(package)): names
+        for path in outside
+        if (names := lit_imports(path.read_text(encoding="utf-8")))
+    }
+    assert offenders == {}
+
+
+def test_lit_imports_sees_every_form_of_import():
+    source = (
+        "import lmproject.lit.module\n"
+        "def main():\n"
+        "    from lmproject.lit.cli import parse_run_config\n"
+        "    from lmproject.lit import interop_cli\n"
+        "    from lmproject import nn\n"
+        "    import lmproject.literal\n"
+    )
+    assert lit_imports(source) == [
+        "lmproject.lit.module",
+        "lmproject.lit.cli.parse_run_config",
+        "lmproject.lit.interop_cli",
+    ]
