@@ -1,6 +1,6 @@
 """Every logged number is what its name says: under gradient accumulation, with validation in between, on
 any log interval (tests/test_cli_ddp.py covers several devices). Activation checkpointing and the chunked
-loss train the same run as without them."""
+loss train the same run as without them. Checkpoints of earlier versions load."""
 
 import csv
 import json
@@ -10,10 +10,12 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+import yaml
 from test_cli import BATCH, TINY_ARCH, fails, one_thread, train_losses, write_config, write_tokens  # noqa: F401
 
 from lmproject.lit.cli import main
-from lmproject.nn import cross_entropy
+from lmproject.lit.module import LanguageModel
+from lmproject.nn import ModelConfig, cross_entropy
 
 
 class RecordLosses(L.Callback):
@@ -108,3 +110,33 @@ def test_a_chunk_of_no_tokens_or_an_unknown_compile_mode_is_refused(tmp_path, ca
     write_tokens(tmp_path)
     config = str(write_config(tmp_path, tmp_path / "run"))
     assert message in fails(["fit", "--config", config, *args], capsys)
+
+
+@pytest.mark.parametrize("source", ["path", "open file", "hparams_file"])
+@pytest.mark.parametrize("saved_by", ["LightningCLI", "a plain Trainer"])
+def test_load_from_checkpoint_reads_checkpoints_written_before_model_arch(tmp_path, source, saved_by):
+    """Checkpoints of earlier versions hold the architecture flat among the hyperparameters (d_model beside
+    lr_max), which Lightning dropped as unknown arguments, so load_from_checkpoint built no model."""
+    arch = ModelConfig(**TINY_ARCH, rope_theta=500.0, qk_norm=True)
+    trained = LanguageModel(arch, lr_max=3e-3, warmup_iters=7)
+    flat = dict(trained.hparams)
+    flat.update(flat.pop("arch"))  # the shape of earlier versions' hyperparameters
+    if saved_by == "LightningCLI":
+        flat["_instantiator"] = "lightning.pytorch.cli.instantiate_module"
+    checkpoint = {"state_dict": trained.state_dict(), "pytorch-lightning_version": L.__version__}
+    path, hparams_file = tmp_path / "old.ckpt", None
+    if source == "hparams_file":  # an old run's logs/version_N/hparams.yaml
+        hparams_file = tmp_path / "hparams.yaml"
+        hparams_file.write_text(yaml.safe_dump({**flat, "betas": list(flat["betas"])}))
+    else:
+        checkpoint["hyper_parameters"] = flat
+    torch.save(checkpoint, path)
+
+    with path.open("rb") as file:
+        where = file if source == "open file" else path
+        loaded = LanguageModel.load_from_checkpoint(where, map_location="cpu", hparams_file=hparams_file)
+    assert loaded.model.config == arch
+    assert loaded.hparams.lr_max == 3e-3 and loaded.hparams.warmup_iters == 7
+    assert loaded.state_dict().keys() == trained.state_dict().keys()
+    for name, tensor in trained.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name

@@ -3,11 +3,12 @@ checkpoints early (naming the newest intact one to resume from instead)."""
 
 from __future__ import annotations
 
+import os
 import zipfile
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -37,6 +38,23 @@ def checkpoint_step(path: Path) -> int:
         return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
     except Exception:  # unreadable, damaged or foreign: never the newest
         return -1
+
+
+def saved_hyperparameters(
+    source: str | os.PathLike | IO[bytes], weights_only: bool | None = None
+) -> dict[str, Any]:
+    """The hyperparameters saved in a Lightning checkpoint: a local file (its tensors stay on disk, mmap) or
+    an open binary file (read whole, then rewound for the next reader); {} for anything else, such as a URL,
+    which only Lightning reads."""
+    if isinstance(source, (str, os.PathLike)):
+        if not Path(source).is_file():
+            return {}
+        checkpoint = torch.load(source, map_location="cpu", weights_only=weights_only, mmap=True)
+    else:
+        start = source.tell()
+        checkpoint = torch.load(source, map_location="cpu", weights_only=weights_only)
+        source.seek(start)
+    return dict(checkpoint.get("hyper_parameters") or {}) if isinstance(checkpoint, dict) else {}
 
 
 def find_last(directory: Path) -> Path | None:
