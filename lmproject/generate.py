@@ -120,12 +120,25 @@ def filter_top_k(probs: torch.Tensor, k: int) -> torch.Tensor:
     return kept / kept.sum(dim=-1, keepdim=True)
 
 
+# How many of the most probable tokens filter_top_p ranks first: a trained model's nucleus is usually far
+# smaller, and ranking 1,024 of a 10K vocabulary (a partial top-k) costs under a tenth of sorting it all.
+NUCLEUS_FIRST_RANKS = 1024
+
+
 def filter_top_p(probs: torch.Tensor, p: float) -> torch.Tensor:
     """Nucleus filter: keep the smallest set of most probable tokens whose probabilities sum to at least p,
-    and renormalize. A token is kept when the mass of the tokens ranked above it is still below p."""
-    sorted_probs, order = probs.sort(dim=-1, descending=True)
-    mass_above = sorted_probs.cumsum(dim=-1) - sorted_probs
-    keep = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, order, mass_above < p)
+    and renormalize. A token is kept when the mass of the tokens ranked above it is still below p.
+
+    Only the NUCLEUS_FIRST_RANKS most probable tokens are ranked when they hold at least p of every row (no
+    token beyond them can then be kept), else the whole vocabulary: the result of sorting it all, about 8x
+    faster when the nucleus is within those ranks, up to 1.4x slower when it is wider, as for a model with
+    random weights (bench/bench_sampling.py)."""
+    top, order = probs.topk(min(NUCLEUS_FIRST_RANKS, probs.shape[-1]), dim=-1)  # most probable first
+    cumulative = top.cumsum(dim=-1)
+    if top.shape[-1] < probs.shape[-1] and not bool((cumulative[..., -1] >= p).all()):  # a broad nucleus
+        top, order = probs.sort(dim=-1, descending=True)
+        cumulative = top.cumsum(dim=-1)
+    keep = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, order, cumulative - top < p)
     kept = probs * keep
     return kept / kept.sum(dim=-1, keepdim=True)
 

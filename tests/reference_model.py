@@ -99,6 +99,15 @@ def leaf_params(model) -> dict:
     return params
 
 
+def top_p_by_full_sort(probs: torch.Tensor, p: float) -> torch.Tensor:
+    """Nucleus filter by ranking the whole vocabulary: keep a token while the mass ranked above it is below
+    p, then renormalize."""
+    ranked, order = probs.sort(dim=-1, descending=True)
+    keep = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, order, ranked.cumsum(-1) - ranked < p)
+    kept = probs * keep
+    return kept / kept.sum(dim=-1, keepdim=True)
+
+
 @contextlib.contextmanager
 def single_thread() -> Iterator[None]:
     """Run tiny-tensor training loops on one thread: on a shared 2-core CPU that is faster and steadier."""

@@ -4,12 +4,13 @@ import copy
 
 import pytest
 import torch
-from reference_model import greedy_recompute, single_thread
+from reference_model import greedy_recompute, single_thread, top_p_by_full_sort
 
 from lmproject import generate as generate_module
 from lmproject import precision
 from lmproject.errors import UserError
 from lmproject.generate import (
+    NUCLEUS_FIRST_RANKS,
     SamplingConfig,
     SamplingError,
     filter_top_k,
@@ -237,6 +238,18 @@ def test_top_p_keeps_the_smallest_set_reaching_p(p, expected):
         assert sorted(filtered[0].tolist()) == pytest.approx(sorted(expected))
     else:
         torch.testing.assert_close(filtered, torch.tensor([expected], dtype=torch.float32))
+
+
+@pytest.mark.parametrize("p", [0.5, 0.9, 0.99])
+def test_top_p_equals_ranking_the_whole_vocabulary_for_narrow_and_wide_nuclei(p):
+    """filter_top_p ranks only the first tokens when they hold p: rows whose nucleus is a few tokens and
+    rows whose nucleus is wider than that first ranking (then the whole vocabulary is ranked), together."""
+    generator = torch.Generator().manual_seed(0)
+    vocab = 3 * NUCLEUS_FIRST_RANKS
+    confident = torch.softmax(8 * torch.randn(3, vocab, generator=generator), dim=-1)
+    flat = torch.softmax(0.1 * torch.randn(3, vocab, generator=generator), dim=-1)
+    for probs in (confident, flat, torch.cat([confident, flat])):
+        assert torch.equal(filter_top_p(probs, p), top_p_by_full_sort(probs, p))
 
 
 def test_top_k_keeps_the_k_most_probable():
