@@ -149,12 +149,15 @@ def window_slide_for(context_length: int, window_slide: int | None) -> int:
 
 
 def for_decoding(model: TransformerLM, dtype: torch.dtype | None = None) -> TransformerLM:
-    """The model as generation runs it: in `dtype` (default: as it is), and on the CPU in float32 with each
-    Linear weight that is longer than wide (d_out > d_in) stored column-major: same shape and values,
-    transposed memory (a lm_head tied to the embedding keeps the rows the lookup reads). A batch-1 step is a
-    matrix-vector product per weight, and torch's CPU kernel streams long contiguous runs much faster than
-    512-float rows (about 1.5x on w1, w3, and 2x on lm_head; bench_generate.py). Returns the model itself
-    when it already is in that form, else a copy: the caller's weights stay as they were."""
+    """The model as generation runs it: in `dtype` (default: as it is), and on the CPU
+    - in float32, with each Linear weight that is longer than wide (d_out > d_in) stored column-major: same
+      shape and values, transposed memory (a lm_head tied to the embedding keeps the rows the lookup
+      reads). A batch-1 step is a matrix-vector product per weight, and torch's CPU kernel streams long
+      contiguous runs much faster than 512-float rows (about 1.5x on w1, w3, and 2x on lm_head);
+    - in bfloat16, with the from-scratch attention (attention="math"): torch's fused CPU kernel takes 5x
+      as long for a batch of 16 one-query rows in bf16, and no less for one (bench_generate.py).
+    Returns the model itself when it already is in that form, else a copy: the caller's model stays as
+    it was."""
     device = model.lm_head.weight.device
     dtype = model.lm_head.weight.dtype if dtype is None else dtype
     check_dtype(dtype, device, "generate: dtype")
@@ -162,16 +165,22 @@ def for_decoding(model: TransformerLM, dtype: torch.dtype | None = None) -> Tran
     if device.type == "cpu" and dtype == torch.float32:
         longer_out = (m.weight for m in model.modules() if isinstance(m, Linear) and m.d_out > m.d_in)
         column_major = {id(weight) for weight in longer_out} - {id(model.token_embeddings.weight)}  # rows
+    math_attention = device.type == "cpu" and dtype == torch.bfloat16
     params = list(model.parameters())  # a tied weight once
     laid_out = all(p.t().is_contiguous() for p in params if id(p) in column_major)
-    if model.lm_head.weight.dtype == dtype and laid_out:
+    attends = not math_attention or all(layer.attn.attention == "math" for layer in model.layers)
+    if model.lm_head.weight.dtype == dtype and laid_out and attends:
         return model
     memo = {}  # deepcopy takes these in place of the originals
     for param in params:
         data = param.detach().to(dtype)
         data = data.t().contiguous().t() if id(param) in column_major else data
         memo[id(param)] = torch.nn.Parameter(data, requires_grad=param.requires_grad)
-    return copy.deepcopy(model, memo)
+    decoding = copy.deepcopy(model, memo)
+    if math_attention:
+        for layer in decoding.layers:
+            layer.attn.attention = "math"
+    return decoding
 
 
 def sample_next_token(
@@ -184,7 +193,7 @@ def sample_next_token(
     """One token id per row of logits (batch, vocab): greedy when temperature is 0, else sampled from
     softmax(logits / temperature) after the optional top-k and then top-p filters."""
     if temperature == 0:
-        return logits.argmax(dim=-1)
+        return logits.float().argmax(dim=-1)  # the same token; over bf16 logits torch's argmax is 4x slower
     probs = softmax(logits.float() / temperature, dim=-1)
     if top_k is not None:
         probs = filter_top_k(probs, top_k)

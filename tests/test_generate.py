@@ -175,6 +175,10 @@ def test_bfloat16_generation_where_the_cpu_has_it(monkeypatch):
         tokens = generate(model, [[1, 2, 3]], greedy(10, dtype="bfloat16"))
         assert tokens == generate(converted, [[1, 2, 3]], greedy(10))
         assert model.lm_head.weight.dtype == torch.float32
+        decoding = for_decoding(converted)  # bf16 on the CPU: the from-scratch attention, on a copy
+        assert {layer.attn.attention for layer in decoding.layers} == {"math"}
+        assert {layer.attn.attention for layer in converted.layers} == {"fused"}
+        assert for_decoding(decoding) is decoding
     monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: False)
     with pytest.raises(UserError, match="bfloat16: this CPU has no native bf16"):
         generate(model, [[1, 2, 3]], SamplingConfig(max_new_tokens=10, dtype="bfloat16"))
