@@ -85,6 +85,10 @@ class MultiHeadSelfAttention(nn.Module):
         else:
             if causal:
                 mask = torch.ones(seq, seq, dtype=torch.bool, device=x.device).tril()
+            if kv_cache is not None and k.dtype == torch.bfloat16 and k.device.type == "cpu":
+                # k holds the cache's filled slots, a strided slice: the CPU's bf16 q kᵀ is 1.2-2.7x faster
+                # on a contiguous copy (float32's is not)
+                k = k.contiguous()
             out = scaled_dot_product_attention(q, k, v, mask)
         # out (batch, heads, seq, d_head) -> (batch, seq, d_model): the heads side by side
         return self.output_proj(out.transpose(1, 2).reshape(batch, seq, d_model))
