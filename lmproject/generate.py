@@ -123,19 +123,23 @@ def filter_top_k(probs: torch.Tensor, k: int) -> torch.Tensor:
 # How many of the most probable tokens filter_top_p ranks first: a trained model's nucleus is usually far
 # smaller, and ranking 1,024 of a 10K vocabulary (a partial top-k) costs under a tenth of sorting it all.
 NUCLEUS_FIRST_RANKS = 1024
+# How far beyond p the first ranks' mass must reach for them to decide alone: far above the rounding of a
+# float32 sum up to 1, so that no token past them would be kept by a full sort either.
+NUCLEUS_MARGIN = 1e-5
 
 
 def filter_top_p(probs: torch.Tensor, p: float) -> torch.Tensor:
     """Nucleus filter: keep the smallest set of most probable tokens whose probabilities sum to at least p,
     and renormalize. A token is kept when the mass of the tokens ranked above it is still below p.
 
-    Only the NUCLEUS_FIRST_RANKS most probable tokens are ranked when they hold at least p of every row (no
-    token beyond them can then be kept), else the whole vocabulary: the result of sorting it all, about 8x
-    faster when the nucleus is within those ranks, up to 1.4x slower when it is wider, as for a model with
-    random weights (bench/bench_sampling.py)."""
+    Only the NUCLEUS_FIRST_RANKS most probable tokens are ranked when they hold p (and NUCLEUS_MARGIN) of
+    every row, else the whole vocabulary: the nucleus a full sort gives (up to which of equally probable
+    tokens at its edge is kept), about 8x faster when it lies within those ranks, up to 1.4x slower when it
+    is wider, as for a model with random weights (bench/bench_sampling.py)."""
     top, order = probs.topk(min(NUCLEUS_FIRST_RANKS, probs.shape[-1]), dim=-1)  # most probable first
     cumulative = top.cumsum(dim=-1)
-    if top.shape[-1] < probs.shape[-1] and not bool((cumulative[..., -1] >= p).all()):  # a broad nucleus
+    first_ranks_hold_p = bool((cumulative[..., -1] >= p + NUCLEUS_MARGIN).all())
+    if top.shape[-1] < probs.shape[-1] and not first_ranks_hold_p:  # a broad nucleus: rank them all
         top, order = probs.sort(dim=-1, descending=True)
         cumulative = top.cumsum(dim=-1)
     keep = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, order, cumulative - top < p)
@@ -154,7 +158,7 @@ def for_decoding(model: TransformerLM, dtype: torch.dtype | None = None) -> Tran
       shape and values, transposed memory (a lm_head tied to the embedding keeps the rows the lookup
       reads). A batch-1 step is a matrix-vector product per weight, and torch's CPU kernel streams long
       contiguous runs much faster than 512-float rows (about 1.5x on w1, w3, and 2x on lm_head);
-    - in bfloat16, with the from-scratch attention (attention="math"): torch's fused CPU kernel takes 5x
+    - in bfloat16, with the from-scratch attention (attention="math"): torch's fused CPU kernel takes 2-5x
       as long for a batch of 16 one-query rows in bf16, and no less for one (bench_generate.py).
     Returns the model itself when it already is in that form, else a copy: the caller's model stays as
     it was."""

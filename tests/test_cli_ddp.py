@@ -125,3 +125,25 @@ def test_predict_under_ddp_writes_every_prompt_once_in_order_as_one_process_does
     assert [r["prompt"] for r in ddp] == texts
     assert ddp == single
     assert ddp_printed == single_printed
+
+
+def test_a_process_group_the_caller_made_outlives_the_command(tmp_path):
+    """run_lightning leaves only the process group it made: a script that joined one first keeps it."""
+    write_tokens(tmp_path)
+    config = write_config(tmp_path, tmp_path / "run")
+    torch.distributed.init_process_group("gloo", store=torch.distributed.HashStore(), rank=0, world_size=1)
+    try:
+        main(
+            [
+                "fit",
+                "--config",
+                str(config),
+                "--trainer.max_steps",
+                "1",
+                "--trainer.enable_progress_bar",
+                "false",
+            ]
+        )
+        assert torch.distributed.is_initialized()
+    finally:
+        torch.distributed.destroy_process_group()

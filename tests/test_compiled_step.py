@@ -58,18 +58,30 @@ def test_a_compiled_step_follows_weights_changed_in_place():
 
 
 @needs_compiler
-def test_steps_of_two_models_and_batch_sizes_in_turn_each_run_their_own_graph(monkeypatch):
-    """Compiled steps run without guard checks after their first call: each must still run its own graph
-    (its model's weights, its batch size) when others were compiled since, and every step is compiled,
-    however many there are (dynamo's recompile limit counts graphs per code object)."""
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+def test_steps_of_two_models_and_batch_sizes_in_turn_each_run_their_own_graph():
+    """Each step runs its own graph (its model's weights, its batch size) when others were compiled since,
+    and every step is compiled, however many there are (dynamo's recompile limit counts graphs per code
+    object)."""
     models = [small_model(0), small_model(1)]
     greedy = SamplingConfig(max_new_tokens=8, temperature=0)
     before = compiled_graphs()
-    for prompts in (PROMPTS[:1], PROMPTS, PROMPTS[:1]):
-        for model in models:
-            assert generate(model, prompts, greedy, compiled_step=True) == generate(model, prompts, greedy)
+    with torch._dynamo.config.patch(recompile_limit=1):
+        for prompts in (PROMPTS[:1], PROMPTS, PROMPTS[:1]):
+            for model in models:
+                compiled = generate(model, prompts, greedy, compiled_step=True)
+                assert compiled == generate(model, prompts, greedy)
     assert compiled_graphs() == before + 4  # 2 models x 2 batch sizes
+
+
+@needs_compiler
+def test_a_compiled_step_serves_a_later_call_under_inference_mode():
+    """`lmproject predict` samples under torch.inference_mode; a step compiled outside it still serves it
+    (a recompilation for the new mode, not an error) and gives the same tokens."""
+    model = small_model()
+    greedy = SamplingConfig(max_new_tokens=6, temperature=0)
+    outside = generate(model, PROMPTS[:1], greedy, compiled_step=True)
+    with torch.inference_mode():
+        assert generate(model, PROMPTS[:1], greedy, compiled_step=True) == outside
 
 
 def test_without_a_cpp_compiler_the_compiled_step_is_refused(monkeypatch):

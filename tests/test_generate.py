@@ -256,6 +256,23 @@ def test_top_p_equals_ranking_the_whole_vocabulary_for_narrow_and_wide_nuclei(p)
         assert torch.equal(filter_top_p(probs, p), top_p_by_full_sort(probs, p))
 
 
+def test_top_p_at_the_edge_of_the_first_ranks_keeps_what_ranking_everything_keeps():
+    """p equal to the mass of the first NUCLEUS_FIRST_RANKS tokens: float rounding then decides whether the
+    next token is kept, and the first ranks alone must not decide it differently from a full sort."""
+    generator = torch.Generator().manual_seed(1)
+    probs = torch.softmax(torch.randn(100, 3 * NUCLEUS_FIRST_RANKS, generator=generator), dim=-1)
+    edges = probs.topk(NUCLEUS_FIRST_RANKS, dim=-1).values.cumsum(dim=-1)[:, -1]
+    for row, p in zip(probs, edges.tolist(), strict=True):
+        assert torch.equal(filter_top_p(row[None], p), top_p_by_full_sort(row[None], p))
+
+
+def test_top_p_over_equal_probabilities_keeps_as_many_as_ranking_everything():
+    probs = torch.full((2, 3 * NUCLEUS_FIRST_RANKS), 1 / (3 * NUCLEUS_FIRST_RANKS))
+    for p in (0.1, 0.5):  # within the first ranks, and beyond them
+        kept = (filter_top_p(probs, p) > 0).sum(-1)
+        assert torch.equal(kept, (top_p_by_full_sort(probs, p) > 0).sum(-1))
+
+
 def test_top_k_keeps_the_k_most_probable():
     torch.testing.assert_close(filter_top_k(PROBS, 2), torch.tensor([[0, 2 / 3, 0, 1 / 3]]))
     torch.testing.assert_close(filter_top_k(PROBS, 10), PROBS)

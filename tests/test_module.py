@@ -140,3 +140,5 @@ def test_load_from_checkpoint_reads_checkpoints_written_before_model_arch(tmp_pa
     assert loaded.state_dict().keys() == trained.state_dict().keys()
     for name, tensor in trained.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor), name
+    with pytest.raises(TypeError, match="cannot be called on an instance"):  # it returns a new model
+        trained.load_from_checkpoint(path, hparams_file=hparams_file)

@@ -38,14 +38,18 @@ def test_the_core_is_all_there():
 
 
 def lit_imports(source: str) -> list[str]:
-    """The lmproject.lit modules that Python source imports, at any depth (module level or in a function)."""
+    """The lmproject.lit modules that Python source imports, at any depth (module level or in a function),
+    and its relative imports, which could reach lit unseen (the project imports by absolute names)."""
     found = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             found += [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+        elif isinstance(node, ast.ImportFrom) and node.level > 0:
+            found.append(f"relative: from {'.' * node.level}{node.module or ''} import ...")
+        elif isinstance(node, ast.ImportFrom) and node.module:
             found += [f"{node.module}.{alias.name}" for alias in node.names]
-    return [name for name in found if name == "lmproject.lit" or name.startswith("lmproject.lit.")]
+    lit = [name for name in found if name == "lmproject.lit" or name.startswith("lmproject.lit.")]
+    return lit + [name for name in found if name.startswith("relative: ")]
 
 
 def test_no_module_outside_lit_imports_lit_even_lazily():
@@ -72,9 +76,11 @@ def test_lit_imports_sees_every_form_of_import():
         "    from lmproject.lit import interop_cli\n"
         "    from lmproject import nn\n"
         "    import lmproject.literal\n"
+        "    from ..lit import module\n"
     )
     assert lit_imports(source) == [
         "lmproject.lit.module",
         "lmproject.lit.cli.parse_run_config",
         "lmproject.lit.interop_cli",
+        "relative: from ..lit import ...",
     ]

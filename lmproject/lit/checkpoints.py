@@ -49,7 +49,10 @@ def saved_hyperparameters(
     if isinstance(source, (str, os.PathLike)):
         if not Path(source).is_file():
             return {}
-        checkpoint = torch.load(source, map_location="cpu", weights_only=weights_only, mmap=True)
+        try:
+            checkpoint = torch.load(source, map_location="cpu", weights_only=weights_only, mmap=True)
+        except RuntimeError:  # a file in torch's legacy (pre-zip) format, which cannot be mapped
+            checkpoint = torch.load(source, map_location="cpu", weights_only=weights_only)
     else:
         start = source.tell()
         checkpoint = torch.load(source, map_location="cpu", weights_only=weights_only)

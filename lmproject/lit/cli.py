@@ -12,6 +12,7 @@ NaN or infinite; the last good checkpoint is kept); 130 interrupted by Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import signal
 import sys
@@ -411,6 +412,7 @@ def _one_line(err: Exception) -> str:
 def run_lightning(argv: list[str] | None, run: bool = True, cli_class: type[LMCLI] = LMCLI) -> LMCLI:
     """Parse argv (None: the command line), build the trainer, model and data, and run the subcommand
     (run=False: parse and build only, argv without a subcommand)."""
+    caller_group = torch.distributed.is_available() and torch.distributed.is_initialized()  # by the caller
     try:
         return cli_class(
             LanguageModel,
@@ -433,11 +435,13 @@ def run_lightning(argv: list[str] | None, run: bool = True, cli_class: type[LMCL
     except MisconfigurationException as err:  # Lightning's word for a bad Trainer or callback setting
         raise UserError(_one_line(err)) from None
     finally:
-        # A multi-process run leaves its process group here, also when it fails (divergence, bad input),
-        # not at interpreter exit, where gloo's threads sometimes aborted a rank with SIGABRT after it had
-        # finished its work ("terminate called without an active exception")
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        # A multi-process run leaves the process group it made here, also when it fails (divergence, bad
+        # input), not at interpreter exit, where gloo's threads sometimes aborted a rank with SIGABRT after
+        # it had finished its work ("terminate called without an active exception"). Best effort: a
+        # failure to leave must not replace the run's own result or error.
+        if not caller_group and torch.distributed.is_available() and torch.distributed.is_initialized():
+            with contextlib.suppress(RuntimeError, ValueError):
+                torch.distributed.destroy_process_group()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,7 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import asdict
+from pathlib import Path
 from typing import IO, Any
 
 import lightning as L
@@ -29,7 +30,7 @@ from torchmetrics import MeanMetric
 from lmproject.errors import UserError
 from lmproject.generate import SamplingConfig, for_decoding, generate, generate_steps
 from lmproject.lit.checkpoints import saved_hyperparameters
-from lmproject.lit.compat import attached_trainer, logs_written_this_step
+from lmproject.lit.compat import attached_trainer, class_only, logs_written_this_step
 from lmproject.lit.sharding import clip_gradients_of
 from lmproject.muon import Muon, describe_groups, muon_param_groups
 from lmproject.nn import ModelConfig, TransformerLM, token_losses
@@ -116,7 +117,7 @@ class LanguageModel(L.LightningModule):
         self.token_callback: Callable[[int], None] | None = None  # `lmproject predict --stream` sets it
         self._decoding: tuple[torch.dtype | None, TransformerLM] | None = None  # see _decoding_model
 
-    @classmethod
+    @class_only
     def load_from_checkpoint(
         cls,
         checkpoint_path: str | os.PathLike | IO[bytes],
@@ -131,11 +132,13 @@ class LanguageModel(L.LightningModule):
         Lightning would drop it as unknown arguments; it is passed on as `arch`. (The commands read such
         checkpoints through the run's config: see LMCLI._parse_ckpt_path.)"""
         if "arch" not in kwargs:
-            if hparams_file is not None:  # Lightning reads the hyperparameters from it instead
-                saved = load_hparams_from_yaml(hparams_file)
-            else:
+            if hparams_file is None:
                 saved = saved_hyperparameters(checkpoint_path, weights_only)
-            if "arch" not in saved and saved_fields(saved):
+            elif Path(hparams_file).suffix in (".yaml", ".yml"):  # Lightning reads them from it instead
+                saved = load_hparams_from_yaml(hparams_file)
+            else:  # a .csv: Lightning's own reading, and its error for an old flat one
+                saved = {}
+            if isinstance(saved, dict) and "arch" not in saved and saved_fields(saved):
                 kwargs["arch"] = asdict(ModelConfig.from_hparams(saved))
         return super().load_from_checkpoint(
             checkpoint_path,
