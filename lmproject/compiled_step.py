@@ -20,6 +20,7 @@ import weakref
 from collections.abc import Callable
 
 import torch
+from torch._dynamo.eval_frame import reset_code
 from torch._inductor import config as inductor_config
 from torch._inductor import cpp_builder
 from torch._inductor.exc import InvalidCxxCompiler
@@ -69,8 +70,12 @@ class CompiledStep:
         for layer in self.model.layers:  # the same math (lmproject.nn.functional), which inductor fuses:
             layer.attn.attention = "math"  # torch's fused CPU kernel is slower for one query (bf16: 2-3x)
         self.cache = KVCache(self.model, batch_size, static=True)
-        self._step = torch.compile(_own_code(self._run), dynamic=False)
+        run = _own_code(self._run)
+        self._step = torch.compile(run, dynamic=False)
         self.compiled = False
+        # Dynamo keeps a code object's graphs (and so this step's weights, their constants) past the step:
+        # dropped with it, or each model a process samples from would stay in memory
+        weakref.finalize(self, reset_code, run.__func__.__code__)
 
     @classmethod
     def for_model(

@@ -1,6 +1,9 @@
 """generate(..., compiled_step=True): the tokens of the op-by-op path, one compilation per model and batch
 size, recompiled when the weights change, clear errors where it cannot run."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from reference_model import single_thread
@@ -82,6 +85,35 @@ def test_a_compiled_step_serves_a_later_call_under_inference_mode():
     outside = generate(model, PROMPTS[:1], greedy, compiled_step=True)
     with torch.inference_mode():
         assert generate(model, PROMPTS[:1], greedy, compiled_step=True) == outside
+
+
+DROP_A_MODEL = """
+import gc, weakref
+import torch
+from lmproject import compiled_step
+from lmproject.generate import SamplingConfig, generate
+from lmproject.nn import TransformerLM
+
+torch.set_num_threads(1)
+model = TransformerLM(vocab_size=64, context_length=16, d_model=32, num_layers=2, num_heads=4, d_ff=48)
+generate(model, [[1, 2, 3]], SamplingConfig(max_new_tokens=3, temperature=0), compiled_step=True)
+(step,) = compiled_step._STEPS[model].values()
+weight = weakref.ref(step.model.lm_head.weight)
+del model, step
+gc.collect()  # the step, whose finalizer lets go of its graph; then the graph's own cycles
+gc.collect()
+print("freed" if weight() is None else "kept")
+"""
+
+
+@needs_compiler
+def test_a_dropped_model_takes_its_compiled_step_and_weights_with_it():
+    """The compiled graph holds the step's weights: once the model is gone, they must go too (a process
+    that samples from many models, or from one after each checkpoint, would grow without end). In a fresh
+    interpreter: pytest's own bookkeeping keeps compiled graphs alive."""
+    done = subprocess.run([sys.executable, "-c", DROP_A_MODEL], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] == "freed"
 
 
 def test_without_a_cpp_compiler_the_compiled_step_is_refused(monkeypatch):
