@@ -1,7 +1,8 @@
 """Run every side-by-side benchmark in bench/ in turn (`make bench`); each prints its own figures.
 
 The tokenizer benchmarks need the benchmark corpus: `bash ../shared/bench/make_corpus.sh` writes it to
-/tmp/bench-corpus (override with BENCH_CORPUS_DIR). bench_gpu.py runs only where CUDA is available.
+/tmp/bench-corpus (override with BENCH_CORPUS_DIR). bench_gpu.py runs only where CUDA is available,
+bench_panels.py only where the panel kernels run (AVX-512F).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import sys
 from pathlib import Path
 
 import torch
+
+from lmproject.nn.panel_linear import kernels_available
 
 BENCH_DIR = Path(__file__).resolve().parent
 CORPUS_DIR = Path(os.environ.get("BENCH_CORPUS_DIR", "/tmp/bench-corpus"))
@@ -30,6 +33,9 @@ def main() -> int:
             continue
         if script.name == "bench_gpu.py" and not torch.cuda.is_available():
             print(f"== {script.name}: skipped, no CUDA GPU", flush=True)
+            continue
+        if script.name == "bench_panels.py" and not kernels_available():
+            print(f"== {script.name}: skipped, the panel kernels do not run here", flush=True)
             continue
         print(f"== {script.name}", flush=True)
         command = [sys.executable, str(script), *CORPUS_ARGS.get(script.name, [])]

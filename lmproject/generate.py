@@ -30,6 +30,7 @@ from lmproject.cuda_graph import CUDAGraphStep
 from lmproject.errors import UserError
 from lmproject.nn import KVCache, Linear, TransformerLM
 from lmproject.nn.functional import softmax
+from lmproject.nn.panel_linear import PanelLinear, panels_pay_off
 from lmproject.precision import DTYPES, check_dtype
 
 
@@ -152,12 +153,17 @@ def window_slide_for(context_length: int, window_slide: int | None) -> int:
     return max(1, context_length // 4) if window_slide is None else window_slide
 
 
-def for_decoding(model: TransformerLM, dtype: torch.dtype | None = None) -> TransformerLM:
+def for_decoding(
+    model: TransformerLM, dtype: torch.dtype | None = None, panels: bool = True
+) -> TransformerLM:
     """The model as generation runs it: in `dtype` (default: as it is), and on the CPU
-    - in float32, with each Linear weight that is longer than wide (d_out > d_in) stored column-major: same
-      shape and values, transposed memory (a lm_head tied to the embedding keeps the rows the lookup
-      reads). A batch-1 step is a matrix-vector product per weight, and torch's CPU kernel streams long
-      contiguous runs much faster than 512-float rows (about 1.5x on w1, w3, and 2x on lm_head);
+    - in float32, with every Linear a PanelLinear (lmproject/nn/panel_linear.py: its weight also stored in
+      panels, which a step's few rows multiply at the memory's bandwidth, 2-3x torch's kernels here) where
+      the panel kernels pay off (built at install, AVX-512F, torch on at most two threads) and `panels` is
+      left on (the compiled step turns it off: inductor makes its own kernels). Elsewhere, each Linear
+      weight that is longer than wide (d_out > d_in) is stored column-major: same shape and values,
+      transposed memory (a lm_head tied to the embedding keeps the rows the lookup reads), which torch's
+      matrix-vector kernel streams 1.5-2x faster than 512-float rows (w1, w3 and lm_head);
     - in bfloat16, with the from-scratch attention (attention="math"): torch's fused CPU kernel takes 2-5x
       as long for a batch of 16 one-query rows in bf16, and no less for one (bench_generate.py).
     Returns the model itself when it already is in that form, else a copy: the caller's model stays as
@@ -165,17 +171,22 @@ def for_decoding(model: TransformerLM, dtype: torch.dtype | None = None) -> Tran
     device = model.lm_head.weight.device
     dtype = model.lm_head.weight.dtype if dtype is None else dtype
     check_dtype(dtype, device, "generate: dtype")
+    float32_cpu = device.type == "cpu" and dtype == torch.float32
+    panels = panels and float32_cpu and panels_pay_off()
     column_major = set()  # ids of the weights to store transposed
-    if device.type == "cpu" and dtype == torch.float32:
-        longer_out = (m.weight for m in model.modules() if isinstance(m, Linear) and m.d_out > m.d_in)
+    if float32_cpu and not panels:
+        linears = (m for m in model.modules() if isinstance(m, (Linear, PanelLinear)))
+        longer_out = (m.weight for m in linears if m.d_out > m.d_in)
         column_major = {id(weight) for weight in longer_out} - {id(model.token_embeddings.weight)}  # rows
     math_attention = device.type == "cpu" and dtype == torch.bfloat16
     params = list(model.parameters())  # a tied weight once
     laid_out = all(p.t().is_contiguous() for p in params if id(p) in column_major)
     attends = not math_attention or all(layer.attn.attention == "math" for layer in model.layers)
-    if model.lm_head.weight.dtype == dtype and laid_out and attends:
+    paneled = not any(isinstance(m, Linear if panels else PanelLinear) for m in model.modules())
+    if model.lm_head.weight.dtype == dtype and laid_out and attends and paneled:
         return model
-    memo = {}  # deepcopy takes these in place of the originals
+    memo = {}  # deepcopy takes these in place of the originals (panels: remade below, not copied)
+    memo.update({id(m.panels): None for m in model.modules() if isinstance(m, PanelLinear)})
     for param in params:
         data = param.detach().to(dtype)
         data = data.t().contiguous().t() if id(param) in column_major else data
@@ -184,6 +195,11 @@ def for_decoding(model: TransformerLM, dtype: torch.dtype | None = None) -> Tran
     if math_attention:
         for layer in decoding.layers:
             layer.attn.attention = "math"
+    for parent in list(decoding.modules()):  # panels made from the copy's weights, or none
+        for name, child in list(parent.named_children()):
+            if isinstance(child, (Linear, PanelLinear)):
+                linear = child.to_linear() if isinstance(child, PanelLinear) else child
+                setattr(parent, name, PanelLinear(linear) if panels else linear)
     return decoding
 
 
@@ -244,7 +260,9 @@ def generate_steps(
         return
     compiled = None
     if compiled_step:  # its own decoding copy prefills too: none is made per call
-        compiled = CompiledStep.for_model(source, dtype, lambda: for_decoding(source, dtype), len(prompt_ids))
+        compiled = CompiledStep.for_model(  # inductor makes its own kernels for the weights: no panels
+            source, dtype, lambda: for_decoding(source, dtype, panels=False), len(prompt_ids)
+        )
         model = compiled.model
     else:
         model = for_decoding(source, dtype)
