@@ -3,8 +3,10 @@
 Run op by op, a batch-1 decode step of a small model spends about a third of its time outside the matrix
 products: ~60 small ops per layer (norms, RoPE, attention, views), each a dispatched kernel with its own pass
 over memory, and module calls in Python; and torch's matrix-vector kernel streams weights with 512-float rows
-at about half the machine's bandwidth. With a static KV cache (lmproject.nn.kv_cache) a one-token step has
-the same shapes at every position, so one compiled graph serves the whole generation. Inductor fuses the
+at about half the machine's bandwidth (where AVX-512 is present, the op-by-op step reads its weights through
+lmproject/nn/panel_linear.py's panels instead, at about the bandwidth: this step is then 1.3x it, not 1.5-2x).
+With a static KV cache (lmproject.nn.kv_cache) a one-token step has the same shapes at every position, so
+one compiled graph serves the whole generation. Inductor fuses the
 small ops, the attention included (the model's from-scratch math, not torch's fused kernel), into a few C++
 loops and, with the weights frozen (treated as constants) and max-autotune, packs each weight for its own
 matrix-vector kernel, which streams at 20-26 GB/s, about the bandwidth of a long-row GEMV (bench/RESULTS.md,
