@@ -44,9 +44,9 @@ def panels_pay_off() -> bool:
 def pack(weight: torch.Tensor) -> torch.Tensor:
     """(d_out, d_in) float32 -> its panels (ceil(d_out / 16), d_in, 16)."""
     d_out, d_in = weight.shape
-    padded = weight.new_zeros(-(-d_out // PANEL) * PANEL, d_in)
-    padded[:d_out] = weight
-    return padded.view(-1, PANEL, d_in).transpose(1, 2).contiguous()
+    if d_out % PANEL:  # the last panel's missing outputs: zero weights
+        weight = torch.cat([weight, weight.new_zeros(PANEL - d_out % PANEL, d_in)])
+    return weight.reshape(-1, PANEL, d_in).transpose(1, 2).contiguous()
 
 
 class PanelLinear(nn.Module):
