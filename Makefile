@@ -24,7 +24,7 @@ TOKENIZER_DIR := $(DATA_DIR)/tokenizer
 
 # CPU machines get the pinned CPU build of torch first; machines with an NVIDIA driver get the
 # regular (CUDA) build through the normal requirement in pyproject.toml.
-$(STAMP): pyproject.toml setup.py lmproject/tokenizer/_merge.c lmproject/nn/_panels.c
+$(STAMP): pyproject.toml setup.py lmproject/tokenizer/_merge.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q torch==2.13.0; fi

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from lmproject.checkpoint_digest import digest_status, save_with_digest
+from lmproject.training.digest import digest_status, save_with_digest
 
 PARAMETERS = 22_696_448  # the TinyStories model (configs/tinystories.yaml)
 

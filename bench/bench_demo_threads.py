@@ -17,7 +17,7 @@ import sys
 STEP = """
 import time, torch
 from lmproject.nn import TransformerLM, cross_entropy
-from lmproject.optim import AdamW
+from lmproject.training.optim import AdamW
 torch.manual_seed(0)
 model = TransformerLM(vocab_size=1024, context_length=128, d_model=128, num_layers=4, num_heads=4, d_ff=352)
 opt = AdamW(model.parameters(), lr=1e-3)

@@ -31,10 +31,10 @@ import numpy as np
 import torch
 import yaml
 
-from lmproject.data import get_batch, open_tokens
 from lmproject.lit.cli import run_lightning
 from lmproject.nn import ModelConfig, TransformerLM, cross_entropy
-from lmproject.optim import AdamW, clip_grad_norm, cosine_lr
+from lmproject.training.data import get_batch, open_tokens
+from lmproject.training.optim import AdamW, clip_grad_norm, cosine_lr
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -7,13 +7,13 @@
 TinyStories configuration with random weights, greedy, a 16-token prompt and 240 new tokens (inside the
 256-token context). Each repeat runs, on the same weights and in the same dtype:
   - plain: a straightforward KV-cache loop written below with torch.nn.functional (cache grown by torch.cat);
-  - cached: lmproject.generate at batch 1;
+  - cached: lmproject.sampling.generate at batch 1;
   - batch N: `--num-samples` copies of the prompt in one `generate` call (what `predict --num_samples N`
     runs), counted as N x new tokens;
   - no graph (with --cuda-graph): `generate` launching each step's kernels from Python;
   - compiled, batch N compiled (with --compiled-step, CPU): `generate(..., compiled_step=True)`, the decode
-    step compiled by torch.compile (lmproject/compiled_step.py); compiled once before the repeats, and the
-    compile time printed; with --dtype bfloat16 also `float32 compiled`, the float32 model compiled;
+    step compiled by torch.compile (lmproject/sampling/compiled_step.py); compiled once before the repeats,
+    and the compile time printed; with --dtype bfloat16 also `float32 compiled`, the float32 model compiled;
   - recompute (--recompute): no cache, the whole window per token (tests/reference_model.greedy_recompute);
     with `--new-tokens 256` the run passes the context, both slide the window (`--window-slide`), and the
     plain loop, which does not slide, is left out (issue 5's comparison).
@@ -41,9 +41,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from bench_model import TINYSTORIES  # noqa: E402
 from reference_model import feed_forward, greedy_recompute, rms_norm, rope  # noqa: E402
 
-from lmproject.generate import SamplingConfig, generate, window_slide_for  # noqa: E402
 from lmproject.nn import TransformerLM  # noqa: E402
 from lmproject.precision import DTYPES  # noqa: E402
+from lmproject.sampling.config import SamplingConfig
+from lmproject.sampling.generate import generate, window_slide_for  # noqa: E402
 
 STREAM_BYTES = 512 * 2**20  # the bandwidth probe's matrix: far beyond any CPU cache
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}

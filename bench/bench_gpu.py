@@ -151,10 +151,10 @@ def run_fit(args: argparse.Namespace, data: Path, extra: list[str]) -> dict:
 
 def run_plain(args: argparse.Namespace, data: Path) -> dict:
     """`fit`'s step as a hand-written compiled bf16 loop, the config's model and optimizer settings."""
-    from lmproject.data import get_batch, open_tokens
     from lmproject.lit.module import LanguageModel
     from lmproject.nn import TransformerLM
-    from lmproject.optim import AdamW, clip_gradients, cosine_lr
+    from lmproject.training.data import get_batch, open_tokens
+    from lmproject.training.optim import AdamW, clip_gradients, cosine_lr
 
     module = LanguageModel(**yaml.safe_load(args.config.read_text())["model"])
     hp, arch = dict(module.hparams), module.model.config

@@ -26,11 +26,11 @@ import numpy as np
 import torch
 import yaml
 
-from lmproject.data import windows
 from lmproject.evaluate import score, window_plan
-from lmproject.interop import export_folder, save_weights_checkpoint
+from lmproject.interop.hf_llama import export_folder, save_weights_checkpoint
 from lmproject.lit.module import LanguageModel
 from lmproject.tokenizer import Tokenizer
+from lmproject.training.data import windows
 
 ROOT = Path(__file__).resolve().parents[1]
 LMPROJECT = Path(sys.executable).parent / "lmproject"

@@ -24,9 +24,9 @@ import math
 import numpy as np
 import torch
 
-from lmproject.data import get_batch
 from lmproject.nn import TransformerLM, cross_entropy
-from lmproject.optim import AdamW, clip_grad_norm, cosine_lr
+from lmproject.training.data import get_batch
+from lmproject.training.optim import AdamW, clip_grad_norm, cosine_lr
 
 SMOKE = dict(vocab_size=512, context_length=64, d_model=64, num_layers=2, num_heads=4, d_ff=176)
 

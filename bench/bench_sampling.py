@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from reference_model import top_p_by_full_sort  # noqa: E402
 
-from lmproject.generate import filter_top_p  # noqa: E402
+from lmproject.sampling.generate import filter_top_p  # noqa: E402
 
 
 def distributions(rows: int, vocab: int, generator: torch.Generator) -> dict[str, torch.Tensor]:

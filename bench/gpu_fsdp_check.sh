@@ -10,7 +10,7 @@ set -euo pipefail
 out=${1:-${OUT:-/tmp}}/fsdp
 rm -rf "$out" && mkdir -p "$out"
 py=${PYTHON:-python}
-lm="$py -m lmproject.lit.cli"
+lm="$py -m lmproject.lit.commands"
 if [ ! -f data/smoke/valid.npy ]; then
   mkdir -p data/smoke
   $py -m lmproject.tools.stories --out data/smoke/train.txt --size-mb 2 --seed 0

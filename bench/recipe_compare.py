@@ -32,8 +32,8 @@ import yaml
 
 from lmproject.accounting import merge_configs
 from lmproject.lit.module import LanguageModel
-from lmproject.optim import clip_gradients
 from lmproject.tools.plot import plot_runs, read_run
+from lmproject.training.optim import clip_gradients
 
 BASE = Path("configs/recipe_compare.yaml")
 RECIPES = Path("configs/recipes")
@@ -91,7 +91,7 @@ def train_and_validate(runs: Path, variant: str, lr: float, seed: int, steps: in
     config = yaml.safe_load(BASE.read_text())
     tokens = steps * config["data"]["batch_size"] * config["model"]["arch"]["context_length"]
     settings = model_settings(variant)
-    common = [sys.executable, "-m", "lmproject.lit.cli"]
+    common = [sys.executable, "-m", "lmproject.lit.commands"]
     configs = ["--config", str(BASE)] + [
         a for o in VARIANTS[variant] for a in ("--config", f"{RECIPES}/{o}.yaml")
     ]

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import torch
-
 from lmproject.nn.panel_linear import kernels_available
 
 BENCH_DIR = Path(__file__).resolve().parent

@@ -36,8 +36,8 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from lmproject.errors import UserError
-from lmproject.nn.config import ModelConfig, refuse_flat_fields
-from lmproject.settings_check import check_settings
+from lmproject.nn.config import ModelConfig
+from lmproject.settings import check_settings, did_you_mean
 from lmproject.tokenizer.files import read_text
 
 BYTES_PER_FLOAT = 4
@@ -215,14 +215,15 @@ def read_config(paths: list[Path]) -> tuple[dict, dict]:
     for path in paths:
         config = merge_configs(config, _load_yaml(path))
     names = " + ".join(str(p) for p in paths)
-    model = _mapping_with(config.get("model"), "arch") or _mapping_with(config.get("model"), "d_model")
-    refuse_flat_fields(model, names)  # a config, or an overlay, of the shape before model.arch
+    model = _mapping_with(config.get("model"), "arch")
     if not isinstance(model.get("arch"), dict):
         raise UserError(f"{names}: no architecture (d_model, ...) under `model: arch:`")
     unknown = [name for name in model["arch"] if name not in {f.name for f in fields(ModelConfig)}]
     if unknown:
+        valid = [f"model.arch.{f.name}" for f in fields(ModelConfig)]
         raise UserError(
             f"{names}: model.arch.{unknown[0]} is not an architecture field (lmproject.nn.ModelConfig)"
+            + did_you_mean(f"model.arch.{unknown[0]}", valid)
         )
     data = _mapping_with(config.get("data"), "batch_size")
     check_settings("data", data)

@@ -28,11 +28,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from lmproject.data import windows
 from lmproject.errors import UserError
 from lmproject.nn import TransformerLM, token_losses
 from lmproject.tokenizer import Tokenizer
 from lmproject.tokenizer.files import iter_text_blocks
+from lmproject.training.data import windows
 
 _CHUNK = 1 << 22  # tokens per pass when checking ids and counting bytes of a token file
 

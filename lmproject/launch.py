@@ -18,7 +18,7 @@ def _start(module: str, prog: str) -> int:
 
 
 def lmproject() -> int:
-    return _start("lmproject.lit.cli", "lmproject")
+    return _start("lmproject.lit.commands", "lmproject")
 
 
 def lmproject_bpe() -> int:

@@ -169,7 +169,7 @@ def _train(
     import torch
 
     from lmproject.nn import TransformerLM
-    from lmproject.optim import AdamW, clip_gradients
+    from lmproject.training.optim import AdamW, clip_gradients
 
     torch.manual_seed(0)
     model = TransformerLM(config, activation_checkpointing=activation_checkpointing)

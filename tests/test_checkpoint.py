@@ -5,11 +5,11 @@ import io
 import pytest
 import torch
 
-from lmproject.checkpoint import load_checkpoint, save_checkpoint
-from lmproject.checkpoint_digest import digest_status
 from lmproject.errors import UserError
 from lmproject.nn import TransformerLM, cross_entropy
-from lmproject.optim import AdamW
+from lmproject.training.checkpoint import load_checkpoint, save_checkpoint
+from lmproject.training.digest import digest_status
+from lmproject.training.optim import AdamW
 
 SMALL = dict(vocab_size=32, context_length=8, d_model=16, num_layers=1, num_heads=2, d_ff=24)
 

@@ -19,7 +19,7 @@ import yaml
 
 from lmproject.accounting import train_flops_per_token
 from lmproject.lit.checkpoints import AtomicCheckpointIO
-from lmproject.lit.cli import main
+from lmproject.lit.commands import main
 from lmproject.nn import ModelConfig
 
 TINY_ARCH = {
@@ -379,7 +379,7 @@ def test_a_failed_checkpoint_save_leaves_the_previous_checkpoint_intact(tmp_path
 
 def lmproject(*args, cwd):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "lmproject.lit.cli", *args]
+    command = [sys.executable, "-m", "lmproject.lit.commands", *args]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 

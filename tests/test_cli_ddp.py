@@ -14,7 +14,7 @@ import torch
 from test_cli import PoisonAt, one_thread, write_config, write_tokens  # noqa: F401 (autouse)
 from test_module import RecordLosses, metric_rows
 
-from lmproject.lit.cli import main
+from lmproject.lit.commands import main
 
 
 class RecordRank(L.Callback):
@@ -41,7 +41,7 @@ def fit_ddp(tmp_path, callbacks, steps, *args):
     write_tokens(tmp_path)
     config = write_config(tmp_path, tmp_path / "run", callbacks=callbacks)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "lmproject.lit.cli", "fit", "--config", str(config),
+    command = [sys.executable, "-m", "lmproject.lit.commands", "fit", "--config", str(config),
                "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(steps),
                "--trainer.strategy", "ddp", "--trainer.devices", "2", *args]  # fmt: skip
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
@@ -114,7 +114,7 @@ def test_predict_under_ddp_writes_every_prompt_once_in_order_as_one_process_does
     outputs = {}
     for devices, strategy in (("1", "auto"), ("2", "ddp")):
         out = tmp_path / f"devices{devices}.jsonl"
-        command = [sys.executable, "-m", "lmproject.lit.cli", "predict", "--config", str(config),
+        command = [sys.executable, "-m", "lmproject.lit.commands", "predict", "--config", str(config),
                    "--ckpt_path", "last", "--prompts_file", str(prompts), "--max_new_tokens", "6",
                    "--output", str(out), "--trainer.devices", devices,
                    "--trainer.strategy", strategy]  # fmt: skip

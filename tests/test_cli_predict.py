@@ -14,14 +14,15 @@ import torch
 from test_cli import one_thread  # noqa: F401 (autouse fixture)
 from tiny_run import make_run
 
-from lmproject import compiled_step as compiled_step_module
-from lmproject import generate as generate_module
 from lmproject import precision
-from lmproject.generate import SamplingConfig, generate
-from lmproject.lit.cli import main
+from lmproject.lit.commands import main
 from lmproject.lit.module import LanguageModel
 from lmproject.lit.predict import TokenPrinter, decode
 from lmproject.precision import cpu_supports_bf16
+from lmproject.sampling import compiled_step as compiled_step_module
+from lmproject.sampling import generate as generate_module
+from lmproject.sampling.config import SamplingConfig
+from lmproject.sampling.generate import generate
 from lmproject.tokenizer import Tokenizer
 
 EOS = "<|endoftext|>"

@@ -9,10 +9,11 @@ import torch
 from reference_model import single_thread
 from torch._dynamo.utils import counters
 
-from lmproject import compiled_step as compiled_step_module
 from lmproject.errors import UserError
-from lmproject.generate import SamplingConfig, generate
 from lmproject.nn import TransformerLM
+from lmproject.sampling import compiled_step as compiled_step_module
+from lmproject.sampling.config import SamplingConfig
+from lmproject.sampling.generate import generate
 
 SMALL = dict(vocab_size=64, context_length=16, d_model=32, num_layers=2, num_heads=4, d_ff=48)
 PROMPTS = [[5], [1, 2, 3, 4, 5, 6, 7], list(range(20, 40))]  # windows slide, alone and all together
@@ -90,8 +91,9 @@ def test_a_compiled_step_serves_a_later_call_under_inference_mode():
 DROP_A_MODEL = """
 import gc, weakref
 import torch
-from lmproject import compiled_step
-from lmproject.generate import SamplingConfig, generate
+from lmproject.sampling import compiled_step
+from lmproject.sampling.config import SamplingConfig
+from lmproject.sampling.generate import generate
 from lmproject.nn import TransformerLM
 
 torch.set_num_threads(1)

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from lmproject.data import FixedWindows, RandomWindows, check_tokens, get_batch, open_tokens
 from lmproject.errors import UserError
 from lmproject.lit.datamodule import TokenDataModule
+from lmproject.training.data import FixedWindows, RandomWindows, check_tokens, get_batch, open_tokens
 
 
 def test_get_batch_targets_are_inputs_shifted_by_one_and_offsets_cover_the_whole_file():

@@ -16,8 +16,9 @@ from test_cli import fails, one_thread  # noqa: F401 (autouse fixture)
 from tiny_run import load_ours, make_run
 
 from lmproject.evaluate import window_plan
-from lmproject.lit.cli import cpu_supports_bf16, main
+from lmproject.lit.commands import main
 from lmproject.nn import cross_entropy
+from lmproject.precision import cpu_supports_bf16
 from lmproject.tokenizer import Tokenizer
 
 

@@ -6,13 +6,14 @@ import pytest
 import torch
 from reference_model import greedy_recompute, single_thread, top_p_by_full_sort
 
-from lmproject import generate as generate_module
 from lmproject import precision
 from lmproject.errors import UserError
-from lmproject.generate import (
+from lmproject.nn import TransformerLM
+from lmproject.precision import cpu_supports_bf16
+from lmproject.sampling import generate as generate_module
+from lmproject.sampling.config import SamplingConfig, SamplingError
+from lmproject.sampling.generate import (
     NUCLEUS_FIRST_RANKS,
-    SamplingConfig,
-    SamplingError,
     filter_top_k,
     filter_top_p,
     for_decoding,
@@ -20,8 +21,7 @@ from lmproject.generate import (
     generate_steps,
     sample_next_token,
 )
-from lmproject.nn import KVCache, TransformerLM
-from lmproject.precision import cpu_supports_bf16
+from lmproject.sampling.kv_cache import KVCache
 
 SMALL = dict(vocab_size=64, context_length=16, d_model=32, num_layers=2, num_heads=4, d_ff=48)
 
@@ -45,7 +45,7 @@ def small_model(seed=0, **switches):
 def test_cached_forward_matches_full_forward_for_left_padded_rows():
     model = small_model()
     prompts = [torch.randint(0, 64, (n,)) for n in (3, 9)]
-    cache = KVCache(model, 2, torch.tensor([6, 0]))
+    cache = KVCache.for_model(model, 2, torch.tensor([6, 0]))
     padded = torch.stack([torch.cat([torch.zeros(6, dtype=torch.long), prompts[0]]), prompts[1]])
     prefill = model(padded, kv_cache=cache)
     step = model(torch.tensor([[5], [7]]), kv_cache=cache)[:, 0]
@@ -138,7 +138,7 @@ def test_static_cache_steps_match_the_growing_cache():
     """The static cache (one-token steps over all slots, for CUDA graphs) computes what the growing one
     does: with padding, after its oldest slots are dropped, and after a reset."""
     model = small_model().double()
-    caches = [KVCache(model, 2, torch.tensor([3, 0]), static=static) for static in (False, True)]
+    caches = [KVCache.for_model(model, 2, torch.tensor([3, 0]), static=static) for static in (False, True)]
 
     def run(tokens):
         results = [model.next_token_logits(tokens, kv_cache=cache) for cache in caches]
@@ -157,16 +157,14 @@ def test_static_cache_steps_match_the_growing_cache():
     run(torch.tensor([[1], [2]]))
 
 
-def test_decoding_copy_is_contiguous_along_the_longer_side_and_leaves_the_model_alone(monkeypatch):
-    """Where the panel kernels do not run (tests/test_panel_linear.py covers them)."""
-    monkeypatch.setattr(generate_module, "panels_pay_off", lambda: False)
-    model = small_model()  # d_model 32, d_ff 48
-    decoding = for_decoding(model)
-    w1, w2 = decoding.layers[0].ffn.w1.weight, decoding.layers[0].ffn.w2.weight
-    assert w1.t().is_contiguous() and w2.is_contiguous() and model.layers[0].ffn.w1.weight.is_contiguous()
-    assert torch.equal(w1, model.layers[0].ffn.w1.weight) and torch.equal(w2, model.layers[0].ffn.w2.weight)
+def test_float32_decoding_runs_the_model_itself_and_a_converted_copy_leaves_it_alone():
+    model = small_model()
+    assert for_decoding(model) is model  # float32 on the CPU: the model's own weights, no copy
+    double = for_decoding(model, torch.float64)
+    assert double.lm_head.weight.dtype == torch.float64 and model.lm_head.weight.dtype == torch.float32
+    assert torch.equal(double.layers[0].ffn.w1.weight, model.layers[0].ffn.w1.weight.double())
     prompts = [[5], [1, 2, 3, 4, 5, 6, 7], list(range(20, 40))]
-    completions = generate(model, prompts, greedy(30, window_slide=3))  # float32: through the copy
+    completions = generate(model, prompts, greedy(30, window_slide=3))
     assert completions == [greedy_recompute(model, prompt, 30, 3) for prompt in prompts]
 
 
@@ -370,10 +368,10 @@ def test_next_token_logits_are_the_last_position_of_forward():
     model = small_model()
     ids = torch.randint(0, 64, (2, 11))
     torch.testing.assert_close(model.next_token_logits(ids), model(ids)[:, -1], atol=1e-5, rtol=1e-5)
-    cache = KVCache(model, 2, torch.tensor([4, 0]))
+    cache = KVCache.for_model(model, 2, torch.tensor([4, 0]))
     prefill = model.next_token_logits(ids, kv_cache=cache)
     step = model.next_token_logits(torch.tensor([[5], [7]]), kv_cache=cache)
-    via_forward = KVCache(model, 2, torch.tensor([4, 0]))
+    via_forward = KVCache.for_model(model, 2, torch.tensor([4, 0]))
     torch.testing.assert_close(prefill, model(ids, kv_cache=via_forward)[:, -1], atol=1e-5, rtol=1e-5)
     step_via_forward = model(torch.tensor([[5], [7]]), kv_cache=via_forward)[:, -1]
     torch.testing.assert_close(step, step_via_forward, atol=1e-5, rtol=1e-5)

@@ -14,8 +14,7 @@ from test_cli import fails, one_thread  # noqa: F401 (autouse fixture)
 from test_readme import readme_snippets, shrunk
 from tiny_run import EOT, load_ours, make_run
 
-from lmproject.generate import SamplingConfig, generate
-from lmproject.interop import (
+from lmproject.interop.hf_llama import (
     LLAMA_SWITCHES,
     check_llama_expressible,
     export_folder,
@@ -27,8 +26,10 @@ from lmproject.lit.cli import main, run_lightning
 from lmproject.lit.module import LanguageModel
 from lmproject.nn import ModelConfig, TransformerLM, cross_entropy
 from lmproject.nn.layers import RotaryEmbedding
-from lmproject.optim import AdamW
+from lmproject.sampling.config import SamplingConfig
+from lmproject.sampling.generate import generate
 from lmproject.tokenizer import Tokenizer
+from lmproject.training.optim import AdamW
 
 transformers = pytest.importorskip("transformers")
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E402
@@ -291,7 +292,9 @@ def test_an_out_folder_that_cannot_be_made_is_refused_before_any_work(
 ):
     """An existing --out was found only after reading and converting every weight; --out under a file was
     `[Errno 17] File exists`."""
-    monkeypatch.setattr("lmproject.interop._load_safetensors", lambda *args: pytest.fail("read the weights"))
+    monkeypatch.setattr(
+        "lmproject.interop.hf_llama._load_safetensors", lambda *args: pytest.fail("read the weights")
+    )
     monkeypatch.setattr(
         "lmproject.lit.interop_cli.parse_run_config", lambda *args: pytest.fail("read the config")
     )
@@ -308,7 +311,7 @@ def test_export_appears_whole_or_not_at_all(run, tmp_path, capsys, monkeypatch):
     def disk_full(*args):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("lmproject.interop.save_tokenizer_json", disk_full)
+    monkeypatch.setattr("lmproject.interop.hf_llama.save_tokenizer_json", disk_full)
     assert "No space left" in fails(argv, capsys)
     assert list(tmp_path.iterdir()) == []  # neither the folder nor its temporary sibling
     monkeypatch.undo()

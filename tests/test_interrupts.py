@@ -10,7 +10,7 @@ import pytest
 from test_cli import one_thread, write_config, write_tokens  # noqa: F401 (autouse fixture)
 
 from lmproject import launch
-from lmproject.lit.cli import main
+from lmproject.lit.commands import main
 
 
 class SigintAtValidationBatch(L.Callback):

@@ -8,7 +8,7 @@ from test_cli import BATCH, SigintAt, fails, one_thread, write_config, write_tok
 
 from lmproject.atomic import remove_stale_temps
 from lmproject.lit.checkpoints import checkpoint_step, find_last
-from lmproject.lit.cli import main
+from lmproject.lit.commands import main
 
 DEAD_PID = 99_999_999  # above Linux's largest pid (4,194,304): no process has it
 

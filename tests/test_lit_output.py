@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from tiny_run import make_run
 
-from lmproject.lit.cli import main
+from lmproject.lit.commands import main
 
 BANNERS = ("GPU available", "TPU available", "Seed set to", "Restoring states")
 NOISE = ("litlogger", "LeafSpec", "exists and is not empty")
@@ -89,7 +89,7 @@ def test_logger_levels_are_restored_after_a_command(run):
 def test_a_terminal_sees_only_the_completion_and_errors_still_show(run):
     """As a user sees it: a subprocess's stderr, with Python's default warning filters."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "lmproject.lit.cli", *_argv("predict", run)]
+    command = [sys.executable, "-m", "lmproject.lit.commands", *_argv("predict", run)]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "--- prompt 1, sample 1 ---" in done.stdout

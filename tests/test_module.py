@@ -13,7 +13,7 @@ import torch
 import yaml
 from test_cli import BATCH, TINY_ARCH, fails, one_thread, train_losses, write_config, write_tokens  # noqa: F401
 
-from lmproject.lit.cli import main
+from lmproject.lit.commands import main
 from lmproject.lit.module import LanguageModel
 from lmproject.nn import ModelConfig, cross_entropy
 

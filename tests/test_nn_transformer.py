@@ -8,7 +8,7 @@ import torch
 from reference_model import attention, leaf_params, reference_lm, single_thread
 
 from lmproject.nn import ModelConfig, MultiHeadSelfAttention, RotaryEmbedding, TransformerLM, cross_entropy
-from lmproject.optim import AdamW
+from lmproject.training.optim import AdamW
 
 SMALL = dict(vocab_size=64, context_length=16, d_model=32, num_layers=2, num_heads=4, d_ff=48)
 
@@ -43,10 +43,13 @@ def assert_lm_matches_reference(model, token_ids):
         assert (p.grad - expected_grad).abs().max().item() <= 1e-5 * scale, name
 
 
+ATTN_CONFIG = ModelConfig(vocab_size=64, context_length=16, d_model=32, num_layers=1, num_heads=4, d_ff=48)
+
+
 @pytest.mark.parametrize("attention_kind", ["fused", "math"])
 def test_attention_matches_reference(attention_kind):
     rope = RotaryEmbedding(10000.0, 8, 16)
-    attn = MultiHeadSelfAttention(32, 4, rope, attention=attention_kind)
+    attn = MultiHeadSelfAttention(ATTN_CONFIG, rope, attention=attention_kind)
     x = torch.randn(2, 10, 32)
     params = {name: p.detach() for name, p in attn.named_parameters()}
     expected = attention(x, params, "", 4, 10000.0)
@@ -57,8 +60,8 @@ def test_attention_matches_reference(attention_kind):
 
 
 def test_fused_and_math_attention_agree_with_and_without_mask():
-    fused = MultiHeadSelfAttention(32, 4, RotaryEmbedding(10000.0, 8, 16), attention="fused")
-    math = MultiHeadSelfAttention(32, 4, RotaryEmbedding(10000.0, 8, 16), attention="math")
+    fused = MultiHeadSelfAttention(ATTN_CONFIG, RotaryEmbedding(10000.0, 8, 16), attention="fused")
+    math = MultiHeadSelfAttention(ATTN_CONFIG, RotaryEmbedding(10000.0, 8, 16), attention="math")
     math.load_state_dict(fused.state_dict())
     x = torch.randn(3, 12, 32)
     torch.testing.assert_close(fused(x), math(x), atol=1e-5, rtol=1e-5)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from reference_model import single_thread
 
-from lmproject.optim import AdamW, clip_grad_norm, clip_gradients, cosine_lr
+from lmproject.training.optim import AdamW, clip_grad_norm, clip_gradients, cosine_lr
 
 
 def toy_regression():

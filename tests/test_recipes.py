@@ -14,11 +14,11 @@ from test_cli import one_thread  # noqa: F401 (autouse fixture)
 from test_cli_configs import build
 
 from lmproject.errors import UserError
-from lmproject.interop import check_llama_expressible
+from lmproject.interop.hf_llama import check_llama_expressible
 from lmproject.lit.module import LanguageModel
-from lmproject.muon import Muon, muon_param_groups, orthogonalize
 from lmproject.nn import ModelConfig, TransformerLM
-from lmproject.optim import AdamW, wsd_lr
+from lmproject.training.muon import Muon, muon_param_groups, orthogonalize
+from lmproject.training.optim import AdamW, wsd_lr
 
 SMALL = dict(vocab_size=50, context_length=16, d_model=32, num_layers=2, num_heads=4, d_ff=64)
 ARCH = ModelConfig(**SMALL)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from test_cli import BATCH, TINY_ARCH, SigintAt, train_losses, write_config, write_tokens
 
-from lmproject.lit.cli import main
+from lmproject.lit.commands import main
 
 
 @pytest.fixture

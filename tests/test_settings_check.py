@@ -7,11 +7,11 @@ import pytest
 from test_cli import fails, one_thread, write_config, write_tokens  # noqa: F401 (autouse fixture)
 
 from lmproject.lit.callbacks import ThroughputMonitor
-from lmproject.lit.cli import _join_negative_numbers
 from lmproject.lit.datamodule import TokenDataModule
 from lmproject.lit.module import LanguageModel
+from lmproject.lit.run_config import join_negative_numbers
 from lmproject.nn import ModelConfig, TransformerLM
-from lmproject.settings_check import RULES, SettingError, check_settings
+from lmproject.settings import RULES, SettingError, check_settings
 
 BAD_SETTINGS = [
     (["--model.lr_min=-1e-3"], "model.lr_min=-0.001: must be in [0, lr_max=0.01]"),
@@ -84,7 +84,7 @@ def test_a_binary_config_file_is_a_one_line_error(tmp_path, capsys):
 
 def test_negative_numbers_in_scientific_notation_keep_their_option():
     words = ["fit", "--model.lr_max", "-1e-3", "--x", "-2", "--y=-3", "-5E+2", "--z", "-inf", "--w", "-x"]
-    assert _join_negative_numbers(words) == [
+    assert join_negative_numbers(words) == [
         "fit", "--model.lr_max=-1e-3", "--x=-2", "--y=-3", "-5E+2", "--z=-inf", "--w", "-x"
     ]  # fmt: skip
 

@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 from test_cli import TINY_ARCH, fails, write_config, write_tokens
 
 from lmproject.lit.checkpoints import check_checkpoint
-from lmproject.lit.cli import main
+from lmproject.lit.commands import main
 from lmproject.lit.module import LanguageModel
 from lmproject.lit.sharding import (
     METADATA_FILE,
@@ -24,7 +24,7 @@ from lmproject.lit.sharding import (
     wrap_policy,
 )
 from lmproject.nn import ModelConfig, TransformerBlock, cross_entropy
-from lmproject.optim import AdamW, clip_gradients
+from lmproject.training.optim import AdamW, clip_gradients
 
 CONFIG = ModelConfig(**TINY_ARCH)
 

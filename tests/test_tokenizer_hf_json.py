@@ -30,7 +30,9 @@ SPECIALS = f"{EOT}Once{EOT}{EOT} upon a time<|endoftext|\n{EOT} 🙂{EOT}"
 def auto_tokenizer(tokenizer: Tokenizer, folder):
     """transformers' AutoTokenizer on a folder with our tokenizer.json (and the config naming the class)."""
     folder.mkdir(exist_ok=True)
-    save_tokenizer_json(tokenizer, folder / "tokenizer.json")
+    save_tokenizer_json(
+        folder / "tokenizer.json", tokenizer.vocab, tokenizer.merges, tokenizer.special_tokens
+    )
     (folder / "tokenizer_config.json").write_text(
         json.dumps({"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False})
     )
@@ -91,7 +93,12 @@ def test_gpt2_ids_are_gpt2s(gpt2, tmp_path):
 
 
 def test_reading_our_file_gives_back_the_same_tokenizer(stories_tokenizer, tmp_path):
-    save_tokenizer_json(stories_tokenizer, tmp_path / "tokenizer.json")
+    save_tokenizer_json(
+        tmp_path / "tokenizer.json",
+        stories_tokenizer.vocab,
+        stories_tokenizer.merges,
+        stories_tokenizer.special_tokens,
+    )
     vocab, merges, specials = load_tokenizer_json(tmp_path / "tokenizer.json")
     assert (vocab, merges, specials) == (stories_tokenizer.vocab, stories_tokenizer.merges, [EOT])
     reloaded = Tokenizer.from_dir(tmp_path)  # a folder with only tokenizer.json
@@ -100,7 +107,9 @@ def test_reading_our_file_gives_back_the_same_tokenizer(stories_tokenizer, tmp_p
 
 def test_gpt2s_own_spelling_is_read(stories_tokenizer, tmp_path):
     """GPT-2's tokenizer.json: a ByteLevel pre-tokenizer with its built-in regex, merges as pairs."""
-    document = tokenizer_json(stories_tokenizer)
+    document = tokenizer_json(
+        stories_tokenizer.vocab, stories_tokenizer.merges, stories_tokenizer.special_tokens
+    )
     document["pre_tokenizer"] = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}
     document["model"]["merges"] = [merge.split(" ") for merge in document["model"]["merges"]]
     (tmp_path / "tokenizer.json").write_text(json.dumps(document))
@@ -120,7 +129,9 @@ def test_gpt2s_own_spelling_is_read(stories_tokenizer, tmp_path):
     ],
 )
 def test_files_that_would_give_other_ids_are_refused(stories_tokenizer, tmp_path, change, message):
-    document = tokenizer_json(stories_tokenizer)
+    document = tokenizer_json(
+        stories_tokenizer.vocab, stories_tokenizer.merges, stories_tokenizer.special_tokens
+    )
     change(document)
     path = tmp_path / "tokenizer.json"
     path.write_text(json.dumps(document))
@@ -132,7 +143,9 @@ def test_files_that_would_give_other_ids_are_refused(stories_tokenizer, tmp_path
 def test_lmproject_bpe_export_writes_tokenizer_json(stories_tokenizer, tmp_path, capsys):
     stories_tokenizer.save(tmp_path / "tok")
     assert bpe_main(["export", "--tokenizer", str(tmp_path / "tok"), "--out", str(tmp_path / "t.json")]) == 0
-    assert json.loads((tmp_path / "t.json").read_text()) == tokenizer_json(stories_tokenizer)
+    assert json.loads((tmp_path / "t.json").read_text()) == tokenizer_json(
+        stories_tokenizer.vocab, stories_tokenizer.merges, stories_tokenizer.special_tokens
+    )
     assert "wrote" in capsys.readouterr().out
 
 
@@ -155,10 +168,12 @@ def test_lmproject_bpe_export_writes_tokenizer_json(stories_tokenizer, tmp_path,
 def test_malformed_files_are_a_one_line_error(stories_tokenizer, tmp_path, change, message):
     """Fields of the wrong JSON type were tracebacks (AttributeError, TypeError), and two tokens with one id
     silently lost one of them."""
-    document = tokenizer_json(stories_tokenizer)
+    document = tokenizer_json(
+        stories_tokenizer.vocab, stories_tokenizer.merges, stories_tokenizer.special_tokens
+    )
     change(document)
     path = tmp_path / "tokenizer.json"
     path.write_text(json.dumps(document))
     with pytest.raises(UserError, match=message) as error:
-        load_tokenizer_json(path)
+        load_tokenizer_json(path.vocab, path.merges, path.special_tokens)
     assert str(path) in str(error.value) and "\n" not in str(error.value)

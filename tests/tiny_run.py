@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import yaml
 
-from lmproject.lit.cli import main
+from lmproject.lit.commands import main
 from lmproject.nn import ModelConfig, TransformerLM
 from lmproject.tokenizer import Tokenizer, train_bpe
 from lmproject.tools.stories import generate_stories

@@ -17,7 +17,7 @@ from lmproject.errors import UserError, run_cli
 from lmproject.lit.module import default_settings
 from lmproject.memory import memory_report
 from lmproject.nn.config import ModelConfig
-from lmproject.settings_check import check_settings
+from lmproject.settings import check_settings, did_you_mean
 
 
 def _check_model(config: ModelConfig, settings: dict) -> None:
@@ -26,8 +26,10 @@ def _check_model(config: ModelConfig, settings: dict) -> None:
     defaults = default_settings()
     unknown = [name for name in settings if name not in defaults]
     if unknown:
+        valid = [f"model.{name}" for name in defaults] + [f"model.arch.{name}" for name in asdict(config)]
         raise UserError(
             f"model.{unknown[0]} is not a setting of the model (lmproject.lit.module.LanguageModel)"
+            + did_you_mean(f"model.{unknown[0]}", valid)
         )
     check_settings("model", {**defaults, **settings, "arch": asdict(config)})
 

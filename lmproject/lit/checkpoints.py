@@ -3,20 +3,19 @@ checkpoints early (naming the newest intact one to resume from instead)."""
 
 from __future__ import annotations
 
-import os
 import zipfile
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from lmproject.checkpoint import write_checkpoint
-from lmproject.checkpoint_digest import digest_status
 from lmproject.errors import UserError
-from lmproject.nn.config import ModelConfig, saved_fields
+from lmproject.nn.config import ModelConfig
+from lmproject.training.checkpoint import write_checkpoint
+from lmproject.training.digest import digest_status
 
 LAST = "last.ckpt"  # what `--ckpt_path last` means
 
@@ -24,7 +23,7 @@ LAST = "last.ckpt"  # what `--ckpt_path last` means
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint to a temporary file in the same directory, then renames it into place, so a
     crash or Ctrl-C during a save never leaves a truncated checkpoint under the final name; the file carries
-    a digest of its bytes (lmproject.checkpoint_digest) so later damage is caught on load. Every Lightning
+    a digest of its bytes (lmproject.training.digest) so later damage is caught on load. Every Lightning
     checkpoint of the project is written here."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
@@ -38,26 +37,6 @@ def checkpoint_step(path: Path) -> int:
         return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
     except Exception:  # unreadable, damaged or foreign: never the newest
         return -1
-
-
-def saved_hyperparameters(
-    source: str | os.PathLike | IO[bytes], weights_only: bool | None = None
-) -> dict[str, Any]:
-    """The hyperparameters saved in a Lightning checkpoint: a local file (its tensors stay on disk, mmap) or
-    an open binary file (read whole, then rewound for the next reader); {} for anything else, such as a URL,
-    which only Lightning reads."""
-    if isinstance(source, (str, os.PathLike)):
-        if not Path(source).is_file():
-            return {}
-        try:
-            checkpoint = torch.load(source, map_location="cpu", weights_only=weights_only, mmap=True)
-        except RuntimeError:  # a file in torch's legacy (pre-zip) format, which cannot be mapped
-            checkpoint = torch.load(source, map_location="cpu", weights_only=weights_only)
-    else:
-        start = source.tell()
-        checkpoint = torch.load(source, map_location="cpu", weights_only=weights_only)
-        source.seek(start)
-    return dict(checkpoint.get("hyper_parameters") or {}) if isinstance(checkpoint, dict) else {}
 
 
 def find_last(directory: Path) -> Path | None:
@@ -91,9 +70,9 @@ def _refuse_damaged(path: Path, problem: str) -> None:
 
 def check_checkpoint(path: Path, config: ModelConfig, shapes: Mapping[str, torch.Size]) -> dict[str, Any]:
     """Refuse a checkpoint that cannot be read, or whose architecture differs from the configured model
-    (`config`): first by its saved hyperparameters (nested under `arch`, or flat in checkpoints written before
-    ModelConfig), then by its tensors' names and shapes against `shapes` (the configured model's state_dict),
-    so a checkpoint without hyperparameters is caught too. Returns the checkpoint, memory-mapped."""
+    (`config`): first by its saved hyperparameters (`arch`), then by its tensors' names and shapes against
+    `shapes` (the configured model's state_dict), so a checkpoint without hyperparameters is caught too.
+    Returns the checkpoint, memory-mapped."""
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; mmap errors would say nothing useful
@@ -107,11 +86,11 @@ def check_checkpoint(path: Path, config: ModelConfig, shapes: Mapping[str, torch
         _refuse_damaged(path, f"not a readable checkpoint ({reason})")
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise UserError(f"{path}: not a Lightning checkpoint (no state_dict)")
-    saved, configured = saved_fields(checkpoint.get("hyper_parameters") or {}), asdict(config)
+    saved, configured = (checkpoint.get("hyper_parameters") or {}).get("arch") or {}, asdict(config)
     differences = [
         f"{key}={value!r} in the checkpoint, {configured[key]!r} in the config"
         for key, value in saved.items()
-        if value != configured[key]
+        if key in configured and value != configured[key]
     ]
     differences += _tensor_differences(checkpoint["state_dict"], shapes)
     if differences:

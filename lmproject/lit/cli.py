@@ -1,19 +1,14 @@
-"""`lmproject`: LightningCLI (fit / validate / test / predict) plus the `accounting`, `plot`, `evaluate`,
-`export` and `import` commands.
+"""`lmproject fit|validate|test|predict`: LightningCLI with the project's defaults and up-front checks
+(the other commands: lmproject.lit.commands).
 
 Run layout (trainer.default_root_dir, e.g. runs/tinystories): checkpoints/ holds periodic checkpoints and
 last.ckpt (the same directory on every resume, so `--ckpt_path last` finds it); logs/version_N/ holds each
 invocation's metrics.csv and config.yaml.
-
-Exit status: 0 done; 2 bad input (a one-line error); 3 training diverged (the loss or gradient norm became
-NaN or infinite; the last good checkpoint is kept); 130 interrupted by Ctrl-C.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import re
 import signal
 import sys
 import warnings
@@ -21,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from jsonargparse import ArgumentError, Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
@@ -31,11 +25,10 @@ from torch.utils.data import DataLoader
 from lmproject.accounting import steps_for_tokens
 from lmproject.errors import UserError, run_cli
 from lmproject.lit.callbacks import GracefulInterrupt, RunCheckpoint, ThroughputMonitor
-from lmproject.lit.checkpoints import check_checkpoint, find_last
+from lmproject.lit.checkpoints import find_last
 from lmproject.lit.compat import set_max_steps
 from lmproject.lit.datamodule import TokenDataModule
 from lmproject.lit.module import LanguageModel, NonFiniteLossError
-from lmproject.lit.output import lightning_output
 from lmproject.lit.predict import (
     CompletionWriter,
     PredictOptions,
@@ -43,12 +36,11 @@ from lmproject.lit.predict import (
     add_predict_arguments,
     requests,
 )
-from lmproject.lit.sharding import STATE_DICT_TYPES, consolidate, fsdp_strategy, is_sharded_checkpoint
-from lmproject.nn.config import refuse_flat_fields
+from lmproject.lit.run_config import one_line, prepare_words, resolve_checkpoint, runs_on_cpu
+from lmproject.lit.sharding import STATE_DICT_TYPES, fsdp_strategy, is_sharded_checkpoint
 from lmproject.precision import check_dtype, cpu_supports_bf16
-from lmproject.settings_check import check_settings
+from lmproject.settings import check_settings
 from lmproject.tokenizer import Tokenizer
-from lmproject.tokenizer.files import read_text
 
 DEFAULT_RUN_DIR = "runs/default"
 CSV_LOGGER = "lightning.pytorch.loggers.CSVLogger"
@@ -61,17 +53,10 @@ DESCRIPTION = (
 )
 
 
-def runs_on_cpu(trainer: Namespace) -> bool:
-    """Whether a run with this trainer config runs on the CPU (accelerator cpu, or auto without a GPU)."""
-    accelerator = str(trainer.get("accelerator", "auto"))
-    return accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
-
-
 class LMCLI(LightningCLI):
     """LightningCLI with the project's defaults, links and up-front checks."""
 
     _initial_weights: dict[str, torch.Tensor] | None = None  # fit from a weights-only checkpoint
-    _flat_checkpoint = False  # its hyperparameters predate model.arch: see _parse_ckpt_path
 
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
         kwargs.setdefault("exit_on_error", False)  # errors become one-line messages in main()
@@ -101,9 +86,10 @@ class LMCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         words = sys.argv[1:] if args is None else args
-        _check_config_files(words)
-        _check_model_shape(words)
-        self.config = parser.parse_args(_join_negative_numbers(words))
+        try:
+            self.config = parser.parse_args(prepare_words(words))
+        except ArgumentError as err:
+            raise UserError(one_line(err, valid_keys(parser, words))) from None
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
         check_settings("", {name: config.get(name) for name in ("train_tokens", "seed_everything")})
@@ -198,7 +184,6 @@ class LMCLI(LightningCLI):
                 return  # FSDP reads its shards itself
         path, checkpoint = resolve_checkpoint(config.ckpt_path, config)
         config.ckpt_path = str(path)
-        self._flat_checkpoint = "arch" not in (checkpoint.get("hyper_parameters") or {})
         if subcommand == "fit" and "optimizer_states" not in checkpoint:
             print(
                 f"lmproject: {path} holds weights only: training starts from them at step 0, with a fresh "
@@ -207,14 +192,6 @@ class LMCLI(LightningCLI):
             )
             self._initial_weights = checkpoint["state_dict"]
             config.ckpt_path = None
-
-    def _parse_ckpt_path(self) -> None:
-        """Lightning replaces the config's model section with the hyperparameters saved in the checkpoint.
-        Those of a checkpoint written before model.arch are flat, keys the parser refuses; the config's
-        section stands for them (check_checkpoint has compared their architecture with it). (A private
-        method of LightningCLI: see lmproject.lit.compat.PRIVATE_OVERRIDES.)"""
-        if not self._flat_checkpoint:
-            super()._parse_ckpt_path()
 
     def before_fit(self) -> None:
         if self._initial_weights is not None:
@@ -304,13 +281,6 @@ class _ConfigOnly(LMCLI):
         pass
 
 
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """--config and --ckpt_path, for the commands outside LightningCLI's subcommands (export, evaluate);
-    they pass their other arguments (--model.*, --data.*, --trainer.*) to parse_run_config."""
-    parser.add_argument("--config", action="append", required=True, help="the run's config (repeatable)")
-    parser.add_argument("--ckpt_path", required=True, help="a .ckpt file, or `last` (the run's last.ckpt)")
-
-
 def parse_run_config(config_files: list[str], overrides: list[str]) -> Namespace:
     """The config of `--config FILE ...` plus `--model.* --data.* --trainer.*` overrides, completed as
     `fit` completes it (run directory, checkpoint directory, precision)."""
@@ -318,95 +288,6 @@ def parse_run_config(config_files: list[str], overrides: list[str]) -> Namespace
     with warnings.catch_warnings():  # it warns that argv differs from sys.argv: by design here
         warnings.filterwarnings("ignore", "LightningCLI's args parameter")
         return run_lightning(argv, run=False, cli_class=_ConfigOnly).config
-
-
-def resolve_checkpoint(ckpt_path: str, config: Namespace) -> tuple[Path, dict[str, Any]]:
-    """The checkpoint `--ckpt_path` names (`last`: the newest last*.ckpt of the run), checked against the
-    configured model, and its contents (memory-mapped)."""
-    path = Path(ckpt_path)
-    if ckpt_path == "last":
-        found = find_last(Path(config.checkpoint.dirpath))
-        if found is None:
-            raise UserError(f"--ckpt_path last: no last checkpoint in {config.checkpoint.dirpath}")
-        path = found
-    if is_sharded_checkpoint(path):  # written with --trainer.strategy fsdp_sharded
-        path = consolidate(path)
-    with torch.device("meta"):  # shapes only: no memory, no initialization
-        module = LanguageModel(**config.model.as_dict())
-    shapes = {name: t.shape for name, t in module.state_dict().items()}
-    return path, check_checkpoint(path, module.model.config, shapes)
-
-
-NEGATIVE_NUMBER = re.compile(r"-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|-inf|-nan", re.IGNORECASE)
-
-
-def _join_negative_numbers(words: list[str]) -> list[str]:
-    """`--model.lr_max -1e-3` as `--model.lr_max=-1e-3`: argparse takes a word starting with "-" for an
-    option unless it looks like -1 or -.5, so a negative number in scientific notation lost its option."""
-    joined: list[str] = []
-    for word in words:
-        previous = joined[-1] if joined else ""
-        if NEGATIVE_NUMBER.fullmatch(word) and previous.startswith("--") and "=" not in previous:
-            joined[-1] = f"{previous}={word}"
-        else:
-            joined.append(word)
-    return joined
-
-
-def _values_of(flag: str, words: list[str]) -> list[str]:
-    """The values given to `flag` in words, as `flag VALUE` or `flag=VALUE` (for --config also its short
-    form -c)."""
-    names = (flag, "-c") if flag == "--config" else (flag,)
-    values = [value for word, value in zip(words, words[1:], strict=False) if word in names]
-    return values + [word.split("=", 1)[1] for word in words for n in names if word.startswith(f"{n}=")]
-
-
-def _check_config_files(words: list[str]) -> None:
-    """Refuse a --config file that cannot be read as text (a binary, a directory) with its name, before the
-    parser meets it (jsonargparse would raise a UnicodeDecodeError). A value that is not a path is inline
-    YAML, which the parser reads itself."""
-    for value in _values_of("--config", words):
-        if Path(value).exists():
-            try:
-                read_text(value)
-            except UserError as err:
-                raise UserError(f"--config {err}") from None
-
-
-def _check_model_shape(words: list[str]) -> None:
-    """Refuse an architecture field directly under `model` (`model: d_model: 512` in a config, or
-    `--model.d_model 512`), the shape before the architecture moved to `model.arch`, naming the new key.
-    jsonargparse would only say that model.arch.vocab_size is missing, or that an argument is unrecognized."""
-    for word in words:
-        flag = word.split("=", 1)[0]
-        if flag.startswith("--model."):
-            refuse_flat_fields({flag.removeprefix("--model."): None}, flag)
-    for flag in ("--config", "--model"):
-        for value in _values_of(flag, words):
-            document = _yaml_document(value)
-            section = document.get("model") if flag == "--config" else document
-            if isinstance(section, dict):
-                refuse_flat_fields(section, f"{flag} {value}")
-
-
-def _yaml_document(value: str) -> dict[str, Any]:
-    """The mapping a --config or --model value holds: a YAML file, or inline YAML; {} for anything else,
-    which the parser reports itself."""
-    try:
-        document = yaml.safe_load(read_text(value) if Path(value).is_file() else value)
-    except yaml.YAMLError:
-        return {}
-    return document if isinstance(document, dict) else {}
-
-
-def _one_line(err: Exception) -> str:
-    """jsonargparse's multi-line parse errors as one line (`model.arch.d_model: expected int, got None`)."""
-    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
-    return re.sub(
-        r'Parser key "([^"]+)": Expected a <class \'(\w+)\'>\. Got value: (.*)',
-        r"\1: expected \2, got \3",
-        text,
-    )
 
 
 def run_lightning(argv: list[str] | None, run: bool = True, cli_class: type[LMCLI] = LMCLI) -> LMCLI:
@@ -431,9 +312,9 @@ def run_lightning(argv: list[str] | None, run: bool = True, cli_class: type[LMCL
             },
         )
     except ArgumentError as err:
-        raise UserError(_one_line(err)) from None
+        raise UserError(one_line(err)) from None
     except MisconfigurationException as err:  # Lightning's word for a bad Trainer or callback setting
-        raise UserError(_one_line(err)) from None
+        raise UserError(one_line(err)) from None
     finally:
         # A multi-process run leaves the process group it made here, also when it fails (divergence, bad
         # input), not at interpreter exit, where gloo's threads sometimes aborted a rank with SIGABRT after
@@ -444,45 +325,27 @@ def run_lightning(argv: list[str] | None, run: bool = True, cli_class: type[LMCL
                 torch.distributed.destroy_process_group()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`lmproject COMMAND ...`; `--verbose` anywhere shows Lightning's start-up lines (lightning_output)."""
-    words = sys.argv[1:] if argv is None else argv
-    verbose = "--verbose" in words
-    words = [word for word in words if word != "--verbose"]
-    command = next((word for word in words if not word.startswith("-")), None)
-    with lightning_output(command, verbose):
-        return _run_command(words)
+def valid_keys(parser: LightningArgumentParser, words: list[str]) -> list[str]:
+    """Every key the parser accepts for the subcommand in words (all of them without one)."""
+    subcommands = parser._subcommands_action  # jsonargparse's; None without subcommands
+    if subcommands is not None:
+        chosen = next((word for word in words if word in subcommands.choices), None)
+        parser = subcommands.choices.get(chosen, parser)
+    return sorted(
+        action.dest for action in parser._actions if action.dest and action.dest not in ("help", "config")
+    )
 
 
-def _run_command(words: list[str]) -> int:
-    if words[:1] == ["accounting"]:
-        from lmproject.lit import accounting_cli
+def main(argv: list[str]) -> int:
+    """`lmproject fit|validate|test|predict ...`; divergence exits with status 3 (a result of a run, not
+    bad input)."""
 
-        return accounting_cli.main(words[1:])
-    if words[:1] == ["plot"]:
-        from lmproject.tools import plot
+    def run() -> LMCLI:
+        try:
+            return run_lightning(argv)
+        except NonFiniteLossError as err:
+            print(f"lmproject: error: {err}", file=sys.stderr)
+            raise SystemExit(3) from None
 
-        return plot.main(words[1:])
-    if words[:1] in (["export"], ["import"]):
-        from lmproject.lit import interop_cli
-
-        return interop_cli.main(words)
-    if words[:1] == ["evaluate"]:
-        from lmproject.lit import evaluate_cli
-
-        return evaluate_cli.main(words[1:])
-    run_cli(lambda: _fit_or_diverge(words), "lmproject")
+    run_cli(run, "lmproject")
     return 0
-
-
-def _fit_or_diverge(argv: list[str] | None) -> LMCLI:
-    """run_lightning, with divergence reported as exit status 3: a result of a run, not bad input."""
-    try:
-        return run_lightning(argv)
-    except NonFiniteLossError as err:
-        print(f"lmproject: error: {err}", file=sys.stderr)
-        raise SystemExit(3) from None
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,12 +8,9 @@ called)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.utilities.model_helpers import _restricted_classmethod
 
 
 def logs_written_this_step(trainer: L.Trainer) -> bool:
@@ -57,16 +54,6 @@ def attached_trainer(module: L.LightningModule) -> L.Trainer | None:
 
 # Private methods the project overrides, with why. If Lightning renames one, the override is never called and
 # nothing fails: tests/test_lit_compat.py checks that each still exists with the same parameters.
-def class_only(method: Callable) -> classmethod:
-    """A classmethod that raises TypeError when called on an instance, as Lightning's own
-    load_from_checkpoint does: `model.load_from_checkpoint(path)` would return a new model and leave
-    `model` as it was, which reads as if it loaded the weights into `model`.
-
-    Private: `lightning.pytorch.utilities.model_helpers._restricted_classmethod`. If it goes, importing
-    lmproject.lit fails at once."""
-    return _restricted_classmethod(method)
-
-
 PRIVATE_OVERRIDES = {
     (ModelCheckpoint, "_save_last_checkpoint"): (
         "RunCheckpoint: last.ckpt always holds the newest step in that one file; without the override a "
@@ -74,10 +61,6 @@ PRIVATE_OVERRIDES = {
     ),
     (LightningCLI, "_prepare_subcommand_parser"): (
         "LMCLI: predict's sampling options (--prompt, --top_p, ...); without it predict refuses them"
-    ),
-    (LightningCLI, "_parse_ckpt_path"): (
-        "LMCLI: a checkpoint written before model.arch (flat hyperparameters) still validates, predicts and "
-        "resumes; without it the parser refuses its saved hyperparameters"
     ),
     (LightningCLI, "_run_subcommand"): (
         "LMCLI: Ctrl-C outside the training loop exits with status 130; without it, with Lightning's 1"

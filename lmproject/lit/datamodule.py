@@ -1,5 +1,5 @@
-"""LightningCLI's `data:` section: the token files of lmproject.data as Lightning dataloaders, with the
-training stream's position (seed, batches drawn) saved in checkpoints for an exact resume."""
+"""LightningCLI's `data:` section: the token files of lmproject.training.data as Lightning dataloaders, with
+the training stream's position (seed, batches drawn) saved in checkpoints for an exact resume."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import lightning as L
 from lightning.pytorch.accelerators import CUDAAccelerator
 from torch.utils.data import DataLoader
 
-from lmproject.data import FixedWindows, RandomWindows, check_tokens, open_tokens
 from lmproject.errors import UserError
-from lmproject.settings_check import check_settings
+from lmproject.settings import check_settings
+from lmproject.training.data import FixedWindows, RandomWindows, check_tokens, open_tokens
 
 
 class TokenDataModule(L.LightningDataModule):

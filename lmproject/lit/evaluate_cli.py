@@ -1,6 +1,6 @@
 """`lmproject evaluate`: the command line over lmproject.evaluate's scoring. It reads the run's config and
-checkpoint as `fit` does (lmproject.lit.cli), encodes the file with the run's tokenizer and scores it on
-the run's device, under bf16 autocast when the run trains in bf16."""
+checkpoint as `fit` does (lmproject.lit.run_config), encodes the file with the run's tokenizer and scores it
+on the run's device, under bf16 autocast when the run trains in bf16."""
 
 from __future__ import annotations
 
@@ -12,13 +12,14 @@ from pathlib import Path
 import torch
 
 from lmproject.atomic import atomic_write, check_writable
-from lmproject.data import open_tokens
 from lmproject.errors import UserError, run_cli
 from lmproject.evaluate import encode_text_file, results, score, token_bytes
-from lmproject.lit.cli import add_run_arguments, parse_run_config, resolve_checkpoint, runs_on_cpu
+from lmproject.lit.cli import parse_run_config
 from lmproject.lit.datamodule import TokenDataModule
 from lmproject.lit.module import LanguageModel
+from lmproject.lit.run_config import add_run_arguments, resolve_checkpoint, runs_on_cpu
 from lmproject.tokenizer import Tokenizer
+from lmproject.training.data import open_tokens
 
 AUTOCAST = {"bf16": torch.bfloat16, "16": torch.float16}  # Lightning precision's prefix -> autocast dtype
 

@@ -1,6 +1,7 @@
-"""`lmproject export` and `lmproject import`: the command lines over lmproject.interop. Export reads the run's
-config and checkpoint as `fit` does (lmproject.lit.cli); import saves LanguageModel's default training
-settings beside the imported architecture, so the run directory it writes loads like any other."""
+"""`lmproject export` and `lmproject import`: the command lines over lmproject.interop.hf_llama. Export reads
+the run's config and checkpoint as `fit` does (lmproject.lit.run_config); import saves LanguageModel's
+default training settings beside the imported architecture, so the run directory it writes loads like any
+other."""
 
 from __future__ import annotations
 
@@ -10,20 +11,25 @@ from pathlib import Path
 
 from lmproject.atomic import check_new_folder
 from lmproject.errors import UserError, run_cli
-from lmproject.interop import check_llama_expressible, export_folder, import_folder
-from lmproject.lit.cli import add_run_arguments, parse_run_config, resolve_checkpoint
+from lmproject.interop.hf_llama import check_llama_expressible, export_folder, import_folder
+from lmproject.lit.cli import parse_run_config
 from lmproject.lit.datamodule import TokenDataModule
 from lmproject.lit.module import default_settings
+from lmproject.lit.run_config import add_run_arguments, resolve_checkpoint
 from lmproject.nn import ModelConfig
 from lmproject.precision import DTYPES
 from lmproject.tokenizer import Tokenizer
 from lmproject.tokenizer.hf_json import TOKENIZER_JSON
 
 
-def main(argv: list[str]) -> int:
-    """`lmproject export ...` or `lmproject import ...` (argv starts with the command's name)."""
-    command = {"export": _export, "import": _import}[argv[0]]
-    return run_cli(lambda: command(argv[1:]), "lmproject")
+def export_main(argv: list[str]) -> int:
+    """`lmproject export ...` (argv without the command's name)."""
+    return run_cli(lambda: _export(argv), "lmproject")
+
+
+def import_main(argv: list[str]) -> int:
+    """`lmproject import ...` (argv without the command's name)."""
+    return run_cli(lambda: _import(argv), "lmproject")
 
 
 def _export(argv: list[str]) -> int:

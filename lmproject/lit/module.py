@@ -14,29 +14,25 @@ from __future__ import annotations
 
 import inspect
 import math
-import os
 from collections.abc import Callable
 from dataclasses import asdict
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.core.saving import load_hparams_from_yaml
 from lightning.pytorch.utilities import rank_zero_info
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric
 
 from lmproject.errors import UserError
-from lmproject.generate import SamplingConfig, for_decoding, generate, generate_steps
-from lmproject.lit.checkpoints import saved_hyperparameters
-from lmproject.lit.compat import attached_trainer, class_only, logs_written_this_step
+from lmproject.lit.compat import attached_trainer, logs_written_this_step
 from lmproject.lit.sharding import clip_gradients_of
-from lmproject.muon import Muon, describe_groups, muon_param_groups
 from lmproject.nn import ModelConfig, TransformerLM, token_losses
-from lmproject.nn.config import saved_fields
-from lmproject.optim import AdamW, cosine_lr, wsd_lr
-from lmproject.settings_check import check_settings
+from lmproject.sampling.config import SamplingConfig
+from lmproject.sampling.generate import for_decoding, generate, generate_steps
+from lmproject.settings import check_settings
+from lmproject.training.muon import Muon, describe_groups, muon_param_groups
+from lmproject.training.optim import AdamW, cosine_lr, wsd_lr
 
 
 class NonFiniteLossError(UserError):
@@ -77,7 +73,7 @@ class LanguageModel(L.LightningModule):
             activation_checkpointing: recompute each TransformerBlock in backward instead of keeping its
                 activations (less memory, about a third more compute).
             optimizer: "adamw" for every parameter, or "muon": Muon for the 2-D matrices inside the blocks and
-                AdamW for embeddings, head and norms, at the same learning rate (lmproject.muon).
+                AdamW for embeddings, head and norms, at the same learning rate (lmproject.training.muon).
             muon_momentum: Muon's (Nesterov) momentum.
             schedule: "cosine" (warmup, cosine decay) or "wsd" (warmup, constant, linear decay over the last
                 wsd_decay_fraction of the run).
@@ -116,38 +112,6 @@ class LanguageModel(L.LightningModule):
         self._micro_batches = 0
         self.token_callback: Callable[[int], None] | None = None  # `lmproject predict --stream` sets it
         self._decoding: tuple[torch.dtype | None, TransformerLM] | None = None  # see _decoding_model
-
-    @class_only
-    def load_from_checkpoint(
-        cls,
-        checkpoint_path: str | os.PathLike | IO[bytes],
-        map_location: Any = None,
-        hparams_file: str | os.PathLike | None = None,
-        strict: bool | None = None,
-        weights_only: bool | None = None,
-        **kwargs: Any,
-    ) -> LanguageModel:
-        """Lightning's load_from_checkpoint, also for checkpoints (and hparams.yaml files) written before
-        ModelConfig: their architecture sits flat among the hyperparameters (d_model beside lr_max), where
-        Lightning would drop it as unknown arguments; it is passed on as `arch`. (The commands read such
-        checkpoints through the run's config: see LMCLI._parse_ckpt_path.)"""
-        if "arch" not in kwargs:
-            if hparams_file is None:
-                saved = saved_hyperparameters(checkpoint_path, weights_only)
-            elif Path(hparams_file).suffix in (".yaml", ".yml"):  # Lightning reads them from it instead
-                saved = load_hparams_from_yaml(hparams_file)
-            else:  # a .csv: Lightning's own reading, and its error for an old flat one
-                saved = {}
-            if isinstance(saved, dict) and "arch" not in saved and saved_fields(saved):
-                kwargs["arch"] = asdict(ModelConfig.from_hparams(saved))
-        return super().load_from_checkpoint(
-            checkpoint_path,
-            map_location=map_location,
-            hparams_file=hparams_file,
-            strict=strict,
-            weights_only=weights_only,
-            **kwargs,
-        )
 
     def on_fit_start(self) -> None:
         if self.hparams.compile:  # training only: sampling's growing KV cache would recompile at every length
@@ -217,8 +181,8 @@ class LanguageModel(L.LightningModule):
 
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
         """Add a batch of validation windows to the loss: weight 1 per window, 0 for the copies that only
-        even out the DDP ranks (lmproject.data.FixedWindows). Windows are equally long, so this is the mean
-        over tokens."""
+        even out the DDP ranks (lmproject.training.data.FixedWindows). Windows are equally long, so this is
+        the mean over tokens."""
         x, y, weight = batch
         self.eval_loss.update(token_losses(self.model(x), y).mean(dim=-1), weight=weight)
 

@@ -1,11 +1,11 @@
 """`lmproject predict`: the sampling options, the prompt requests, and printing/JSONL-writing the completions.
 
 Each prompt becomes one request: `num_samples` copies of the prompt sampled together by the model's
-`predict_step` (lmproject.generate), seeded with `seed + prompt index`, so a rerun of the same command gives
-the same text. Completions print to stdout as each request finishes; with one prompt and one sample on a
-terminal they stream token by token instead. `--output` gets one JSON line per completion as soon as its
-request finishes (under DDP: at the end, gathered from every rank), each line one write, so Ctrl-C (or a
-kill) keeps every finished completion and never half a line; the file is checked for writing before any
+`predict_step` (lmproject.sampling.generate), seeded with `seed + prompt index`, so a rerun of the same
+command gives the same text. Completions print to stdout as each request finishes; with one prompt and one
+sample on a terminal they stream token by token instead. `--output` gets one JSON line per completion as soon
+as its request finishes (under DDP: at the end, gathered from every rank), each line one write, so Ctrl-C (or
+a kill) keeps every finished completion and never half a line; the file is checked for writing before any
 sampling.
 """
 
@@ -28,8 +28,8 @@ from lightning.pytorch.cli import LightningArgumentParser
 
 from lmproject.atomic import check_writable
 from lmproject.errors import UserError
-from lmproject.generate import SamplingConfig, SamplingError
 from lmproject.nn import TransformerLM
+from lmproject.sampling.config import SamplingConfig, SamplingError
 from lmproject.tokenizer import EOS_TOKEN, Tokenizer
 
 PER_REQUEST = ("seed", "eos_id")  # the SamplingConfig settings predict sets itself: no flags of their own
@@ -60,9 +60,9 @@ class PredictOptions:
         seed: sampling seed; prompt i is sampled with seed + i.
         output: JSONL file for the completions (prompt, completion, token counts, settings, seed).
         stream: print tokens as they are sampled (default: when one completion goes to a terminal).
-        compiled_step: on the CPU, compile the decode step once (torch.compile, lmproject/compiled_step.py):
-            faster per token after about 30 s of compiling, worth it for long or many completions; needs a
-            C++ compiler. On a GPU each step replays a CUDA graph instead.
+        compiled_step: on the CPU, compile the decode step once (torch.compile,
+            lmproject/sampling/compiled_step.py): faster per token after about 30 s of compiling, worth it
+            for long or many completions; needs a C++ compiler. On a GPU each step replays a CUDA graph.
         sampling: the sampling settings every prompt shares (seed and eos_id are set per request).
     """
 

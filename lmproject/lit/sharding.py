@@ -24,7 +24,7 @@ import torch
 
 from lmproject.atomic import atomic_write
 from lmproject.nn import TransformerBlock
-from lmproject.optim import clip_gradients
+from lmproject.training.optim import clip_gradients
 
 if TYPE_CHECKING:  # imported where used: FSDP's modules are slow to import and most runs do not shard
     from lightning.pytorch.strategies import FSDPStrategy
@@ -53,9 +53,9 @@ def fsdp_strategy(name: str) -> FSDPStrategy:
 
 
 def clip_gradients_of(model: torch.nn.Module, limit: float) -> torch.Tensor:
-    """lmproject.optim.clip_gradients for `model` as the strategy runs it. Under FSDP each rank holds a shard
-    of every gradient, so the global norm needs all of them: FSDP's clip_grad_norm_ sums the ranks' squared
-    norms first (the same scale min(1, limit / (norm + 1e-6)) as clip_gradients)."""
+    """lmproject.training.optim.clip_gradients for `model` as the strategy runs it. Under FSDP each rank
+    holds a shard of every gradient, so the global norm needs all of them: FSDP's clip_grad_norm_ sums the
+    ranks' squared norms first (the same scale min(1, limit / (norm + 1e-6)) as clip_gradients)."""
     if torch.distributed.is_available():
         from torch.distributed.fsdp import FullyShardedDataParallel
 

@@ -1,4 +1,4 @@
-"""The Transformer LM written from first principles: functions, layers, and the model with its KV cache."""
+"""The Transformer LM written from first principles: functions, layers, and the model."""
 
 from lmproject.nn.config import ModelConfig
 from lmproject.nn.functional import (
@@ -11,7 +11,6 @@ from lmproject.nn.functional import (
     softmax,
     token_losses,
 )
-from lmproject.nn.kv_cache import KVCache
 from lmproject.nn.layers import (
     Embedding,
     Linear,
@@ -25,7 +24,6 @@ from lmproject.nn.transformer import MultiHeadSelfAttention, TransformerBlock, T
 
 __all__ = [
     "Embedding",
-    "KVCache",
     "Linear",
     "ModelConfig",
     "MultiHeadSelfAttention",

@@ -5,12 +5,9 @@ checkpointing, initialization are TransformerLM's keyword arguments)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import asdict, dataclass
 
-from lmproject.errors import UserError
-from lmproject.settings_check import check_settings
+from lmproject.settings import check_settings
 
 
 @dataclass(frozen=True, kw_only=True)  # by name only: num_layers and num_heads are both small ints
@@ -55,30 +52,3 @@ class ModelConfig:
     def d_head(self) -> int:
         """Width of one attention head."""
         return self.d_model // self.num_heads
-
-    @classmethod
-    def from_hparams(cls, hparams: Mapping[str, Any]) -> ModelConfig:
-        """The architecture of a LanguageModel's saved hyperparameters (see saved_fields)."""
-        return cls(**saved_fields(hparams))
-
-
-FIELDS = tuple(field.name for field in fields(ModelConfig))
-
-
-def saved_fields(hparams: Mapping[str, Any]) -> dict[str, Any]:
-    """The architecture fields present in a LanguageModel's saved hyperparameters: its `arch` section, or,
-    in a checkpoint written before ModelConfig existed, the fields that sat among the training settings."""
-    arch = hparams.get("arch")
-    section = arch if isinstance(arch, Mapping) else hparams
-    return {name: section[name] for name in FIELDS if name in section}
-
-
-def refuse_flat_fields(model_section: Mapping[str, Any], where: str) -> None:
-    """A UserError naming the new key when a run config's `model:` section holds an architecture field
-    directly, the shape configs had before the architecture moved to `model.arch`."""
-    for name in model_section:
-        if name in FIELDS:
-            raise UserError(
-                f"{where}: model.{name} is now model.arch.{name}: the architecture has its own section "
-                f"(--model.arch.{name} on the command line)"
-            )

@@ -1,8 +1,13 @@
-"""Causal multi-head self-attention, the Transformer block and the full LM (its KV cache: kv_cache.py)."""
+"""Causal multi-head self-attention, the Transformer block and the full LM.
+
+Generation passes a KV cache (lmproject/sampling/kv_cache.py) through `forward`; the model only calls the
+methods named by DecodingCache, so it does not depend on the sampling package.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -16,11 +21,31 @@ from lmproject.nn.functional import (
     scaled_dot_product_attention,
     soft_cap,
 )
-from lmproject.nn.kv_cache import KVCache, LayerKVCache
 from lmproject.nn.layers import Embedding, Linear, ReLUSquaredFFN, RMSNorm, RotaryEmbedding, SiLUFFN, SwiGLU
-from lmproject.settings_check import ATTENTIONS, FFNS, NORMS, check_settings
+from lmproject.settings import check_settings
 
-FFN_CLASSES = {"swiglu": SwiGLU, "silu": SiLUFFN, "relu2": ReLUSquaredFFN}  # the keys are settings_check.FFNS
+FFN_CLASSES = {"swiglu": SwiGLU, "silu": SiLUFFN, "relu2": ReLUSquaredFFN}  # the keys are settings.FFNS
+
+
+class LayerCache(Protocol):
+    """One layer's share of a decoding cache: it rotates and stores this step's keys and values."""
+
+    cache: DecodingCache
+
+    def update(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+
+
+class DecodingCache(Protocol):
+    """What the model needs of a KV cache: a step's start and end, its mask, and one cache per layer."""
+
+    mask: torch.Tensor | None
+    layers: Sequence[LayerCache]
+
+    def begin(self, seq: int) -> None: ...
+
+    def end(self, seq: int) -> None: ...
 
 
 class MultiHeadSelfAttention(nn.Module):
@@ -32,27 +57,17 @@ class MultiHeadSelfAttention(nn.Module):
     before RoPE, which bounds the attention logits.
     """
 
-    def __init__(
-        self,
-        d_model: int,
-        num_heads: int,
-        rope: RotaryEmbedding | None = None,
-        attention: str = "fused",
-        qk_norm: bool = False,
-    ):
+    def __init__(self, config: ModelConfig, rope: RotaryEmbedding | None = None, attention: str = "fused"):
         super().__init__()
-        if d_model % num_heads:
-            raise ValueError(f"d_model={d_model} is not divisible by num_heads={num_heads}")
-        if attention not in ATTENTIONS:
-            raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
-        self.num_heads, self.attention = num_heads, attention
+        d_model = config.d_model
+        self.num_heads, self.attention = config.num_heads, attention
         self.q_proj = Linear(d_model, d_model)
         self.k_proj = Linear(d_model, d_model)
         self.v_proj = Linear(d_model, d_model)
         self.output_proj = Linear(d_model, d_model)
-        if qk_norm:
-            self.q_norm, self.k_norm = RMSNorm(d_model // num_heads), RMSNorm(d_model // num_heads)
-        self.qk_norm = qk_norm
+        if config.qk_norm:
+            self.q_norm, self.k_norm = RMSNorm(config.d_head), RMSNorm(config.d_head)
+        self.qk_norm = config.qk_norm
         self.rope = rope
 
     def forward(
@@ -60,7 +75,7 @@ class MultiHeadSelfAttention(nn.Module):
         x: torch.Tensor,
         token_positions: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
-        kv_cache: LayerKVCache | None = None,
+        kv_cache: LayerCache | None = None,
     ) -> torch.Tensor:
         """x: (batch, seq, d_model) -> (batch, seq, d_model).
 
@@ -103,34 +118,20 @@ class TransformerBlock(nn.Module):
     """One layer. norm="pre": x + attn(ln1(x)), then + ffn(ln2(x)); "post": ln1(x + attn(x)), then
     ln2(x + ffn(x)); "none": no ln1/ln2 at all (they are absent from the state dict)."""
 
-    def __init__(
-        self,
-        d_model: int,
-        num_heads: int,
-        d_ff: int,
-        rope: RotaryEmbedding | None = None,
-        norm: str = "pre",
-        ffn: str = "swiglu",
-        attention: str = "fused",
-        qk_norm: bool = False,
-    ):
+    def __init__(self, config: ModelConfig, rope: RotaryEmbedding | None = None, attention: str = "fused"):
         super().__init__()
-        if norm not in NORMS:
-            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-        if ffn not in FFNS:
-            raise ValueError(f"ffn must be one of {FFNS}, got {ffn!r}")
-        self.norm = norm
-        self.ln1 = nn.Identity() if norm == "none" else RMSNorm(d_model)
-        self.attn = MultiHeadSelfAttention(d_model, num_heads, rope, attention, qk_norm)
-        self.ln2 = nn.Identity() if norm == "none" else RMSNorm(d_model)
-        self.ffn = FFN_CLASSES[ffn](d_model, d_ff)
+        self.norm = config.norm
+        self.ln1 = nn.Identity() if config.norm == "none" else RMSNorm(config.d_model)
+        self.attn = MultiHeadSelfAttention(config, rope, attention)
+        self.ln2 = nn.Identity() if config.norm == "none" else RMSNorm(config.d_model)
+        self.ffn = FFN_CLASSES[config.ffn](config.d_model, config.d_ff)
 
     def forward(
         self,
         x: torch.Tensor,
         token_positions: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
-        kv_cache: LayerKVCache | None = None,
+        kv_cache: LayerCache | None = None,
     ) -> torch.Tensor:
         if self.norm == "post":
             x = self.ln1(x + self.attn(x, token_positions, mask, kv_cache))
@@ -191,18 +192,9 @@ class TransformerLM(nn.Module):
         rope = None
         if config.position == "rope":
             rope = RotaryEmbedding(config.rope_theta, config.d_head, config.context_length)
+        self.attention = attention
         self.layers = nn.ModuleList(
-            TransformerBlock(
-                config.d_model,
-                config.num_heads,
-                config.d_ff,
-                rope,
-                config.norm,
-                config.ffn,
-                attention,
-                config.qk_norm,
-            )
-            for _ in range(config.num_layers)
+            TransformerBlock(config, rope, attention) for _ in range(config.num_layers)
         )
         self.ln_final = RMSNorm(config.d_model) if config.norm == "pre" else nn.Identity()
         self.lm_head = Linear(config.d_model, config.vocab_size)
@@ -213,11 +205,38 @@ class TransformerLM(nn.Module):
                 nn.init.zeros_(layer.attn.output_proj.weight)
                 nn.init.zeros_(layer.ffn.w2.weight)
 
+    def converted(self, *, dtype: torch.dtype | None = None, attention: str | None = None) -> TransformerLM:
+        """This model with its weights in `dtype` and run with the `attention` kernel (None: as now): itself
+        when nothing changes, else a new model of the same architecture holding converted copies of the
+        weights (a tied matrix stays tied); this one stays as it is."""
+        dtype = self.lm_head.weight.dtype if dtype is None else dtype
+        attention = self.attention if attention is None else attention
+        if attention == self.attention and dtype == self.lm_head.weight.dtype:
+            return self
+        with torch.device("meta"):  # no memory and no initialization for weights about to be replaced
+            copy = TransformerLM(
+                self.config, attention=attention, activation_checkpointing=self.activation_checkpointing
+            )
+        copy.load_state_dict(
+            {name: w.detach().to(dtype) for name, w in self.state_dict().items()}, assign=True
+        )
+        if self.config.tie_embeddings:
+            copy.token_embeddings.weight = copy.lm_head.weight
+        for mine, theirs in zip(self.layers, copy.layers, strict=True):
+            theirs.attn.rope = mine.attn.rope  # the RoPE tables (buffers, not weights): shared
+        return copy.train(self.training)
+
+    @property
+    def rope_tables(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """RoPE's (cos, sin) tables, (context_length, d_head), shared by every layer; None without RoPE."""
+        rope = self.layers[0].attn.rope
+        return None if rope is None else (rope.cos, rope.sin)
+
     def forward(
         self,
         token_ids: torch.Tensor,
         token_positions: torch.Tensor | None = None,
-        kv_cache: KVCache | None = None,
+        kv_cache: DecodingCache | None = None,
     ) -> torch.Tensor:
         """token_ids (batch, seq) -> logits (batch, seq, vocab_size); arguments as in `hidden_states`."""
         return self._logits(self.hidden_states(token_ids, token_positions, kv_cache))
@@ -235,7 +254,9 @@ class TransformerLM(nn.Module):
             raise ValueError("the chunked loss (chunk_tokens) has no logit soft-cap: use chunk_tokens=None")
         return linear_cross_entropy(self.ln_final(hidden), self.lm_head.weight, targets, chunk_tokens)
 
-    def next_token_logits(self, token_ids: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+    def next_token_logits(
+        self, token_ids: torch.Tensor, kv_cache: DecodingCache | None = None
+    ) -> torch.Tensor:
         """token_ids (batch, seq) -> logits of the last position only (batch, vocab_size), what a
         generation step samples from: ln_final and lm_head skip the other positions (for a 256-token
         window the vocabulary projection alone is about a quarter of the forward's work)."""
@@ -251,7 +272,7 @@ class TransformerLM(nn.Module):
         self,
         token_ids: torch.Tensor,
         token_positions: torch.Tensor | None = None,
-        kv_cache: KVCache | None = None,
+        kv_cache: DecodingCache | None = None,
     ) -> torch.Tensor:
         """token_ids (batch, seq) -> output of the last layer (batch, seq, d_model), before ln_final.
 
@@ -288,8 +309,8 @@ class TransformerLM(nn.Module):
         Checked on CPU, where two reductions cost little next to the forward (bench/RESULTS.md, issue 11);
         on an accelerator the check would make every step wait for the device, so there the data module
         checks the token files and `generate` the prompts instead. A compiled decoding step
-        (lmproject/compiled_step.py) skips it: its ids are the sampler's, always in the vocabulary, and the
-        data-dependent branch would split its graph."""
+        (lmproject/sampling/compiled_step.py) skips it: its ids are the sampler's, always in the vocabulary,
+        and the data-dependent branch would split its graph."""
         if token_ids.dtype.is_floating_point or token_ids.dtype == torch.bool:
             raise ValueError(f"token_ids must be integers, got {token_ids.dtype}")
         if token_ids.numel() == 0:

@@ -161,7 +161,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     tokenizer = Tokenizer.from_dir(args.tokenizer)
-    save_tokenizer_json(tokenizer, args.out)
+    save_tokenizer_json(args.out, tokenizer.vocab, tokenizer.merges, tokenizer.special_tokens)
     print(f"wrote {args.out}: {len(tokenizer.vocab):,} tokens, {len(tokenizer.merges):,} merges")
     return 0
 

@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from lmproject.atomic import atomic_write
 from lmproject.errors import UserError
 from lmproject.tokenizer.files import CHAR_TO_BYTE, read_text, str_to_token, token_to_str
 from lmproject.tokenizer.pretokenize import GPT2_PATTERN
-
-if TYPE_CHECKING:
-    from lmproject.tokenizer.tokenizer import Tokenizer
 
 TOKENIZER_JSON = "tokenizer.json"
 
@@ -34,13 +32,18 @@ _GPT2_SPELLINGS = (
 )
 
 
-def tokenizer_json(tokenizer: Tokenizer) -> dict[str, Any]:
-    """The tokenizer.json document of `tokenizer` (a JSON-ready dict)."""
-    specials = {token.encode("utf-8"): token for token in tokenizer.special_tokens}
+Vocab = Mapping[int, bytes]
+Merges = Sequence[tuple[bytes, bytes]]
+
+
+def tokenizer_json(vocab: Vocab, merges: Merges, special_tokens: Sequence[str]) -> dict[str, Any]:
+    """The tokenizer.json document of a byte-level BPE (a JSON-ready dict): its vocabulary (id -> bytes),
+    merges in order, and special tokens."""
+    specials = {token.encode("utf-8"): token for token in special_tokens}
     added = [
         {"id": token_id, "content": specials[token], "single_word": False, "lstrip": False,
          "rstrip": False, "normalized": False, "special": True}
-        for token_id, token in sorted(tokenizer.vocab.items())
+        for token_id, token in sorted(vocab.items())
         if token in specials
     ]  # fmt: skip
     return {
@@ -77,16 +80,18 @@ def tokenizer_json(tokenizer: Tokenizer) -> dict[str, Any]:
             "fuse_unk": False,
             "byte_fallback": False,
             "ignore_merges": False,
-            "vocab": {token_to_str(token): token_id for token_id, token in sorted(tokenizer.vocab.items())},
-            "merges": [f"{token_to_str(left)} {token_to_str(right)}" for left, right in tokenizer.merges],
+            "vocab": {token_to_str(token): token_id for token_id, token in sorted(vocab.items())},
+            "merges": [f"{token_to_str(left)} {token_to_str(right)}" for left, right in merges],
         },
     }
 
 
-def save_tokenizer_json(tokenizer: Tokenizer, path: str | os.PathLike[str]) -> None:
-    """Write `tokenizer` as a tokenizer.json file (atomically)."""
+def save_tokenizer_json(
+    path: str | os.PathLike[str], vocab: Vocab, merges: Merges, special_tokens: Sequence[str]
+) -> None:
+    """Write a byte-level BPE as a tokenizer.json file (atomically)."""
     with atomic_write(path) as file:
-        json.dump(tokenizer_json(tokenizer), file, ensure_ascii=False, indent=1)
+        json.dump(tokenizer_json(vocab, merges, special_tokens), file, ensure_ascii=False, indent=1)
         file.write("\n")
 
 

@@ -10,8 +10,8 @@ from typing import IO, BinaryIO
 import torch
 
 from lmproject.atomic import atomic_write, remove_stale_temps
-from lmproject.checkpoint_digest import digest_status, save_with_digest
 from lmproject.errors import UserError
+from lmproject.training.digest import digest_status, save_with_digest
 
 Target = str | os.PathLike | BinaryIO | IO[bytes]
 
@@ -23,7 +23,7 @@ def save_checkpoint(
 
     A path is written atomically: to a temporary file in the same directory, then renamed over `out`, so
     an interrupted save never leaves a truncated checkpoint (and never damages an older one); the file
-    carries a digest of its bytes, checked by load_checkpoint (lmproject.checkpoint_digest).
+    carries a digest of its bytes, checked by load_checkpoint (lmproject.training.digest).
     """
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": int(iteration)}
     if not isinstance(out, (str, os.PathLike)):

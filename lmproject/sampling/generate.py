@@ -19,99 +19,18 @@ are not full keep their cache (their padding shrinks) and only that row is re-en
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 
 import torch
 
-from lmproject.compiled_step import CompiledStep
-from lmproject.cuda_graph import CUDAGraphStep
 from lmproject.errors import UserError
-from lmproject.nn import KVCache, Linear, TransformerLM
+from lmproject.nn import TransformerLM
 from lmproject.nn.functional import softmax
-from lmproject.nn.panel_linear import PanelLinear, panels_pay_off
-from lmproject.precision import DTYPES, check_dtype
-
-
-class SamplingError(UserError, ValueError):
-    """A sampling setting outside its range: a UserError for the CLI, a ValueError for Python callers. The
-    message starts with the setting's name, so `lmproject predict` can name its flag (`--top_p must ...`)."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class SamplingConfig:
-    """The sampling settings of `generate` and `lmproject predict`.
-
-    Given by name, e.g. `SamplingConfig(max_new_tokens=50, temperature=0)`, and checked when made (and
-    against the model by `check`). `lmproject predict` offers each as a flag of the same name
-    (--temperature, --top_p, ...), except seed and eos_id, which it sets per prompt.
-
-    Args:
-        max_new_tokens: the most tokens to sample per completion (fewer when it samples eos_id).
-        temperature: softmax temperature; 0 is greedy decoding.
-        top_p: nucleus sampling: keep the smallest set of tokens whose probability sums to at least top_p.
-        top_k: keep only the k most probable tokens (default: all).
-        eos_id: the token that ends a completion (it is included in it); default: none, every completion
-            has max_new_tokens tokens.
-        seed: the same seed and inputs give the same tokens; default: torch's global generator.
-        window_slide: past the model's context length, the window of tokens the model sees moves this many
-            tokens at a time (1: exactly the last context_length tokens at every step, each step a full
-            re-encode; default: a quarter of the context; lmproject/generate.py's docstring says why).
-        dtype: float32 or bfloat16, the weights' type while sampling (None: the model's). bfloat16 reads
-            half the bytes per token (faster where the hardware has native bf16: GPUs, recent CPUs; refused
-            elsewhere) but rounds the logits: greedy text can part from float32's after a few dozen tokens
-            (README, "Sampling"; `for_decoding`).
-    """
-
-    max_new_tokens: int = 256
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int | None = None
-    eos_id: int | None = None
-    seed: int | None = None
-    window_slide: int | None = None
-    dtype: str | None = None
-
-    def __post_init__(self) -> None:
-        """Refuse a setting outside its range, naming it (the ones that need the model: `check`)."""
-        rules = [
-            (self.max_new_tokens >= 0, f"max_new_tokens must be >= 0, got {self.max_new_tokens}"),
-            (self.temperature >= 0, f"temperature must be >= 0 (0 = greedy), got {self.temperature}"),
-            (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
-            (self.top_k is None or self.top_k >= 1, f"top_k must be >= 1, got {self.top_k}"),
-            (self.eos_id is None or self.eos_id >= 0, f"eos_id must be a token id >= 0, got {self.eos_id}"),
-            (
-                self.window_slide is None or self.window_slide >= 1,
-                f"window_slide must be >= 1, got {self.window_slide}",
-            ),
-            (
-                self.dtype is None or self.dtype in DTYPES,
-                f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}",
-            ),
-        ]
-        for ok, message in rules:
-            if not ok:
-                raise SamplingError(message)
-
-    def check(self, model: TransformerLM) -> None:
-        """Refuse the settings this model cannot sample with: a window_slide beyond its context, an eos_id
-        beyond its vocabulary."""
-        if self.window_slide is not None and self.window_slide > model.config.context_length:
-            raise SamplingError(
-                f"window_slide must be in 1..{model.config.context_length} (the context length), "
-                f"got {self.window_slide}"
-            )
-        if self.eos_id is not None and self.eos_id >= model.config.vocab_size:
-            raise SamplingError(
-                f"eos_id must be a token id in 0..{model.config.vocab_size - 1} (the vocabulary), "
-                f"got {self.eos_id}"
-            )
-
-    @property
-    def torch_dtype(self) -> torch.dtype | None:
-        """dtype as a torch.dtype (None: the model's own)."""
-        return None if self.dtype is None else DTYPES[self.dtype]
+from lmproject.precision import check_dtype
+from lmproject.sampling.compiled_step import CompiledStep
+from lmproject.sampling.config import SamplingConfig
+from lmproject.sampling.cuda_graph import CUDAGraphStep
+from lmproject.sampling.kv_cache import KVCache
 
 
 def filter_top_k(probs: torch.Tensor, k: int) -> torch.Tensor:
@@ -153,54 +72,17 @@ def window_slide_for(context_length: int, window_slide: int | None) -> int:
     return max(1, context_length // 4) if window_slide is None else window_slide
 
 
-def for_decoding(
-    model: TransformerLM, dtype: torch.dtype | None = None, panels: bool = True
-) -> TransformerLM:
-    """The model as generation runs it: in `dtype` (default: as it is), and on the CPU
-    - in float32, with every Linear a PanelLinear (lmproject/nn/panel_linear.py: its weight also stored in
-      panels, which a step's few rows multiply at the memory's bandwidth, 2-3x torch's kernels here) where
-      the panel kernels pay off (built at install, AVX-512F, torch on at most two threads) and `panels` is
-      left on (the compiled step turns it off: inductor makes its own kernels). Elsewhere, each Linear
-      weight that is longer than wide (d_out > d_in) is stored column-major: same shape and values,
-      transposed memory (a lm_head tied to the embedding keeps the rows the lookup reads), which torch's
-      matrix-vector kernel streams 1.5-2x faster than 512-float rows (w1, w3 and lm_head);
-    - in bfloat16, with the from-scratch attention (attention="math"): torch's fused CPU kernel takes 2-5x
-      as long for a batch of 16 one-query rows in bf16, and no less for one (bench_generate.py).
-    Returns the model itself when it already is in that form, else a copy: the caller's model stays as
-    it was."""
+def for_decoding(model: TransformerLM, dtype: torch.dtype | None = None) -> TransformerLM:
+    """The model as generation runs it: its weights in `dtype` (default: as they are), and with the
+    from-scratch attention (attention="math") in bfloat16 on the CPU, where torch's fused kernel is slower
+    for a batch of one-query rows (bench/bench_generate.py). Returns the model itself when it already is in
+    that form, else a new model with the same architecture and the converted weights: the caller's model
+    stays as it was."""
     device = model.lm_head.weight.device
     dtype = model.lm_head.weight.dtype if dtype is None else dtype
     check_dtype(dtype, device, "generate: dtype")
-    float32_cpu = device.type == "cpu" and dtype == torch.float32
-    panels = panels and float32_cpu and panels_pay_off()
-    column_major = set()  # ids of the weights to store transposed
-    if float32_cpu and not panels:
-        linears = (m for m in model.modules() if isinstance(m, (Linear, PanelLinear)))
-        longer_out = (m.weight for m in linears if m.d_out > m.d_in)
-        column_major = {id(weight) for weight in longer_out} - {id(model.token_embeddings.weight)}  # rows
-    math_attention = device.type == "cpu" and dtype == torch.bfloat16
-    params = list(model.parameters())  # a tied weight once
-    laid_out = all(p.t().is_contiguous() for p in params if id(p) in column_major)
-    attends = not math_attention or all(layer.attn.attention == "math" for layer in model.layers)
-    paneled = not any(isinstance(m, Linear if panels else PanelLinear) for m in model.modules())
-    if model.lm_head.weight.dtype == dtype and laid_out and attends and paneled:
-        return model
-    memo = {}  # deepcopy takes these in place of the originals (panels: remade below, not copied)
-    memo.update({id(m.panels): None for m in model.modules() if isinstance(m, PanelLinear)})
-    for param in params:
-        data = param.detach().to(dtype)
-        data = data.t().contiguous().t() if id(param) in column_major else data
-        memo[id(param)] = torch.nn.Parameter(data, requires_grad=param.requires_grad)
-    decoding = copy.deepcopy(model, memo)
-    if math_attention:
-        for layer in decoding.layers:
-            layer.attn.attention = "math"
-    for parent in list(decoding.modules()):  # panels made from the copy's weights, or none
-        for name, child in list(parent.named_children()):
-            if isinstance(child, (Linear, PanelLinear)):
-                linear = child.to_linear() if isinstance(child, PanelLinear) else child
-                setattr(parent, name, PanelLinear(linear) if panels else linear)
-    return decoding
+    attention = "math" if device.type == "cpu" and dtype == torch.bfloat16 else model.attention
+    return model.converted(dtype=dtype, attention=attention)
 
 
 def sample_next_token(
@@ -237,10 +119,10 @@ def generate_steps(
     or after sampling.max_new_tokens steps.
 
     cuda_graph: on CUDA, replay one captured decode step per token instead of launching its ~100 kernels
-        from Python (lmproject/cuda_graph.py).
+        from Python (lmproject/sampling/cuda_graph.py).
     compiled_step: on the CPU, run each token through one decode step compiled by torch.compile
-        (lmproject/compiled_step.py): faster per token, but the first call for a model, dtype and batch size
-        compiles for about 30 s of CPU time. One generation at a time per model and batch size (the
+        (lmproject/sampling/compiled_step.py): faster per token, but the first call for a model, dtype and
+        batch size compiles for about 30 s of CPU time. One generation at a time per model and batch size (the
         compiled step owns its cache).
     """
     if not isinstance(sampling, SamplingConfig):  # e.g. the max_new_tokens of the older signature
@@ -260,8 +142,8 @@ def generate_steps(
         return
     compiled = None
     if compiled_step:  # its own decoding copy prefills too: none is made per call
-        compiled = CompiledStep.for_model(  # inductor makes its own kernels for the weights: no panels
-            source, dtype, lambda: for_decoding(source, dtype, panels=False), len(prompt_ids)
+        compiled = CompiledStep.for_model(
+            source, dtype, lambda: source.converted(dtype=dtype, attention="math"), len(prompt_ids)
         )
         model = compiled.model
     else:
@@ -338,7 +220,7 @@ def _decode_step(
     if compiled is not None:
         compiled.cache.reset(pad)
         return compiled.cache, compiled
-    cache = KVCache(model, len(pad), pad, static=cuda_graph)
+    cache = KVCache.for_model(model, len(pad), pad, static=cuda_graph)
     return cache, CUDAGraphStep(model, cache) if cuda_graph else _eager_step(model, cache)
 
 
@@ -361,7 +243,7 @@ def _slide_windows(
     cache.drop_oldest(cache.length - (tokens.shape[1] - 1), pad)
     logits = model.next_token_logits(tokens[:, -1:], kv_cache=cache)  # the full rows' results are replaced
     rows = full.nonzero().squeeze(1)
-    window = KVCache(model, len(rows), pad[rows])
+    window = KVCache.for_model(model, len(rows), pad[rows])
     logits[rows] = model.next_token_logits(tokens[rows], kv_cache=window)
     cache.replace_rows(rows, window)
     return tokens, pad, logits

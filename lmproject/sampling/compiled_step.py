@@ -1,17 +1,13 @@
 """A CPU generation step compiled once by torch.compile (inductor) and run for every token.
 
-Run op by op, a batch-1 decode step of a small model spends about a third of its time outside the matrix
-products: ~60 small ops per layer (norms, RoPE, attention, views), each a dispatched kernel with its own pass
-over memory, and module calls in Python; and torch's matrix-vector kernel streams weights with 512-float rows
-at about half the machine's bandwidth (where AVX-512 is present, the op-by-op step reads its weights through
-lmproject/nn/panel_linear.py's panels instead, at about the bandwidth: this step is then 1.3x it, not 1.5-2x).
-With a static KV cache (lmproject.nn.kv_cache) a one-token step has the same shapes at every position, so
-one compiled graph serves the whole generation. Inductor fuses the
-small ops, the attention included (the model's from-scratch math, not torch's fused kernel), into a few C++
-loops and, with the weights frozen (treated as constants) and max-autotune, packs each weight for its own
-matrix-vector kernel, which streams at 20-26 GB/s, about the bandwidth of a long-row GEMV (bench/RESULTS.md,
-"Sampling speed, second pass"). Compiling needs a C++ compiler and takes about 30 s of CPU
-time here, once per model, batch size and dtype: worth it for long or many generations.
+Run op by op, a one-token decode step of a small model spends much of its time outside the matrix products:
+dozens of small ops per layer (norms, RoPE, attention, views), each a dispatched kernel with its own pass
+over memory. With a static KV cache (lmproject.sampling.kv_cache) a one-token step has the same shapes at
+every position, so one compiled graph serves the whole generation: inductor fuses the small ops, the
+attention included (the model's from-scratch math), into a few C++ loops and, with the weights frozen as
+constants, packs each weight for its own matrix-vector kernel. Compiling needs a C++ compiler and takes tens
+of seconds of CPU time, once per model, batch size and dtype: worth it for long or many generations
+(bench/RESULTS.md has the figures).
 """
 
 from __future__ import annotations
@@ -28,7 +24,8 @@ from torch._inductor import cpp_builder
 from torch._inductor.exc import InvalidCxxCompiler
 
 from lmproject.errors import UserError
-from lmproject.nn import KVCache, TransformerLM
+from lmproject.nn import TransformerLM
+from lmproject.sampling.kv_cache import KVCache
 
 # The compiled steps of each model given to `generate` (before its conversion for decoding), by dtype and
 # batch size, remade when that model's weights change in place (their version counters move).
@@ -68,10 +65,10 @@ class CompiledStep:
                 "generate: compiled_step needs a C++ compiler (torch.compile builds the step with g++ or "
                 "the one in $CXX) and none was found; sample without it"
             )
+        if model.attention != "math":  # the from-scratch math, which inductor fuses (torch's fused CPU
+            raise ValueError("a compiled step runs a model built with attention='math'")  # kernel: slower)
         self.model = copy.deepcopy(model)
-        for layer in self.model.layers:  # the same math (lmproject.nn.functional), which inductor fuses:
-            layer.attn.attention = "math"  # torch's fused CPU kernel is slower for one query (bf16: 2-3x)
-        self.cache = KVCache(self.model, batch_size, static=True)
+        self.cache = KVCache.for_model(self.model, batch_size, static=True)
         run = _own_code(self._run)
         self._step = torch.compile(run, dynamic=False)
         self.compiled = False

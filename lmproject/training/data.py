@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from lmproject.errors import UserError
-from lmproject.settings_check import TOKEN_DTYPES
+from lmproject.settings import TOKEN_DTYPES
 
 NPY_MAGIC = b"\x93NUMPY"
 VOCAB_SAMPLE_CHUNKS = 16

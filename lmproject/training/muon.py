@@ -16,7 +16,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from lmproject.optim import AdamW
+from lmproject.training.optim import AdamW
 
 # Quintic Newton–Schulz: X ← a·X + b·(X Xᵀ)X + c·(X Xᵀ)²X maps each singular value σ of X (after scaling
 # to σ ≤ 1) through p(σ) = aσ + bσ³ + cσ⁵. These coefficients (Jordan et al.) make p rise steeply from 0,

@@ -9,6 +9,7 @@ and ModelConfig all call `check_settings`, so a value is refused the same way wh
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -168,3 +169,20 @@ def check_settings(section: str, values: Mapping[str, Any]) -> None:
         if not ok:
             shown = list(value) if isinstance(value, tuple) else value
             raise SettingError(f"{prefix}{name}={shown!r}: must be {requirement.format(**values)}")
+
+
+def closest_key(key: str, valid_keys: list[str]) -> str | None:
+    """The valid key a mistyped or misplaced `key` most likely means: one with the same last name
+    (model.d_model -> model.arch.d_model; the same first section preferred), else the closest spelling."""
+    last = key.rsplit(".", 1)[-1]
+    same_name = [valid for valid in valid_keys if valid.rsplit(".", 1)[-1] == last]
+    if same_name:
+        return min(same_name, key=lambda valid: (valid.split(".")[0] != key.split(".")[0], len(valid)))
+    close = difflib.get_close_matches(key, valid_keys, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def did_you_mean(key: str, valid_keys: list[str]) -> str:
+    """` (did you mean --KEY?)` for the closest valid key, or "" when none is close."""
+    suggestion = closest_key(key, valid_keys)
+    return f" (did you mean --{suggestion}?)" if suggestion else ""

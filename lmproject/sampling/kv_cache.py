@@ -11,14 +11,10 @@ compiled step (torch.compile) serves every position.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
+from lmproject.nn import ModelConfig, TransformerLM
 from lmproject.nn.layers import rotate_pairs
-
-if TYPE_CHECKING:
-    from lmproject.nn.transformer import TransformerLM
 
 
 class KVCache:
@@ -27,32 +23,55 @@ class KVCache:
     A batch of prompts of different lengths is left-padded to a common length: row b starts with
     pad_lengths[b] padding slots. No query attends to a padding slot (except a padding query to itself,
     so no attention row is empty), and the real tokens of row b get positions 0, 1, 2, … — each prompt is
-    computed exactly as if it were alone. Room for model.config.context_length positions in total.
+    computed exactly as if it were alone. Room for config.context_length positions in total.
+
+    Built from the architecture and the model's RoPE tables (cos, sin: (context_length, d_head); None
+    without RoPE); `for_model` reads both from a model.
     """
 
     def __init__(
         self,
-        model: TransformerLM,
+        config: ModelConfig,
+        rope_tables: tuple[torch.Tensor, torch.Tensor] | None,
         batch_size: int,
+        *,
+        dtype: torch.dtype,
+        device: torch.device,
         pad_lengths: torch.Tensor | None = None,
         static: bool = False,
     ):
-        weight = model.lm_head.weight
-        device, dtype = weight.device, weight.dtype
-        config = model.config
         self.capacity, self.length, self.static = config.context_length, 0, static
         self.slots = torch.arange(self.capacity, device=device)
         self.slot = torch.zeros((), dtype=torch.long, device=device)  # = length, for static steps
         self.pad_lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.real_keys = torch.empty(batch_size, 1, 1, self.capacity, dtype=torch.bool, device=device)
-        self.rope = model.layers[0].attn.rope
-        if self.rope is not None:
-            d_head = self.rope.cos.shape[-1]
-            self.cos = torch.empty(batch_size, 1, self.capacity, d_head, dtype=dtype, device=device)
+        self.rope = rope_tables
+        if rope_tables is not None:
+            self.cos = torch.empty(batch_size, 1, self.capacity, config.d_head, dtype=dtype, device=device)
             self.sin = torch.empty_like(self.cos)
         shape = (batch_size, config.num_heads, self.capacity, config.d_head)
         self.layers = [LayerKVCache(self, shape, dtype, device) for _ in range(config.num_layers)]
         self.reset(self.pad_lengths if pad_lengths is None else pad_lengths)
+
+    @classmethod
+    def for_model(
+        cls,
+        model: TransformerLM,
+        batch_size: int,
+        pad_lengths: torch.Tensor | None = None,
+        static: bool = False,
+    ) -> KVCache:
+        """A cache for `model`'s architecture, RoPE tables, device and weight dtype."""
+        weight = model.lm_head.weight
+        return cls(
+            model.config,
+            model.rope_tables,
+            batch_size,
+            dtype=weight.dtype,
+            device=weight.device,
+            pad_lengths=pad_lengths,
+            static=static,
+        )
 
     def reset(self, pad_lengths: torch.Tensor) -> None:
         """Empty the cache for a new left-padded batch, keeping the buffers (a CUDA graph holds them)."""
@@ -68,8 +87,9 @@ class KVCache:
         self.padded = bool(self.pad_lengths.any())
         if self.rope is not None:
             positions = (self.slots - self.pad_lengths[:, None]).clamp(min=0)
-            self.cos.copy_(self.rope.cos[positions][:, None])
-            self.sin.copy_(self.rope.sin[positions][:, None])
+            cos, sin = self.rope
+            self.cos.copy_(cos[positions][:, None])
+            self.sin.copy_(sin[positions][:, None])
 
     def begin(self, seq: int) -> None:
         """Prepare the step that adds `seq` tokens: its RoPE tables and attention mask (None: every key
@@ -97,8 +117,8 @@ class KVCache:
 
     def end(self, seq: int) -> None:
         """Count the `seq` tokens of the step just run. Traced by torch.compile, the Python counter is left
-        to the caller (lmproject/compiled_step.py): a compiled graph would be specialized on its value, one
-        recompilation per position; the static step's kernels advance `slot` themselves."""
+        to the caller (lmproject/sampling/compiled_step.py): a compiled graph would be specialized on its
+        value, one recompilation per position; the static step's kernels advance `slot` themselves."""
         if not torch.compiler.is_compiling():
             self.length += seq
         if self.static:

@@ -3,7 +3,7 @@
 At batch 1 a decode step of a small model is ~100 tiny kernels; launched one by one from Python, the GPU
 waits on the launches most of the time. A CUDA graph records the step's kernels once and replays them with
 one launch. Replaying needs every tensor at the same address with the same shape at every token: the
-cache must be static (lmproject.nn.kv_cache), and the new tokens go into one fixed input buffer.
+cache must be static (lmproject.sampling.kv_cache), and the new tokens go into one fixed input buffer.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 
 from lmproject.errors import UserError
-from lmproject.nn import KVCache, TransformerLM
+from lmproject.nn import TransformerLM
+from lmproject.sampling.kv_cache import KVCache
 
 WARMUP_STEPS = 3  # run before capturing, on a side stream, as torch's CUDA graph notes advise
 

@@ -33,13 +33,13 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from lmproject.atomic import atomic_dir, usual_permissions
-from lmproject.checkpoint import write_checkpoint
 from lmproject.errors import UserError
 from lmproject.nn import ModelConfig, TransformerLM
 from lmproject.nn.layers import RMS_NORM_EPS
 from lmproject.precision import DTYPES
 from lmproject.tokenizer import EOS_TOKEN, Tokenizer
 from lmproject.tokenizer.hf_json import TOKENIZER_JSON, load_tokenizer_json, save_tokenizer_json
+from lmproject.training.checkpoint import write_checkpoint
 
 # Each model switch Llama can express, with the one value it can express and why. A switch added to the
 # model gets its entry here; export refuses any other value with a one-line error naming the switch.
@@ -258,7 +258,9 @@ def export_folder(
         usual_permissions(folder / "model.safetensors")  # save_file makes it private (0600)
         _write_json(folder / "config.json", llama_config(arch, dtype, eos_id))
         _write_json(folder / "generation_config.json", {"bos_token_id": eos_id, "eos_token_id": eos_id})
-        save_tokenizer_json(tokenizer, folder / TOKENIZER_JSON)
+        save_tokenizer_json(
+            folder / TOKENIZER_JSON, tokenizer.vocab, tokenizer.merges, tokenizer.special_tokens
+        )
         _write_json(folder / "tokenizer_config.json", tokenizer_config)
         _write_json(folder / "special_tokens_map.json", special_tokens)
 

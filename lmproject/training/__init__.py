@@ -1,0 +1,1 @@
+"""What training needs besides the model: token windows, the optimizers and schedules, checkpoints."""
