@@ -113,7 +113,11 @@ def test_cli_rejects_missing_or_bad_input(tmp_path, capsys):
             {"arch": {"logit_softcap": 15.0}, "loss_chunk_tokens": 64},
             "model.loss_chunk_tokens=64: must be null when model.arch.logit_softcap=15.0 is set",
         ),
-        ({"d_model": 64}, "model.d_model is not a setting of the model .* did you mean --model.arch.d_model"),
+        (
+            {"d_model": 64},
+            "model.d_model is not a setting of the model (lmproject.lit.module.LanguageModel) "
+            "(did you mean --model.arch.d_model?)",
+        ),
         ({"arch": {"bogus": 1}}, "model.arch.bogus is not an architecture field"),
         ({"bogus_setting": 1}, "model.bogus_setting is not a setting of the model"),
         ({"arch": {"qk_norm": "no"}}, "model.arch.qk_norm='no': must be true or false"),

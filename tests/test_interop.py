@@ -22,7 +22,8 @@ from lmproject.interop.hf_llama import (
     pairs_to_halves,
 )
 from lmproject.lit.checkpoints import find_last
-from lmproject.lit.cli import main, run_lightning
+from lmproject.lit.cli import run_lightning
+from lmproject.lit.commands import main
 from lmproject.lit.module import LanguageModel
 from lmproject.nn import ModelConfig, TransformerLM, cross_entropy
 from lmproject.nn.layers import RotaryEmbedding

@@ -10,7 +10,6 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-import yaml
 from test_cli import BATCH, TINY_ARCH, fails, one_thread, train_losses, write_config, write_tokens  # noqa: F401
 
 from lmproject.lit.commands import main
@@ -112,33 +111,24 @@ def test_a_chunk_of_no_tokens_or_an_unknown_compile_mode_is_refused(tmp_path, ca
     assert message in fails(["fit", "--config", config, *args], capsys)
 
 
-@pytest.mark.parametrize("source", ["path", "open file", "hparams_file"])
-@pytest.mark.parametrize("saved_by", ["LightningCLI", "a plain Trainer"])
-def test_load_from_checkpoint_reads_checkpoints_written_before_model_arch(tmp_path, source, saved_by):
-    """Checkpoints of earlier versions hold the architecture flat among the hyperparameters (d_model beside
-    lr_max), which Lightning dropped as unknown arguments, so load_from_checkpoint built no model."""
+@pytest.mark.parametrize("source", ["path", "open file"])
+def test_load_from_checkpoint_rebuilds_the_model_from_its_saved_architecture(tmp_path, source):
     arch = ModelConfig(**TINY_ARCH, rope_theta=500.0, qk_norm=True)
     trained = LanguageModel(arch, lr_max=3e-3, warmup_iters=7)
-    flat = dict(trained.hparams)
-    flat.update(flat.pop("arch"))  # the shape of earlier versions' hyperparameters
-    if saved_by == "LightningCLI":
-        flat["_instantiator"] = "lightning.pytorch.cli.instantiate_module"
-    checkpoint = {"state_dict": trained.state_dict(), "pytorch-lightning_version": L.__version__}
-    path, hparams_file = tmp_path / "old.ckpt", None
-    if source == "hparams_file":  # an old run's logs/version_N/hparams.yaml
-        hparams_file = tmp_path / "hparams.yaml"
-        hparams_file.write_text(yaml.safe_dump({**flat, "betas": list(flat["betas"])}))
-    else:
-        checkpoint["hyper_parameters"] = flat
+    checkpoint = {
+        "state_dict": trained.state_dict(),
+        "hyper_parameters": dict(trained.hparams),
+        "pytorch-lightning_version": L.__version__,
+    }
+    path = tmp_path / "run.ckpt"
     torch.save(checkpoint, path)
-
     with path.open("rb") as file:
-        where = file if source == "open file" else path
-        loaded = LanguageModel.load_from_checkpoint(where, map_location="cpu", hparams_file=hparams_file)
+        loaded = LanguageModel.load_from_checkpoint(
+            file if source == "open file" else path, map_location="cpu"
+        )
     assert loaded.model.config == arch
     assert loaded.hparams.lr_max == 3e-3 and loaded.hparams.warmup_iters == 7
-    assert loaded.state_dict().keys() == trained.state_dict().keys()
     for name, tensor in trained.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor), name
     with pytest.raises(TypeError, match="cannot be called on an instance"):  # it returns a new model
-        trained.load_from_checkpoint(path, hparams_file=hparams_file)
+        trained.load_from_checkpoint(path)

@@ -130,8 +130,9 @@ def join_negative_numbers(words: list[str]) -> list[str]:
 
 
 UNKNOWN_KEY = re.compile(
-    r"Unrecognized arguments: (--)?(?P<flag>[\w.]+)|Key \"(?P<key>[\w.]+)\" is not expected|"
-    r"does not accept nested key \"(?P<nested>[\w.]+)\"|No action for key \"(?P<action>[\w.]+)\""
+    r"(?i:unrecognized arguments):.*?--(?P<flag>[\w.]+)|Key \"(?P<key>[\w.]+)\" is not expected|"
+    r"does not accept nested key \"(?P<nested>[\w.]+)\"|No action for key \"(?P<action>[\w.]+)\"|"
+    r"does not accept option '(?P<option>[\w.]+)'"
 )
 
 
@@ -146,6 +147,6 @@ def one_line(err: Exception, valid_keys: list[str] | None = None) -> str:
     )
     found = UNKNOWN_KEY.search(text)
     if found and valid_keys:
-        key = next(group for group in found.group("flag", "key", "nested", "action") if group)
+        key = next(group for group in found.group("flag", "key", "nested", "action", "option") if group)
         text += did_you_mean(key, valid_keys)
     return text
