@@ -1,4 +1,4 @@
-"""Two figures the README quotes, on configs/smoke.yaml's model (vocab 512, context 64, d_model 64):
+"""Two figures docs/model.md quotes, on configs/smoke.yaml's model (vocab 512, context 64, d_model 64):
 
 1. AdamW's ε placement. The project's AdamW adds ε to the raw √v (the CS336 handout); torch.optim.AdamW adds
    it to the bias-corrected √v̂. Both train copies of one model on the same batches (lr 1e-3 constant,

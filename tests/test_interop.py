@@ -9,9 +9,9 @@ from dataclasses import replace
 
 import pytest
 import torch
+from readme_snippets import shrunk, snippets
 from safetensors.torch import load_file, save_file
 from test_cli import fails, one_thread  # noqa: F401 (autouse fixture)
-from test_readme import readme_snippets, shrunk
 from tiny_run import EOT, load_ours, make_run
 
 from lmproject.interop.hf_llama import (
@@ -327,8 +327,8 @@ def test_export_appears_whole_or_not_at_all(run, tmp_path, capsys, monkeypatch):
     assert torch.equal(tensors["model.embed_tokens.weight"], ours["model.token_embeddings.weight"].bfloat16())
 
 
-def test_the_readme_snippet_runs_on_an_export(exported, capsys):
-    snippet = readme_snippets()["Use your model elsewhere: `lmproject export | import`"]
+def test_the_docs_snippet_runs_on_an_export(exported, capsys):
+    snippet = snippets("docs/interop.md")["Then, offline, in transformers"]
     snippet = shrunk(snippet, {"exports/tinystories": str(exported)})
-    exec(compile(snippet, "README.md", "exec"), {})
+    exec(compile(snippet, "docs/interop.md", "exec"), {})
     assert capsys.readouterr().out.startswith("Once upon a time")
