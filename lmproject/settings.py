@@ -126,6 +126,14 @@ TRAINER_RULES = (  # the Trainer settings that Lightning would let through to a 
     Rule("max_steps", lambda v, s: v == -1 or _count(v), "-1 (set by train_tokens) or an integer >= 1"),
     Rule("accumulate_grad_batches", lambda v, s: _count(v), "an integer >= 1"),
     Rule("val_check_interval", lambda v, s: not _real(v) or v > 0, "> 0 (steps) or a duration"),
+    Rule("log_every_n_steps", lambda v, s: _count(v), "an integer >= 1 (0 would log no training row)"),
+    Rule("max_epochs", lambda v, s: v is None or v == -1 or _count(v), "-1 (no limit) or an integer >= 1"),
+    Rule(
+        "limit_train_batches",
+        lambda v, s: v is None or (_count(v) if isinstance(v, int) else _real(v) and 0 < v <= 1),
+        "null, an integer >= 1 or a fraction in (0, 1]: 0 would train nothing",
+    ),
+    Rule("gradient_clip_val", lambda v, s: v is None, "null: clipping is model.max_grad_norm"),
 )
 
 THROUGHPUT_RULES = (

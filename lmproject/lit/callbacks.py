@@ -1,4 +1,5 @@
-"""Training callbacks: throughput and MFU logging; Ctrl-C that stops at a step boundary with a checkpoint."""
+"""Training callbacks: throughput and MFU logging; last.ckpt at the newest step; stopping at a step boundary
+with a checkpoint (Ctrl-C, SIGTERM, the time limit)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -15,7 +17,9 @@ from lightning.fabric.utilities.throughput import get_available_flops
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lmproject.accounting import train_flops_per_token
+from lmproject.errors import INTERRUPTED, TERMINATED
 from lmproject.lit.compat import logs_written_this_step, save_checkpoint_file
+from lmproject.lit.module import NonFiniteLossError
 
 # Dense tensor-core peaks of GPUs missing from Lightning's table (vendor datasheets, FLOP/s). The H200 is the
 # H100 SXM's chip with more memory: the same arithmetic peaks.
@@ -114,6 +118,18 @@ class ThroughputMonitor(StepBoundary):
         self._new_row(now)
 
 
+def all_finite(trainer: L.Trainer) -> bool:
+    """Whether this rank's weights and optimizer state hold only finite values (one device sync)."""
+    tensors = list(trainer.lightning_module.parameters())
+    for optimizer in trainer.optimizers:
+        for state in optimizer.state.values():
+            tensors += [
+                value for value in state.values() if torch.is_tensor(value) and value.is_floating_point()
+            ]
+    checks = [torch.isfinite(tensor).all() for tensor in tensors if tensor.numel()]
+    return bool(torch.stack(checks).all()) if checks else True
+
+
 class RunCheckpoint(ModelCheckpoint):
     """ModelCheckpoint whose `last.ckpt` always holds the newest step, in that one file: written with each
     periodic checkpoint, at the end of training (Lightning's stays at the last periodic one) and on request
@@ -130,6 +146,19 @@ class RunCheckpoint(ModelCheckpoint):
             self._last_file_step = trainer.global_step
         return path
 
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        # a private method of ModelCheckpoint: see lmproject.lit.compat.PRIVATE_OVERRIDES. Every checkpoint
+        # of a run is written here, on every rank together, so all refuse together.
+        finite = all_finite(trainer)
+        if not trainer.strategy.reduce_boolean_decision(finite, all=True):
+            last = self.last_model_path or "none saved yet"
+            raise NonFiniteLossError(
+                f"the weights or optimizer state are not finite at step {trainer.global_step}: the run "
+                f"diverged, and no checkpoint was written for it (last good checkpoint: {last}); try a lower "
+                "lr_max or max_grad_norm"
+            )
+        super()._save_checkpoint(trainer, filepath)
+
     def _save_last_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
         # a private method of ModelCheckpoint: see lmproject.lit.compat.PRIVATE_OVERRIDES
         if self.save_last:
@@ -140,32 +169,66 @@ class RunCheckpoint(ModelCheckpoint):
             self.save_last_now(trainer)
 
 
-class GracefulInterrupt(StepBoundary):
-    """First Ctrl-C: finish the current optimizer step, save `last.ckpt`, stop. Second Ctrl-C: abort now.
+class RunStopped(Exception):
+    """Raised on every rank when the fit that a Ctrl-C or SIGTERM stopped (last.ckpt saved) would validate:
+    it ends the fit at once, and the CLI turns it into the signal's exit status."""
+
+    def __init__(self, reason: str, status: int, saved: Path):
+        super().__init__(f"{reason}; saved {saved}")
+        self.reason, self.status, self.saved = reason, status, saved
+
+
+STOP_SIGNALS = {  # signal -> (what the summary calls it, exit status)
+    signal.SIGINT: ("interrupted by Ctrl-C", INTERRUPTED),
+    signal.SIGTERM: ("terminated by SIGTERM", TERMINATED),
+}
+
+
+class RunStop(StepBoundary):
+    """Ends a fit cleanly at an optimizer-step boundary, with last.ckpt saved:
+
+    - Ctrl-C (SIGINT) or SIGTERM (what `timeout`, SLURM preemption and `docker stop` send): finish the
+      current step, save, stop without validating (RunStopped; exit 130 or 143). The same signal again
+      aborts at once, without a checkpoint, at any moment (validation included).
+    - trainer.max_time (`max_time` here; the CLI takes it from Lightning, whose Timer would count the time
+      of earlier runs of a resumed run and end it with status 0): after that much time in this process's
+      training, save and stop after a last validation; the CLI exits 124. Each resume gets the full time.
+
     Outside training (setup, validate, predict) Ctrl-C is Lightning's KeyboardInterrupt, which it turns into
     exit status 1; `keyboard_interrupt` records it so the CLI can exit 130 instead."""
 
-    def __init__(self):
-        self.requested = False
+    def __init__(self, max_time: float | None = None):
+        self.max_time = max_time
+        self.requested: int | None = None  # the signal received, until the step boundary acts on it
+        self.stopped: RunStopped | None = None  # how a signal stopped the fit, once last.ckpt is saved
+        self.time_capped = False
         self.keyboard_interrupt = False
         self.saved: Path | None = None
-        self._previous = None
+        self._train_start = 0.0
+        self._previous: dict[int, Any] = {}
 
-    def _handle(self, signum, frame) -> None:
-        if self.requested:  # not KeyboardInterrupt: Lightning turns that into exit status 1
-            print("\nCtrl-C again: aborting without a checkpoint", file=sys.stderr)
-            raise SystemExit(130)
-        self.requested = True
-        print("\nCtrl-C: saving a checkpoint after this step (press again to abort)", file=sys.stderr)
+    def _handle(self, signum: int, frame: Any) -> None:
+        reason, status = STOP_SIGNALS[signum]
+        if self.requested is not None:  # not KeyboardInterrupt: Lightning turns that into exit status 1
+            print(f"\nlmproject: {reason} again: aborting without a checkpoint", file=sys.stderr)
+            raise SystemExit(status)
+        self.requested = signum
+        again = "Ctrl-C" if signum == signal.SIGINT else "the signal"
+        print(
+            f"\nlmproject: {reason}: saving last.ckpt after this step, then stopping "
+            f"({again} again: abort now)",
+            file=sys.stderr,
+        )
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._train_start = time.monotonic()
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {signum: signal.signal(signum, self._handle) for signum in STOP_SIGNALS}
 
     def _restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore()
@@ -179,12 +242,28 @@ class GracefulInterrupt(StepBoundary):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx):
         if not self.stepped(trainer):
             return  # only stop between optimizer steps, never inside gradient accumulation
-        if not trainer.strategy.reduce_boolean_decision(self.requested, all=False):
+        signalled = trainer.strategy.reduce_boolean_decision(self.requested is not None, all=False)
+        over_time = self.max_time is not None and time.monotonic() - self._train_start >= self.max_time
+        over_time = trainer.strategy.reduce_boolean_decision(over_time, all=False)
+        if not (signalled or over_time):
             return
+        self.saved = self._save(trainer)
+        trainer.should_stop = True  # this step's row is logged; then Lightning would validate once more
+        if signalled:
+            reason, status = STOP_SIGNALS.get(self.requested, STOP_SIGNALS[signal.SIGINT])  # another rank's
+            self.stopped = RunStopped(reason, status, self.saved)
+        else:
+            self.time_capped = True
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.stopped is not None:  # a signal asked to stop now, not after a validation
+            raise self.stopped
+
+    @staticmethod
+    def _save(trainer: L.Trainer) -> Path:
         checkpointer = trainer.checkpoint_callback
         if isinstance(checkpointer, RunCheckpoint):
-            self.saved = checkpointer.save_last_now(trainer)
-        else:
-            self.saved = Path(trainer.default_root_dir) / "interrupted.ckpt"
-            trainer.save_checkpoint(self.saved, weights_only=False)
-        trainer.should_stop = True
+            return checkpointer.save_last_now(trainer)
+        path = Path(trainer.default_root_dir) / "interrupted.ckpt"
+        trainer.save_checkpoint(path, weights_only=False)
+        return path

@@ -1,5 +1,5 @@
-"""Checkpoint files: atomic writes with a digest, finding `last`, refusing unreadable, damaged or mismatched
-checkpoints early (naming the newest intact one to resume from instead)."""
+"""Checkpoint files: atomic writes with a digest, finding `last`, refusing unreadable, damaged, mismatched or
+non-finite checkpoints early (naming the newest intact one to resume from instead)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lmproject.errors import UserError
 from lmproject.nn.config import ModelConfig
-from lmproject.training.checkpoint import write_checkpoint
+from lmproject.training.checkpoint import DIGEST_KEY, first_non_finite, write_checkpoint
 from lmproject.training.digest import digest_status
 
 LAST = "last.ckpt"  # what `--ckpt_path last` means
@@ -30,22 +30,34 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         write_checkpoint(checkpoint, path)
 
 
+def _load(path: Path) -> Any:
+    """A checkpoint file, memory-mapped: the tensors stay on disk until read."""
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+
+
 def checkpoint_step(path: Path) -> int:
     """The global step a Lightning checkpoint was saved at (-1 if it cannot be read); reads only the
-    small pickled part, the tensors stay on disk (mmap)."""
+    small pickled part."""
     try:
-        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+        return int(_load(path)["global_step"])
     except Exception:  # unreadable, damaged or foreign: never the newest
         return -1
 
 
+def is_damaged(path: Path, checkpoint: Mapping[str, Any]) -> bool:
+    """Whether the file's bytes differ from its digest, or it lost the digest that the project wrote into
+    it (checkpoint: the file's contents)."""
+    status = digest_status(path)
+    return status == "damaged" or (status == "no digest" and bool(checkpoint.get(DIGEST_KEY)))
+
+
 def find_last(directory: Path) -> Path | None:
-    """What `--ckpt_path last` resumes: `last.ckpt`, which the project keeps at the newest step. Runs of
-    earlier versions may also have `last-v1.ckpt`...: then the one at the highest step (last.ckpt on a tie).
-    """
-    candidates = list(directory.glob("last*.ckpt")) if directory.is_dir() else []
-    if len(candidates) <= 1:
-        return candidates[0] if candidates else None
+    """What `--ckpt_path last` resumes: the checkpoint of `directory` at the highest step, last.ckpt on a
+    tie. That is last.ckpt, which the project keeps at the newest step, unless a kill interrupted its
+    rewrite after the periodic checkpoint of a newer step was written."""
+    candidates = list(directory.glob("*.ckpt")) if directory.is_dir() else []
+    if not candidates:
+        return None
     return max(candidates, key=lambda p: (checkpoint_step(p), p.name == LAST))
 
 
@@ -54,7 +66,7 @@ def newest_intact(directory: Path, other_than: Path) -> tuple[Path, int] | None:
     out `other_than` (the damaged one)."""
     steps = [(checkpoint_step(p), p) for p in directory.glob("*.ckpt") if p.resolve() != other_than.resolve()]
     for step, path in sorted(steps, key=lambda sp: sp[0], reverse=True):
-        if step >= 0 and digest_status(path) != "damaged":
+        if step >= 0 and not is_damaged(path, _load(path)):
             return path, step
     return None
 
@@ -80,12 +92,18 @@ def check_checkpoint(path: Path, config: ModelConfig, shapes: Mapping[str, torch
     if digest_status(path) == "damaged":
         _refuse_damaged(path, "damaged checkpoint (its bytes differ from the SHA-256 digest saved with it)")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        checkpoint = _load(path)
     except Exception as err:  # torch raises several types for damaged or foreign files
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         _refuse_damaged(path, f"not a readable checkpoint ({reason})")
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise UserError(f"{path}: not a Lightning checkpoint (no state_dict)")
+    if is_damaged(path, checkpoint):
+        _refuse_damaged(
+            path,
+            "damaged checkpoint (the SHA-256 digest saved with it is gone or altered; a file re-saved on "
+            f"purpose loads once its {DIGEST_KEY!r} entry is removed)",
+        )
     saved, configured = (checkpoint.get("hyper_parameters") or {}).get("arch") or {}, asdict(config)
     differences = [
         f"{key}={value!r} in the checkpoint, {configured[key]!r} in the config"
@@ -98,6 +116,11 @@ def check_checkpoint(path: Path, config: ModelConfig, shapes: Mapping[str, torch
             f" (and {len(differences) - 3} more)" if len(differences) > 3 else ""
         )
         raise UserError(f"{path}: checkpoint of a different architecture: {shown}")
+    bad = first_non_finite(checkpoint["state_dict"])
+    if bad is not None:
+        raise UserError(
+            f"{path}: {bad} holds NaN or infinite values (the run diverged): use an earlier checkpoint"
+        )
     return checkpoint
 
 

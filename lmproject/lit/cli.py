@@ -9,22 +9,25 @@ invocation's metrics.csv and config.yaml.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from jsonargparse import ArgumentError, Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader
 
 from lmproject.accounting import steps_for_tokens
-from lmproject.errors import UserError, run_cli
-from lmproject.lit.callbacks import GracefulInterrupt, RunCheckpoint, ThroughputMonitor
+from lmproject.errors import DIVERGED, INTERRUPTED, TERMINATED, TIME_LIMIT, UserError, run_cli
+from lmproject.lit.callbacks import RunCheckpoint, RunStop, RunStopped, ThroughputMonitor
 from lmproject.lit.checkpoints import find_last
 from lmproject.lit.compat import set_max_steps
 from lmproject.lit.datamodule import TokenDataModule
@@ -36,12 +39,23 @@ from lmproject.lit.predict import (
     add_predict_arguments,
     requests,
 )
-from lmproject.lit.run_config import one_line, prepare_words, resolve_checkpoint, runs_on_cpu
+from lmproject.lit.progress import StepProgressBar
+from lmproject.lit.resume import settings_kept_on_resume
+from lmproject.lit.run_config import (
+    max_time_seconds,
+    one_line,
+    prepare_words,
+    resolve_checkpoint,
+    runs_on_cpu,
+)
 from lmproject.lit.sharding import STATE_DICT_TYPES, fsdp_strategy, is_sharded_checkpoint
+from lmproject.lit.summary import Ending, RunRecord, model_line, summary
 from lmproject.precision import check_dtype, cpu_supports_bf16
+from lmproject.run_lock import hold_run_lock
 from lmproject.settings import check_settings
 from lmproject.tokenizer import Tokenizer
 
+T = TypeVar("T")
 DEFAULT_RUN_DIR = "runs/default"
 CSV_LOGGER = "lightning.pytorch.loggers.CSVLogger"
 DESCRIPTION = (
@@ -57,6 +71,7 @@ class LMCLI(LightningCLI):
     """LightningCLI with the project's defaults, links and up-front checks."""
 
     _initial_weights: dict[str, torch.Tensor] | None = None  # fit from a weights-only checkpoint
+    _kept_settings: dict[str, Any] = {}  # model settings that differ from the checkpoint's and apply
 
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
         kwargs.setdefault("exit_on_error", False)  # errors become one-line messages in main()
@@ -86,6 +101,7 @@ class LMCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         words = sys.argv[1:] if args is None else args
+        self._words = list(words)
         try:
             self.config = parser.parse_args(prepare_words(words))
         except ArgumentError as err:
@@ -125,8 +141,10 @@ class LMCLI(LightningCLI):
     @staticmethod
     def _choose_precision(trainer: Namespace) -> None:
         if str(trainer.precision).startswith("bf16") and runs_on_cpu(trainer) and not cpu_supports_bf16():
-            warnings.warn(
-                "this CPU has no native bfloat16: training in float32 (precision 32-true)", stacklevel=1
+            print(
+                f"lmproject: this CPU has no native bfloat16: running in float32 (precision 32-true, not "
+                f"{trainer.precision})",
+                file=sys.stderr,
             )
             trainer.precision = "32-true"
 
@@ -139,12 +157,28 @@ class LMCLI(LightningCLI):
             )
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """`--trainer.strategy fsdp` (or fsdp_sharded) becomes lmproject.lit.sharding's FSDPStrategy:
-        one shard unit per TransformerBlock."""
+        """The Trainer, with the project's parts in place of Lightning's: `--trainer.strategy fsdp` (or
+        fsdp_sharded) becomes lmproject.lit.sharding's FSDPStrategy (one shard unit per TransformerBlock);
+        `--trainer.max_time` goes to RunStop (a fresh budget per run, and its own exit status); the
+        progress bar is StepProgressBar (a plain TQDMProgressBar in a config becomes one, same refresh)."""
         config = self.config_init.get(str(self.subcommand), self.config_init)  # run=False: no subcommand
-        strategy = kwargs.get("strategy", config.get("trainer", {}).get("strategy"))
+        trainer = config.get("trainer", {})
+        strategy = kwargs.get("strategy", trainer.get("strategy"))
         if strategy in STATE_DICT_TYPES:
             kwargs["strategy"] = fsdp_strategy(strategy)
+        # RunRecord first: it counts the step that RunStop may end the fit on; RunStop after the config's
+        # callbacks and before the checkpoint and throughput ones (which then see a time-limited last step)
+        callbacks = [RunRecord()]
+        for callback in trainer.get("callbacks") or []:
+            plain_bar = type(callback) is TQDMProgressBar
+            callbacks.append(StepProgressBar(refresh_rate=callback.refresh_rate) if plain_bar else callback)
+        if trainer.get("enable_progress_bar", True) is not False and not any(
+            isinstance(callback, ProgressBar) for callback in callbacks
+        ):
+            callbacks.append(StepProgressBar())
+        callbacks.append(RunStop(max_time_seconds(trainer.get("max_time"))))
+        kwargs["max_time"] = None
+        kwargs["callbacks"] = callbacks
         return super().instantiate_trainer(**kwargs)
 
     def _resolve_checkpoint(self, config: Namespace, subcommand: str | None) -> None:
@@ -184,6 +218,9 @@ class LMCLI(LightningCLI):
                 return  # FSDP reads its shards itself
         path, checkpoint = resolve_checkpoint(config.ckpt_path, config)
         config.ckpt_path = str(path)
+        self._kept_settings = settings_kept_on_resume(
+            config.model.as_dict(), checkpoint.get("hyper_parameters") or {}, refuse=subcommand == "fit"
+        )
         if subcommand == "fit" and "optimizer_states" not in checkpoint:
             print(
                 f"lmproject: {path} holds weights only: training starts from them at step 0, with a fresh "
@@ -193,7 +230,19 @@ class LMCLI(LightningCLI):
             self._initial_weights = checkpoint["state_dict"]
             config.ckpt_path = None
 
+    def before_instantiate_classes(self) -> None:
+        """Lightning has replaced the model settings with the checkpoint's (to resume exactly): put back
+        the ones this run may change (settings_kept_on_resume)."""
+        if self._kept_settings:
+            model = self.config[self.config.subcommand].model
+            for name, value in self._kept_settings.items():
+                model[name] = value
+
     def before_fit(self) -> None:
+        self.datamodule.check_files("fit")  # before anything is written (logs, config.yaml)
+        if int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("RANK", 0)) == 0:
+            hold_run_lock(self.trainer.default_root_dir)  # the other ranks run under rank 0's lock
+        print(model_line(self.model.model.config), file=sys.stderr)
         if self._initial_weights is not None:
             self.model.load_state_dict(self._initial_weights)
         trainer = self.trainer
@@ -217,30 +266,71 @@ class LMCLI(LightningCLI):
             ),
         )
 
-    def _interrupt_callback(self) -> GracefulInterrupt:
-        return next(c for c in self.trainer.callbacks if isinstance(c, GracefulInterrupt))
+    def before_validate(self) -> None:
+        self.datamodule.check_files("validate")
+
+    def before_test(self) -> None:
+        self.datamodule.check_files("test")
+
+    def _callback(self, kind: type[T]) -> T:
+        return next(c for c in self.trainer.callbacks if isinstance(c, kind))
 
     def _run_subcommand(self, subcommand: str) -> None:
-        """Lightning answers Ctrl-C outside the training loop with exit status 1 (and ignores Ctrl-C from
-        then on): make it 130, the status of an interrupted command, and restore Ctrl-C. (A private method
-        of LightningCLI: see lmproject.lit.compat.PRIVATE_OVERRIDES.)"""
+        """Every way a command can end, as its exit status, with the fit summary for fit:
+        - Lightning answers Ctrl-C outside the training loop with exit status 1 (and ignores Ctrl-C from
+          then on): 130, the status of an interrupted command, and Ctrl-C restored;
+        - Ctrl-C or SIGTERM in training (RunStopped): 130 or 143; SIGTERM elsewhere (Lightning's
+          SIGTERMException, a SystemExit with status 0): 143;
+        - divergence (NonFiniteLossError): 3, raised on to main;
+        - the time limit: 124 (after_fit).
+        (A private method of LightningCLI: see lmproject.lit.compat.PRIVATE_OVERRIDES.)"""
         try:
             super()._run_subcommand(subcommand)
+        except RunStopped as stop:
+            self._print_summary(Ending(stop.reason, resume=True), str(stop.saved))
+            raise SystemExit(stop.status) from None
+        except NonFiniteLossError:
+            if subcommand == "fit":
+                self._print_summary(Ending("diverged", resume=False), self._last_checkpoint())
+            raise
+        except SIGTERMException:
+            print(f"lmproject: {subcommand} terminated by SIGTERM", file=sys.stderr)
+            raise SystemExit(TERMINATED) from None
         except SystemExit as exit_:
-            if exit_.code != 1 or not self._interrupt_callback().keyboard_interrupt:
+            if exit_.code != 1 or not self._callback(RunStop).keyboard_interrupt:
                 raise
             signal.signal(signal.SIGINT, signal.default_int_handler)
             print(f"lmproject: {subcommand} interrupted", file=sys.stderr)
-            raise SystemExit(130) from None
+            raise SystemExit(INTERRUPTED) from None
+
+    def _last_checkpoint(self) -> str | None:
+        path = getattr(self.trainer.checkpoint_callback, "last_model_path", "")
+        return path or None
+
+    def _print_summary(self, ending: Ending, checkpoint: str | None) -> None:
+        if self.trainer.is_global_zero:
+            print(
+                summary(self.trainer, self._callback(RunRecord), ending, checkpoint, self._words), flush=True
+            )
 
     def after_fit(self) -> None:
-        interrupt = self._interrupt_callback()
-        if interrupt.saved is not None:
-            print(
-                f"lmproject: interrupted; saved {interrupt.saved} (resume with --ckpt_path last)",
-                file=sys.stderr,
-            )
-            raise SystemExit(130)
+        stop = self._callback(RunStop)
+        if stop.stopped is not None:  # stopped by a signal where no validation followed
+            self._print_summary(Ending(stop.stopped.reason, resume=True), str(stop.saved))
+            raise SystemExit(stop.stopped.status)
+        if stop.time_capped:
+            limit = self.config.fit.trainer.get("max_time")
+            ending = Ending(f"stopped by the time limit (trainer.max_time {limit})", resume=True)
+            self._print_summary(ending, str(stop.saved))
+            if self.trainer.is_global_zero:
+                print(
+                    "  a resumed run gets the whole time limit again; --trainer.max_time null removes it",
+                    flush=True,
+                )
+            raise SystemExit(TIME_LIMIT)
+        done = self.trainer.global_step >= self.trainer.max_steps > 0
+        ending = Ending("finished" if done else "stopped", resume=not done)
+        self._print_summary(ending, self._last_checkpoint())
 
     def predict(
         self, model: LanguageModel, datamodule: TokenDataModule, ckpt_path: str | None = None, **_
@@ -305,7 +395,7 @@ def run_lightning(argv: list[str] | None, run: bool = True, cli_class: type[LMCL
             save_config_kwargs={"overwrite": True},
             trainer_defaults={
                 "plugins": [{"class_path": "lmproject.lit.checkpoints.AtomicCheckpointIO"}],
-                "callbacks": [GracefulInterrupt()],
+                "enable_model_summary": False,  # fit prints model_line instead
                 "check_val_every_n_epoch": None,
                 "val_check_interval": 1000,
                 "max_epochs": -1,
@@ -345,7 +435,7 @@ def main(argv: list[str]) -> int:
             return run_lightning(argv)
         except NonFiniteLossError as err:
             print(f"lmproject: error: {err}", file=sys.stderr)
-            raise SystemExit(3) from None
+            raise SystemExit(DIVERGED) from None
 
     run_cli(run, "lmproject")
     return 0

@@ -59,10 +59,15 @@ PRIVATE_OVERRIDES = {
         "RunCheckpoint: last.ckpt always holds the newest step in that one file; without the override a "
         "resumed run starts a last-v1.ckpt and `--ckpt_path last` resumes from the older file"
     ),
+    (ModelCheckpoint, "_save_checkpoint"): (
+        "RunCheckpoint: no checkpoint is written with non-finite weights or optimizer state (a diverged "
+        "step); without the override a diverged run's 'last good checkpoint' could hold NaN weights"
+    ),
     (LightningCLI, "_prepare_subcommand_parser"): (
         "LMCLI: predict's sampling options (--prompt, --top_p, ...); without it predict refuses them"
     ),
     (LightningCLI, "_run_subcommand"): (
-        "LMCLI: Ctrl-C outside the training loop exits with status 130; without it, with Lightning's 1"
+        "LMCLI: each ending's exit status (Ctrl-C 130, SIGTERM 143, divergence 3) and the fit summary; "
+        "without it Ctrl-C outside the training loop exits 1, SIGTERM 0, and no summary is printed"
     ),
 }

@@ -3,6 +3,7 @@ the training stream's position (seed, batches drawn) saved in checkpoints for an
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import lightning as L
@@ -12,6 +13,13 @@ from torch.utils.data import DataLoader
 from lmproject.errors import UserError
 from lmproject.settings import check_settings
 from lmproject.training.data import FixedWindows, RandomWindows, check_tokens, open_tokens
+
+
+def ignore_ctrl_c(worker_id: int) -> None:
+    """A DataLoader worker ignores SIGINT: a terminal's Ctrl-C reaches the whole process group, and a
+    worker killed by it made the run crash ("DataLoader worker exited unexpectedly") instead of stopping
+    at the next step with a checkpoint, which the main process does (lmproject.lit.callbacks.RunStop)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class TokenDataModule(L.LightningDataModule):
@@ -62,15 +70,24 @@ class TokenDataModule(L.LightningDataModule):
         self.val_windows, self.num_workers, self.seed = val_windows, num_workers, seed
         self.tokenizer_dir = Path(tokenizer_dir) if tokenizer_dir else self.train_path.parent / "tokenizer"
         self.batches_drawn = 0
+        self._checked: set[Path] = set()
 
-    def setup(self, stage: str) -> None:
+    def check_files(self, stage: str) -> None:
+        """Refuse a missing or unusable token file of `stage` (fit, validate, test) with one line naming it;
+        the CLI calls this before the trainer writes anything, setup() for other callers. Each file is
+        checked once."""
         paths = {
             "fit": [self.train_path, self.val_path],
             "validate": [self.val_path],
             "test": [self.test_path],
         }
         for path in paths.get(stage, []):
-            check_tokens(open_tokens(path, self.dtype), path, self.context_length, self.vocab_size)
+            if path not in self._checked:
+                check_tokens(open_tokens(path, self.dtype), path, self.context_length, self.vocab_size)
+                self._checked.add(path)
+
+    def setup(self, stage: str) -> None:
+        self.check_files(stage)
 
     def _loader_args(self) -> dict:
         on_gpu = self.trainer is not None and isinstance(self.trainer.accelerator, CUDAAccelerator)
@@ -78,6 +95,7 @@ class TokenDataModule(L.LightningDataModule):
             "num_workers": self.num_workers,
             "pin_memory": on_gpu,
             "persistent_workers": self.num_workers > 0,
+            "worker_init_fn": ignore_ctrl_c if self.num_workers > 0 else None,
         }
 
     def train_dataloader(self) -> DataLoader:

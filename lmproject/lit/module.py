@@ -236,13 +236,43 @@ class LanguageModel(L.LightningModule):
             self._decoding = (dtype, for_decoding(self.model, dtype))
         return self._decoding[1]
 
-    def configure_optimizers(self):
-        hp = self.hparams
-        cycle = hp.cosine_cycle_iters or self.trainer.max_steps
+    def _cycle(self) -> int:
+        """The schedule's length in optimizer steps: cosine_cycle_iters, or the run's max_steps."""
+        cycle = self.hparams.cosine_cycle_iters or self.trainer.max_steps
         if cycle is None or cycle <= 0:
             raise UserError(
                 "the learning-rate schedule needs a length: set train_tokens or model.cosine_cycle_iters"
             )
+        return cycle
+
+    def _lr_factor(self, step: int) -> float:
+        """The learning rate at `step` over lr_max: LambdaLR multiplies lr_max (the groups' initial lr) by
+        it. It reads the settings at each call, so those a resume changes apply from its first step."""
+        hp, cycle = self.hparams, self._cycle()
+        if hp.schedule == "wsd":
+            decay_iters = round(hp.wsd_decay_fraction * cycle)
+            return wsd_lr(step, hp.lr_max, hp.lr_min, hp.warmup_iters, cycle, decay_iters) / hp.lr_max
+        return cosine_lr(step, hp.lr_max, hp.lr_min, hp.warmup_iters, cycle) / hp.lr_max
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Resuming keeps the optimizer state and the schedule's position, and runs the schedule of this
+        run's settings: the saved learning rates are recomputed from them (the same values when they did
+        not change; lmproject.lit.cli applies a changed lr_max, warmup, ... to a resumed run)."""
+        trainer = attached_trainer(self)
+        if trainer is None or trainer.state.fn != "fit":  # load_from_checkpoint, validate, ...: no schedule
+            return
+        lr_max = self.hparams.lr_max
+        for scheduler in checkpoint.get("lr_schedulers", []):
+            step = scheduler["last_epoch"]
+            scheduler["base_lrs"] = [lr_max] * len(scheduler["base_lrs"])
+            scheduler["_last_lr"] = [lr_max * self._lr_factor(step)] * len(scheduler["base_lrs"])
+            for optimizer in checkpoint.get("optimizer_states", []):
+                for group in optimizer["param_groups"]:
+                    group["initial_lr"], group["lr"] = lr_max, lr_max * self._lr_factor(step)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        self._cycle()  # refuse a schedule without a length before building anything
         settings = dict(lr=hp.lr_max, betas=hp.betas, eps=hp.eps, weight_decay=hp.weight_decay)
         if hp.optimizer == "muon":
             if type(getattr(attached_trainer(self), "strategy", None)).__name__ == "FSDPStrategy":
@@ -255,14 +285,7 @@ class LanguageModel(L.LightningModule):
             optimizer = Muon(groups, momentum=hp.muon_momentum, **settings)
         else:
             optimizer = AdamW(self.parameters(), **settings)
-        decay_iters = round(hp.wsd_decay_fraction * cycle)
-
-        def factor(step: int) -> float:  # LambdaLR multiplies the initial lr (lr_max) by this
-            if hp.schedule == "wsd":
-                return wsd_lr(step, hp.lr_max, hp.lr_min, hp.warmup_iters, cycle, decay_iters) / hp.lr_max
-            return cosine_lr(step, hp.lr_max, hp.lr_min, hp.warmup_iters, cycle) / hp.lr_max
-
-        schedule = LambdaLR(optimizer, factor)
+        schedule = LambdaLR(optimizer, lambda step: self._lr_factor(step))  # a function: not saved
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 

@@ -150,3 +150,25 @@ def one_line(err: Exception, valid_keys: list[str] | None = None) -> str:
         key = next(group for group in found.group("flag", "key", "nested", "action", "option") if group)
         text += did_you_mean(key, valid_keys)
     return text
+
+
+def max_time_seconds(max_time: Any) -> float | None:
+    """trainer.max_time as seconds: "DD:HH:MM:SS", or a mapping of days/hours/minutes/seconds (Lightning's
+    forms); None: no limit."""
+    if max_time is None:
+        return None
+    if isinstance(max_time, str):
+        try:
+            days, hours, minutes, seconds = (float(part) for part in max_time.split(":"))
+        except ValueError:
+            raise UserError(f"trainer.max_time={max_time!r}: must be DD:HH:MM:SS, e.g. 00:01:30:00") from None
+        return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+    if isinstance(max_time, dict):
+        units = {"days": 86400, "hours": 3600, "minutes": 60, "seconds": 1}
+        unknown = set(max_time) - set(units)
+        if unknown:
+            raise UserError(
+                f"trainer.max_time: unknown unit {sorted(unknown)[0]!r} (days, hours, minutes, seconds)"
+            )
+        return sum(float(value) * units[unit] for unit, value in max_time.items())
+    raise UserError(f"trainer.max_time={max_time!r}: must be DD:HH:MM:SS or a mapping of days/hours/...")

@@ -14,6 +14,9 @@ from lmproject.errors import UserError
 from lmproject.training.digest import digest_status, save_with_digest
 
 Target = str | os.PathLike | BinaryIO | IO[bytes]
+# Set in every checkpoint write_checkpoint writes: such a file without a valid digest was damaged (its
+# digest mark included), where a file that never had one (other code wrote it) may still load.
+DIGEST_KEY = "lmproject_digest"
 
 
 def save_checkpoint(
@@ -40,7 +43,15 @@ def write_checkpoint(state: dict, path: str | os.PathLike) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(Path(path).parent)
     with atomic_write(path, "wb") as file:
-        save_with_digest(state, file)
+        save_with_digest({**state, DIGEST_KEY: "sha256"}, file)
+
+
+def first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first floating-point tensor holding NaN or infinity, or None."""
+    for name, tensor in tensors.items():
+        if torch.is_tensor(tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None
 
 
 def load_checkpoint(src: Target, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> int:
