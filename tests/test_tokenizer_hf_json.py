@@ -175,5 +175,5 @@ def test_malformed_files_are_a_one_line_error(stories_tokenizer, tmp_path, chang
     path = tmp_path / "tokenizer.json"
     path.write_text(json.dumps(document))
     with pytest.raises(UserError, match=message) as error:
-        load_tokenizer_json(path.vocab, path.merges, path.special_tokens)
+        load_tokenizer_json(path)
     assert str(path) in str(error.value) and "\n" not in str(error.value)
