@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from test_cli import one_thread  # noqa: F401 (autouse fixture)
+from shipped_configs import CONFIGS, build
 from tiny_run import make_run
 
 from lmproject.accounting import parameter_counts
@@ -16,7 +16,8 @@ from lmproject.lit.loggers import WandbLogger
 from lmproject.nn import ModelConfig
 from lmproject.tools import plot
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SHIPPED = sorted(str(path.relative_to(CONFIGS)) for path in CONFIGS.rglob("*.yaml"))
 BASES = [name for name in SHIPPED if {"model", "data"} <= set(yaml.safe_load((CONFIGS / name).read_text()))]
 OVERLAYS = {
@@ -26,11 +27,6 @@ OVERLAYS = {
     "nope": {"position": "none"},
     "silu": {"ffn": "silu", "d_ff": 2048},
 }
-
-
-def build(*configs, extra=()):
-    args = [a for config in configs for a in ("--config", str(CONFIGS / config))]
-    return cli.run_lightning([*args, *extra], run=False)
 
 
 @pytest.mark.parametrize(

@@ -11,10 +11,11 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from test_cli import PoisonAt, one_thread, write_config, write_tokens  # noqa: F401 (autouse)
-from test_module import RecordLosses, metric_rows
+from tiny_fit import PoisonAt, RecordLosses, metric_rows, write_config, write_tokens
 
 from lmproject.lit.commands import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class RecordRank(L.Callback):

@@ -11,7 +11,6 @@ from dataclasses import asdict
 import lightning as L
 import pytest
 import torch
-from test_cli import one_thread  # noqa: F401 (autouse fixture)
 from tiny_run import make_run
 
 from lmproject import precision
@@ -24,6 +23,8 @@ from lmproject.sampling import generate as generate_module
 from lmproject.sampling.config import SamplingConfig
 from lmproject.sampling.generate import generate
 from lmproject.tokenizer import Tokenizer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 EOS = "<|endoftext|>"
 

@@ -9,9 +9,9 @@ from dataclasses import replace
 
 import pytest
 import torch
+from readme_snippets import readme_snippets, shrunk
 from safetensors.torch import load_file, save_file
-from test_cli import fails, one_thread  # noqa: F401 (autouse fixture)
-from test_readme import readme_snippets, shrunk
+from tiny_fit import fails
 from tiny_run import EOT, load_ours, make_run
 
 from lmproject.interop.hf_llama import (
@@ -34,6 +34,8 @@ from lmproject.training.optim import AdamW
 transformers = pytest.importorskip("transformers")
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E402
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SHAPES = {  # vocab_size, context_length, d_model, num_layers, num_heads, d_ff
     "3 heads of 16": ModelConfig(

@@ -7,10 +7,12 @@ import signal
 
 import lightning as L
 import pytest
-from test_cli import one_thread, write_config, write_tokens  # noqa: F401 (autouse fixture)
+from tiny_fit import write_config, write_tokens
 
 from lmproject import launch
 from lmproject.lit.commands import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class SigintAtValidationBatch(L.Callback):

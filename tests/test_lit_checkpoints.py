@@ -3,12 +3,14 @@ killed run left behind is cleaned up. Real short fits of a tiny model."""
 
 import pytest
 import torch
-from test_checkpoint import zero_middle
-from test_cli import BATCH, SigintAt, fails, one_thread, write_config, write_tokens  # noqa: F401
+from conftest import zero_middle
+from tiny_fit import SigintAt, fails, write_config, write_tokens
 
 from lmproject.atomic import remove_stale_temps
 from lmproject.lit.checkpoints import checkpoint_step, find_last
 from lmproject.lit.commands import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 DEAD_PID = 99_999_999  # above Linux's largest pid (4,194,304): no process has it
 

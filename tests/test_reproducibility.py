@@ -3,7 +3,7 @@ torch's default thread count too (test_cli pins one thread, where it holds witho
 
 import pytest
 import torch
-from test_cli import BATCH, TINY_ARCH, SigintAt, train_losses, write_config, write_tokens
+from tiny_fit import BATCH, TINY_ARCH, SigintAt, train_losses, write_config, write_tokens
 
 from lmproject.lit.commands import main
 

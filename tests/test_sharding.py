@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from test_cli import TINY_ARCH, fails, write_config, write_tokens
+from tiny_fit import TINY_ARCH, fails, write_config, write_tokens
 
 from lmproject.lit.checkpoints import check_checkpoint
 from lmproject.lit.commands import main

@@ -9,7 +9,7 @@ import pytest
 from conftest import shared
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from test_tokenizer_encode import ENGLISH_MERGES, EOT, make_tokenizer
+from small_tokenizer import ENGLISH_MERGES, EOT, make_tokenizer
 
 from lmproject.tokenizer import Tokenizer
 from lmproject.tokenizer import tokenizer as tokenizer_module
