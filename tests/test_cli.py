@@ -54,6 +54,7 @@ def data_dir(tmp_path):
     return tmp_path
 
 
+@pytest.mark.slow
 def test_ctrl_c_then_resume_from_last_continues_the_exact_trajectory(data_dir):
     steps = 8
     budget = ["--train_tokens", str(steps * BATCH * TINY_ARCH["context_length"])]
@@ -146,6 +147,7 @@ def test_16_mixed_skips_a_step_with_inf_gradients_instead_of_stopping(data_dir):
     assert all(torch.isfinite(w).all() for w in last["state_dict"].values())
 
 
+@pytest.mark.slow
 def test_bad_input_gets_one_line_errors(data_dir, capsys):
     run = data_dir / "run"
     config = str(write_config(data_dir, run))
@@ -295,6 +297,8 @@ def lmproject(*args, cwd):
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_smoke_config_fits_and_validates_end_to_end(tmp_path):
     ids = np.random.default_rng(0).integers(0, 512, 20_000).astype(np.uint16)
     np.save(tmp_path / "train.npy", ids)

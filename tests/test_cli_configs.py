@@ -43,7 +43,10 @@ def test_every_shipped_config_parses_with_its_architecture_under_model_arch(conf
 
 @pytest.mark.parametrize(
     ("config", "vocab_size", "data"),
-    [("tinystories.yaml", 10_000, "tinystories"), ("owt.yaml", 32_000, "owt")],
+    [
+        ("tinystories.yaml", 10_000, "tinystories"),
+        pytest.param("owt.yaml", 32_000, "owt", marks=pytest.mark.slow),
+    ],
 )
 def test_cs336_configs_build_the_handout_model_with_vocab_and_context_set_once(config, vocab_size, data):
     built = build(config)
@@ -83,6 +86,7 @@ def test_wandb_overlay_is_offline_without_an_api_key_and_logs_under_the_run(monk
     assert not build("smoke.yaml", "wandb.yaml").trainer.loggers[1]._offline
 
 
+@pytest.mark.slow
 def test_a_wandb_run_also_writes_the_metrics_csv_that_plot_reads(monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_MODE", "disabled")
     config = make_run(tmp_path, steps=1)

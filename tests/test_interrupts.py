@@ -32,6 +32,7 @@ def test_ctrl_c_while_the_modules_load_is_status_130_without_a_traceback(monkeyp
     assert capsys.readouterr().err == f"{prog}: interrupted\n"
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_validate_is_status_130_and_ctrl_c_works_again(tmp_path, capsys):
     write_tokens(tmp_path)
     run = tmp_path / "run"

@@ -27,6 +27,7 @@ from lmproject.nn import ModelConfig
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+@pytest.mark.slow
 def test_with_accumulation_train_loss_is_the_steps_mean_and_validation_counts_optimizer_steps(tmp_path):
     write_tokens(tmp_path)
     run = tmp_path / "run"
@@ -48,6 +49,7 @@ def test_with_accumulation_train_loss_is_the_steps_mean_and_validation_counts_op
 
 
 @pytest.mark.parametrize(("log_every", "val_every"), [(1, 4), (7, 3)])
+@pytest.mark.slow
 def test_every_logged_row_carries_throughput_and_time_measured_for_it(tmp_path, log_every, val_every):
     write_tokens(tmp_path)
     run = tmp_path / "run"
@@ -71,6 +73,7 @@ def test_every_logged_row_carries_throughput_and_time_measured_for_it(tmp_path, 
 MEMORY_STEPS = 6
 
 
+@pytest.mark.slow
 def test_checkpointing_and_the_chunked_loss_give_the_plain_runs_losses(tmp_path):
     write_tokens(tmp_path)
     budget = ["--train_tokens", str(MEMORY_STEPS * BATCH * TINY_ARCH["context_length"])]

@@ -30,6 +30,7 @@ def test_the_tokenizer_snippet(tmp_path, monkeypatch):
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_the_plain_pytorch_snippet():
     code = shrunk(
         readme_snippets()["The model and optimizer (plain PyTorch, no Lightning)"],

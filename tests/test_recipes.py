@@ -240,6 +240,7 @@ def tinystories_settings() -> dict:
 
 
 @pytest.mark.parametrize("recipe", sorted(SWITCHES))
+@pytest.mark.slow
 def test_each_recipe_overlay_turns_on_its_switch_and_nothing_else(recipe):
     base = tinystories_settings()
     switched = settings(build("tinystories.yaml", f"recipes/{recipe}.yaml").model)

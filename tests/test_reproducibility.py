@@ -17,6 +17,7 @@ def default_threads():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_deterministic_ctrl_c_and_resume_is_bit_identical_with_several_threads(tmp_path, default_threads):
     write_tokens(tmp_path)
     steps = 4

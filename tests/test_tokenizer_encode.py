@@ -96,6 +96,7 @@ def test_decode_replaces_malformed_utf8_and_rejects_unknown_ids(english):
             english.decode([104, bad])
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(st.text())
 def test_decode_inverts_encode(text):
