@@ -20,7 +20,7 @@ else
 endif
 TOKENIZER_DIR := $(DATA_DIR)/tokenizer
 
-.PHONY: install test lint demo bench data tokenizer tokenize smoke-data clean
+.PHONY: install test test-fast lint demo bench data tokenizer tokenize smoke-data clean
 
 # CPU machines get the pinned CPU build of torch first; machines with an NVIDIA driver get the
 # regular (CUDA) build through the normal requirement in pyproject.toml.
@@ -41,6 +41,11 @@ lint: install
 # torch runs of the suite fast when the cores are shared.
 test: lint
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/pytest -q
+
+# The quick lane while editing: no lint, and none of the tests marked slow or
+# multiprocess (pyproject.toml lists the markers); `make test` still runs everything.
+test-fast: install
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/pytest -q -m "not slow and not multiprocess"
 
 demo: install
 	$(PY) -m lmproject.tools.demo --out demo

@@ -4,6 +4,7 @@ import io
 
 import pytest
 import torch
+from conftest import zero_middle
 
 from lmproject.errors import UserError
 from lmproject.nn import TransformerLM, cross_entropy
@@ -92,14 +93,6 @@ def test_other_torch_files_are_refused(tmp_path):
     model, optimizer = trained_pair(0)
     with pytest.raises(UserError, match="other.pt: not a save_checkpoint file"):
         load_checkpoint(tmp_path / "other.pt", model, optimizer)
-
-
-def zero_middle(path, count=1000):
-    """What a failing disk or a bad copy does: a block of the file becomes zeros, the size stays."""
-    data = bytearray(path.read_bytes())
-    middle = len(data) // 2
-    data[middle : middle + count] = bytes(count)
-    path.write_bytes(bytes(data))
 
 
 def test_a_checkpoint_with_a_zeroed_block_is_refused_as_damaged(tmp_path):

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from tiny_fit import BATCH, TINY_ARCH, PoisonAt, SigintAt, fails, train_losses, write_config, write_tokens
 
 from lmproject.accounting import train_flops_per_token
 from lmproject.lit.checkpoints import AtomicCheckpointIO
@@ -23,28 +24,9 @@ from lmproject.lit.commands import main
 from lmproject.nn import ModelConfig
 from lmproject.training.checkpoint import DIGEST_KEY
 
-TINY_ARCH = {
-    "vocab_size": 64,
-    "context_length": 16,
-    "d_model": 32,
-    "num_layers": 2,
-    "num_heads": 2,
-    "d_ff": 64,
-}
-TINY_MODEL = {"arch": TINY_ARCH, "lr_max": 1e-2, "lr_min": 1e-3, "warmup_iters": 2}
-BATCH = 4
 SMOKE = Path(__file__).resolve().parent.parent / "configs" / "smoke.yaml"
 
-
-class SigintAt(L.Callback):
-    """Presses Ctrl-C (sends SIGINT to this process) after optimizer step `step`."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGINT)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class DoubleSigintAt(SigintAt):
@@ -54,18 +36,6 @@ class DoubleSigintAt(SigintAt):
         if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGINT)
             os.kill(os.getpid(), signal.SIGINT)
-
-
-class PoisonAt(L.Callback):
-    """Makes the weights NaN after optimizer step `step` (on one DDP rank or all): the next loss is NaN."""
-
-    def __init__(self, step: int, rank: int | None = None):
-        self.step, self.rank = step, rank
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step == self.step and self.rank in (None, trainer.global_rank):
-            with torch.no_grad():
-                pl_module.model.lm_head.weight.fill_(math.nan)
 
 
 class InfGradientAt(L.Callback):
@@ -79,70 +49,13 @@ class InfGradientAt(L.Callback):
             pl_module.model.lm_head.weight.grad.fill_(math.inf)
 
 
-def write_tokens(directory, vocab_size=64, n=4000):
-    """Train/valid token files with learnable structure (a noisy counter modulo the vocabulary)."""
-    rng = np.random.default_rng(0)
-    ids = (np.arange(n) + rng.integers(0, 2, n)) % vocab_size
-    np.save(directory / "train.npy", ids.astype(np.uint16))
-    np.save(directory / "valid.npy", ids[: n // 4].astype(np.uint16))
-
-
-def write_config(directory, run_dir, callbacks=(), model=None):
-    """A complete fit config for a tiny model on write_tokens' files (`model` overrides some of its `model:`
-    section); returns its path."""
-    hooks = [{"class_path": f"{c.__module__}.{c.__name__}", "init_args": a} for c, a in callbacks]
-    config = {
-        "trainer": {
-            "accelerator": "cpu", "devices": 1, "precision": "32-true", "default_root_dir": str(run_dir),
-            "log_every_n_steps": 1, "val_check_interval": 4, "enable_progress_bar": False,
-            "enable_model_summary": False, "callbacks": hooks,
-        },
-        "model": {**TINY_MODEL, **(model or {})},
-        "data": {"train_path": str(directory / "train.npy"), "val_path": str(directory / "valid.npy"),
-                 "batch_size": BATCH, "val_windows": 8},
-        "checkpoint": {"every_n_train_steps": 2},
-    }  # fmt: skip
-    path = run_dir.parent / f"{run_dir.name}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def train_losses(run_dir):
-    """{step: train/loss} over every invocation's metrics.csv in a run directory."""
-    losses = {}
-    for metrics in sorted(run_dir.glob("logs/version_*/metrics.csv")):
-        with metrics.open() as f:
-            for row in csv.DictReader(f):
-                if row.get("train/loss"):
-                    losses[int(row["step"])] = float(row["train/loss"])
-    return losses
-
-
-def fails(argv, capsys, status=2):
-    """Run the CLI expecting a one-line error and exit status `status`; returns the message."""
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == status
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert lines[-1].startswith("lmproject: error: ")
-    return lines[-1]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: tiny models gain nothing from more, and on shared cores idle threads spin-wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def data_dir(tmp_path):
     write_tokens(tmp_path)
     return tmp_path
 
 
+@pytest.mark.slow
 def test_ctrl_c_then_resume_from_last_continues_the_exact_trajectory(data_dir):
     steps = 8
     budget = ["--train_tokens", str(steps * BATCH * TINY_ARCH["context_length"])]
@@ -235,6 +148,7 @@ def test_16_mixed_skips_a_step_with_inf_gradients_instead_of_stopping(data_dir):
     assert all(torch.isfinite(w).all() for w in last["state_dict"].values())
 
 
+@pytest.mark.slow
 def test_bad_input_gets_one_line_errors(data_dir, capsys):
     run = data_dir / "run"
     config = str(write_config(data_dir, run))
@@ -366,6 +280,8 @@ def lmproject(*args, cwd):
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_smoke_config_fits_and_validates_end_to_end(tmp_path):
     ids = np.random.default_rng(0).integers(0, 512, 20_000).astype(np.uint16)
     np.save(tmp_path / "train.npy", ids)

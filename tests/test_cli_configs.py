@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from test_cli import one_thread  # noqa: F401 (autouse fixture)
+from shipped_configs import CONFIGS, build
 from tiny_run import make_run
 
 from lmproject.accounting import parameter_counts
@@ -16,7 +16,8 @@ from lmproject.lit.loggers import WandbLogger
 from lmproject.nn import ModelConfig
 from lmproject.tools import plot
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SHIPPED = sorted(str(path.relative_to(CONFIGS)) for path in CONFIGS.rglob("*.yaml"))
 BASES = [name for name in SHIPPED if {"model", "data"} <= set(yaml.safe_load((CONFIGS / name).read_text()))]
 OVERLAYS = {
@@ -26,11 +27,6 @@ OVERLAYS = {
     "nope": {"position": "none"},
     "silu": {"ffn": "silu", "d_ff": 2048},
 }
-
-
-def build(*configs, extra=()):
-    args = [a for config in configs for a in ("--config", str(CONFIGS / config))]
-    return cli.run_lightning([*args, *extra], run=False)
 
 
 @pytest.mark.parametrize(
@@ -47,7 +43,10 @@ def test_every_shipped_config_parses_with_its_architecture_under_model_arch(conf
 
 @pytest.mark.parametrize(
     ("config", "vocab_size", "data"),
-    [("tinystories.yaml", 10_000, "tinystories"), ("owt.yaml", 32_000, "owt")],
+    [
+        ("tinystories.yaml", 10_000, "tinystories"),
+        pytest.param("owt.yaml", 32_000, "owt", marks=pytest.mark.slow),
+    ],
 )
 def test_cs336_configs_build_the_handout_model_with_vocab_and_context_set_once(config, vocab_size, data):
     built = build(config)
@@ -87,6 +86,7 @@ def test_wandb_overlay_is_offline_without_an_api_key_and_logs_under_the_run(monk
     assert not build("smoke.yaml", "wandb.yaml").trainer.loggers[1]._offline
 
 
+@pytest.mark.slow
 def test_a_wandb_run_also_writes_the_metrics_csv_that_plot_reads(monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_MODE", "disabled")
     config = make_run(tmp_path, steps=1)

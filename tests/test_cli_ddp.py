@@ -11,10 +11,11 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from test_cli import PoisonAt, one_thread, write_config, write_tokens  # noqa: F401 (autouse)
-from test_module import RecordLosses, metric_rows
+from tiny_fit import PoisonAt, RecordLosses, metric_rows, write_config, write_tokens
 
 from lmproject.lit.commands import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class RecordRank(L.Callback):
@@ -47,6 +48,8 @@ def fit_ddp(tmp_path, callbacks, steps, *args):
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_two_process_ddp_draws_different_batches_and_keeps_weights_equal(tmp_path):
     done = fit_ddp(tmp_path, [(RecordRank, {"out_dir": str(tmp_path)})], steps=3)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -59,6 +62,8 @@ def test_two_process_ddp_draws_different_batches_and_keeps_weights_equal(tmp_pat
     assert torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=True)["global_step"] == 3
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_muon_under_ddp_steps_every_rank_with_the_reduced_gradients(tmp_path):
     # Each rank draws its own batches: unreduced gradients would give each rank its own Muon update.
     recorder = [(RecordRank, {"out_dir": str(tmp_path)})]
@@ -72,6 +77,8 @@ def test_muon_under_ddp_steps_every_rank_with_the_reduced_gradients(tmp_path):
     assert sum("momentum_buffer" in s for s in state["state"].values()) == 14  # Muon stepped the matrices
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_a_nan_loss_on_one_rank_stops_every_rank_with_the_step_named(tmp_path):
     done = fit_ddp(tmp_path, [(PoisonAt, {"step": 3, "rank": 1})], steps=6)  # checkpoints every 2 steps
     assert done.returncode == 3, done.stderr[-3000:]
@@ -80,6 +87,8 @@ def test_a_nan_loss_on_one_rank_stops_every_rank_with_the_step_named(tmp_path):
     assert torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=True)["global_step"] == 2
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_ddp_logs_the_mean_train_loss_of_all_ranks_and_a_val_loss_independent_of_the_device_count(tmp_path):
     windows = ["--data.val_windows", "7"]  # odd: 2 ranks cannot split it evenly
     done = fit_ddp(tmp_path, [(RecordLosses, {"out_dir": str(tmp_path)})], 2, *windows,
@@ -102,6 +111,8 @@ def test_ddp_logs_the_mean_train_loss_of_all_ranks_and_a_val_loss_independent_of
 
 
 @pytest.mark.parametrize("texts", [["Once upon a time", "Tom and his dog", "The sun"], ["Once upon a time"]])
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_predict_under_ddp_writes_every_prompt_once_in_order_as_one_process_does(tmp_path, texts):
     """Each rank samples its share of the prompts (3 prompts over 2 ranks; 1 prompt: the second rank samples
     a copy); the JSONL and the printed completions hold each prompt's once, as on one process."""

@@ -11,7 +11,6 @@ from dataclasses import asdict
 import lightning as L
 import pytest
 import torch
-from test_cli import one_thread  # noqa: F401 (autouse fixture)
 from tiny_run import make_run
 
 from lmproject import precision
@@ -24,6 +23,8 @@ from lmproject.sampling import generate as generate_module
 from lmproject.sampling.config import SamplingConfig
 from lmproject.sampling.generate import generate
 from lmproject.tokenizer import Tokenizer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 EOS = "<|endoftext|>"
 
@@ -81,6 +82,7 @@ def test_greedy_completions_equal_generate_on_the_checkpoint_and_go_to_jsonl(run
     assert [r["seed"] for r in records] == [0, 0, 1, 1]
 
 
+@pytest.mark.slow
 def test_sampling_is_reproducible_from_the_seed(run):
     outputs = []
     for name, seed in [("a", "7"), ("b", "7"), ("c", "8")]:
@@ -314,6 +316,7 @@ def test_an_output_that_cannot_be_written_is_refused_before_sampling(
 
 
 @pytest.mark.skipif(compiled_step_module.cpp_compiler() is None, reason="no C++ compiler for torch.compile")
+@pytest.mark.slow
 def test_compiled_step_completions_equal_the_op_by_op_ones(run):
     outputs = {}
     for flag in ("false", "true"):

@@ -39,6 +39,7 @@ def compiled_graphs() -> int:
 
 
 @needs_compiler
+@pytest.mark.slow
 def test_compiled_steps_give_the_eager_tokens_and_compile_once():
     model = small_model()
     greedy = SamplingConfig(max_new_tokens=30, temperature=0, window_slide=3)
@@ -50,6 +51,7 @@ def test_compiled_steps_give_the_eager_tokens_and_compile_once():
 
 
 @needs_compiler
+@pytest.mark.slow
 def test_a_compiled_step_follows_weights_changed_in_place():
     """The compiled graph holds the weights as constants: a model whose weights changed (a checkpoint
     loaded into it) gets a new step instead of the old weights' tokens."""
@@ -62,6 +64,7 @@ def test_a_compiled_step_follows_weights_changed_in_place():
 
 
 @needs_compiler
+@pytest.mark.slow
 def test_steps_of_two_models_and_batch_sizes_in_turn_each_run_their_own_graph():
     """Each step runs its own graph (its model's weights, its batch size) when others were compiled since,
     and every step is compiled, however many there are (dynamo's recompile limit counts graphs per code
@@ -78,6 +81,7 @@ def test_steps_of_two_models_and_batch_sizes_in_turn_each_run_their_own_graph():
 
 
 @needs_compiler
+@pytest.mark.slow
 def test_a_compiled_step_serves_a_later_call_under_inference_mode():
     """`lmproject predict` samples under torch.inference_mode; a step compiled outside it still serves it
     (a recompilation for the new mode, not an error) and gives the same tokens."""
@@ -109,6 +113,7 @@ print("freed" if weight() is None else "kept")
 
 
 @needs_compiler
+@pytest.mark.slow
 def test_a_dropped_model_takes_its_compiled_step_and_weights_with_it():
     """The compiled graph holds the step's weights: once the model is gone, they must go too (a process
     that samples from many models, or from one after each checkpoint, would grow without end). In a fresh

@@ -42,6 +42,7 @@ def test_config_gets_the_demo_paths_and_tiny_sizes(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.multiprocess
 def test_tiny_demo_runs_every_stage(tmp_path):
     out = tmp_path / "demo"
     result = subprocess.run(

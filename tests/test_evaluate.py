@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
-from test_cli import fails, one_thread  # noqa: F401 (autouse fixture)
+from tiny_fit import fails
 from tiny_run import load_ours, make_run
 
 from lmproject.evaluate import window_plan
@@ -20,6 +20,8 @@ from lmproject.lit.commands import main
 from lmproject.nn import cross_entropy
 from lmproject.precision import cpu_supports_bf16
 from lmproject.tokenizer import Tokenizer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

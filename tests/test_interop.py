@@ -11,7 +11,7 @@ import pytest
 import torch
 from readme_snippets import shrunk, snippets
 from safetensors.torch import load_file, save_file
-from test_cli import fails, one_thread  # noqa: F401 (autouse fixture)
+from tiny_fit import fails
 from tiny_run import EOT, load_ours, make_run
 
 from lmproject.interop.hf_llama import (
@@ -35,6 +35,8 @@ from lmproject.training.optim import AdamW
 transformers = pytest.importorskip("transformers")
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E402
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SHAPES = {  # vocab_size, context_length, d_model, num_layers, num_heads, d_ff
     "3 heads of 16": ModelConfig(

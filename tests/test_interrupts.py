@@ -7,10 +7,12 @@ import signal
 
 import lightning as L
 import pytest
-from test_cli import one_thread, write_config, write_tokens  # noqa: F401 (autouse fixture)
+from tiny_fit import write_config, write_tokens
 
 from lmproject import launch
 from lmproject.lit.commands import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class SigintAtValidationBatch(L.Callback):
@@ -30,6 +32,7 @@ def test_ctrl_c_while_the_modules_load_is_status_130_without_a_traceback(monkeyp
     assert capsys.readouterr().err == f"{prog}: interrupted\n"
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_validate_is_status_130_and_ctrl_c_works_again(tmp_path, capsys):
     write_tokens(tmp_path)
     run = tmp_path / "run"

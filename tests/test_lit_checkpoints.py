@@ -3,13 +3,15 @@ killed run left behind is cleaned up. Real short fits of a tiny model."""
 
 import pytest
 import torch
-from test_checkpoint import zero_middle
-from test_cli import BATCH, SigintAt, fails, one_thread, write_config, write_tokens  # noqa: F401
+from conftest import zero_middle
+from tiny_fit import SigintAt, fails, write_config, write_tokens
 
 from lmproject.atomic import remove_stale_temps
 from lmproject.lit.checkpoints import checkpoint_step, find_last
 from lmproject.lit.commands import main
 from lmproject.training.checkpoint import DIGEST_KEY
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 DEAD_PID = 99_999_999  # above Linux's largest pid (4,194,304): no process has it
 
@@ -28,6 +30,7 @@ def steps(run):
     return {p.name: checkpoint_step(p) for p in sorted((run / "checkpoints").glob("*.ckpt"))}
 
 
+@pytest.mark.slow
 def test_ctrl_c_before_the_first_periodic_checkpoint_then_resume_keeps_one_last_file(run):
     """The issue's run: Ctrl-C at step 46 of checkpoints every 50, resumed to step 300, left last.ckpt at 46
     and wrote steps 50 to 300 to last-v1.ckpt. Here: Ctrl-C at 2, checkpoints every 4, resumed to 8."""
@@ -40,6 +43,7 @@ def test_ctrl_c_before_the_first_periodic_checkpoint_then_resume_keeps_one_last_
     assert steps(run) == {"epoch=0-step=8.ckpt": 8, "last.ckpt": 8}
 
 
+@pytest.mark.slow
 def test_resuming_with_another_checkpoint_interval_keeps_last_at_the_newest_step(run):
     fit(run, "--trainer.max_steps", "4", "--checkpoint.every_n_train_steps", "2")
     fit(run, "--trainer.max_steps", "9", "--checkpoint.every_n_train_steps", "3", "--ckpt_path", "last")
@@ -58,6 +62,7 @@ def test_last_of_an_older_run_is_the_highest_step_not_the_newest_file(tmp_path):
     assert find_last(tmp_path) == tmp_path / "last.ckpt"  # a tie goes to last.ckpt
 
 
+@pytest.mark.slow
 def test_a_damaged_checkpoint_is_refused_naming_the_newest_intact_one(run, capsys):
     fit(run, "--trainer.max_steps", "5")  # periodic checkpoints at steps 2 and 4, last.ckpt at 5
     last = run / "checkpoints/last.ckpt"
@@ -73,6 +78,7 @@ def test_a_damaged_checkpoint_is_refused_naming_the_newest_intact_one(run, capsy
     assert checkpoint_step(last) == 8
 
 
+@pytest.mark.slow
 def test_checkpoints_without_a_digest_still_resume(run):
     fit(run, "--trainer.max_steps", "2")
     last = run / "checkpoints/last.ckpt"
@@ -83,6 +89,7 @@ def test_checkpoints_without_a_digest_still_resume(run):
     assert checkpoint_step(last) == 4
 
 
+@pytest.mark.slow
 def test_a_later_run_removes_what_a_killed_one_left_and_nothing_else(run, tmp_path):
     fit(run, "--trainer.max_steps", "2")
     checkpoints = run / "checkpoints"

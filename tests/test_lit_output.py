@@ -62,7 +62,11 @@ def _argv(command: str, config: Path, out: Path | None = None) -> list[str]:
     }[command]
 
 
-@pytest.mark.parametrize("command", ["predict", "validate", "evaluate", "export", "accounting"])
+@pytest.mark.parametrize(
+    "command",
+    [pytest.param("predict", marks=pytest.mark.slow), pytest.param("validate", marks=pytest.mark.slow),
+     "evaluate", "export", "accounting"],
+)  # fmt: skip
 def test_result_commands_hide_lightning_lines_unless_verbose(run, command, tmp_path):
     argv = _argv(command, run, tmp_path / "export")
     quiet = printed(argv)
@@ -73,6 +77,7 @@ def test_result_commands_hide_lightning_lines_unless_verbose(run, command, tmp_p
         assert "GPU available" in verbose and "Seed set to" in verbose
 
 
+@pytest.mark.slow
 def test_fit_keeps_its_lines_and_drops_the_noise(run):
     shown = printed(["fit", "--config", str(run), "--ckpt_path", "last", "--trainer.max_steps", "5"])
     assert "GPU available" in shown and "Restoring states" in shown
@@ -80,12 +85,14 @@ def test_fit_keeps_its_lines_and_drops_the_noise(run):
         assert line not in shown, shown
 
 
+@pytest.mark.slow
 def test_logger_levels_are_restored_after_a_command(run):
     before = logging.getLogger("lightning.pytorch").level
     printed(_argv("validate", run))
     assert logging.getLogger("lightning.pytorch").level == before
 
 
+@pytest.mark.slow
 def test_a_terminal_sees_only_the_completion_and_errors_still_show(run):
     """As a user sees it: a subprocess's stderr, with Python's default warning filters."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

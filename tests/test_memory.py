@@ -22,6 +22,7 @@ CASES = [  # architecture, batch, precision, activation checkpointing, loss chun
 
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="measures through Linux's /proc")
+@pytest.mark.slow
 def test_predicted_peaks_are_within_15_percent_of_measured_ones():
     with ThreadPoolExecutor(len(CASES)) as pool:  # each measurement is its own process: they can overlap
         measured = list(pool.map(lambda case: measure_in_subprocess(*case)["peak_bytes"], CASES))

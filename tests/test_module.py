@@ -2,43 +2,31 @@
 any log interval (tests/test_cli_ddp.py covers several devices). Activation checkpointing and the chunked
 loss train the same run as without them. Checkpoints of earlier versions load."""
 
-import csv
 import json
 from itertools import pairwise
-from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
-from test_cli import BATCH, TINY_ARCH, fails, one_thread, train_losses, write_config, write_tokens  # noqa: F401
+from tiny_fit import (
+    BATCH,
+    TINY_ARCH,
+    RecordLosses,
+    fails,
+    metric_rows,
+    train_losses,
+    write_config,
+    write_tokens,
+)
 
 from lmproject.lit.commands import main
 from lmproject.lit.module import LanguageModel
-from lmproject.nn import ModelConfig, cross_entropy
+from lmproject.nn import ModelConfig
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-class RecordLosses(L.Callback):
-    """Writes rank{r}.json: {optimizer step: [loss of each micro-batch]}, each loss computed again from the
-    batch and the weights the training step saw, independently of what the module logs."""
-
-    def __init__(self, out_dir: str):
-        self.out_dir, self.losses = Path(out_dir), {}
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        with torch.no_grad():
-            loss = cross_entropy(pl_module.model(batch[0]), batch[1]).item()
-        self.losses.setdefault(trainer.global_step, []).append(loss)
-
-    def on_train_end(self, trainer, pl_module):
-        (self.out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(self.losses))
-
-
-def metric_rows(run_dir: Path, column: str, version: int = 0) -> list[dict]:
-    """The rows of one invocation's metrics.csv that hold `column`."""
-    with (run_dir / f"logs/version_{version}/metrics.csv").open() as f:
-        return [row for row in csv.DictReader(f) if row.get(column)]
-
-
+@pytest.mark.slow
 def test_with_accumulation_train_loss_is_the_steps_mean_and_validation_counts_optimizer_steps(tmp_path):
     write_tokens(tmp_path)
     run = tmp_path / "run"
@@ -60,6 +48,7 @@ def test_with_accumulation_train_loss_is_the_steps_mean_and_validation_counts_op
 
 
 @pytest.mark.parametrize(("log_every", "val_every"), [(1, 4), (7, 3)])
+@pytest.mark.slow
 def test_every_logged_row_carries_throughput_and_time_measured_for_it(tmp_path, log_every, val_every):
     write_tokens(tmp_path)
     run = tmp_path / "run"
@@ -83,6 +72,7 @@ def test_every_logged_row_carries_throughput_and_time_measured_for_it(tmp_path, 
 MEMORY_STEPS = 6
 
 
+@pytest.mark.slow
 def test_checkpointing_and_the_chunked_loss_give_the_plain_runs_losses(tmp_path):
     write_tokens(tmp_path)
     budget = ["--train_tokens", str(MEMORY_STEPS * BATCH * TINY_ARCH["context_length"])]

@@ -26,6 +26,7 @@ def train(model, optimizer, inputs, targets, steps):
         optimizer.step()
 
 
+@pytest.mark.slow
 def test_adamw_matches_torch_adamw_over_1000_steps():
     model, inputs, targets = toy_regression()
     reference = copy.deepcopy(model)

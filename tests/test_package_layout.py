@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import lmproject
 
 OUTSIDE_LIT = sorted(
@@ -17,6 +19,7 @@ OUTSIDE_LIT = sorted(
 )
 
 
+@pytest.mark.slow
 def test_every_module_outside_lit_imports_without_lightning():
     """A fresh interpreter imports the core (nn, optim, tokenizer, generate, data, ...) and the tools, then
     lists any lightning module that came with them: none may."""

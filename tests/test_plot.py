@@ -102,6 +102,7 @@ def test_a_run_that_fit_stopped_with_an_error_is_marked(tmp_path, capsys):
     assert "lr_1e-3: last loss 3.4000 at step 4" in printed
 
 
+@pytest.mark.slow
 def test_a_folder_of_runs_plots_each_run_as_its_own_curve(tmp_path, capsys):
     sweep = tmp_path / "runs" / "lr"
     write_metrics(sweep / "1e-3" / "logs" / "version_0", [5.0 - 0.1 * i for i in range(10)])

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from test_cli import one_thread  # noqa: F401 (autouse fixture)
-from test_cli_configs import build
+from shipped_configs import build
 
 from lmproject.errors import UserError
 from lmproject.interop.hf_llama import check_llama_expressible
@@ -19,6 +18,8 @@ from lmproject.lit.module import LanguageModel
 from lmproject.nn import ModelConfig, TransformerLM
 from lmproject.training.muon import Muon, muon_param_groups, orthogonalize
 from lmproject.training.optim import AdamW, wsd_lr
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SMALL = dict(vocab_size=50, context_length=16, d_model=32, num_layers=2, num_heads=4, d_ff=64)
 ARCH = ModelConfig(**SMALL)
@@ -239,6 +240,7 @@ def tinystories_settings() -> dict:
 
 
 @pytest.mark.parametrize("recipe", sorted(SWITCHES))
+@pytest.mark.slow
 def test_each_recipe_overlay_turns_on_its_switch_and_nothing_else(recipe):
     base = tinystories_settings()
     switched = settings(build("tinystories.yaml", f"recipes/{recipe}.yaml").model)

@@ -3,7 +3,7 @@ torch's default thread count too (test_cli pins one thread, where it holds witho
 
 import pytest
 import torch
-from test_cli import BATCH, TINY_ARCH, SigintAt, train_losses, write_config, write_tokens
+from tiny_fit import BATCH, TINY_ARCH, SigintAt, train_losses, write_config, write_tokens
 
 from lmproject.lit.commands import main
 
@@ -17,6 +17,7 @@ def default_threads():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_deterministic_ctrl_c_and_resume_is_bit_identical_with_several_threads(tmp_path, default_threads):
     write_tokens(tmp_path)
     steps = 4

@@ -4,7 +4,7 @@ from dataclasses import fields
 
 import lightning as L
 import pytest
-from test_cli import fails, one_thread, write_config, write_tokens  # noqa: F401 (autouse fixture)
+from tiny_fit import fails, write_config, write_tokens
 
 from lmproject.lit.callbacks import ThroughputMonitor
 from lmproject.lit.datamodule import TokenDataModule
@@ -12,6 +12,8 @@ from lmproject.lit.module import LanguageModel
 from lmproject.lit.run_config import join_negative_numbers
 from lmproject.nn import ModelConfig, TransformerLM
 from lmproject.settings import RULES, SettingError, check_settings
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 BAD_SETTINGS = [
     (["--model.lr_min=-1e-3"], "model.lr_min=-0.001: must be in [0, lr_max=0.01]"),

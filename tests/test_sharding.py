@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from test_cli import TINY_ARCH, fails, write_config, write_tokens
+from tiny_fit import TINY_ARCH, fails, write_config, write_tokens
 
 from lmproject.lit.checkpoints import check_checkpoint
 from lmproject.lit.commands import main
@@ -101,6 +101,8 @@ def sharded(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_a_checkpoint_sharded_across_two_ranks_loads_as_an_ordinary_one(sharded):
     assert is_sharded_checkpoint(sharded) and len(list(sharded.glob("*.distcp"))) == 2
     ordinary = consolidate(sharded)
@@ -134,6 +136,8 @@ def test_a_checkpoint_sharded_across_two_ranks_loads_as_an_ordinary_one(sharded)
     assert consolidate(sharded) == ordinary  # written once, then reused
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_validate_reads_a_sharded_checkpoint_and_fit_refuses_fsdp_on_cpu(sharded, capsys):
     data = sharded.parent.parent.parent
     write_tokens(data)

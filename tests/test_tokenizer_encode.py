@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from small_tokenizer import BYTES, ENGLISH_MERGES, EOT, make_tokenizer
 
 from lmproject.errors import UserError
 from lmproject.tokenizer import Tokenizer
@@ -19,24 +20,7 @@ from lmproject.tokenizer import tokenizer as tokenizer_module
 from lmproject.tokenizer.encode_file import encode_file
 from lmproject.tokenizer.pretokenize import PRETOKEN_RE, find_pretokens
 
-EOT = "<|endoftext|>"
 ASCII_EDGES = " \t\n\r\x0b\x0c\x1c\x1f'sltvea1!"
-BYTES = {i: bytes([i]) for i in range(256)}
-
-
-def make_tokenizer(merges: list[tuple[bytes, bytes]], special_tokens=None, **options) -> Tokenizer:
-    vocab = dict(BYTES)
-    for left, right in merges:
-        vocab[len(vocab)] = left + right
-    return Tokenizer(vocab, merges, special_tokens, **options)
-
-
-# Merges learned on a little English, so that encoding exercises real multi-step merges.
-ENGLISH_MERGES = [
-    (b" ", b"t"), (b"h", b"e"), (b" t", b"he"), (b"i", b"n"), (b" ", b"a"), (b"e", b"r"), (b"o", b"n"),
-    (b"in", b"g"), (b" ", b"s"), (b"'", b"s"), (b" ", b"w"), (b"e", b"n"), (b"l", b"l"), (b" a", b"n"),
-    (b" an", b"d"), (b"\n", b"\n"), (b" ", b" "), (b"  ", b"  "), (b"o", b"u"), (b"<", b"|"),
-]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +96,7 @@ def test_decode_replaces_malformed_utf8_and_rejects_unknown_ids(english):
             english.decode([104, bad])
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(st.text())
 def test_decode_inverts_encode(text):

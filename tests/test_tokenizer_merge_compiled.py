@@ -9,7 +9,7 @@ import pytest
 from conftest import shared
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from test_tokenizer_encode import ENGLISH_MERGES, EOT, make_tokenizer
+from small_tokenizer import ENGLISH_MERGES, EOT, make_tokenizer
 
 from lmproject.tokenizer import Tokenizer
 from lmproject.tokenizer import tokenizer as tokenizer_module
@@ -48,6 +48,7 @@ def test_compiled_and_python_loops_encode_alike(text):
     assert compiled.encode(text) == python.encode(text)
 
 
+@pytest.mark.slow
 @needs_compiled
 @settings(max_examples=200, deadline=None)
 @given(st.text(alphabet=st.sampled_from("thea in\u00e9"), min_size=60, max_size=3000))
