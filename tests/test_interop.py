@@ -22,7 +22,8 @@ from lmproject.interop.hf_llama import (
     pairs_to_halves,
 )
 from lmproject.lit.checkpoints import find_last
-from lmproject.lit.cli import main, run_lightning
+from lmproject.lit.cli import run_lightning
+from lmproject.lit.commands import main
 from lmproject.lit.module import LanguageModel
 from lmproject.nn import ModelConfig, TransformerLM, cross_entropy
 from lmproject.nn.layers import RotaryEmbedding
@@ -99,6 +100,8 @@ def test_exported_run_gives_our_logits_and_tokens_in_transformers(run, exported)
     assert theirs.eos_token == EOT and theirs.eos_token_id == tokenizer.encode(EOT)[0]
     config = json.loads((exported / "config.json").read_text())
     assert config["eos_token_id"] == config["bos_token_id"] == tokenizer.encode(EOT)[0]
+    assert json.loads((exported / "tokenizer_config.json").read_text())["add_bos_token"] is False
+    assert theirs("Once upon")["input_ids"] == tokenizer.encode("Once upon")  # no BOS put in front
     # Every file is readable as a plain open() would make it (safetensors' own writer makes files private).
     modes = {path.name: path.stat().st_mode & 0o777 for path in exported.iterdir()}
     assert set(modes.values()) == {modes["config.json"]} and modes["config.json"] & 0o044
