@@ -91,15 +91,7 @@ def _evaluate(argv: list[str]) -> int:
     source = args.text or args.tokens
     documents = None
     if args.documents:
-        if EOS_TOKEN not in tokenizer.special_tokens:
-            raise UserError(
-                f"--documents: the tokenizer in {data.tokenizer_dir} has no {EOS_TOKEN} to split at"
-            )
-        eos_id = tokenizer.encode(EOS_TOKEN)[0]
-        documents = split_documents(tokens, eos_id)
-        if not documents:
-            raise UserError(f"{source}: no documents between the {EOS_TOKEN} separators")
-        size -= int(np.count_nonzero(np.asarray(tokens) == eos_id)) * len(EOS_TOKEN.encode("utf-8"))
+        documents, eos_id, size = _split(tokens, size, tokenizer, data.tokenizer_dir, source)
     elif len(tokens) < 2:
         raise UserError(f"{source}: {len(tokens)} token(s): too short to score (at least 2 are needed)")
 
@@ -129,3 +121,18 @@ def _evaluate(argv: list[str]) -> int:
             file.write(text + "\n")
         print(f"wrote {args.output}", file=sys.stderr)
     return 0
+
+
+def _split(
+    tokens: np.ndarray, size: int, tokenizer: Tokenizer, tokenizer_dir: Path, source: Path
+) -> tuple[list[np.ndarray], int, int]:
+    """--documents: the documents between <|endoftext|> ids, that id, and the documents' bytes (`size` less
+    the separators')."""
+    if EOS_TOKEN not in tokenizer.special_tokens:
+        raise UserError(f"--documents: the tokenizer in {tokenizer_dir} has no {EOS_TOKEN} to split at")
+    eos_id = tokenizer.encode(EOS_TOKEN)[0]
+    documents = split_documents(tokens, eos_id)
+    if not documents:
+        raise UserError(f"{source}: no documents between the {EOS_TOKEN} separators")
+    separators = int(np.count_nonzero(np.asarray(tokens) == eos_id))
+    return documents, eos_id, size - separators * len(EOS_TOKEN.encode("utf-8"))
