@@ -168,10 +168,10 @@ def main() -> None:
 
     prompt_ids = tokenizer.encode(args.prompt)
     greedy = generate(model, [prompt_ids], SamplingConfig(max_new_tokens=50, temperature=0.0))[0]
+    # no --log-disable here: it silences the completion too
     completion = tool(
         "llama-completion", "-m", f32, "-p", args.prompt, "-n", "50", "--temp", "0", "--ignore-eos",
         "--special", "-no-cnv", "--no-display-prompt", "--simple-io", "-t", str(args.threads),
-        "--log-disable",
     )  # fmt: skip
     ours_text = tokenizer.decode(greedy)
     report["greedy_50"] = {
