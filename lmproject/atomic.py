@@ -61,22 +61,22 @@ def remove_stale_temps(directory: Path, target: str | None = None) -> list[Path]
     return removed
 
 
-def check_writable(path: Path) -> None:
+def check_writable(path: Path, flag: str = "--output") -> None:
     """Refuse an --output file (predict, evaluate) that could not be written (a directory, a missing or
     read-only folder), by trying: an existing file is opened for appending, a new one created and removed
-    again."""
+    again. Errors name the file as `flag PATH`."""
     if path.is_dir():
-        raise UserError(f"--output {path}: is a directory, expected a file name")
+        raise UserError(f"{flag} {path}: is a directory, expected a file name")
     parent = path.resolve().parent
     if not parent.is_dir():
         problem = "is not a directory" if parent.exists() else "does not exist"
-        raise UserError(f"--output {path}: {path.parent} {problem}")
+        raise UserError(f"{flag} {path}: {path.parent} {problem}")
     existed = path.exists()
     try:
         with open(path, "ab"):
             pass
     except OSError as err:
-        raise UserError(f"--output {path}: cannot write it ({err.strerror or err})") from None
+        raise UserError(f"{flag} {path}: cannot write it ({err.strerror or err})") from None
     if not existed:
         path.unlink()
 
@@ -96,12 +96,9 @@ def check_new_folder(path: Path) -> None:
 
 
 @contextmanager
-def atomic_write(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO]:
-    """Open a temp file next to `path` for writing and rename it to `path` only if the block succeeds.
-
-    Readers never see a half-written file, and a failure (or Ctrl-C) leaves any previous file untouched.
-    The directory must exist: a missing one is a UserError rather than being created silently.
-    """
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """The path of a temp file next to `path`, for a writer that opens its file itself; it is renamed to
+    `path` only if the block succeeds (see atomic_write). The directory must exist."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path}: is a directory, expected a file name")
@@ -109,15 +106,25 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO]:
         raise UserError(f"{path}: directory {path.parent} does not exist")
     remove_stale_temps(path.parent, path.name)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path), suffix=".tmp")
+    os.close(fd)
     try:
         usual_permissions(tmp)  # mkstemp makes the file private
-        encoding = None if "b" in mode else "utf-8"
-        with open(fd, mode, encoding=encoding) as file:
-            yield file
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO]:
+    """Open a temp file next to `path` for writing and rename it to `path` only if the block succeeds.
+
+    Readers never see a half-written file, and a failure (or Ctrl-C) leaves any previous file untouched.
+    The directory must exist: a missing one is a UserError rather than being created silently.
+    """
+    with atomic_path(path) as tmp, open(tmp, mode, encoding=None if "b" in mode else "utf-8") as file:
+        yield file
 
 
 def usual_permissions(path: str | os.PathLike[str]) -> None:

@@ -144,3 +144,67 @@ def test_a_bf16_config_scores_under_bf16_autocast(run, tmp_path):
     bf16 = evaluate(run, tmp_path, *tokens, "--trainer.precision", "bf16-mixed")
     assert bf16["loss"] != float32["loss"]  # the matmuls did run in bfloat16
     assert bf16["loss"] == pytest.approx(float32["loss"], rel=2e-2)
+
+
+def lm_eval_rolling_windows(
+    tokens: list[int], prefix: int, max_length: int
+) -> list[tuple[list[int], list[int]]]:
+    """lm-evaluation-harness's loglikelihood_rolling windows of one document: get_rolling_token_windows
+    with context_len=1 (the first window predicts the first max_length tokens from the prefix token; each
+    later one the next max_length tokens, or the rest, from the max_length tokens before each), then
+    make_disjoint_window (the context keeps only what precedes the continuation). Its model then reads
+    (context + continuation)[-(max_length + 1):][:-1] and scores the last len(continuation) positions."""
+    first = min(max_length, len(tokens))
+    pairs = [([prefix, *tokens[: first - 1]], tokens[:first])]
+    predicted = first
+    while predicted < len(tokens):
+        count = min(len(tokens) - predicted, max_length)
+        end = predicted + count
+        pairs.append((tokens[end - max_length - 1 : end - 1], tokens[end - count : end]))
+        predicted += count
+    return [
+        (context[: len(context) - len(continuation) + 1], continuation) for context, continuation in pairs
+    ]
+
+
+def test_documents_follow_lm_evals_rolling_loglikelihood_document_by_document(run, tmp_path):
+    model = load_ours(run / "run/checkpoints/last.ckpt")
+    tokenizer = Tokenizer.from_dir(run / "tokenizer")
+    stories = (run / "stories.txt").read_text().split("<|endoftext|>")
+    documents = [stories[0] + stories[1] + stories[2], "Hi.", "", stories[3], " 🙂 Ünï\n"]  # 3 ctx, 1 token
+    text = "<|endoftext|>".join(documents) + "<|endoftext|>"
+    eos = tokenizer.encode("<|endoftext|>")[0]
+    nats, tokens = 0.0, 0
+    with torch.no_grad():
+        for document in filter(None, documents):
+            ids = tokenizer.encode(document)
+            tokens += len(ids)
+            for context, continuation in lm_eval_rolling_windows(ids, eos, 32):
+                sequence = torch.tensor((context + continuation)[-33:])
+                logits = model(sequence[None, :-1])[0, -len(continuation) :]
+                nats += F.cross_entropy(logits, torch.tensor(continuation), reduction="sum").item()
+    assert len(tokenizer.encode(documents[0])) > 64  # more than two windows
+    (tmp_path / "docs.txt").write_text(text, encoding="utf-8")
+    np.save(tmp_path / "docs.npy", np.array(tokenizer.encode(text), dtype=np.uint16))
+    result = evaluate(run, tmp_path, "--text", str(tmp_path / "docs.txt"), "--documents", "--batch_size", "3")
+    assert result["documents"] == 4 and result["tokens"] == tokens and result["stride"] == 32
+    assert result["bytes"] == sum(len(document.encode("utf-8")) for document in documents)
+    assert result["loss"] == pytest.approx(nats / tokens, rel=1e-6)
+    assert result["bits_per_byte"] == pytest.approx(nats / math.log(2) / result["bytes"], rel=1e-6)
+    from_tokens = evaluate(run, tmp_path, "--tokens", str(tmp_path / "docs.npy"), "--documents")
+    assert from_tokens == result
+    plain = evaluate(run, tmp_path, "--text", str(tmp_path / "docs.txt"), "--stride", "32")
+    assert "documents" not in plain and plain["loss"] != pytest.approx(result["loss"], rel=1e-3)
+
+
+def test_documents_need_an_endoftext_and_at_least_one_document(run, tmp_path, capsys):
+    config = ["evaluate", "--config", str(run / "config.yaml"), "--ckpt_path", "last", "--documents"]
+    (tmp_path / "empty.txt").write_text("<|endoftext|><|endoftext|>")
+    assert "no documents between the <|endoftext|> separators" in fails(
+        [*config, "--text", str(tmp_path / "empty.txt")], capsys
+    )
+    Tokenizer({i: bytes([i]) for i in range(256)}, []).save(tmp_path / "bytes")
+    assert "has no <|endoftext|> to split at" in fails(
+        [*config, "--text", str(tmp_path / "empty.txt"), "--data.tokenizer_dir", str(tmp_path / "bytes")],
+        capsys,
+    )

@@ -102,6 +102,8 @@ def test_exported_run_gives_our_logits_and_tokens_in_transformers(run, exported)
     assert theirs.eos_token == EOT and theirs.eos_token_id == tokenizer.encode(EOT)[0]
     config = json.loads((exported / "config.json").read_text())
     assert config["eos_token_id"] == config["bos_token_id"] == tokenizer.encode(EOT)[0]
+    assert json.loads((exported / "tokenizer_config.json").read_text())["add_bos_token"] is False
+    assert theirs("Once upon")["input_ids"] == tokenizer.encode("Once upon")  # no BOS put in front
     # Every file is readable as a plain open() would make it (safetensors' own writer makes files private).
     modes = {path.name: path.stat().st_mode & 0o777 for path in exported.iterdir()}
     assert set(modes.values()) == {modes["config.json"]} and modes["config.json"] & 0o044

@@ -86,6 +86,15 @@ def check_llama_expressible(arch: ModelConfig) -> None:
             )
 
 
+def check_tokenizer_fits(tokenizer: Tokenizer, arch: ModelConfig) -> None:
+    """Refuse a tokenizer with more ids than the model has embeddings (not the one it was trained with)."""
+    if tokenizer.vocab_size > arch.vocab_size:
+        raise UserError(
+            f"the tokenizer has {tokenizer.vocab_size} ids, more than the model's vocab_size="
+            f"{arch.vocab_size}: not the tokenizer this model was trained with"
+        )
+
+
 def pairs_to_halves(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
     """Reorder the output rows of a q or k projection (d_out, d_in), head by head, from our RoPE layout
     (pair k = rows 2k, 2k+1) to Llama's (pair k = rows k, k + d_head/2): even rows first, then odd rows."""
@@ -234,11 +243,7 @@ def export_folder(
 ) -> None:
     """Write the Hugging Face folder of a model (our architecture and state dict) and its tokenizer."""
     check_llama_expressible(arch)
-    if tokenizer.vocab_size > arch.vocab_size:
-        raise UserError(
-            f"the tokenizer has {tokenizer.vocab_size} ids, more than the model's vocab_size="
-            f"{arch.vocab_size}: not the tokenizer this model was trained with"
-        )
+    check_tokenizer_fits(tokenizer, arch)
     eos = EOS_TOKEN if EOS_TOKEN in tokenizer.special_tokens else None
     eos_id = tokenizer.encode(eos)[0] if eos else None
     others = [token for token in tokenizer.special_tokens if token != eos]
@@ -249,6 +254,7 @@ def export_folder(
         "tokenizer_class": "PreTrainedTokenizerFast",
         "model_max_length": arch.context_length,
         "clean_up_tokenization_spaces": False,  # decode gives the text back exactly
+        "add_bos_token": False,  # documents start as trained: <|endoftext|> only where the text has one
         **special_tokens,
     }
     with atomic_dir(out) as folder:

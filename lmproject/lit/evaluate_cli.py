@@ -1,6 +1,7 @@
 """`lmproject evaluate`: the command line over lmproject.evaluate's scoring. It reads the run's config and
 checkpoint as `fit` does (lmproject.lit.run_config), encodes the file with the run's tokenizer and scores it
-on the run's device, under bf16 autocast when the run trains in bf16."""
+on the run's device, under bf16 autocast when the run trains in bf16: as one text with overlapping windows
+(the default), or with --documents as lm-evaluation-harness's rolling loglikelihood of each document."""
 
 from __future__ import annotations
 
@@ -9,16 +10,17 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from lmproject.atomic import atomic_write, check_writable
 from lmproject.errors import UserError, run_cli
-from lmproject.evaluate import encode_text_file, results, score, token_bytes
+from lmproject.evaluate import encode_text_file, results, score, score_documents, split_documents, token_bytes
 from lmproject.lit.cli import parse_run_config
 from lmproject.lit.datamodule import TokenDataModule
 from lmproject.lit.module import LanguageModel
 from lmproject.lit.run_config import add_run_arguments, resolve_checkpoint, runs_on_cpu
-from lmproject.tokenizer import Tokenizer
+from lmproject.tokenizer import EOS_TOKEN, Tokenizer
 from lmproject.training.data import open_tokens
 
 AUTOCAST = {"bf16": torch.bfloat16, "16": torch.float16}  # Lightning precision's prefix -> autocast dtype
@@ -33,14 +35,25 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lmproject evaluate",
         allow_abbrev=False,
-        description="Loss, perplexity and bits per byte on every token of a file. Other --model.*/--data.*/"
-        "--trainer.* arguments override the config, as for fit.",
+        description="Loss, perplexity and bits per byte on every token of a file. By default the file is one "
+        "text, scored in windows every --stride tokens, each token once. With --documents it follows "
+        "lm-evaluation-harness's rolling loglikelihood: documents split at <|endoftext|>, each scored alone "
+        "with <|endoftext|> in front, in non-overlapping windows of the context length; only the documents' "
+        "bytes count. Other --model.*/--data.*/--trainer.* arguments override the config, as for fit.",
     )
     add_run_arguments(parser)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--text", type=Path, help="a UTF-8 text file, encoded with the run's tokenizer")
     source.add_argument("--tokens", type=Path, help="a token file (.npy) encoded with the run's tokenizer")
-    parser.add_argument("--stride", type=int, help="tokens between window starts (default: context_length/2)")
+    windows = parser.add_mutually_exclusive_group()
+    windows.add_argument(
+        "--stride", type=int, help="tokens between window starts (default: context_length/2)"
+    )
+    windows.add_argument(
+        "--documents",
+        action="store_true",
+        help="score each <|endoftext|>-separated document alone, as lm-eval's loglikelihood_rolling",
+    )
     parser.add_argument("--batch_size", type=int, help="windows per forward (default: data.batch_size)")
     parser.add_argument("--output", type=Path, help="also write the results to this JSON file")
     return parser
@@ -50,7 +63,10 @@ def _evaluate(argv: list[str]) -> int:
     args, overrides = _parser().parse_known_args(argv)
     config = parse_run_config(args.config, overrides)
     context_length = config.model.arch.context_length
-    stride = max(1, context_length // 2) if args.stride is None else args.stride
+    if args.documents:
+        stride = context_length
+    else:
+        stride = max(1, context_length // 2) if args.stride is None else args.stride
     batch_size = config.data.batch_size if args.batch_size is None else args.batch_size
     if not 1 <= stride <= context_length:
         raise UserError(f"--stride must be between 1 and context_length={context_length}, got {stride}")
@@ -73,7 +89,10 @@ def _evaluate(argv: list[str]) -> int:
         tokens = open_tokens(args.tokens, data.dtype)
         size = token_bytes(tokens, tokenizer, args.tokens)
     source = args.text or args.tokens
-    if len(tokens) < 2:
+    documents = None
+    if args.documents:
+        documents, eos_id, size = _split(tokens, size, tokenizer, data.tokenizer_dir, source)
+    elif len(tokens) < 2:
         raise UserError(f"{source}: {len(tokens)} token(s): too short to score (at least 2 are needed)")
 
     module = LanguageModel(**config.model.as_dict())
@@ -88,8 +107,13 @@ def _evaluate(argv: list[str]) -> int:
         )
     model = module.model.to(device).eval()
     autocast = AUTOCAST.get(str(config.trainer.precision).split("-")[0])
-    nats = score(model, tokens, stride, batch_size, autocast, progress=True)
-    report = results(nats, len(tokens) - 1, size, stride, str(path))
+    if documents is None:
+        nats = score(model, tokens, stride, batch_size, autocast, progress=True)
+        report = results(nats, len(tokens) - 1, size, stride, str(path))
+    else:
+        nats = score_documents(model, documents, eos_id, batch_size, autocast, progress=True)
+        scored = sum(len(document) for document in documents)
+        report = results(nats, scored, size, stride, str(path), documents=len(documents))
     text = json.dumps(report, indent=2)
     print(text)
     if args.output is not None:
@@ -97,3 +121,18 @@ def _evaluate(argv: list[str]) -> int:
             file.write(text + "\n")
         print(f"wrote {args.output}", file=sys.stderr)
     return 0
+
+
+def _split(
+    tokens: np.ndarray, size: int, tokenizer: Tokenizer, tokenizer_dir: Path, source: Path
+) -> tuple[list[np.ndarray], int, int]:
+    """--documents: the documents between <|endoftext|> ids, that id, and the documents' bytes (`size` less
+    the separators')."""
+    if EOS_TOKEN not in tokenizer.special_tokens:
+        raise UserError(f"--documents: the tokenizer in {tokenizer_dir} has no {EOS_TOKEN} to split at")
+    eos_id = tokenizer.encode(EOS_TOKEN)[0]
+    documents = split_documents(tokens, eos_id)
+    if not documents:
+        raise UserError(f"{source}: no documents between the {EOS_TOKEN} separators")
+    separators = int(np.count_nonzero(np.asarray(tokens) == eos_id))
+    return documents, eos_id, size - separators * len(EOS_TOKEN.encode("utf-8"))

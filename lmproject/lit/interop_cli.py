@@ -1,7 +1,7 @@
-"""`lmproject export` and `lmproject import`: the command lines over lmproject.interop.hf_llama. Export reads
-the run's config and checkpoint as `fit` does (lmproject.lit.run_config); import saves LanguageModel's
-default training settings beside the imported architecture, so the run directory it writes loads like any
-other."""
+"""`lmproject export` and `lmproject import`: the command lines over lmproject.interop (hf_llama, gguf).
+Export reads the run's config and checkpoint as `fit` does (lmproject.lit.run_config); import saves
+LanguageModel's default training settings beside the imported architecture, so the run directory it writes
+loads like any other."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from lmproject.atomic import check_new_folder
+from lmproject.atomic import check_new_folder, check_writable
 from lmproject.errors import UserError, run_cli
+from lmproject.interop.gguf import GGUF_DTYPES, export_gguf
 from lmproject.interop.hf_llama import check_llama_expressible, export_folder, import_folder
 from lmproject.lit.cli import parse_run_config
 from lmproject.lit.datamodule import TokenDataModule
@@ -36,23 +37,46 @@ def _export(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="lmproject export",
         allow_abbrev=False,
-        description="Write a checkpoint as a Hugging Face Llama folder (transformers, vLLM, llama.cpp). "
-        "Other --model.*/--data.*/--trainer.* arguments override the config, as for fit.",
+        description="Write a checkpoint as a Hugging Face Llama folder (transformers, vLLM) or, with "
+        "--format gguf, as one GGUF file for llama.cpp. Other --model.*/--data.*/--trainer.* arguments "
+        "override the config, as for fit.",
     )
     add_run_arguments(parser)
-    parser.add_argument("--out", type=Path, required=True, help="the folder to write (must not exist)")
     parser.add_argument(
-        "--dtype", choices=list(DTYPES), default="float32", help="weights' dtype in the folder"
+        "--format",
+        choices=["hf", "gguf"],
+        default="hf",
+        help="a Hugging Face folder, or a llama.cpp GGUF file",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="the folder (hf) or .gguf file (gguf) to write; must not exist",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=list(dict.fromkeys([*DTYPES, *GGUF_DTYPES])),
+        default="float32",
+        help=f"the weights' dtype: {', '.join(DTYPES)} for hf; {', '.join(GGUF_DTYPES)} for gguf",
     )
     args, overrides = parser.parse_known_args(argv)
-    check_new_folder(args.out)
+    if args.dtype not in (GGUF_DTYPES if args.format == "gguf" else DTYPES):
+        raise UserError(f"--dtype {args.dtype} is not available for --format {args.format}")
+    if args.format == "gguf":
+        check_writable(args.out, "--out")
+        if args.out.exists():
+            raise UserError(f"{args.out}: already exists: choose another output file or remove it")
+    else:
+        check_new_folder(args.out)
     config = parse_run_config(args.config, overrides)
     arch = ModelConfig(**config.model.arch.as_dict())
     check_llama_expressible(arch)  # before the checkpoint: its error would only say the model differs
     path, checkpoint = resolve_checkpoint(args.ckpt_path, config)
     weights = {name.removeprefix("model."): tensor for name, tensor in checkpoint["state_dict"].items()}
     tokenizer = Tokenizer.from_dir(TokenDataModule(**config.data.as_dict()).tokenizer_dir)
-    export_folder(arch, weights, tokenizer, args.out, args.dtype)
+    write = export_gguf if args.format == "gguf" else export_folder
+    write(arch, weights, tokenizer, args.out, args.dtype)
     print(f"wrote {args.out} from {path} ({args.dtype})")
     return 0
 
