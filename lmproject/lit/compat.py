@@ -19,7 +19,7 @@ def logs_written_this_step(trainer: L.Trainer) -> bool:
     row that is written, stale, so per-step values are logged only on these steps.
 
     Private: `trainer._logger_connector.should_update_logs`. If it goes, the fallback (True) logs on every
-    step: rows stay correct, and each step pays about 0.7 ms of Lightning's logging."""
+    step: rows stay correct, and each step pays for Lightning's logging."""
     connector = getattr(trainer, "_logger_connector", None)
     return getattr(connector, "should_update_logs", True)
 

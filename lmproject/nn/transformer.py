@@ -101,8 +101,8 @@ class MultiHeadSelfAttention(nn.Module):
             if causal:
                 mask = torch.ones(seq, seq, dtype=torch.bool, device=x.device).tril()
             if kv_cache is not None and k.dtype == torch.bfloat16 and k.device.type == "cpu":
-                # k holds the cache's filled slots, a strided slice: the CPU's bf16 q kᵀ is 1.2-2.7x faster
-                # on a contiguous copy (float32's is not)
+                # k holds the cache's filled slots, a strided slice: the CPU's bf16 q kᵀ is faster on a
+                # contiguous copy (float32's is not; bench/RESULTS.md)
                 k = k.contiguous()
             out = scaled_dot_product_attention(q, k, v, mask)
         # out (batch, heads, seq, d_head) -> (batch, seq, d_model): the heads side by side
@@ -306,7 +306,7 @@ class TransformerLM(nn.Module):
 
     def _check_token_ids(self, token_ids: torch.Tensor) -> None:
         """A ValueError for ids outside 0..vocab_size-1 (-1 would silently pick the last embedding row).
-        Checked on CPU, where two reductions cost little next to the forward (bench/RESULTS.md, issue 11);
+        Checked on CPU, where two reductions cost little next to the forward (bench/RESULTS.md);
         on an accelerator the check would make every step wait for the device, so there the data module
         checks the token files and `generate` the prompts instead. A compiled decoding step
         (lmproject/sampling/compiled_step.py) skips it: its ids are the sampler's, always in the vocabulary,

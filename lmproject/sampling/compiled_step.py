@@ -40,8 +40,8 @@ INDUCTOR_CONFIG = {
     "max_autotune_report_choices_stats": False,  # no JSON on stderr
 }
 # The dtypes of inductor's own kernels. At batch 1 they are the only choice (their matrix-vector products
-# beat torch's on every weight here): nothing to benchmark, half the compile time. Batches (torch's bf16
-# kernels are 2x faster at 16 rows) and other dtypes let inductor benchmark both and pick.
+# beat torch's on every weight here): nothing to benchmark, half the compile time. Batches (where torch's
+# bf16 kernels win) and other dtypes let inductor benchmark both and pick.
 OWN_KERNEL_DTYPES = (torch.float32, torch.bfloat16)
 
 
@@ -103,7 +103,7 @@ class CompiledStep:
         else:
             own = self.model.lm_head.weight.dtype in OWN_KERNEL_DTYPES and len(self.cache.pad_lengths) == 1
             backends = {"max_autotune_gemm_backends": "CPP" if own else "CPP,ATEN"}
-            with inductor_config.patch({**INDUCTOR_CONFIG, **backends}):  # ~0.1 ms a call: only to compile
+            with inductor_config.patch({**INDUCTOR_CONFIG, **backends}):  # costly per call: only to compile
                 logits = self._step(new[:, None])
             self.compiled = True
         cache.length += 1  # KVCache.end leaves the Python counter to the caller under torch.compile

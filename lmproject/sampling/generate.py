@@ -54,8 +54,8 @@ def filter_top_p(probs: torch.Tensor, p: float) -> torch.Tensor:
 
     Only the NUCLEUS_FIRST_RANKS most probable tokens are ranked when they hold p (and NUCLEUS_MARGIN) of
     every row, else the whole vocabulary: the nucleus a full sort gives (up to which of equally probable
-    tokens at its edge is kept), about 8x faster when it lies within those ranks, up to 1.4x slower when it
-    is wider, as for a model with random weights (bench/bench_sampling.py)."""
+    tokens at its edge is kept): much faster when it lies within those ranks, somewhat slower when it is
+    wider, as for a model with random weights (bench/bench_sampling.py)."""
     top, order = probs.topk(min(NUCLEUS_FIRST_RANKS, probs.shape[-1]), dim=-1)  # most probable first
     cumulative = top.cumsum(dim=-1)
     first_ranks_hold_p = bool((cumulative[..., -1] >= p + NUCLEUS_MARGIN).all())
@@ -95,7 +95,7 @@ def sample_next_token(
     """One token id per row of logits (batch, vocab): greedy when temperature is 0, else sampled from
     softmax(logits / temperature) after the optional top-k and then top-p filters."""
     if temperature == 0:
-        return logits.float().argmax(dim=-1)  # the same token; over bf16 logits torch's argmax is 4x slower
+        return logits.float().argmax(dim=-1)  # the same token; torch's argmax is slower over bf16
     probs = softmax(logits.float() / temperature, dim=-1)
     if top_k is not None:
         probs = filter_top_k(probs, top_k)

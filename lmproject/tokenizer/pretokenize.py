@@ -27,7 +27,7 @@ PRETOKEN_RE = regex.compile(GPT2_PATTERN)
 
 # The same pattern for ASCII-only text, with each class cut down to its ASCII members (\p{L} -> [A-Za-z],
 # \p{N} -> [0-9], \s -> the six ASCII spaces). On ASCII input it finds exactly the same pre-tokens (a test
-# checks the classes character by character), and the stdlib `re` engine runs it about 1.5x faster.
+# checks the classes character by character), and the stdlib `re` engine runs it faster (bench/RESULTS.md).
 _ASCII_SPACE = r"\t\n\x0b\x0c\r "
 _ASCII_PRETOKEN_RE = re.compile(
     rf"""'(?:[sdmt]|ll|ve|re)| ?[A-Za-z]+| ?[0-9]+| ?[^{_ASCII_SPACE}A-Za-z0-9]+"""

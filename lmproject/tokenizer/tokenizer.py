@@ -280,9 +280,9 @@ class Tokenizer:
         Equal pairs are joined leftmost first, which gives the same result as joining them all at once:
         a merge that uses the new token has a higher rank, so it cannot come in between.
         Each join rescans the pre-token, so the cost grows with the square of its length: nothing for
-        the words of natural text, but one run of 40K identical letters takes about 11 s here. _merge.c
-        scans too up to 64 bytes, and above that finds the same joins with a priority queue (160K
-        letters: 16 ms).
+        the words of natural text, but seconds for a run of tens of thousands of identical letters. _merge.c
+        scans too up to 64 bytes, and above that finds the same joins with a priority queue (milliseconds
+        for such runs; bench/RESULTS.md).
         """
         ids = list(map(self._byte_ids.__getitem__, pretoken.encode("utf-8")))
         if len(ids) < 2:

@@ -35,7 +35,7 @@ MARKER = ".lmproject-demo"
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 PROMPT = "Once upon a time"
 # OpenMP threads that sleep instead of spinning while they wait: on a 2-core machine that is busy with
-# anything else, spinning threads make a training step 5-8x slower (bench/RESULTS.md, the demo section).
+# anything else, spinning threads make a training step several times slower (bench/RESULTS.md, the demo).
 STAGE_ENV = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ}
 
 
