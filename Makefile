@@ -24,12 +24,17 @@ TOKENIZER_DIR := $(DATA_DIR)/tokenizer
 
 # CPU machines get the pinned CPU build of torch first; machines with an NVIDIA driver get the
 # regular (CUDA) build through the normal requirement in pyproject.toml.
+# Each step says what it does (the whole install takes a few minutes on a fresh machine).
 $(STAMP): pyproject.toml setup.py lmproject/tokenizer/_merge.c
+	@echo "==> install 1/3: virtual environment $(VENV) and a current pip"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	@echo "==> install 2/3: torch (the CPU build without an NVIDIA driver; about a minute)"
 	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q torch==2.13.0; fi
+	@echo "==> install 3/3: lmproject and its dependencies (Lightning, transformers, ...; a minute or two)"
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
+	@echo "==> installed: $(VENV)/bin/lmproject, $(VENV)/bin/lmproject-bpe"
 
 install: $(STAMP)
 
