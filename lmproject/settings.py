@@ -126,7 +126,7 @@ TRAINER_RULES = (  # the Trainer settings that Lightning would let through to a 
     Rule("max_steps", lambda v, s: v == -1 or _count(v), "-1 (set by train_tokens) or an integer >= 1"),
     Rule("accumulate_grad_batches", lambda v, s: _count(v), "an integer >= 1"),
     Rule("val_check_interval", lambda v, s: not _real(v) or v > 0, "> 0 (steps) or a duration"),
-    Rule("log_every_n_steps", lambda v, s: _count(v), "an integer >= 1 (0 would log no training row)"),
+    Rule("log_every_n_steps", lambda v, s: v is None or _count(v), "an integer >= 1 (0 logs no row)"),
     Rule("max_epochs", lambda v, s: v is None or v == -1 or _count(v), "-1 (no limit) or an integer >= 1"),
     Rule(
         "limit_train_batches",

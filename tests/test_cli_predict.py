@@ -324,3 +324,22 @@ def test_compiled_step_completions_equal_the_op_by_op_ones(run):
         args = ["--temperature", "0", "--max_new_tokens", "12", "--compiled_step", flag]
         predict(run, "--prompts_file", str(run / "prompts.txt"), *args, "--output", str(outputs[flag]))
     assert outputs["true"].read_text() == outputs["false"].read_text()
+
+
+def test_stdout_holds_only_the_completions_when_piped(run):
+    """The progress bars went to stdout among the completions, so `> out.txt` kept them."""
+    import subprocess
+
+    checkpoint = run / "run/checkpoints/last.ckpt"
+    config = str(run / "config.yaml")
+    command = [sys.executable, "-m", "lmproject.lit.commands", "predict", "--config", config,
+               "--ckpt_path", str(checkpoint), "--prompt", "Once upon a time", "--temperature", "0",
+               "--max_new_tokens", "6", "--trainer.enable_progress_bar", "true"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    model = LanguageModel.load_from_checkpoint(checkpoint, map_location="cpu").model
+    tokenizer = Tokenizer.from_dir(run / "tokenizer")
+    prompt = tokenizer.encode("Once upon a time")
+    (completion,) = generate(model, [prompt], SamplingConfig(max_new_tokens=6, temperature=0))
+    text = "Once upon a time" + decode(tokenizer, completion)
+    assert result.stdout == f"--- prompt 1, sample 1 ---\n{text}\n\n"
+    assert "Predicting" in result.stderr  # the bar is there, on stderr

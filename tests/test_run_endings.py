@@ -253,7 +253,7 @@ def test_a_checkpoint_damaged_in_its_bytes_and_its_digest_mark_is_refused(data_d
 @pytest.mark.parametrize(
     ("flag", "value", "requirement"),
     [
-        ("--trainer.log_every_n_steps", "0", "an integer >= 1"),
+        ("--trainer.log_every_n_steps", "0", "an integer >= 1 (0 logs no row)"),
         ("--trainer.max_epochs", "0", "-1 (no limit) or an integer >= 1"),
         ("--trainer.limit_train_batches", "0", "0 would train nothing"),
         ("--trainer.gradient_clip_val", "1.0", "null: clipping is model.max_grad_norm"),
