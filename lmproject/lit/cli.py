@@ -140,11 +140,11 @@ class LMCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """`--trainer.strategy fsdp` (or fsdp_sharded) becomes lmproject.lit.sharding's FSDPStrategy:
-        one shard unit per TransformerBlock."""
+        one shard unit per TransformerBlock (and per RMSNorm under Muon)."""
         config = self.config_init.get(str(self.subcommand), self.config_init)  # run=False: no subcommand
         strategy = kwargs.get("strategy", config.get("trainer", {}).get("strategy"))
         if strategy in STATE_DICT_TYPES:
-            kwargs["strategy"] = fsdp_strategy(strategy)
+            kwargs["strategy"] = fsdp_strategy(strategy, config.get("model", {}).get("optimizer", "adamw"))
         return super().instantiate_trainer(**kwargs)
 
     def _resolve_checkpoint(self, config: Namespace, subcommand: str | None) -> None:

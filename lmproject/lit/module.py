@@ -31,7 +31,7 @@ from lmproject.nn import ModelConfig, TransformerLM, token_losses
 from lmproject.sampling.config import SamplingConfig
 from lmproject.sampling.generate import for_decoding, generate, generate_steps
 from lmproject.settings import check_settings
-from lmproject.training.muon import Muon, describe_groups, muon_param_groups
+from lmproject.training.muon import FSDP_PREFIX, Muon, describe_groups, muon_param_groups
 from lmproject.training.optim import AdamW, cosine_lr, wsd_lr
 
 
@@ -104,6 +104,8 @@ class LanguageModel(L.LightningModule):
             zero_init=zero_init,
         )
         self._compute_loss = self.model.loss
+        # the parameters' shapes before FSDP (if any) turns them into flat pieces: Muon needs them whole
+        self._built_shapes = {name: p.shape for name, p in self.model.named_parameters()}
         self.eval_loss = MeanMetric()
         self.grad_norm: float | None = None
         self.step_loss: float | None = None  # mean loss of this rank's micro-batches in the last step
@@ -236,6 +238,28 @@ class LanguageModel(L.LightningModule):
             self._decoding = (dtype, for_decoding(self.model, dtype))
         return self._decoding[1]
 
+    def _muon(self, settings: dict[str, Any]) -> Muon:
+        """Muon for the hidden matrices, AdamW for the rest, set up for the strategy: under DDP the ranks
+        share the Newton–Schulz work; under FSDP the matrices are flat pieces, gathered whole for it (their
+        whole shapes are those the model was built with)."""
+        sharded = type(getattr(attached_trainer(self), "strategy", None)).__name__ == "FSDPStrategy"
+        whole_shapes = None
+        if sharded:
+            named = self.model.named_parameters()
+            whole_shapes = {p: self._built_shapes[n.replace(FSDP_PREFIX, "")] for n, p in named}
+        groups = muon_param_groups(self.model, whole_shapes)
+        rank_zero_info("optimizer groups:\n" + describe_groups(groups))
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        group = torch.distributed.group.WORLD if distributed else None
+        return Muon(
+            groups,
+            momentum=self.hparams.muon_momentum,
+            compile=self.hparams.compile,
+            process_group=group,
+            whole_shapes=whole_shapes,
+            **settings,
+        )
+
     def configure_optimizers(self):
         hp = self.hparams
         cycle = hp.cosine_cycle_iters or self.trainer.max_steps
@@ -244,17 +268,7 @@ class LanguageModel(L.LightningModule):
                 "the learning-rate schedule needs a length: set train_tokens or model.cosine_cycle_iters"
             )
         settings = dict(lr=hp.lr_max, betas=hp.betas, eps=hp.eps, weight_decay=hp.weight_decay)
-        if hp.optimizer == "muon":
-            if type(getattr(attached_trainer(self), "strategy", None)).__name__ == "FSDPStrategy":
-                raise UserError(
-                    "model.optimizer=muon cannot run under FSDP: Muon orthogonalizes whole matrices and FSDP "
-                    "gives each rank a flat shard (use ddp, or optimizer adamw)"
-                )
-            groups = muon_param_groups(self.model)
-            rank_zero_info("optimizer groups:\n" + describe_groups(groups))
-            optimizer = Muon(groups, momentum=hp.muon_momentum, **settings)
-        else:
-            optimizer = AdamW(self.parameters(), **settings)
+        optimizer = self._muon(settings) if hp.optimizer == "muon" else AdamW(self.parameters(), **settings)
         decay_iters = round(hp.wsd_decay_fraction * cycle)
 
         def factor(step: int) -> float:  # LambdaLR multiplies the initial lr (lr_max) by this
