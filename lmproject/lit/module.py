@@ -25,6 +25,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric
 
 from lmproject.errors import UserError
+from lmproject.lit.clock import IntervalClock
 from lmproject.lit.compat import attached_trainer, logs_written_this_step
 from lmproject.lit.sharding import clip_gradients_of
 from lmproject.nn import ModelConfig, TransformerLM, token_losses
@@ -114,6 +115,7 @@ class LanguageModel(L.LightningModule):
         self._micro_batches = 0
         self.token_callback: Callable[[int], None] | None = None  # `lmproject predict --stream` sets it
         self._decoding: tuple[torch.dtype | None, TransformerLM] | None = None  # see _decoding_model
+        self.optimizer_clock = IntervalClock()  # the optimizer's update, after clipping (ThroughputMonitor)
 
     def on_fit_start(self) -> None:
         if self.hparams.compile:  # training only: sampling's growing KV cache would recompile at every length
@@ -162,6 +164,13 @@ class LanguageModel(L.LightningModule):
         # DDP ranks decide together, so all stop or none does
         if not self.trainer.strategy.reduce_boolean_decision(problem is None, all=True):
             self._stop(problem or "loss or gradient norm is not finite on another rank")
+        self.optimizer_clock.start(self.device)  # the last thing before the update
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
+        """Lightning's step (the closure runs forward, backward and clipping, then the optimizer updates),
+        the update timed by optimizer_clock."""
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        self.optimizer_clock.stop()
 
     def _gradients_are_scaled(self) -> bool:
         """Under a GradScaler (precision 16-mixed) non-finite gradients are routine: the scaler skips that
