@@ -104,6 +104,23 @@ def test_batched_steps_equal_the_per_matrix_reference():
     )  # checkpoints unchanged
 
 
+def test_matrices_held_flat_step_as_their_whole_shape():
+    """FSDP on one rank: every parameter is one flat piece of its whole matrix."""
+    weights, grads = problem()
+    flat = [torch.nn.Parameter(w.flatten()) for w in weights]
+    shapes = {p: w.shape for p, w in zip(flat, weights, strict=True)}
+    optimizer = Muon(
+        [{"muon": True, "params": flat}], lr=LR, weight_decay=DECAY, momentum=MOMENTUM, whole_shapes=shapes
+    )
+    for step in range(3):
+        for p, grad in zip(flat, grads[step], strict=True):
+            p.grad = grad.flatten()
+        optimizer.param_groups[0]["lr"] = schedule(step)
+        optimizer.step()
+    for p, expected in zip(flat, run_reference(), strict=True):
+        torch.testing.assert_close(p.detach(), expected.flatten(), rtol=0, atol=2e-6)
+
+
 def test_a_learning_rate_schedule_does_not_recompile_the_step(monkeypatch):
     from torch._dynamo.testing import CompileCounter
 
