@@ -22,6 +22,13 @@ import torch.distributed as dist
 from lmproject.training.muon_math import Batches
 
 
+def _all_gather(output: torch.Tensor, tensor: torch.Tensor, group: dist.ProcessGroup) -> None:
+    """Every rank's `tensor`, concatenated in rank order into `output`: all_gather_into_tensor, under its
+    newer name where torch has it (2.13 deprecates the old one)."""
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    gather(output, tensor, group=group)
+
+
 class Split:
     """The ranks of `group` (a torch.distributed process group) sharing one Muon step; `whole_shapes`:
     {parameter: whole shape} when the parameters are flat FSDP pieces, None when they are whole."""
@@ -46,7 +53,7 @@ class Split:
         ]
         mine = torch.cat(padded)
         everyone = mine.new_empty(self.world_size * mine.numel())
-        dist.all_gather_into_tensor(everyone, mine, group=self.group)
+        _all_gather(everyone, mine, group=self.group)
         rows = everyone.view(self.world_size, -1)
         whole, offset = [], 0
         for (m, n), length, members in zip(batches.wide, lengths, batches.members, strict=True):
@@ -87,7 +94,7 @@ class Split:
         if key not in self._ranges:
             sizes = torch.tensor([p.numel() for p in params], dtype=torch.int64, device=params[0].device)
             every = sizes.new_empty(self.world_size * len(params))
-            dist.all_gather_into_tensor(every, sizes, group=self.group)
+            _all_gather(every, sizes, group=self.group)
             every = every.view(self.world_size, -1).cpu()
             for p, total in zip(params, every.sum(0).tolist(), strict=True):
                 if total != math.prod(self.whole_shapes[p]):
