@@ -19,7 +19,9 @@ that fails or runs out of memory costs only its own row) with extra `fit` option
 Tokens/s are timed between CUDA-synchronized clocks after `--warmup` steps (compilation happens there);
 MFU = tokens/s x training FLOPs per token (lmproject.accounting) / peak bf16 FLOP/s (Lightning's table for
 the GPU: 989 TFLOP/s dense for an H100 or H200 SXM). "logged tok/s" is what `fit` itself logs (over the
-steps since the previous logged row, unsynchronized), a check on that callback. With --profile,
+steps since the previous logged row, unsynchronized), a check on that callback; "opt %" the optimizer
+update's share of a step as `fit` logs it (time/optimizer_share); "x first" tokens/s over the first
+variant's (--variants compiled,modern: the recipe against the baseline). With --profile,
 `--profile-steps` more steps of those variants run under torch.profiler and the top operators by GPU time
 (CPU time on a CPU) go to OUT/profile_VARIANT.txt; the table goes to OUT/bench_gpu.txt too.
 
@@ -33,6 +35,7 @@ steps since the previous logged row, unsynchronized), a check on that callback. 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import os
@@ -139,9 +142,13 @@ def run_fit(args: argparse.Namespace, data: Path, extra: list[str]) -> dict:
     start, end = SyncTimer.times
     hp, arch = dict(cli.model.hparams), cli.model.model.config
     metrics = cli.trainer.callback_metrics
+    with (Path(cli.trainer.logger.log_dir) / "metrics.csv").open() as file:  # the timed steps' rows
+        rows = [r for r in csv.DictReader(file) if args.warmup <= int(r["step"]) < steps]
+    shares = [float(r["time/optimizer_share"]) for r in rows if r.get("time/optimizer_share")]
     return {
         "tokens_per_s": args.steps * cli.datamodule.batch_size * arch.context_length / (end - start),
         "logged": float(metrics.get("throughput/tokens_per_s", math.nan)),
+        "optimizer_share": sum(shares) / len(shares) if shares else math.nan,
         "loss": float(metrics.get("train/loss", math.nan)),
         "batch_size": cli.datamodule.batch_size,
         "arch": asdict(arch),
@@ -194,6 +201,7 @@ def run_plain(args: argparse.Namespace, data: Path) -> dict:
     return {
         "tokens_per_s": args.steps * args.batch_size * arch.context_length / elapsed,
         "logged": math.nan,
+        "optimizer_share": math.nan,
         "loss": loss_value,
         "batch_size": args.batch_size,
         "arch": asdict(arch),
@@ -298,9 +306,10 @@ def main() -> int:
         f"{gpu}, torch {torch.__version__}, config {args.config.name}, context "
         f"{arch.context_length if arch else '?'}, {args.steps} timed steps after {args.warmup}, "
         f"{flops / 1e6:.1f} MFLOP/token, peak {peak_text}",
-        f"{'variant':11} {'batch':>5} {'tokens/s':>12} {'MFU':>7} {'logged tok/s':>13} {'final loss':>10} "
-        f"{'peak GB':>8} {'pred GB':>8} {'wall s':>6}",
+        f"{'variant':11} {'batch':>5} {'tokens/s':>12} {'x first':>7} {'MFU':>7} {'logged tok/s':>13} "
+        f"{'opt %':>6} {'final loss':>10} {'peak GB':>8} {'pred GB':>8} {'wall s':>6}",
     ]
+    first = next((r["tokens_per_s"] for _, r, _, _ in rows if r), math.nan)
     for name, r, failure, wall in rows:
         if r is None:
             log = f"; see OUT/variant_{name}.log" if (args.out / f"variant_{name}.log").is_file() else ""
@@ -308,8 +317,12 @@ def main() -> int:
             continue
         mfu = f"{r['tokens_per_s'] * flops / peak:7.1%}" if peak else "    n/a"
         memory = f"{r['max_memory_gb']:8.2f}" if r["max_memory_gb"] is not None else "     n/a"
-        lines.append(f"{name:11} {r['batch_size']:5} {r['tokens_per_s']:12,.0f} {mfu} {r['logged']:13,.0f} "
-                     f"{r['loss']:10.3f} {memory} {predicted_gb(r):8.2f} {wall:6.0f}")  # fmt: skip
+        speed = r["tokens_per_s"]
+        lines.append(f"{name:11} {r['batch_size']:5} {speed:12,.0f} {speed / first:7.2f} {mfu} "
+                     f"{r['logged']:13,.0f} {r['optimizer_share']:6.1%} {r['loss']:10.3f} {memory} "
+                     f"{predicted_gb(r):8.2f} {wall:6.0f}")  # fmt: skip
+    lines.append("x first: tokens/s over the first variant's; opt %: the optimizer's update over the step as "
+                 "fit logs it (time/optimizer_share, mean of the timed steps' rows)")  # fmt: skip
     lines.append("pred GB: lmproject.memory's bf16-mixed peak for the batch and loss, without compilation")
     print("\n".join(lines))
     (args.out / "bench_gpu.txt").write_text("\n".join(lines) + "\n")

@@ -6,7 +6,12 @@
 #   3. FSDP end to end on the smoke config (bench/gpu_fsdp_check.sh);
 #   4. fit throughput, MFU and peak memory for the variants in $FIT_VARIANTS, with a profile (bench_gpu.py);
 #   5. recipe (only when STEPS names it): the baseline, Muon alone and the modern recipe
-#      (configs/recipes/modern.yaml), all compiled, in one bench_gpu.py run, Muon profiled.
+#      (configs/recipes/modern.yaml), all compiled, in one bench_gpu.py run, Muon profiled;
+#   6. muon (only when STEPS names it; issue 23, about 8 minutes: STEPS=muon alone): the TinyStories config,
+#      bf16, compiled, batch 128, the baseline against the modern recipe (bench_gpu.py's "x first": target
+#      >= 0.9; "opt %": the Muon update's share of the step, target <= 10%), then FSDP with Muon on one GPU
+#      (gpu_fsdp_check.sh with MODEL_ARGS="--model.optimizer muon": its first steps against one device's,
+#      train, resume, validate, sample, export; MUON_STRATEGIES, default fsdp, for fsdp_sharded too).
 # STEPS="cuda_tests generate fsdp fit_variants" (the default) chooses steps; STRATEGIES is passed on to
 # gpu_fsdp_check.sh (e.g. STEPS="recipe fsdp" STRATEGIES=fsdp_sharded for a second, shorter call).
 # Runs from the checkout (PYTHONPATH) with the machine's python3, torch and Lightning (jsonargparse must be
@@ -49,6 +54,12 @@ wants fsdp && step fsdp 150 bash bench/gpu_fsdp_check.sh "$work"
 if wants recipe; then
   step recipe 220 python3 bench/bench_gpu.py --variants compiled,muon,modern --profile muon --budget 190 \
     --out "$work/recipe"
+fi
+if wants muon; then
+  step muon_speed 280 python3 bench/bench_gpu.py --variants compiled,modern --profile modern --budget 250 \
+    --out "$work/muon"
+  step muon_fsdp 200 env STRATEGIES="${MUON_STRATEGIES:-fsdp}" MODEL_ARGS="--model.optimizer muon" \
+    bash bench/gpu_fsdp_check.sh "$work/muon"
 fi
 if wants fit_variants; then
   remaining=$((total - SECONDS - 40))

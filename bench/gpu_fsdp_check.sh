@@ -3,8 +3,11 @@
 # resume, validate under FSDP and on the CPU (the checkpoint is an ordinary file), sample (greedy on the GPU =
 # greedy on the CPU); then the same with
 # fsdp_sharded, whose directory of shards validate consolidates; each run is also exported (lmproject export).
-# STRATEGIES="fsdp_sharded" runs one of the two. Builds data/smoke as `make smoke-data`
-# does when it is missing (with $PYTHON, default python: no venv needed).
+# STRATEGIES="fsdp_sharded" runs one of the two. MODEL_ARGS adds options to every command (e.g.
+# MODEL_ARGS="--model.optimizer muon"). The first 30 steps of each FSDP run are also compared with the same
+# 30 steps on one device without FSDP (train/loss of every step; bf16-mixed both ways, FSDP casting the
+# weights where autocast casts each product's inputs: equal to bf16 rounding). Builds data/smoke as
+# `make smoke-data` does when it is missing (with $PYTHON, default python: no venv needed).
 #   bash bench/gpu_fsdp_check.sh [OUT_DIR]     # the runs and a summary go to OUT_DIR (default $OUT or /tmp)
 set -euo pipefail
 out=${1:-${OUT:-/tmp}}/fsdp
@@ -21,12 +24,19 @@ if [ ! -f data/smoke/valid.npy ]; then
     $py -m lmproject.tokenizer encode --tokenizer data/smoke/tokenizer data/smoke/$split.txt data/smoke/$split.npy
   done
 fi
-common=(--config configs/smoke.yaml --train_tokens null --trainer.enable_progress_bar false)
+# shellcheck disable=SC2206  # MODEL_ARGS: options split on spaces
+common=(--config configs/smoke.yaml --train_tokens null --trainer.enable_progress_bar false ${MODEL_ARGS:-})
 gpu=(--trainer.accelerator gpu --trainer.devices 1 --trainer.precision bf16-mixed)
+first=(--trainer.max_steps 30 --trainer.log_every_n_steps 1)
+$lm fit "${common[@]}" "${gpu[@]}" "${first[@]}" --trainer.default_root_dir "$out/single"
 for strategy in ${STRATEGIES:-fsdp fsdp_sharded}; do
   run=$out/$strategy
-  $lm fit "${common[@]}" "${gpu[@]}" --trainer.strategy $strategy --trainer.max_steps 30 \
-    --trainer.default_root_dir "$run"
+  $lm fit "${common[@]}" "${gpu[@]}" "${first[@]}" --trainer.strategy $strategy --trainer.default_root_dir "$run"
+  $py -c "import csv
+def losses(run): return {r['step']: float(r['train/loss']) for r in csv.DictReader(open(f'{run}/logs/version_0/metrics.csv')) if r['train/loss']}
+a, b = losses('$run'), losses('$out/single')
+print('$strategy: first', len(a), 'steps: max |train/loss - one device without FSDP| =', max(abs(a[s] - b[s]) for s in a))" \
+    | tee "$run/first_steps.txt"
   $lm fit "${common[@]}" "${gpu[@]}" --trainer.strategy $strategy --trainer.max_steps 40 \
     --trainer.default_root_dir "$run" --ckpt_path last
   $lm validate "${common[@]}" "${gpu[@]}" --trainer.strategy $strategy --trainer.default_root_dir "$run" \
@@ -45,4 +55,5 @@ print('greedy completion on the GPU equals the CPU one:', a == b)" | tee "$run/g
   ls -la "$run/hf" > "$run/export.txt"
   ls -la "$run/checkpoints" > "$run/checkpoints.txt"
 done
-grep -h "val/loss\|greedy" "$out"/*/validate_*.txt "$out"/*/greedy.txt | tee "$out/summary.txt"
+grep -h "val/loss\|greedy\|first" "$out"/*/validate_*.txt "$out"/*/greedy.txt "$out"/*/first_steps.txt \
+  | tee "$out/summary.txt"

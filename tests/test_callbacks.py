@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from lmproject.lit.callbacks import ThroughputMonitor
+from lmproject.lit.clock import IntervalClock
 from lmproject.nn import ModelConfig
 
 TINY = SimpleNamespace(
@@ -45,3 +46,15 @@ def test_no_default_peak_on_a_cpu_and_an_explicit_one_is_kept():
     explicit = ThroughputMonitor(peak_flops=1e12)
     explicit.setup(trainer, TINY, "fit")
     assert explicit.peak_flops == 1e12
+
+
+def test_the_interval_clock_gives_each_measured_interval_once():
+    clock = IntervalClock()
+    clock.stop()  # no interval started: nothing measured
+    assert clock.take() == []
+    for _ in range(2):
+        clock.start(torch.device("cpu"))
+        clock.stop()
+    first = clock.take()
+    assert len(first) == 2 and all(ms >= 0 for ms in first)
+    assert clock.take() == []  # taken: never repeated

@@ -33,18 +33,19 @@ class RecordRank(L.Callback):
             "world_size": trainer.world_size,
             "batches": self.batches,
             "weights": hashlib.sha256(weights).hexdigest(),
+            "orthogonalized": getattr(trainer.optimizers[0], "orthogonalized", None),  # Muon's share
         }
         (self.out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
 
 
-def fit_ddp(tmp_path, callbacks, steps, *args):
-    """`lmproject fit` of the tiny test model with DDP over 2 CPU processes (args: more options)."""
+def fit_ddp(tmp_path, callbacks, steps, *args, devices=2):
+    """`lmproject fit` of the tiny test model with DDP over `devices` CPU processes (args: more options)."""
     write_tokens(tmp_path)
     config = write_config(tmp_path, tmp_path / "run", callbacks=callbacks)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "lmproject.lit.commands", "fit", "--config", str(config),
                "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(steps),
-               "--trainer.strategy", "ddp", "--trainer.devices", "2", *args]  # fmt: skip
+               "--trainer.strategy", "ddp", "--trainer.devices", str(devices), *args]  # fmt: skip
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -64,15 +65,18 @@ def test_two_process_ddp_draws_different_batches_and_keeps_weights_equal(tmp_pat
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_muon_under_ddp_steps_every_rank_with_the_reduced_gradients(tmp_path):
+@pytest.mark.parametrize("devices", [2, 3])
+def test_muon_under_ddp_shares_the_work_and_steps_every_rank_alike(tmp_path, devices):
     # Each rank draws its own batches: unreduced gradients would give each rank its own Muon update.
     recorder = [(RecordRank, {"out_dir": str(tmp_path)})]
-    done = fit_ddp(tmp_path, recorder, 3, "--model.optimizer", "muon")
+    done = fit_ddp(tmp_path, recorder, 3, "--model.optimizer", "muon", devices=devices)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Muon  14 tensors" in done.stdout + done.stderr  # the split is logged (once, by rank 0)
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(devices)]
     assert ranks[0]["batches"] != ranks[1]["batches"]
-    assert ranks[0]["weights"] == ranks[1]["weights"]
+    assert all(rank["weights"] == ranks[0]["weights"] for rank in ranks)  # bit-identical
+    # 14 matrices in 2 batches (8 of 32x32; 6 of 64x32 with w2 transposed): round-robin in each
+    assert [rank["orthogonalized"] for rank in ranks] == {2: [7, 7], 3: [3 + 2, 3 + 2, 2 + 2]}[devices]
     state = torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=True)["optimizer_states"][0]
     assert sum("momentum_buffer" in s for s in state["state"].values()) == 14  # Muon stepped the matrices
 

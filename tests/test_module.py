@@ -67,6 +67,10 @@ def test_every_logged_row_carries_throughput_and_time_measured_for_it(tmp_path, 
     tokens_per_row = log_every * BATCH * TINY_ARCH["context_length"]
     spans = [elapsed[0], *(b - a for a, b in pairwise(elapsed))]
     assert all(tokens_per_row / speed <= span * 1.001 for speed, span in zip(speeds, spans, strict=True))
+    # the optimizer's update, timed on every step (the CPU's clock needs no wait): its share of a step
+    optimizer_ms = [float(r["time/optimizer_ms"]) for r in rows]
+    assert all(ms > 0 for ms in optimizer_ms) and len(set(optimizer_ms)) == len(optimizer_ms)
+    assert all(0 < float(r["time/optimizer_share"]) < 1 for r in rows)
 
 
 MEMORY_STEPS = 6

@@ -23,7 +23,7 @@ from lmproject.lit.sharding import (
     is_sharded_checkpoint,
     wrap_policy,
 )
-from lmproject.nn import ModelConfig, TransformerBlock, cross_entropy
+from lmproject.nn import ModelConfig, RMSNorm, TransformerBlock, cross_entropy
 from lmproject.training.optim import AdamW, clip_gradients
 
 CONFIG = ModelConfig(**TINY_ARCH)
@@ -35,6 +35,14 @@ def test_every_transformer_block_and_nothing_else_is_a_shard_unit():
     wrapped = [module for module in units if module is not model]  # the root unit holds everything else
     assert wrapped == list(model.model.layers)
     assert all(isinstance(module, TransformerBlock) for module in wrapped)
+
+
+def test_under_muon_every_norm_is_a_shard_unit_of_its_own():
+    model = LanguageModel(ModelConfig(**{**TINY_ARCH, "qk_norm": True}), optimizer="muon")
+    units = wrap_policy("muon")._run_policy(model, ignored_modules=set(), root_kwargs={})
+    norms = [module for module in model.modules() if isinstance(module, RMSNorm)]
+    assert len(norms) == 2 * 4 + 1  # ln1, ln2, q_norm, k_norm per block; ln_final
+    assert set(units) - {model} == set(model.model.layers) | set(norms)
 
 
 def test_the_fsdp_strategies_shard_fully_per_block_and_choose_the_checkpoint_format():

@@ -66,14 +66,18 @@ class ThroughputMonitor(StepBoundary):
     - time/elapsed_s: wall-clock seconds since this fit started, validation included (the x axis of
       `lmproject plot`'s curves against time);
     - memory/max_allocated_gb, on a GPU: torch.cuda.max_memory_allocated so far (GB = 1e9 bytes), the peak
-      `lmproject accounting` predicts.
+      `lmproject accounting` predicts;
+    - time/optimizer_ms and time/optimizer_share, once measured: the optimizer's update (after clipping:
+      Muon's Newton–Schulz or AdamW's moments) in milliseconds, the mean over the updates timed since the
+      previous row (on a GPU, those whose CUDA events have completed: usually all but the last), and that
+      mean over the row's mean optimizer-step time. A row with no newly timed update has neither.
     """
 
     def __init__(self, peak_flops: float | None = None):
         self.peak_flops = peak_flops
         self._fit_start = self._row_start = self._validation_start = 0.0
         self._validation_seconds = 0.0
-        self._tokens = 0
+        self._tokens = self._steps = 0
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.flops_per_token = train_flops_per_token(pl_module.model.config)
@@ -89,7 +93,7 @@ class ThroughputMonitor(StepBoundary):
             self.peak_flops = device_peak_flops(trainer.strategy.root_device, dtype)
 
     def _new_row(self, now: float) -> None:
-        self._row_start, self._validation_seconds, self._tokens = now, 0.0, 0
+        self._row_start, self._validation_seconds, self._tokens, self._steps = now, 0.0, 0, 0
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._fit_start = time.perf_counter()
@@ -103,12 +107,19 @@ class ThroughputMonitor(StepBoundary):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx):
         self._tokens += batch[0].numel() * trainer.world_size
+        self._steps += self.stepped(trainer)
         if not self.stepped(trainer) or not logs_written_this_step(trainer):
             return  # inside gradient accumulation, or a step whose values no row receives
         now = time.perf_counter()
-        tokens_per_s = self._tokens / (now - self._row_start - self._validation_seconds)
+        seconds = now - self._row_start - self._validation_seconds
+        tokens_per_s = self._tokens / seconds
         pl_module.log("throughput/tokens_per_s", tokens_per_s)
         pl_module.log("time/elapsed_s", now - self._fit_start)
+        optimizer_ms = pl_module.optimizer_clock.take()
+        if optimizer_ms:
+            mean_ms = sum(optimizer_ms) / len(optimizer_ms)
+            pl_module.log("time/optimizer_ms", mean_ms)
+            pl_module.log("time/optimizer_share", mean_ms / (seconds * 1e3 / self._steps))
         if self.peak_flops:
             mfu = tokens_per_s * self.flops_per_token / (self.peak_flops * trainer.world_size)
             pl_module.log("throughput/mfu", mfu)

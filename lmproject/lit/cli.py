@@ -158,14 +158,15 @@ class LMCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The Trainer, with the project's parts in place of Lightning's: `--trainer.strategy fsdp` (or
-        fsdp_sharded) becomes lmproject.lit.sharding's FSDPStrategy (one shard unit per TransformerBlock);
-        `--trainer.max_time` goes to RunStop (a fresh budget per run, and its own exit status); the
-        progress bar is StepProgressBar (a plain TQDMProgressBar in a config becomes one, same refresh)."""
+        fsdp_sharded) becomes lmproject.lit.sharding's FSDPStrategy (one shard unit per TransformerBlock,
+        and per RMSNorm under Muon); `--trainer.max_time` goes to RunStop (a fresh budget per run, and its
+        own exit status); the progress bar is StepProgressBar (a plain TQDMProgressBar in a config becomes
+        one, same refresh)."""
         config = self.config_init.get(str(self.subcommand), self.config_init)  # run=False: no subcommand
         trainer = config.get("trainer", {})
         strategy = kwargs.get("strategy", trainer.get("strategy"))
         if strategy in STATE_DICT_TYPES:
-            kwargs["strategy"] = fsdp_strategy(strategy)
+            kwargs["strategy"] = fsdp_strategy(strategy, config.get("model", {}).get("optimizer", "adamw"))
         # RunRecord first: it counts the step that RunStop may end the fit on; RunStop after the config's
         # callbacks and before the checkpoint and throughput ones (which then see a time-limited last step)
         callbacks = [RunRecord()]

@@ -25,13 +25,14 @@ from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric
 
 from lmproject.errors import UserError
+from lmproject.lit.clock import IntervalClock
 from lmproject.lit.compat import attached_trainer, logs_written_this_step
 from lmproject.lit.sharding import clip_gradients_of
 from lmproject.nn import ModelConfig, TransformerLM, token_losses
 from lmproject.sampling.config import SamplingConfig
 from lmproject.sampling.generate import for_decoding, generate, generate_steps
 from lmproject.settings import check_settings
-from lmproject.training.muon import Muon, describe_groups, muon_param_groups
+from lmproject.training.muon import FSDP_PREFIX, Muon, describe_groups, muon_param_groups
 from lmproject.training.optim import AdamW, cosine_lr, wsd_lr
 
 
@@ -104,6 +105,8 @@ class LanguageModel(L.LightningModule):
             zero_init=zero_init,
         )
         self._compute_loss = self.model.loss
+        # the parameters' shapes before FSDP (if any) turns them into flat pieces: Muon needs them whole
+        self._built_shapes = {name: p.shape for name, p in self.model.named_parameters()}
         self.eval_loss = MeanMetric()
         self.grad_norm: float | None = None
         self.step_loss: float | None = None  # mean loss of this rank's micro-batches in the last step
@@ -112,6 +115,7 @@ class LanguageModel(L.LightningModule):
         self._micro_batches = 0
         self.token_callback: Callable[[int], None] | None = None  # `lmproject predict --stream` sets it
         self._decoding: tuple[torch.dtype | None, TransformerLM] | None = None  # see _decoding_model
+        self.optimizer_clock = IntervalClock()  # the optimizer's update, after clipping (ThroughputMonitor)
 
     def on_fit_start(self) -> None:
         if self.hparams.compile:  # training only: sampling's growing KV cache would recompile at every length
@@ -160,6 +164,13 @@ class LanguageModel(L.LightningModule):
         # DDP ranks decide together, so all stop or none does
         if not self.trainer.strategy.reduce_boolean_decision(problem is None, all=True):
             self._stop(problem or "loss or gradient norm is not finite on another rank")
+        self.optimizer_clock.start(self.device)  # the last thing before the update
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
+        """Lightning's step (the closure runs forward, backward and clipping, then the optimizer updates),
+        the update timed by optimizer_clock."""
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        self.optimizer_clock.stop()
 
     def _gradients_are_scaled(self) -> bool:
         """Under a GradScaler (precision 16-mixed) non-finite gradients are routine: the scaler skips that
@@ -236,6 +247,28 @@ class LanguageModel(L.LightningModule):
             self._decoding = (dtype, for_decoding(self.model, dtype))
         return self._decoding[1]
 
+    def _muon(self, settings: dict[str, Any]) -> Muon:
+        """Muon for the hidden matrices, AdamW for the rest, set up for the strategy: under DDP the ranks
+        share the Newton–Schulz work; under FSDP the matrices are flat pieces, gathered whole for it (their
+        whole shapes are those the model was built with)."""
+        sharded = type(getattr(attached_trainer(self), "strategy", None)).__name__ == "FSDPStrategy"
+        whole_shapes = None
+        if sharded:
+            named = self.model.named_parameters()
+            whole_shapes = {p: self._built_shapes[n.replace(FSDP_PREFIX, "")] for n, p in named}
+        groups = muon_param_groups(self.model, whole_shapes)
+        rank_zero_info("optimizer groups:\n" + describe_groups(groups))
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        group = torch.distributed.group.WORLD if distributed else None
+        return Muon(
+            groups,
+            momentum=self.hparams.muon_momentum,
+            compile=self.hparams.compile,
+            process_group=group,
+            whole_shapes=whole_shapes,
+            **settings,
+        )
+
     def _cycle(self) -> int:
         """The schedule's length in optimizer steps: cosine_cycle_iters, or the run's max_steps."""
         cycle = self.hparams.cosine_cycle_iters or self.trainer.max_steps
@@ -274,17 +307,7 @@ class LanguageModel(L.LightningModule):
         hp = self.hparams
         self._cycle()  # refuse a schedule without a length before building anything
         settings = dict(lr=hp.lr_max, betas=hp.betas, eps=hp.eps, weight_decay=hp.weight_decay)
-        if hp.optimizer == "muon":
-            if type(getattr(attached_trainer(self), "strategy", None)).__name__ == "FSDPStrategy":
-                raise UserError(
-                    "model.optimizer=muon cannot run under FSDP: Muon orthogonalizes whole matrices and FSDP "
-                    "gives each rank a flat shard (use ddp, or optimizer adamw)"
-                )
-            groups = muon_param_groups(self.model)
-            rank_zero_info("optimizer groups:\n" + describe_groups(groups))
-            optimizer = Muon(groups, momentum=hp.muon_momentum, **settings)
-        else:
-            optimizer = AdamW(self.parameters(), **settings)
+        optimizer = self._muon(settings) if hp.optimizer == "muon" else AdamW(self.parameters(), **settings)
         schedule = LambdaLR(optimizer, lambda step: self._lr_factor(step))  # a function: not saved
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 

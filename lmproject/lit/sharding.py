@@ -1,8 +1,9 @@
 """FSDP through Lightning: each TransformerBlock a shard unit; sharded checkpoints turned into ordinary ones.
 
 `--trainer.strategy fsdp` gives Lightning's FSDPStrategy with this project's settings: FULL_SHARD (weights,
-gradients and AdamW state split across all ranks), one FSDP unit per TransformerBlock (a block's weights are
-gathered just before it runs and freed after; the embeddings, ln_final and lm head form the root unit), and
+gradients and optimizer state split across all ranks), one FSDP unit per TransformerBlock (a block's weights
+are gathered just before it runs and freed after; the embeddings, ln_final and lm head form the root unit;
+under Muon each RMSNorm is a unit of its own, see wrap_policy), and
 mixed precision from `trainer.precision` (bf16-mixed: float32 weights and optimizer, bfloat16 compute and
 gradient reductions). Its checkpoints are full state dicts gathered on rank 0: ordinary files, loaded as
 any other by fit (with or without FSDP), validate, test, predict and export.
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from lmproject.atomic import atomic_write
-from lmproject.nn import TransformerBlock
+from lmproject.nn import RMSNorm, TransformerBlock
 from lmproject.training.optim import clip_gradients
 
 if TYPE_CHECKING:  # imported where used: FSDP's modules are slow to import and most runs do not shard
@@ -36,19 +37,25 @@ METADATA_FILE = (
 )
 
 
-def wrap_policy() -> ModuleWrapPolicy:
-    """FSDP's auto-wrap policy: every TransformerBlock becomes its own shard unit."""
+def wrap_policy(optimizer: str = "adamw") -> ModuleWrapPolicy:
+    """FSDP's auto-wrap policy: every TransformerBlock becomes its own shard unit; under Muon every RMSNorm
+    too. FSDP's full optimizer state dict gathers a unit's state name by name and needs every parameter of
+    the unit to hold each name: Muon's matrices hold a momentum_buffer, the norms' gains AdamW's moments, so
+    they may not share a unit."""
     from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
-    return ModuleWrapPolicy({TransformerBlock})
+    return ModuleWrapPolicy({TransformerBlock, RMSNorm} if optimizer == "muon" else {TransformerBlock})
 
 
-def fsdp_strategy(name: str) -> FSDPStrategy:
-    """Lightning's FSDPStrategy for `--trainer.strategy fsdp` or `fsdp_sharded` (see the module docstring)."""
+def fsdp_strategy(name: str, optimizer: str = "adamw") -> FSDPStrategy:
+    """Lightning's FSDPStrategy for `--trainer.strategy fsdp` or `fsdp_sharded` (see the module docstring),
+    for the run's `model.optimizer`."""
     from lightning.pytorch.strategies import FSDPStrategy
 
     return FSDPStrategy(
-        auto_wrap_policy=wrap_policy(), sharding_strategy="FULL_SHARD", state_dict_type=STATE_DICT_TYPES[name]
+        auto_wrap_policy=wrap_policy(optimizer),
+        sharding_strategy="FULL_SHARD",
+        state_dict_type=STATE_DICT_TYPES[name],
     )
 
 

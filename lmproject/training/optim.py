@@ -48,13 +48,13 @@ class AdamW(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if params:
-                self._update(group, params)
+            self._update(group, [p for p in group["params"] if p.grad is not None])
         return loss
 
     def _update(self, group: dict, params: list[torch.nn.Parameter]) -> None:
-        """One AdamW step of the parameters of `group` that have a gradient."""
+        """One AdamW step of the parameters of `group` that have a gradient (`params`, possibly none)."""
+        if not params:
+            return
         lr, (beta1, beta2), eps, decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
         grads, states = [p.grad for p in params], [self._state(p) for p in params]
         m, v = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]
