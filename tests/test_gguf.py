@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import shared
-from test_cli import fails, one_thread  # noqa: F401 (autouse fixture)
+from tiny_fit import fails
 from tiny_run import EOT, make_run
 
 from lmproject.errors import UserError
@@ -35,6 +35,8 @@ SHAPES = {
 }  # fmt: skip
 BYTES = Tokenizer({i: bytes([i]) for i in range(256)}, [], [EOT])
 TEXT = 'Once upon a time, Tom saw a 🐶 and said "Hi!"<|endoftext|>\n\n  Ünïcödé   123 4567 it\'s<|endoftext|>'
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def model_of(shape: ModelConfig) -> TransformerLM:

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from test_cli import TINY_ARCH
+from tiny_fit import TINY_ARCH
 
 import lmproject.sampling.compiled_step
 from lmproject.lit.module import LanguageModel
