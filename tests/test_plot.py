@@ -34,7 +34,7 @@ def test_two_runs_one_diverged_make_a_png(tmp_path, capsys):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
     assert [p.name for p in out.parent.iterdir()] == ["curves.png"]  # no temp file left
     printed = capsys.readouterr().out
-    assert "lr_1e-1: diverged at step 20" in printed and "lr_1e-3: last loss" in printed
+    assert "lr_1e-1: diverged at step 20" in printed and "lr_1e-3: last val loss" in printed
 
 
 def test_divergence_rules():
@@ -99,7 +99,7 @@ def test_a_run_that_fit_stopped_with_an_error_is_marked(tmp_path, capsys):
     assert plot.main([*runs, "--out", str(tmp_path / "c.png")]) == 0
     printed = capsys.readouterr().out
     assert "lr_1e-1: stopped at step 5 (fit exit status 2)" in printed
-    assert "lr_1e-3: last loss 3.4000 at step 4" in printed
+    assert "lr_1e-3: last val loss 3.4000 at step 4" in printed
 
 
 @pytest.mark.slow
@@ -112,9 +112,9 @@ def test_a_folder_of_runs_plots_each_run_as_its_own_curve(tmp_path, capsys):
     assert plot.expand_runs(sweep / "1e-3") == [(sweep / "1e-3", "1e-3")]
     assert plot.main([str(sweep), "--out", str(tmp_path / "c.png")]) == 0
     printed = capsys.readouterr().out.splitlines()
-    assert printed[:2] == ["1e-1: diverged at step 5", "1e-3: last loss 3.7000 at step 14"]
+    assert printed[:2] == ["1e-1: diverged at step 5", "1e-3: last val loss 3.7000 at step 14"]
     assert plot.main([str(tmp_path / "runs"), "--out", str(tmp_path / "d.png")]) == 0  # names keep the path
-    assert capsys.readouterr().out.startswith("lr/1e-1: diverged at step 5\nlr/1e-3: last loss")
+    assert capsys.readouterr().out.startswith("lr/1e-1: diverged at step 5\nlr/1e-3: last val loss")
 
 
 def test_a_run_folder_that_also_holds_other_runs_is_refused(tmp_path, capsys):

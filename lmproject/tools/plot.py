@@ -50,13 +50,14 @@ class Run:
     def verdict(self) -> tuple[int | None, str]:
         """(step to mark with an X or None, one-line summary): diverged, stopped by an error, or fine."""
         step = self.diverged_at()
+        kind = "val" if self.val else "train"
         last_step, last_loss = (self.val or self.train)[-1]
         if step is not None:
             return step, f"diverged at step {step}"
         if self.exit_status:  # e.g. a NaN loss stops fit before it is logged
             last_step = max(s for s, _ in self.train + self.val)
             return last_step, f"stopped at step {last_step} (fit exit status {self.exit_status})"
-        return None, f"last loss {last_loss:.4f} at step {last_step}"
+        return None, f"last {kind} loss {last_loss:.4f} at step {last_step}"
 
     def diverged_at(self) -> int | None:
         """First step where the train (else val) loss is non-finite or explodes (see the module docstring)."""
