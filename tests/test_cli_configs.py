@@ -100,13 +100,13 @@ def test_a_wandb_run_also_writes_the_metrics_csv_that_plot_reads(monkeypatch, tm
     assert (tmp_path / "curves.png").stat().st_size > 0
 
 
-def test_bf16_falls_back_to_float32_on_a_cpu_without_it(monkeypatch):
+def test_bf16_falls_back_to_float32_on_a_cpu_without_it_saying_so_in_one_line(monkeypatch, capsys):
     monkeypatch.setattr(cli, "cpu_supports_bf16", lambda: False)
-    with pytest.warns(UserWarning, match="no native bfloat16"):
-        built = build(
-            "smoke.yaml", extra=["--trainer.accelerator", "cpu", "--trainer.precision", "bf16-mixed"]
-        )
+    built = build("smoke.yaml", extra=["--trainer.accelerator", "cpu", "--trainer.precision", "bf16-mixed"])
     assert built.trainer.precision == "32-true"
+    assert capsys.readouterr().err.splitlines()[0] == (
+        "lmproject: this CPU has no native bfloat16: running in float32 (precision 32-true, not bf16-mixed)"
+    )
 
 
 @pytest.mark.parametrize(
