@@ -1,8 +1,11 @@
-"""The one exception type for bad user input, and the CLI guard that turns it into a one-line error."""
+"""The one exception type for bad user input, the CLI guard that turns it into a one-line error, and the
+argument parser whose errors are that one line too."""
 
 from __future__ import annotations
 
+import argparse
 import sys
+import typing
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -23,3 +26,24 @@ def run_cli(main: Callable[[], T], prog: str) -> T:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         raise SystemExit(130) from None
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, but a bad argument prints only `PROG: error: ...` (no usage block) and exits 2,
+    as every other bad input does; --help is unchanged. Subparsers are made of this class too."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def utf8_argument(value: str, what: str) -> str:
+    """`value` when it is UTF-8 text; a command-line word with bytes that are not UTF-8 reaches Python with
+    them as surrogate escapes, refused here naming the argument (`what`) rather than failing later."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        code = ord(value[err.start])
+        shown = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"character {chr(code)!a}"
+        raise UserError(f"{what} is not valid UTF-8 ({shown} at character {err.start})") from None
+    return value

@@ -184,6 +184,13 @@ def test_a_stream_of_no_tokens_prints_the_prompt_alone(monkeypatch):
         (["--prompts_file", "missing.txt"], "missing.txt: prompts file not found"),
         (["--prompts_file", "/"], "/: is a directory, expected a prompts file (one per line)"),
         (["--prompt", "Hi", "--num_samples", "2", "--stream", "true"], "--stream needs one prompt"),
+        (
+            ["--prompt", "Hi", "--seed", str(2**70)],
+            f"--seed must be an integer in [0, 4294967295], got {2**70}",
+        ),  # noqa: E501
+        (["--prompt", os.fsdecode(b"Hi\xff")], "--prompt is not valid UTF-8 (byte 0xff at character 2)"),
+        (["--prompt", "Hi", "--max_new_tokens", "1000000000000000"], "GiB while sampling"),
+        (["--prompt", "Hi", "--num_samples", "1000000000000"], "--num_samples 1000000000000 with"),
     ],
 )
 def test_bad_sampling_arguments_are_one_line_errors_and_write_nothing(run, capsys, args, message):

@@ -22,7 +22,8 @@ from lmproject.interop.hf_llama import (
     pairs_to_halves,
 )
 from lmproject.lit.checkpoints import find_last
-from lmproject.lit.cli import main, run_lightning
+from lmproject.lit.cli import run_lightning
+from lmproject.lit.commands import main
 from lmproject.lit.module import LanguageModel
 from lmproject.nn import ModelConfig, TransformerLM, cross_entropy
 from lmproject.nn.layers import RotaryEmbedding
@@ -244,7 +245,7 @@ def test_a_transformers_model_imported_gives_its_own_logits(tmp_path, tied):
     [("num_key_value_heads", 1), ("rope_scaling", {"rope_type": "linear", "factor": 2.0}),
      ("attention_bias", True), ("mlp_bias", True), ("hidden_act", "gelu"), ("sliding_window", 16),
      ("model_type", "mistral"), ("rope_theta", "10000"), ("rope_theta", -1.0), ("tie_word_embeddings", "no"),
-     ("vocab_size", True)],
+     ("vocab_size", True), ("max_position_embeddings", 10**10)],
 )  # fmt: skip
 def test_import_refuses_features_we_do_not_have_and_values_of_the_wrong_type(
     exported, tmp_path, capsys, field, value
@@ -258,6 +259,17 @@ def test_import_refuses_features_we_do_not_have_and_values_of_the_wrong_type(
     message = fails(["import", str(folder), "--out", str(tmp_path / "run")], capsys)
     assert field in message and "config.json" in message
     assert not (tmp_path / "run").exists()
+
+
+def test_null_key_value_heads_mean_as_many_as_the_attention_heads(exported, tmp_path, capsys):
+    """Hugging Face writes `num_key_value_heads: null` for "same as the heads": it was refused as
+    grouped-query attention."""
+    folder = tmp_path / "hf"
+    shutil.copytree(exported, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | {"num_key_value_heads": None}))
+    assert main(["import", str(folder), "--out", str(tmp_path / "run")]) == 0
+    assert load_ours(tmp_path / "run/checkpoints/last.ckpt").config.num_heads == config["num_attention_heads"]
 
 
 def test_import_names_a_tensor_of_the_wrong_shape(exported, tmp_path, capsys):

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from lmproject.tokenizer import Tokenizer
+from lmproject.errors import UserError
+from lmproject.tokenizer import Tokenizer, train_bpe
 from lmproject.tokenizer.cli import main
 
 EOT = "<|endoftext|>"
@@ -181,3 +185,62 @@ def test_encode_removes_what_a_killed_encode_left_for_its_output(tmp_path, corpu
     assert main(["encode", "--tokenizer", str(tokenizer_dir), str(corpus), str(tmp_path / "out.npy")]) == 0
     assert not parts.exists() and not half.exists()
     assert all(folder.is_dir() for folder in others)  # another output's, and a name not of this shape
+
+
+def test_argument_errors_are_one_line_without_the_usage_block(tmp_path, corpus, tokenizer_dir, capsys):
+    for argv in (
+        ["--workers", "0"],
+        ["train", str(corpus), "--vocab-size", "300", "--out", str(tmp_path / "o"), "--workers", "0"],
+        ["inspect", "--tokenizer", str(tokenizer_dir), "--top", "0"],
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and err.count("\n") == 1, err
+        assert err.startswith("lmproject-bpe") and ": error: " in err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["inspect", "--help"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.startswith("usage: lmproject-bpe inspect")
+
+
+def test_special_tokens_and_vocab_sizes_of_the_wrong_type_are_refused(tmp_path, corpus, capsys):
+    """(Bytes that are not UTF-8 in --special-token were a UnicodeEncodeError traceback; a vocab_size of
+    300.5 was accepted.)"""
+    token = os.fsdecode(b"<|\xff|>")  # how such command-line bytes reach Python
+    message = fails(["train", str(corpus), "--vocab-size", "300", "--special-token", token, "--out",
+                     str(tmp_path / "tok")], capsys)  # fmt: skip
+    assert message.endswith("--special-token is not valid UTF-8 (byte 0xff at character 2)")
+    with pytest.raises(UserError, match="vocab_size must be an integer, got 300.5"):
+        train_bpe(corpus, 300.5, [EOT], num_workers=1, progress=False)
+    assert not (tmp_path / "tok").exists()
+
+
+SLOW_POOL = """
+import sys, time
+from lmproject.errors import run_cli
+from lmproject.tokenizer.chunks import map_chunks
+
+def slow(job):
+    time.sleep(60)
+
+def work():
+    print("started", flush=True)
+    list(map_chunks(slow, [(0,), (1,)], [0, 1, 2], num_workers=2, desc="x", progress=False))
+
+run_cli(work, "lmproject-bpe")
+"""
+
+
+def test_ctrl_c_stops_the_worker_pool_without_their_tracebacks(tmp_path):
+    """Ctrl-C in a terminal reaches the whole process group: the workers printed KeyboardInterrupt
+    tracebacks beside the parent's one line."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", SLOW_POOL], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True, env=os.environ | {"PYTHONPATH": str(Path(__file__).parents[1])},
+    )  # fmt: skip
+    assert process.stdout.readline() == "started\n"
+    time.sleep(1.0)  # the workers are in their jobs
+    os.killpg(process.pid, signal.SIGINT)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 130
+    assert err == "lmproject-bpe: interrupted\n"

@@ -50,6 +50,6 @@ def make_run(root: Path, steps: int = 4, **arch) -> Path:
 def load_ours(checkpoint: Path) -> TransformerLM:
     """The TransformerLM of a Lightning checkpoint, in eval mode."""
     saved = torch.load(checkpoint, weights_only=True)
-    model = TransformerLM(ModelConfig.from_hparams(saved["hyper_parameters"]))
+    model = TransformerLM(ModelConfig(**saved["hyper_parameters"]["arch"]))
     model.load_state_dict({k.removeprefix("model."): v for k, v in saved["state_dict"].items()})
     return model.eval()

@@ -4,7 +4,6 @@ on the run's device, under bf16 autocast when the run trains in bf16."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import torch
 
 from lmproject.atomic import atomic_write, check_writable
-from lmproject.errors import UserError, run_cli
+from lmproject.errors import ArgumentParser, UserError, run_cli
 from lmproject.evaluate import encode_text_file, results, score, token_bytes
 from lmproject.lit.cli import parse_run_config
 from lmproject.lit.datamodule import TokenDataModule
@@ -29,8 +28,8 @@ def main(argv: list[str]) -> int:
     return run_cli(lambda: _evaluate(argv), "lmproject")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def _parser() -> ArgumentParser:
+    parser = ArgumentParser(
         prog="lmproject evaluate",
         allow_abbrev=False,
         description="Loss, perplexity and bits per byte on every token of a file. Other --model.*/--data.*/"

@@ -5,12 +5,11 @@ other."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 from lmproject.atomic import check_new_folder
-from lmproject.errors import UserError, run_cli
+from lmproject.errors import ArgumentParser, UserError, run_cli
 from lmproject.interop.hf_llama import check_llama_expressible, export_folder, import_folder
 from lmproject.lit.cli import parse_run_config
 from lmproject.lit.datamodule import TokenDataModule
@@ -33,7 +32,7 @@ def import_main(argv: list[str]) -> int:
 
 
 def _export(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="lmproject export",
         allow_abbrev=False,
         description="Write a checkpoint as a Hugging Face Llama folder (transformers, vLLM, llama.cpp). "
@@ -58,7 +57,7 @@ def _export(argv: list[str]) -> int:
 
 
 def _import(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="lmproject import",
         allow_abbrev=False,
         description="Turn a Hugging Face Llama folder (config.json, *.safetensors, tokenizer.json) into a "

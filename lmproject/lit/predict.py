@@ -27,9 +27,10 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LightningArgumentParser
 
 from lmproject.atomic import check_writable
-from lmproject.errors import UserError
+from lmproject.errors import UserError, utf8_argument
 from lmproject.nn import TransformerLM
-from lmproject.sampling.config import SamplingConfig, SamplingError
+from lmproject.sampling.config import SamplingConfig, SamplingError, memory_shortfall
+from lmproject.settings import MAX_SEED
 from lmproject.tokenizer import EOS_TOKEN, Tokenizer
 
 PER_REQUEST = ("seed", "eos_id")  # the SamplingConfig settings predict sets itself: no flags of their own
@@ -93,6 +94,8 @@ class PredictOptions:
         as the SamplingConfig is made)."""
         if (self.prompt is None) == (self.prompts_file is None):
             raise UserError("predict: give exactly one of --prompt or --prompts_file")
+        if self.prompt is not None:
+            utf8_argument(self.prompt, "predict: --prompt")
         if self.prompt is not None and not self.prompt.strip():
             shown = "empty" if not self.prompt else f"only whitespace ({self.prompt!r})"
             raise UserError(f"predict: --prompt is {shown}: give some text to continue")
@@ -102,14 +105,26 @@ class PredictOptions:
             raise UserError(f"{self.prompts_file}: prompts file not found")
         if self.num_samples < 1:
             raise UserError(f"predict: --num_samples must be >= 1, got {self.num_samples}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise UserError(f"predict: --seed must be an integer in [0, {MAX_SEED}], got {self.seed}")
         if self.output is not None:
             check_writable(Path(self.output))
         self.prompts()  # an unreadable or empty prompts file fails here, before a model is loaded
 
-    def check_model(self, model: TransformerLM) -> None:
-        """Refuse sampling settings this model cannot sample with (e.g. a window_slide beyond its context)."""
+    def check_model(self, model: TransformerLM, device: torch.device) -> None:
+        """Refuse sampling settings this model cannot sample with (e.g. a window_slide beyond its context),
+        and a request too large for the memory of `device` (where the model will sample), before any."""
         with _naming_flags():
             self.sampling.check(model)
+        # a prompt longer than the context is mostly cropped: its length is not known before tokenizing
+        positions = model.config.context_length + self.sampling.max_new_tokens
+        dtype = self.sampling.torch_dtype or model.lm_head.weight.dtype
+        shortfall = memory_shortfall(model.config, self.num_samples, positions, dtype, device)
+        if shortfall:
+            raise UserError(
+                f"predict: --num_samples {self.num_samples} with --max_new_tokens "
+                f"{self.sampling.max_new_tokens} {shortfall}: ask for fewer"
+            )
 
     def prompts(self) -> list[str]:
         if self.prompt is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import pairwise
 from typing import TypeVar
@@ -84,8 +85,17 @@ def map_chunks(
                 initializer(*initargs)
             yield from _advancing(map(function, jobs), bounds, bar)
         else:
-            with multiprocessing.Pool(min(num_workers, len(jobs)), initializer, initargs) as pool:
+            workers = min(num_workers, len(jobs))
+            with multiprocessing.Pool(workers, _quiet_worker, (initializer, initargs)) as pool:
                 yield from _advancing(pool.imap(function, jobs), bounds, bar)
+
+
+def _quiet_worker(initializer: Callable[..., None] | None, initargs: tuple) -> None:
+    """Start a pool worker that ignores SIGINT: Ctrl-C reaches the whole process group, and the parent
+    alone answers it (leaving the `with` block terminates the pool), so the workers print no tracebacks."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if initializer is not None:
+        initializer(*initargs)
 
 
 def _advancing(results: Iterable[Result], bounds: list[int], bar: tqdm) -> Iterator[Result]:

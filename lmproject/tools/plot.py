@@ -17,7 +17,6 @@ gets the X.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import math
@@ -26,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmproject.atomic import atomic_write
-from lmproject.errors import UserError, run_cli
+from lmproject.errors import ArgumentParser, UserError, run_cli
 from lmproject.tokenizer.files import read_text
 
 TRAIN_COLUMNS = ("train/loss", "train/loss_step", "train_loss")
@@ -253,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     """`lmproject plot RUN_DIR... [--out PNG] [--title TEXT]`."""
     import sys
 
-    p = argparse.ArgumentParser(prog="lmproject plot", description="Plot the learning curves of runs.")
+    p = ArgumentParser(prog="lmproject plot", description="Plot the learning curves of runs.")
     p.add_argument(
         "runs", nargs="+", type=Path, metavar="RUN_DIR", help="runs, folders of runs, or metrics.csv"
     )
