@@ -113,7 +113,11 @@ def test_cli_rejects_missing_or_bad_input(tmp_path, capsys):
             {"arch": {"logit_softcap": 15.0}, "loss_chunk_tokens": 64},
             "model.loss_chunk_tokens=64: must be null when model.arch.logit_softcap=15.0 is set",
         ),
-        ({"d_model": 64}, "model.d_model is not a setting of the model .* did you mean --model.arch.d_model"),
+        (
+            {"d_model": 64},
+            "model.d_model is not a setting of the model (lmproject.lit.module.LanguageModel) (did you mean "
+            "--model.arch.d_model?)",
+        ),
         ({"arch": {"bogus": 1}}, "model.arch.bogus is not an architecture field"),
         ({"bogus_setting": 1}, "model.bogus_setting is not a setting of the model"),
         ({"arch": {"qk_norm": "no"}}, "model.arch.qk_norm='no': must be true or false"),
@@ -137,6 +141,20 @@ def test_a_binary_config_file_is_a_one_line_error(tmp_path, capsys):
         main(["--config", str(binary)])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip().endswith(f"{binary}: invalid UTF-8 at byte offset 6")
+
+
+def test_a_config_with_a_key_given_twice_is_refused_naming_the_line(tmp_path, capsys):
+    """(The last of the two values won silently.)"""
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  arch: {d_model: 64, d_model: 32}\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", str(path)])
+    assert exit_info.value.code == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith(f"{path}: line 2: key 'd_model' is given twice (one value per key)")
+    )
 
 
 @pytest.mark.parametrize(("flag", "value"), [("--batch-size", "0"), ("--steps", "0"), ("--steps", "-3")])
