@@ -1,5 +1,6 @@
 """`lmproject predict`: greedy output equals generate() on the checkpoint; JSONL, streaming, errors."""
 
+import errno
 import io
 import json
 import os
@@ -328,3 +329,31 @@ def test_compiled_step_completions_equal_the_op_by_op_ones(run):
         args = ["--temperature", "0", "--max_new_tokens", "12", "--compiled_step", flag]
         predict(run, "--prompts_file", str(run / "prompts.txt"), *args, "--output", str(outputs[flag]))
     assert outputs["true"].read_text() == outputs["false"].read_text()
+
+
+@pytest.mark.parametrize("fails_at", [1, 2])
+def test_a_full_disk_names_the_output_and_keeps_only_whole_lines(run, capsys, monkeypatch, fails_at):
+    """(`[Errno 28] No space left on device` named no file and left an empty or cut-off s.jsonl.)"""
+    from lmproject.lit import predict as predict_module
+
+    real, calls = predict_module._write_all, []
+
+    def fill_up(fd, data):
+        calls.append(data)
+        if len(calls) < fails_at:
+            return real(fd, data)
+        os.write(fd, data[:10])  # the disk took part of the line
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(predict_module, "_write_all", fill_up)
+    out = run / "full.jsonl"
+    with pytest.raises(SystemExit) as exit_info:
+        predict(run, "--prompt", "Hi", "--num_samples", "2", "--max_new_tokens", "3", "--output", str(out))
+    assert exit_info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == f"lmproject: error: --output {out}: cannot write it: the disk is full"
+    if fails_at == 1:
+        assert not out.exists()
+    else:
+        assert [json.loads(line)["sample"] for line in out.read_text().splitlines()] == [0]
+        out.unlink()

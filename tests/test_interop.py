@@ -3,12 +3,15 @@ the RoPE row permutation proven by behaviour, a bit-identical round trip, and re
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
+from contextlib import contextmanager
 from dataclasses import replace
 
 import pytest
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from test_cli import fails, one_thread  # noqa: F401 (autouse fixture)
 from test_readme import readme_snippets, shrunk
@@ -30,6 +33,7 @@ from lmproject.nn.layers import RotaryEmbedding
 from lmproject.sampling.config import SamplingConfig
 from lmproject.sampling.generate import generate
 from lmproject.tokenizer import Tokenizer
+from lmproject.training import checkpoint as checkpoint_module
 from lmproject.training.optim import AdamW
 
 transformers = pytest.importorskip("transformers")
@@ -323,10 +327,15 @@ def test_export_appears_whole_or_not_at_all(run, tmp_path, capsys, monkeypatch):
     def disk_full(*args):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("lmproject.interop.hf_llama.save_tokenizer_json", disk_full)
-    assert "No space left" in fails(argv, capsys)
-    assert list(tmp_path.iterdir()) == []  # neither the folder nor its temporary sibling
-    monkeypatch.undo()
+    def safetensors_full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    for name, full in (("save_tokenizer_json", disk_full), ("save_file", safetensors_full)):
+        monkeypatch.setattr(f"lmproject.interop.hf_llama.{name}", full)
+        # (the message named no file; safetensors' error was a traceback)
+        assert fails(argv, capsys) == f"lmproject: error: {tmp_path / 'x'}: cannot write it: the disk is full"
+        assert list(tmp_path.iterdir()) == []  # neither the folder nor its temporary sibling
+        monkeypatch.undo()
     (tmp_path / "x").mkdir()
     (tmp_path / "x/keep.txt").write_text("mine")
     assert "already exists" in fails(argv, capsys)
@@ -336,6 +345,33 @@ def test_export_appears_whole_or_not_at_all(run, tmp_path, capsys, monkeypatch):
     assert json.loads((tmp_path / "y/config.json").read_text())["torch_dtype"] == "bfloat16"
     ours = torch.load(run / "run/checkpoints/last.ckpt", weights_only=True)["state_dict"]
     assert torch.equal(tensors["model.embed_tokens.weight"], ours["model.token_embeddings.weight"].bfloat16())
+
+
+def test_import_on_a_full_disk_names_the_run_folder_and_leaves_nothing(
+    exported, tmp_path, capsys, monkeypatch
+):
+    """torch.save turned the full disk into `RuntimeError: ... unexpected pos 43776 vs 43728`, a traceback."""
+    real = checkpoint_module.atomic_write
+
+    class FullAfter:
+        def __init__(self, file, room):
+            self.file, self.room = file, room
+
+        def write(self, data):
+            self.room -= len(memoryview(data).cast("B"))
+            if self.room < 0:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.file.write(data)
+
+    @contextmanager
+    def small_disk(path, mode="w"):
+        with real(path, mode) as file:
+            yield FullAfter(file, 4096)
+
+    monkeypatch.setattr(checkpoint_module, "atomic_write", small_disk)
+    message = fails(["import", str(exported), "--out", str(tmp_path / "run")], capsys)
+    assert message == f"lmproject: error: {tmp_path / 'run'}: cannot write it: the disk is full"
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_the_readme_snippet_runs_on_an_export(exported, capsys):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -244,3 +246,43 @@ def test_ctrl_c_stops_the_worker_pool_without_their_tracebacks(tmp_path):
     _, err = process.communicate(timeout=30)
     assert process.returncode == 130
     assert err == "lmproject-bpe: interrupted\n"
+
+
+def no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_names_the_output_and_leaves_nothing(
+    tmp_path, corpus, tokenizer_dir, capsys, monkeypatch
+):
+    """(`[Errno 28] No space left on device` named no file, train left an empty --out folder, and encode's
+    workers said `601743 requested and 215040 written`.)"""
+    import lmproject.tokenizer.encode_file as encode_module
+    import lmproject.tokenizer.tokenizer as tokenizer_module
+
+    before = sorted(tmp_path.iterdir())
+    monkeypatch.setattr(tokenizer_module, "save_merges", no_space)
+    out = tmp_path / "new" / "tok"
+    message = fails(["train", str(corpus), "--vocab-size", "300", "--out", str(out)], capsys)
+    assert message == f"lmproject-bpe: error: {out}: cannot write it: the disk is full"
+    monkeypatch.setattr(encode_module.shutil, "copyfileobj", no_space)
+    npy = tmp_path / "x.npy"
+    message = fails(
+        ["encode", "--tokenizer", str(tokenizer_dir), str(corpus), str(npy), "--workers", "1"], capsys
+    )
+    assert message == f"lmproject-bpe: error: {npy}: cannot write it: the disk is full"
+    assert sorted(tmp_path.iterdir()) == before  # no output, no temp file or folder
+
+
+def test_a_read_only_output_folder_is_named_by_the_output(
+    tmp_path, corpus, tokenizer_dir, capsys, monkeypatch
+):
+    """(The message named the temp folder, `.x.npy.13461._9wcp6ka.parts`.)"""
+
+    def refuse(dir, prefix, suffix):
+        raise PermissionError(errno.EACCES, "Permission denied", f"{dir}/{prefix}abcd_123{suffix}")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", refuse)  # as in a read-only folder (root writes anywhere)
+    npy = tmp_path / "x.npy"
+    message = fails(["encode", "--tokenizer", str(tokenizer_dir), str(corpus), str(npy)], capsys)
+    assert message == f"lmproject-bpe: error: {npy}: cannot write it: Permission denied"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from lmproject.atomic import atomic_write, check_writable
+from lmproject.atomic import atomic_write, check_writable, naming_output
 from lmproject.errors import ArgumentParser, UserError, run_cli
 from lmproject.evaluate import encode_text_file, results, score, token_bytes
 from lmproject.lit.cli import parse_run_config
@@ -92,7 +92,7 @@ def _evaluate(argv: list[str]) -> int:
     text = json.dumps(report, indent=2)
     print(text)
     if args.output is not None:
-        with atomic_write(args.output) as file:
+        with naming_output(f"--output {args.output}"), atomic_write(args.output) as file:
             file.write(text + "\n")
         print(f"wrote {args.output}", file=sys.stderr)
     return 0

@@ -8,7 +8,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from lmproject.atomic import check_new_folder
+from safetensors import SafetensorError
+
+from lmproject.atomic import check_new_folder, naming_output
 from lmproject.errors import ArgumentParser, UserError, run_cli
 from lmproject.interop.hf_llama import check_llama_expressible, export_folder, import_folder
 from lmproject.lit.cli import parse_run_config
@@ -51,7 +53,8 @@ def _export(argv: list[str]) -> int:
     path, checkpoint = resolve_checkpoint(args.ckpt_path, config)
     weights = {name.removeprefix("model."): tensor for name, tensor in checkpoint["state_dict"].items()}
     tokenizer = Tokenizer.from_dir(TokenDataModule(**config.data.as_dict()).tokenizer_dir)
-    export_folder(arch, weights, tokenizer, args.out, args.dtype)
+    with naming_output(args.out, also=(SafetensorError,)):
+        export_folder(arch, weights, tokenizer, args.out, args.dtype)
     print(f"wrote {args.out} from {path} ({args.dtype})")
     return 0
 
@@ -69,7 +72,8 @@ def _import(argv: list[str]) -> int:
     if not args.source.is_dir():
         raise UserError(f"{args.source}: not a directory")
     check_new_folder(args.out)
-    arch = import_folder(args.source, args.out, default_settings())
+    with naming_output(args.out):
+        arch = import_folder(args.source, args.out, default_settings())
     if not (args.out / "tokenizer").is_dir():
         print(f"lmproject: {args.source} has no {TOKENIZER_JSON}: the run has no tokenizer", file=sys.stderr)
     print(

@@ -26,7 +26,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LightningArgumentParser
 
-from lmproject.atomic import check_writable
+from lmproject.atomic import check_writable, naming_output
 from lmproject.errors import UserError, utf8_argument
 from lmproject.nn import TransformerLM
 from lmproject.sampling.config import SamplingConfig, SamplingError, memory_shortfall
@@ -246,13 +246,28 @@ class CompletionWriter(BasePredictionWriter):
         """Print one completion and append it to the JSONL file."""
         index = record.pop("index")
         if self.options.output is not None:
-            if self._fd is None:  # at the first completion: an earlier failure leaves any old file
-                self._fd = os.open(self.options.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-            _write_all(self._fd, (json.dumps(record, ensure_ascii=False) + "\n").encode())
-            self.written += 1
+            with naming_output(f"--output {self.options.output}"):
+                self._append(record)
         if printed:
             header = f"--- prompt {index + 1}, sample {record['sample'] + 1} ---"
             print(f"{header}\n{record['prompt']}{record['completion']}\n", flush=True)
+
+    def _append(self, record: dict[str, Any]) -> None:
+        """One JSON line at the end of the file. A failed write (a full disk) leaves the whole lines before
+        it, and no file at all when it was the first."""
+        if self._fd is None:  # at the first completion: an earlier failure leaves any old file
+            self._fd = os.open(self.options.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        end = os.lseek(self._fd, 0, os.SEEK_CUR)
+        try:
+            _write_all(self._fd, (json.dumps(record, ensure_ascii=False) + "\n").encode())
+        except OSError:
+            os.ftruncate(self._fd, end)
+            if not self.written:
+                os.close(self._fd)
+                self._fd = None
+                os.unlink(self.options.output)
+            raise
+        self.written += 1
 
     def _close(self, finished: bool) -> None:
         if self._fd is not None:

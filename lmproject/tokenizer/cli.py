@@ -20,6 +20,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from lmproject.atomic import naming_output
 from lmproject.errors import ArgumentParser, UserError, run_cli, utf8_argument
 from lmproject.tokenizer.encode_file import encode_file, token_dtype
 from lmproject.tokenizer.files import iter_text_blocks
@@ -118,7 +119,8 @@ def _train(args: argparse.Namespace) -> int:
     vocab, merges = train_bpe(
         args.input, args.vocab_size, args.special_token, num_workers=args.workers, errors=errors
     )
-    Tokenizer(vocab, merges, args.special_token).save(args.out)
+    with naming_output(args.out):
+        Tokenizer(vocab, merges, args.special_token).save(args.out)
     seconds = time.perf_counter() - started
     print(f"wrote {args.out}: {len(vocab):,} tokens, {len(merges):,} merges in {seconds:.1f} s")
     return 0
@@ -163,7 +165,8 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     tokenizer = Tokenizer.from_dir(args.tokenizer)
-    save_tokenizer_json(args.out, tokenizer.vocab, tokenizer.merges, tokenizer.special_tokens)
+    with naming_output(args.out):
+        save_tokenizer_json(args.out, tokenizer.vocab, tokenizer.merges, tokenizer.special_tokens)
     print(f"wrote {args.out}: {len(tokenizer.vocab):,} tokens, {len(tokenizer.merges):,} merges")
     return 0
 

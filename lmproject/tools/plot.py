@@ -28,7 +28,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lmproject.atomic import atomic_write
+from lmproject.atomic import atomic_write, naming_output
 from lmproject.errors import ArgumentParser, UserError, run_cli
 from lmproject.tokenizer.files import read_text
 
@@ -270,7 +270,7 @@ def plot_runs(runs: list[Run], out: Path, title: str | None = None) -> None:
     fig.suptitle(title or "learning curves")
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with atomic_write(out, "wb") as f:
+        with naming_output(out), atomic_write(out, "wb") as f:
             fig.savefig(f, format=picture_format(out), dpi=110)
     finally:
         plt.close(fig)
