@@ -4,6 +4,8 @@ argument parser whose errors are that one line too."""
 from __future__ import annotations
 
 import argparse
+import os
+import stat
 import sys
 import typing
 from collections.abc import Callable
@@ -47,3 +49,18 @@ def utf8_argument(value: str, what: str) -> str:
         shown = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"character {chr(code)!a}"
         raise UserError(f"{what} is not valid UTF-8 ({shown} at character {err.start})") from None
     return value
+
+
+def check_regular_file(path: str | os.PathLike[str], what: str) -> None:
+    """Refuse an input that exists but is no regular file (a FIFO, a device): the project reads its inputs
+    more than once (a size, then chunks; a check, then the work), which a pipe cannot give, so a FIFO hung or
+    was called "not found". `what` says what the file is for (`token file`)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # missing or unreadable: the caller's own message says so
+    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        kind = "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "not a regular file"
+        raise UserError(
+            f"{os.fspath(path)}: is {kind}; the {what} must be a regular file (it is read more than once)"
+        )

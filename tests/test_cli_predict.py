@@ -256,6 +256,17 @@ def test_predict_samples_in_its_dtype_even_under_a_mixed_precision_autocast(run,
     assert seen == [dtype] * 4
 
 
+def test_a_fifo_prompts_file_is_named_as_one_not_as_missing(run, capsys, tmp_path):
+    os.mkfifo(tmp_path / "prompts")
+    with pytest.raises(SystemExit) as exit_info:
+        predict(run, "--prompts_file", str(tmp_path / "prompts"))
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"lmproject: error: {tmp_path / 'prompts'}: is a FIFO (named pipe); the prompts file must be a "
+        "regular file (it is read more than once)"
+    )
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [

@@ -1,5 +1,6 @@
 """Token files, get_batch, the training-window stream and the fixed validation windows."""
 
+import os
 from itertools import islice
 
 import numpy as np
@@ -64,6 +65,12 @@ def test_bad_token_files_are_refused_with_the_file_named(tmp_path, name, make, d
     with pytest.raises(UserError, match=message) as err:
         open_tokens(path, dtype)
     assert str(path) in str(err.value)
+
+
+def test_a_fifo_token_file_is_named_as_one_not_as_missing(tmp_path):
+    os.mkfifo(tmp_path / "t.npy")
+    with pytest.raises(UserError, match=r"t.npy: is a FIFO \(named pipe\); the token file must be a regular"):
+        open_tokens(tmp_path / "t.npy")
 
 
 def test_check_tokens_refuses_short_files_and_ids_outside_the_vocabulary():

@@ -286,3 +286,23 @@ def test_a_read_only_output_folder_is_named_by_the_output(
     npy = tmp_path / "x.npy"
     message = fails(["encode", "--tokenizer", str(tokenizer_dir), str(corpus), str(npy)], capsys)
     assert message == f"lmproject-bpe: error: {npy}: cannot write it: Permission denied"
+
+
+@pytest.mark.parametrize("command", ["train", "encode"])
+def test_a_fifo_input_is_refused_not_waited_on(tmp_path, tokenizer_dir, command):
+    """(train on a FIFO hung, even with a writer: the file is opened more than once.)"""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    argv = {
+        "train": ["train", str(fifo), "--vocab-size", "300", "--out", str(tmp_path / "t")],
+        "encode": ["encode", "--tokenizer", str(tokenizer_dir), str(fifo), str(tmp_path / "x.npy")],
+    }[command]
+    result = subprocess.run(
+        [sys.executable, "-m", "lmproject.tokenizer", *argv], capture_output=True, text=True, timeout=60,
+        env=os.environ | {"PYTHONPATH": str(Path(__file__).parents[1])},
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"lmproject-bpe: error: {fifo}: is a FIFO (named pipe); the text file must be a regular file "
+        "(it is read more than once)\n"
+    )

@@ -27,7 +27,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LightningArgumentParser
 
 from lmproject.atomic import check_writable, naming_output
-from lmproject.errors import UserError, utf8_argument
+from lmproject.errors import UserError, check_regular_file, utf8_argument
 from lmproject.nn import TransformerLM
 from lmproject.sampling.config import SamplingConfig, SamplingError, memory_shortfall
 from lmproject.settings import MAX_SEED
@@ -101,6 +101,8 @@ class PredictOptions:
             raise UserError(f"predict: --prompt is {shown}: give some text to continue")
         if self.prompts_file is not None and Path(self.prompts_file).is_dir():
             raise UserError(f"{self.prompts_file}: is a directory, expected a prompts file (one per line)")
+        if self.prompts_file is not None:
+            check_regular_file(self.prompts_file, "prompts file")
         if self.prompts_file is not None and not Path(self.prompts_file).is_file():
             raise UserError(f"{self.prompts_file}: prompts file not found")
         if self.num_samples < 1:

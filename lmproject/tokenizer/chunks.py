@@ -16,7 +16,7 @@ from typing import TypeVar
 
 from tqdm import tqdm
 
-from lmproject.errors import UserError
+from lmproject.errors import UserError, check_regular_file
 from lmproject.tokenizer.pretokenize import find_chunk_boundaries
 
 MAX_CHUNK_BYTES = 8 << 20
@@ -57,6 +57,7 @@ def plan_chunks(
         raise UserError(f"chunk_bytes must be positive, got {max_chunk_bytes}")
     if os.path.isdir(path):
         raise UserError(f"{os.fspath(path)}: is a directory, expected a text file")
+    check_regular_file(path, "text file")
     try:
         size = os.path.getsize(path)
         target = max(MIN_CHUNK_BYTES, -(-size // (4 * num_workers)))

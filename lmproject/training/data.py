@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from lmproject.errors import UserError
+from lmproject.errors import UserError, check_regular_file
 from lmproject.settings import TOKEN_DTYPES
 
 NPY_MAGIC = b"\x93NUMPY"
@@ -33,6 +33,7 @@ def open_tokens(path: str | Path, dtype: str | None = None) -> np.ndarray:
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path}: is a directory, expected a token file")
+    check_regular_file(path, "token file")
     if not path.is_file():
         raise UserError(f"{path}: token file not found")
     if path.suffix == ".npy":
