@@ -144,9 +144,8 @@ def test_an_empty_broken_or_twice_keyed_config_file_is_named_with_its_line(tmp_p
     path = tmp_path / "c.yaml"
     path.write_text(text)
     assert message.format(path=f"--config {path}") in fails(["fit", "--config", str(path)], capsys)
-    assert "line 1: key 'lr_max' is given twice" in fails(
-        ["fit", "--config", "{model: {lr_max: 1, lr_max: 2}}"], capsys
-    )
+    for inline in (["--config", "{model: {lr_max: 1, lr_max: 2}}"], ["--model={lr_max: 1, lr_max: 2}"]):
+        assert "(inline YAML): line 1: key 'lr_max' is given twice" in fails(["fit", *inline], capsys)
 
 
 @pytest.mark.parametrize(

@@ -89,18 +89,26 @@ def resolve_checkpoint(ckpt_path: str, config: Namespace) -> tuple[Path, dict[st
 NEGATIVE_NUMBER = re.compile(r"-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|-inf|-nan", re.IGNORECASE)
 
 
+SECTION_FLAGS = ("--model", "--data", "--trainer")  # each also takes a whole section as inline YAML
+
+
 def prepare_words(words: list[str]) -> list[str]:
     """The command line as the parser should read it: each --config found (find_config) and checked to be
-    text, and negative numbers joined to their flag."""
+    text, an inline YAML section (`--model '{lr_max: 1e-3}'`) checked as a config file is, and negative
+    numbers joined to their flag."""
     prepared: list[str] = []
-    expects_config = False
+    previous = ""
     for word in words:
-        if expects_config:
+        flag, _, value = word.partition("=") if word.startswith("-") else ("", "", word)
+        if previous in ("--config", "-c"):
             word = _checked_config(word)
-        elif word.startswith(("--config=", "-c=")):
-            flag, value = word.split("=", 1)
+        elif flag in ("--config", "-c") and value:
             word = f"{flag}={_checked_config(value)}"
-        expects_config = word in ("--config", "-c")
+        elif previous in SECTION_FLAGS and value.lstrip().startswith("{"):
+            load_config_yaml(value, f"{previous} (inline YAML)")
+        elif flag in SECTION_FLAGS and value.lstrip().startswith("{"):
+            load_config_yaml(value, f"{flag} (inline YAML)")
+        previous = word
         prepared.append(word)
     return join_negative_numbers(prepared)
 
