@@ -81,17 +81,25 @@ def check_tokens(tokens: np.ndarray, path: str | Path, context_length: int, voca
             f"(need more than {context_length + 1})"
         )
     for start in range(0, len(tokens), ID_CHECK_CHUNK_TOKENS):
-        chunk = np.asarray(tokens[start : start + ID_CHECK_CHUNK_TOKENS])
-        if int(chunk.max()) >= vocab_size:
-            first = start + int(np.flatnonzero(chunk >= vocab_size)[0])
-            count = sum(
-                int(np.count_nonzero(np.asarray(tokens[at : at + ID_CHECK_CHUNK_TOKENS]) >= vocab_size))
-                for at in range(start, len(tokens), ID_CHECK_CHUNK_TOKENS)
-            )
-            raise UserError(
-                f"{path}: token id {int(tokens[first])} at position {first} is not below the vocab_size="
-                f"{vocab_size}, nor are {count - 1:,} more (was the file encoded with a different tokenizer?)"
-            )
+        if int(np.asarray(tokens[start : start + ID_CHECK_CHUNK_TOKENS]).max()) >= vocab_size:
+            _refuse_ids(tokens, path, vocab_size, start)
+
+
+def _refuse_ids(tokens: np.ndarray, path: str | Path, vocab_size: int, start: int) -> None:
+    """The error for a token file whose ids from chunk `start` on are not all below vocab_size: the first
+    such id, how many more there are and the largest (a second pass over the rest of the file)."""
+    count, largest, first = 0, 0, None
+    for at in range(start, len(tokens), ID_CHECK_CHUNK_TOKENS):
+        chunk = np.asarray(tokens[at : at + ID_CHECK_CHUNK_TOKENS])
+        bad = np.flatnonzero(chunk >= vocab_size)
+        if len(bad):
+            first = at + int(bad[0]) if first is None else first
+            count, largest = count + len(bad), max(largest, int(chunk.max()))
+    more = f", nor are {count - 1:,} more, up to token id {largest}" if count > 1 else ""
+    raise UserError(
+        f"{path}: token id {int(tokens[first])} at position {first} is not below the vocab_size={vocab_size}"
+        f"{more} (was the file encoded with a different tokenizer?)"
+    )
 
 
 def windows(tokens: np.ndarray, starts: np.ndarray, context_length: int) -> tuple[torch.Tensor, torch.Tensor]:
