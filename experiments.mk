@@ -30,7 +30,9 @@ ABLATIONS ?= no_rmsnorm post_norm nope silu
 experiments: lr-sweep batch-size-sweep ablations
 
 # One training run: $(call fit_run,<overlay or empty>,<run dir>). Only 0 (done) and 3 (diverged) are results.
+# An overlay that does not exist (a typo in LR_POINTS) stops make before the run's folder is made.
 define fit_run
+$(if $(1),test -f $(1) || { echo "experiments.mk: $(1): no such overlay" >&2; exit 2; }; )\
 mkdir -p $(2) && $(LM) fit --config $(EXP_CONFIG) $(if $(1),--config $(1)) --trainer.default_root_dir $(2) \
     --ckpt_path last $(EXP_ARGS); status=$$?; \
     if [ $$status -ne 0 ] && [ $$status -ne 3 ]; then exit $$status; fi; echo $$status > $(2)/fit.status

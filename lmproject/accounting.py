@@ -171,14 +171,11 @@ def _mapping_with(node: object, key: str) -> dict:
 
 
 def _load_yaml(path: Path) -> dict:
-    import yaml
+    from lmproject.config_yaml import load_config_yaml  # imports yaml: only for a --config
 
     if not path.is_file():
         raise UserError(f"--config {path}: no such file")
-    try:
-        config = yaml.safe_load(read_text(path))
-    except yaml.YAMLError as err:
-        raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    config = load_config_yaml(read_text(path), str(path))
     if not isinstance(config, dict):
         raise UserError(f"{path}: expected a mapping with a `model:` section")
     return config

@@ -10,6 +10,7 @@ are touched.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -61,6 +62,35 @@ def remove_stale_temps(directory: Path, target: str | None = None) -> list[Path]
     return removed
 
 
+FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def write_problem(err: BaseException) -> str:
+    """What went wrong writing, in words for a message: "the disk is full" for ENOSPC (also numpy's and
+    safetensors' versions of it, which carry no errno), else the system's words."""
+    text = str(err)
+    if (
+        getattr(err, "errno", None) in FULL
+        or "No space left" in text
+        or re.search(r"\d+ requested and \d+ written", text)
+    ):
+        return "the disk is full"
+    return getattr(err, "strerror", None) or text
+
+
+@contextmanager
+def naming_output(target: str | os.PathLike[str], also: tuple[type[Exception], ...] = ()) -> Iterator[None]:
+    """Run the block that writes `target`; an OSError (or an error of the types in `also`, e.g. a writer
+    library's own) becomes a UserError naming `target`, the output the user gave: the error's own file name
+    is a temp file's, and numpy's and safetensors' messages name none."""
+    try:
+        yield
+    except UserError:
+        raise
+    except (OSError, *also) as err:
+        raise UserError(f"{os.fspath(target)}: cannot write it: {write_problem(err)}") from None
+
+
 def check_writable(path: Path, flag: str = "--output") -> None:
     """Refuse an --output file (predict, evaluate) that could not be written (a directory, a missing or
     read-only folder), by trying: an existing file is opened for appending, a new one created and removed
@@ -105,12 +135,14 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     if not path.parent.is_dir():
         raise UserError(f"{path}: directory {path.parent} does not exist")
     remove_stale_temps(path.parent, path.name)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path), suffix=".tmp")
+    with naming_output(path):  # a read-only folder: the error names the output, not the temp file
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path), suffix=".tmp")
     os.close(fd)
     try:
         usual_permissions(tmp)  # mkstemp makes the file private
         yield Path(tmp)
-        os.replace(tmp, path)
+        with naming_output(path):
+            os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -142,11 +174,13 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     check_new_folder(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path.parent, path.name)
-    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=temp_prefix(path), suffix=".tmp"))
+    with naming_output(path):
+        staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=temp_prefix(path), suffix=".tmp"))
     try:
         os.chmod(staging, 0o777 & ~_UMASK)  # mkdtemp makes the folder private
         yield staging
-        os.replace(staging, path)
+        with naming_output(path):
+            os.replace(staging, path)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -155,4 +189,5 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
 def temp_folder(target: Path) -> Path:
     """A new temp folder next to `target` for work in progress towards it (the caller removes it)."""
     remove_stale_temps(target.parent, target.name)
-    return Path(tempfile.mkdtemp(dir=target.parent, prefix=temp_prefix(target), suffix=".parts"))
+    with naming_output(target):  # a read-only folder: the error names the output, not the temp folder
+        return Path(tempfile.mkdtemp(dir=target.parent, prefix=temp_prefix(target), suffix=".parts"))

@@ -36,7 +36,6 @@ prediction to within 15% of it).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -44,6 +43,7 @@ import time
 from dataclasses import asdict, replace
 
 from lmproject.accounting import parameter_counts
+from lmproject.errors import ArgumentParser
 from lmproject.nn.config import ModelConfig
 
 PRECISIONS = ("32-true", "bf16-mixed")
@@ -215,7 +215,7 @@ def measure_in_subprocess(
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m lmproject.memory --config JSON --batch-size B ...`: print measure_peak's result as JSON."""
-    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser = ArgumentParser(description=main.__doc__)
     parser.add_argument("--config", required=True, help="ModelConfig fields as a JSON object")
     parser.add_argument("--batch-size", type=int, required=True)
     parser.add_argument("--precision", choices=PRECISIONS, default="32-true")

@@ -143,6 +143,20 @@ def test_a_binary_config_file_is_a_one_line_error(tmp_path, capsys):
     assert capsys.readouterr().err.strip().endswith(f"{binary}: invalid UTF-8 at byte offset 6")
 
 
+def test_a_config_with_a_key_given_twice_is_refused_naming_the_line(tmp_path, capsys):
+    """(The last of the two values won silently.)"""
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  arch: {d_model: 64, d_model: 32}\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", str(path)])
+    assert exit_info.value.code == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith(f"{path}: line 2: key 'd_model' is given twice (one value per key)")
+    )
+
+
 @pytest.mark.parametrize(("flag", "value"), [("--batch-size", "0"), ("--steps", "0"), ("--steps", "-3")])
 def test_cli_rejects_a_non_positive_batch_size_or_step_count(capsys, flag, value):
     with pytest.raises(SystemExit) as exit_info:
@@ -152,11 +166,21 @@ def test_cli_rejects_a_non_positive_batch_size_or_step_count(capsys, flag, value
     assert line == f"lmproject accounting: error: {flag} must be a positive integer, got {value}"
 
 
-def test_cli_refuses_a_preset_together_with_a_config(tmp_path, capsys):
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--preset", "gpt2-small", "--config", "c.yaml"], "--config: not allowed with argument --preset"),
+        (["--preset", "nope"], "argument --preset: invalid choice: 'nope'"),
+        (["--preset", "gpt2-small", "--loss-chunk-tokens", "0"], "--loss-chunk-tokens must be a positive"),
+    ],
+)  # fmt: skip
+def test_cli_argument_errors_are_one_line_without_the_usage_block(capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
-        main(["--preset", "gpt2-small", "--config", str(tmp_path / "c.yaml")])
+        main(argv)
     assert exit_info.value.code == 2
-    assert "argument --config: not allowed with argument --preset" in capsys.readouterr().err
+    out, err = capsys.readouterr()
+    [line] = err.splitlines()
+    assert out == "" and line.startswith("lmproject accounting: error: ") and message in line
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,17 @@
+import errno
+import tempfile
+
 import pytest
 
-from lmproject.atomic import atomic_dir, atomic_write, check_new_folder
+from lmproject import atomic
+from lmproject.atomic import (
+    atomic_dir,
+    atomic_write,
+    check_new_folder,
+    naming_output,
+    temp_folder,
+    write_problem,
+)
 from lmproject.errors import UserError
 
 
@@ -55,3 +66,53 @@ def test_outputs_that_cannot_be_written_are_named_before_any_work(tmp_path):
         pass
     check_new_folder(tmp_path / "new/sub/out")  # missing parents are created by atomic_dir
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def read_only(name):
+    """A stand-in for tempfile's mkstemp/mkdtemp in a read-only folder (root writes anywhere): the error
+    names the temp file, as the real one does."""
+
+    def refuse(dir, prefix, suffix):
+        raise PermissionError(errno.EACCES, "Permission denied", f"{dir}/{prefix}abcd_123{suffix}")
+
+    return refuse
+
+
+@pytest.mark.parametrize(
+    ("error", "words"),
+    [
+        (OSError(errno.ENOSPC, "No space left on device"), "the disk is full"),
+        (OSError("601743 requested and 215040 written"), "the disk is full"),  # numpy's tofile
+        (RuntimeError("I/O error: No space left on device (os error 28)"), "the disk is full"),  # safetensors
+        (PermissionError(errno.EACCES, "Permission denied", "/x/.o.1.tmp"), "Permission denied"),
+    ],
+)
+def test_a_write_problem_is_said_in_words(error, words):
+    assert write_problem(error) == words
+
+
+@pytest.mark.parametrize("writer", ["atomic_write", "atomic_dir", "temp_folder"])
+def test_a_read_only_folder_is_named_by_the_output_not_the_temp_name(tmp_path, monkeypatch, writer):
+    """(`.x.npy.13461._9wcp6ka.parts: Permission denied` named a file the user never gave.)"""
+    monkeypatch.setattr(tempfile, "mkstemp", read_only("mkstemp"))
+    monkeypatch.setattr(tempfile, "mkdtemp", read_only("mkdtemp"))
+    target = tmp_path / "x.npy"
+    with pytest.raises(UserError) as err:
+        if writer == "temp_folder":
+            temp_folder(target)
+        else:
+            with getattr(atomic, writer)(target):
+                pass
+    assert str(err.value) == f"{target}: cannot write it: Permission denied"
+
+
+def test_naming_output_names_the_output_of_a_failed_write_and_passes_user_errors_on(tmp_path):
+    full = r"^--output o.jsonl: cannot write it: the disk is full$"
+    with pytest.raises(UserError, match=full), naming_output("--output o.jsonl"):
+        no_space()
+    with pytest.raises(UserError, match="^as it was$"), naming_output("o"):
+        raise UserError("as it was")

@@ -157,8 +157,9 @@ def test_bad_input_gets_one_line_errors(data_dir, capsys):
     assert "train_tokens or trainer.max_steps" in fails(
         ["fit", "--config", config, "--trainer.max_steps", "2", "--train_tokens", "1000"], capsys
     )
-    assert "train.npy: token id 63" in fails(
-        ["fit", "--config", config, "--model.arch.vocab_size", "32"], capsys
+    assert (
+        "train.npy: token id 32 at position 32 is not below the vocab_size=32, nor are 1,972 more, up to "
+        "token id 63" in fails(["fit", "--config", config, "--model.arch.vocab_size", "32"], capsys)
     )
 
     for scoring in ("validate", "test"):

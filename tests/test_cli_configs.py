@@ -8,6 +8,7 @@ import pytest
 import torch
 import yaml
 from shipped_configs import CONFIGS, build
+from tiny_fit import fails
 from tiny_run import make_run
 
 from lmproject.accounting import parameter_counts
@@ -126,3 +127,37 @@ def test_gpt2_configs_build_gpt2_shapes_on_owt_with_their_commented_figures(conf
     assert built.datamodule.batch_size == batch
     assert sum(p.numel() for p in built.model.parameters()) == parameters
     assert f"parameters {parameters:,}" in (CONFIGS / config).read_text()  # the comment states the count
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "{path}: is empty (expected YAML settings"),
+        ("# only a comment\n", "{path}: is empty (expected YAML settings"),
+        ("model:\n  arch: {d_model: 32\n", "{path}: not valid YAML: line 3, column 1: expected ',' or '}}'"),
+        ("model:\n  arch: {d_model: 64, d_model: 32}\n", "{path}: line 2: key 'd_model' is given twice"),
+        ("trainer:\n  max_steps: 1\nmodel:\n  lr_max: 1\ntrainer: {}\n", "{path}: line 5: key 'trainer' is"),
+    ],
+)
+def test_an_empty_broken_or_twice_keyed_config_file_is_named_with_its_line(tmp_path, capsys, text, message):
+    """(An empty file was "Unexpected config:", a syntax error pointed at "<unicode string>", and of two
+    equal keys the last silently won.)"""
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    assert message.format(path=f"--config {path}") in fails(["fit", "--config", str(path)], capsys)
+    for inline in (["--config", "{model: {lr_max: 1, lr_max: 2}}"], ["--model={lr_max: 1, lr_max: 2}"]):
+        assert "(inline YAML): line 1: key 'lr_max' is given twice" in fails(["fit", *inline], capsys)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--trainer.precision", "bogus", "trainer.precision: got bogus; expected 64, 32, 16, 'transformer-"),
+        ("--train_tokens", "1e30", "train_tokens: got 1e30; expected an integer or null"),
+    ],
+)  # fmt: skip
+def test_a_value_outside_a_union_says_what_is_allowed_in_one_line(capsys, flag, value, message):
+    """(jsonargparse's message listed every subtype and every subtype's error.)"""
+    line = fails(["fit", "--config", "smoke", flag, value], capsys)
+    assert line == f"lmproject: error: {line.removeprefix('lmproject: error: ')}" and message in line
+    assert "Subtypes" not in line and "Errors" not in line

@@ -1,5 +1,6 @@
 """`lmproject predict`: greedy output equals generate() on the checkpoint; JSONL, streaming, errors."""
 
+import errno
 import io
 import json
 import os
@@ -186,6 +187,13 @@ def test_a_stream_of_no_tokens_prints_the_prompt_alone(monkeypatch):
         (["--prompts_file", "missing.txt"], "missing.txt: prompts file not found"),
         (["--prompts_file", "/"], "/: is a directory, expected a prompts file (one per line)"),
         (["--prompt", "Hi", "--num_samples", "2", "--stream", "true"], "--stream needs one prompt"),
+        (
+            ["--prompt", "Hi", "--seed", str(2**70)],
+            f"--seed must be an integer in [0, 4294967295], got {2**70}",
+        ),  # noqa: E501
+        (["--prompt", os.fsdecode(b"Hi\xff")], "--prompt is not valid UTF-8 (byte 0xff at character 2)"),
+        (["--prompt", "Hi", "--max_new_tokens", "1000000000000000"], "GiB while sampling"),
+        (["--prompt", "Hi", "--num_samples", "1000000000000"], "--num_samples 1000000000000 with"),
     ],
 )
 def test_bad_sampling_arguments_are_one_line_errors_and_write_nothing(run, capsys, args, message):
@@ -248,6 +256,17 @@ def test_predict_samples_in_its_dtype_even_under_a_mixed_precision_autocast(run,
     with torch.autocast("cpu", dtype=torch.bfloat16):  # what Lightning opens for precision bf16-mixed
         module.predict_step(request, 0)
     assert seen == [dtype] * 4
+
+
+def test_a_fifo_prompts_file_is_named_as_one_not_as_missing(run, capsys, tmp_path):
+    os.mkfifo(tmp_path / "prompts")
+    with pytest.raises(SystemExit) as exit_info:
+        predict(run, "--prompts_file", str(tmp_path / "prompts"))
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"lmproject: error: {tmp_path / 'prompts'}: is a FIFO (named pipe); the prompts file must be a "
+        "regular file (it is read more than once)"
+    )
 
 
 @pytest.mark.parametrize(
@@ -343,3 +362,31 @@ def test_stdout_holds_only_the_completions_when_piped(run):
     text = "Once upon a time" + decode(tokenizer, completion)
     assert result.stdout == f"--- prompt 1, sample 1 ---\n{text}\n\n"
     assert "Predicting" in result.stderr  # the bar is there, on stderr
+
+
+@pytest.mark.parametrize("fails_at", [1, 2])
+def test_a_full_disk_names_the_output_and_keeps_only_whole_lines(run, capsys, monkeypatch, fails_at):
+    """(`[Errno 28] No space left on device` named no file and left an empty or cut-off s.jsonl.)"""
+    from lmproject.lit import predict as predict_module
+
+    real, calls = predict_module._write_all, []
+
+    def fill_up(fd, data):
+        calls.append(data)
+        if len(calls) < fails_at:
+            return real(fd, data)
+        os.write(fd, data[:10])  # the disk took part of the line
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(predict_module, "_write_all", fill_up)
+    out = run / "full.jsonl"
+    with pytest.raises(SystemExit) as exit_info:
+        predict(run, "--prompt", "Hi", "--num_samples", "2", "--max_new_tokens", "3", "--output", str(out))
+    assert exit_info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == f"lmproject: error: --output {out}: cannot write it: the disk is full"
+    if fails_at == 1:
+        assert not out.exists()
+    else:
+        assert [json.loads(line)["sample"] for line in out.read_text().splitlines()] == [0]
+        out.unlink()

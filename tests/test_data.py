@@ -1,5 +1,6 @@
 """Token files, get_batch, the training-window stream and the fixed validation windows."""
 
+import os
 from itertools import islice
 
 import numpy as np
@@ -9,6 +10,7 @@ from torch.utils.data import DataLoader
 
 from lmproject.errors import UserError
 from lmproject.lit.datamodule import TokenDataModule
+from lmproject.training import data
 from lmproject.training.data import FixedWindows, RandomWindows, check_tokens, get_batch, open_tokens
 
 
@@ -65,14 +67,39 @@ def test_bad_token_files_are_refused_with_the_file_named(tmp_path, name, make, d
     assert str(path) in str(err.value)
 
 
+def test_a_fifo_token_file_is_named_as_one_not_as_missing(tmp_path):
+    os.mkfifo(tmp_path / "t.npy")
+    with pytest.raises(UserError, match=r"t.npy: is a FIFO \(named pipe\); the token file must be a regular"):
+        open_tokens(tmp_path / "t.npy")
+
+
 def test_check_tokens_refuses_short_files_and_ids_outside_the_vocabulary():
     check_tokens(np.zeros(18, np.uint16), "ok.npy", context_length=16, vocab_size=10)
     with pytest.raises(UserError, match="too short for context_length=16"):
         check_tokens(np.zeros(17, np.uint16), "short.npy", context_length=16, vocab_size=10)
     tokens = np.zeros(500_000, np.uint16)
     tokens[-3] = 10
-    with pytest.raises(UserError, match=r"token id 10 at position 499997 is not below the vocab_size=10"):
+    with pytest.raises(
+        UserError, match=r"token id 10 at position 499997 is not below the vocab_size=10 \(was the file"
+    ):
         check_tokens(tokens, "big.npy", context_length=16, vocab_size=10)
+
+
+@pytest.mark.parametrize("chunk_tokens", [None, 7_000])
+def test_every_token_id_is_checked_not_a_sample(monkeypatch, chunk_tokens):
+    """The check read 16 chunks of 64K tokens: 50,000 bad ids between them passed it, then failed mid-run.
+    (A small chunk size puts the bad ids across chunk boundaries.)"""
+    if chunk_tokens is not None:
+        monkeypatch.setattr(data, "ID_CHECK_CHUNK_TOKENS", chunk_tokens)
+    tokens = np.zeros(2_000_000, np.uint16)
+    tokens[70_000:120_000] = 400
+    tokens[1_999_999] = 401
+    message = (
+        r"id 400 at position 70000 is not below the vocab_size=400, nor are 50,000 more, up to token id 401"
+    )
+    with pytest.raises(UserError, match=message):
+        check_tokens(tokens, "t.npy", context_length=16, vocab_size=400)
+    check_tokens(tokens, "t.npy", context_length=16, vocab_size=402)
 
 
 def test_stream_is_seeded_per_rank_and_resumes_at_any_batch(tmp_path):

@@ -126,6 +126,10 @@ def test_bad_input_gets_a_one_line_error(run, tmp_path, capsys):
     assert "--stride must be between 1 and context_length=32" in fails(
         [*config, "--text", str(tmp_path / "short.txt"), "--stride", "33"], capsys
     )
+    with pytest.raises(SystemExit) as exit_info:  # argparse's usage block came first
+        main([*config, "--text", "a.txt", "--tokens", "b.npy"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and "not allowed with argument --text" in err
 
 
 def test_an_output_that_cannot_be_written_is_refused_before_scoring(run, tmp_path, capsys, monkeypatch):

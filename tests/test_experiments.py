@@ -81,3 +81,18 @@ def test_only_finished_or_diverged_runs_are_recorded_as_results(tmp_path, status
     assert target.is_file() == recorded  # a missing file or typo is retried next time, not skipped forever
     if recorded:
         assert target.read_text().strip() == str(status)
+
+
+def test_a_sweep_point_without_an_overlay_is_refused_before_its_folder_is_made(tmp_path):
+    """(`make lr-sweep LR_POINTS=lr_nope` left an empty runs/lr/lr_nope after fit refused the config.)"""
+    no_install = tmp_path / "no_install.mk"
+    no_install.write_text("install:\n")
+    runs = tmp_path / "runs"
+    make = subprocess.run(
+        ["make", "-s", "-f", "experiments.mk", "-f", str(no_install), f"RUNS={runs}", "LM=true", "lr-sweep",
+         "LR_POINTS=lr_nope"],
+        cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert make.returncode == 2
+    assert "experiments.mk: configs/sweeps/lr/lr_nope.yaml: no such overlay" in make.stderr
+    assert not runs.exists()

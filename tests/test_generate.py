@@ -320,6 +320,10 @@ def test_bad_prompts_are_refused_with_a_clear_message(prompts, message):
         ({"window_slide": 0}, r"^window_slide must be >= 1, got 0$"),
         ({"dtype": "float16"}, r"^dtype must be one of float32, bfloat16, got 'float16'$"),
         ({"dtype": torch.bfloat16}, r"^dtype must be one of float32, bfloat16, got torch.bfloat16$"),
+        ({"max_new_tokens": 2.5}, r"^max_new_tokens must be an integer, got 2.5$"),
+        ({"top_k": True}, r"^top_k must be an integer, got True$"),
+        ({"temperature": "0"}, r"^temperature must be a number, got '0'$"),
+        ({"seed": 2**70}, rf"^seed must be an integer in \[0, {2**64 - 1}\], got {2**70}$"),
     ],
 )
 def test_each_bad_setting_is_one_error_that_names_it(settings, message):
@@ -339,6 +343,12 @@ def test_settings_beyond_the_model_are_refused_before_sampling(settings, message
     sampling.check(TransformerLM(**SMALL | {"context_length": 17, "vocab_size": 65}))
     with pytest.raises(SamplingError, match=message):
         next(generate_steps(small_model(), [[1]], sampling))
+
+
+def test_more_tokens_than_the_memory_holds_are_refused_before_any_is_allocated():
+    """(A max_new_tokens of 1e9 was an allocator error, or the process was killed.)"""
+    with pytest.raises(SamplingError, match=r"^max_new_tokens=10{15} for 2 prompts needs about .* GiB"):
+        next(generate_steps(small_model(), [[1], [2]], SamplingConfig(max_new_tokens=10**15)))
 
 
 def test_the_settings_go_by_name_only():

@@ -3,13 +3,16 @@ the RoPE row permutation proven by behaviour, a bit-identical round trip, and re
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
+from contextlib import contextmanager
 from dataclasses import replace
 
 import pytest
 import torch
 from readme_snippets import shrunk, snippets
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tiny_fit import fails
 from tiny_run import EOT, load_ours, make_run
@@ -30,6 +33,7 @@ from lmproject.nn.layers import RotaryEmbedding
 from lmproject.sampling.config import SamplingConfig
 from lmproject.sampling.generate import generate
 from lmproject.tokenizer import Tokenizer
+from lmproject.training import checkpoint as checkpoint_module
 from lmproject.training.optim import AdamW
 
 transformers = pytest.importorskip("transformers")
@@ -249,7 +253,7 @@ def test_a_transformers_model_imported_gives_its_own_logits(tmp_path, tied):
     [("num_key_value_heads", 1), ("rope_scaling", {"rope_type": "linear", "factor": 2.0}),
      ("attention_bias", True), ("mlp_bias", True), ("hidden_act", "gelu"), ("sliding_window", 16),
      ("model_type", "mistral"), ("rope_theta", "10000"), ("rope_theta", -1.0), ("tie_word_embeddings", "no"),
-     ("vocab_size", True)],
+     ("vocab_size", True), ("max_position_embeddings", 10**10)],
 )  # fmt: skip
 def test_import_refuses_features_we_do_not_have_and_values_of_the_wrong_type(
     exported, tmp_path, capsys, field, value
@@ -263,6 +267,17 @@ def test_import_refuses_features_we_do_not_have_and_values_of_the_wrong_type(
     message = fails(["import", str(folder), "--out", str(tmp_path / "run")], capsys)
     assert field in message and "config.json" in message
     assert not (tmp_path / "run").exists()
+
+
+def test_null_key_value_heads_mean_as_many_as_the_attention_heads(exported, tmp_path, capsys):
+    """Hugging Face writes `num_key_value_heads: null` for "same as the heads": it was refused as
+    grouped-query attention."""
+    folder = tmp_path / "hf"
+    shutil.copytree(exported, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | {"num_key_value_heads": None}))
+    assert main(["import", str(folder), "--out", str(tmp_path / "run")]) == 0
+    assert load_ours(tmp_path / "run/checkpoints/last.ckpt").config.num_heads == config["num_attention_heads"]
 
 
 def test_import_names_a_tensor_of_the_wrong_shape(exported, tmp_path, capsys):
@@ -316,10 +331,15 @@ def test_export_appears_whole_or_not_at_all(run, tmp_path, capsys, monkeypatch):
     def disk_full(*args):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("lmproject.interop.hf_llama.save_tokenizer_json", disk_full)
-    assert "No space left" in fails(argv, capsys)
-    assert list(tmp_path.iterdir()) == []  # neither the folder nor its temporary sibling
-    monkeypatch.undo()
+    def safetensors_full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    for name, full in (("save_tokenizer_json", disk_full), ("save_file", safetensors_full)):
+        monkeypatch.setattr(f"lmproject.interop.hf_llama.{name}", full)
+        # (the message named no file; safetensors' error was a traceback)
+        assert fails(argv, capsys) == f"lmproject: error: {tmp_path / 'x'}: cannot write it: the disk is full"
+        assert list(tmp_path.iterdir()) == []  # neither the folder nor its temporary sibling
+        monkeypatch.undo()
     (tmp_path / "x").mkdir()
     (tmp_path / "x/keep.txt").write_text("mine")
     assert "already exists" in fails(argv, capsys)
@@ -329,6 +349,33 @@ def test_export_appears_whole_or_not_at_all(run, tmp_path, capsys, monkeypatch):
     assert json.loads((tmp_path / "y/config.json").read_text())["torch_dtype"] == "bfloat16"
     ours = torch.load(run / "run/checkpoints/last.ckpt", weights_only=True)["state_dict"]
     assert torch.equal(tensors["model.embed_tokens.weight"], ours["model.token_embeddings.weight"].bfloat16())
+
+
+def test_import_on_a_full_disk_names_the_run_folder_and_leaves_nothing(
+    exported, tmp_path, capsys, monkeypatch
+):
+    """torch.save turned the full disk into `RuntimeError: ... unexpected pos 43776 vs 43728`, a traceback."""
+    real = checkpoint_module.atomic_write
+
+    class FullAfter:
+        def __init__(self, file, room):
+            self.file, self.room = file, room
+
+        def write(self, data):
+            self.room -= len(memoryview(data).cast("B"))
+            if self.room < 0:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.file.write(data)
+
+    @contextmanager
+    def small_disk(path, mode="w"):
+        with real(path, mode) as file:
+            yield FullAfter(file, 4096)
+
+    monkeypatch.setattr(checkpoint_module, "atomic_write", small_disk)
+    message = fails(["import", str(exported), "--out", str(tmp_path / "run")], capsys)
+    assert message == f"lmproject: error: {tmp_path / 'run'}: cannot write it: the disk is full"
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_the_docs_snippet_runs_on_an_export(exported, capsys):

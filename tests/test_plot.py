@@ -151,3 +151,64 @@ def test_a_damaged_metrics_file_is_a_one_line_error(tmp_path, capsys, content, m
         plot.main([str(tmp_path / "run"), "--out", str(tmp_path / "o.png")])
     assert info.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].endswith(message)
+
+
+def test_a_test_log_beside_the_training_logs_is_left_out(tmp_path, capsys):
+    """`lmproject test` writes a log of test/loss only: plot read it as a training log and failed."""
+    logs = tmp_path / "run" / "logs"
+    write_metrics(logs / "version_0", [5.0 - 0.1 * i for i in range(12)])
+    (logs / "version_1").mkdir()
+    (logs / "version_1" / "metrics.csv").write_text("epoch,step,test/loss,test/perplexity\n0,0,3.9,49.4\n")
+    assert plot.main([str(tmp_path / "run"), "--out", str(tmp_path / "c.png")]) == 0
+    assert "run: last loss" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("suffix", "magic"), [(".pdf", b"%PDF"), (".svg", b"<?xml"), (".PNG", b"\x89PNG")])
+def test_the_picture_has_the_format_its_name_says(tmp_path, suffix, magic):
+    write_metrics(tmp_path / "run", [3.0, 2.5, 2.0])
+    out = tmp_path / f"curves{suffix}"
+    assert plot.main([str(tmp_path / "run"), "--out", str(out)]) == 0
+    assert out.read_bytes().startswith(magic)
+
+
+@pytest.mark.parametrize(
+    ("name", "message"), [("c.txt", "a .txt name; give a picture name: "), ("c", "no suffix")]
+)
+def test_an_out_name_that_is_no_picture_format_is_refused(tmp_path, capsys, name, message):
+    """(`--out c.txt` got PNG bytes.)"""
+    write_metrics(tmp_path / "run", [3.0, 2.5, 2.0])
+    with pytest.raises(SystemExit) as info:
+        plot.main([str(tmp_path / "run"), "--out", str(tmp_path / name)])
+    [line] = capsys.readouterr().err.splitlines()
+    assert info.value.code == 2 and line.startswith(
+        f"lmproject plot: error: --out {tmp_path / name}: {message}"
+    )
+    assert ".pdf" in line and ".png" in line and ".svg" in line
+    assert not (tmp_path / name).exists()
+
+
+@pytest.mark.parametrize("step", ["inf", "-1", "2.5", "nan"])
+def test_a_step_that_is_no_whole_number_is_a_one_line_error(tmp_path, capsys, step):
+    """(A step of inf was an OverflowError traceback.)"""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.csv").write_text(f"step,train/loss\n0,2.0\n{step},1.5\n")
+    with pytest.raises(SystemExit) as info:
+        plot.main([str(tmp_path / "run"), "--out", str(tmp_path / "o.png")])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip().endswith(f"line 3: step is {step}, expected a whole number >= 0")
+
+
+def test_a_run_that_stopped_before_logging_a_row_is_listed_not_fatal(tmp_path, capsys):
+    """A sweep point that diverged before its first logged row has a fit.status but no metrics.csv: plot
+    failed with `no metrics.csv`, so `make ablations` failed, though a diverged run is a result."""
+    write_metrics(tmp_path / "baseline", [5.0, 4.0, 3.5])
+    (tmp_path / "baseline" / "fit.status").write_text("0\n")
+    (tmp_path / "nope" / "logs" / "version_0").mkdir(parents=True)
+    (tmp_path / "nope" / "fit.status").write_text("3\n")
+    runs = [str(tmp_path / "baseline"), str(tmp_path / "nope")]
+    assert plot.main([*runs, "--out", str(tmp_path / "c.png")]) == 0
+    assert "nope: stopped before its first logged step (fit exit status 3)" in capsys.readouterr().out
+    (tmp_path / "nope" / "fit.status").write_text("0\n")  # finished, yet no log: still an error
+    with pytest.raises(SystemExit):
+        plot.main([*runs, "--out", str(tmp_path / "c.png")])
+    assert "no metrics.csv" in capsys.readouterr().err

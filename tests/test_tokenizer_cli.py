@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from lmproject.tokenizer import Tokenizer
+from lmproject.errors import UserError
+from lmproject.tokenizer import Tokenizer, train_bpe
 from lmproject.tokenizer.cli import main
 
 EOT = "<|endoftext|>"
@@ -181,3 +187,122 @@ def test_encode_removes_what_a_killed_encode_left_for_its_output(tmp_path, corpu
     assert main(["encode", "--tokenizer", str(tokenizer_dir), str(corpus), str(tmp_path / "out.npy")]) == 0
     assert not parts.exists() and not half.exists()
     assert all(folder.is_dir() for folder in others)  # another output's, and a name not of this shape
+
+
+def test_argument_errors_are_one_line_without_the_usage_block(tmp_path, corpus, tokenizer_dir, capsys):
+    for argv in (
+        ["--workers", "0"],
+        ["train", str(corpus), "--vocab-size", "300", "--out", str(tmp_path / "o"), "--workers", "0"],
+        ["inspect", "--tokenizer", str(tokenizer_dir), "--top", "0"],
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and err.count("\n") == 1, err
+        assert err.startswith("lmproject-bpe") and ": error: " in err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["inspect", "--help"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.startswith("usage: lmproject-bpe inspect")
+
+
+def test_special_tokens_and_vocab_sizes_of_the_wrong_type_are_refused(tmp_path, corpus, capsys):
+    """(Bytes that are not UTF-8 in --special-token were a UnicodeEncodeError traceback; a vocab_size of
+    300.5 was accepted.)"""
+    token = os.fsdecode(b"<|\xff|>")  # how such command-line bytes reach Python
+    message = fails(["train", str(corpus), "--vocab-size", "300", "--special-token", token, "--out",
+                     str(tmp_path / "tok")], capsys)  # fmt: skip
+    assert message.endswith("--special-token is not valid UTF-8 (byte 0xff at character 2)")
+    with pytest.raises(UserError, match="vocab_size must be an integer, got 300.5"):
+        train_bpe(corpus, 300.5, [EOT], num_workers=1, progress=False)
+    assert not (tmp_path / "tok").exists()
+
+
+SLOW_POOL = """
+import sys, time
+from lmproject.errors import run_cli
+from lmproject.tokenizer.chunks import map_chunks
+
+def slow(job):
+    time.sleep(60)
+
+def work():
+    print("started", flush=True)
+    list(map_chunks(slow, [(0,), (1,)], [0, 1, 2], num_workers=2, desc="x", progress=False))
+
+run_cli(work, "lmproject-bpe")
+"""
+
+
+def test_ctrl_c_stops_the_worker_pool_without_their_tracebacks(tmp_path):
+    """Ctrl-C in a terminal reaches the whole process group: the workers printed KeyboardInterrupt
+    tracebacks beside the parent's one line."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", SLOW_POOL], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True, env=os.environ | {"PYTHONPATH": str(Path(__file__).parents[1])},
+    )  # fmt: skip
+    assert process.stdout.readline() == "started\n"
+    time.sleep(1.0)  # the workers are in their jobs
+    os.killpg(process.pid, signal.SIGINT)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 130
+    assert err == "lmproject-bpe: interrupted\n"
+
+
+def no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_names_the_output_and_leaves_nothing(
+    tmp_path, corpus, tokenizer_dir, capsys, monkeypatch
+):
+    """(`[Errno 28] No space left on device` named no file, train left an empty --out folder, and encode's
+    workers said `601743 requested and 215040 written`.)"""
+    import lmproject.tokenizer.encode_file as encode_module
+    import lmproject.tokenizer.tokenizer as tokenizer_module
+
+    before = sorted(tmp_path.iterdir())
+    monkeypatch.setattr(tokenizer_module, "save_merges", no_space)
+    out = tmp_path / "new" / "tok"
+    message = fails(["train", str(corpus), "--vocab-size", "300", "--out", str(out)], capsys)
+    assert message == f"lmproject-bpe: error: {out}: cannot write it: the disk is full"
+    monkeypatch.setattr(encode_module.shutil, "copyfileobj", no_space)
+    npy = tmp_path / "x.npy"
+    message = fails(
+        ["encode", "--tokenizer", str(tokenizer_dir), str(corpus), str(npy), "--workers", "1"], capsys
+    )
+    assert message == f"lmproject-bpe: error: {npy}: cannot write it: the disk is full"
+    assert sorted(tmp_path.iterdir()) == before  # no output, no temp file or folder
+
+
+def test_a_read_only_output_folder_is_named_by_the_output(
+    tmp_path, corpus, tokenizer_dir, capsys, monkeypatch
+):
+    """(The message named the temp folder, `.x.npy.13461._9wcp6ka.parts`.)"""
+
+    def refuse(dir, prefix, suffix):
+        raise PermissionError(errno.EACCES, "Permission denied", f"{dir}/{prefix}abcd_123{suffix}")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", refuse)  # as in a read-only folder (root writes anywhere)
+    npy = tmp_path / "x.npy"
+    message = fails(["encode", "--tokenizer", str(tokenizer_dir), str(corpus), str(npy)], capsys)
+    assert message == f"lmproject-bpe: error: {npy}: cannot write it: Permission denied"
+
+
+@pytest.mark.parametrize("command", ["train", "encode"])
+def test_a_fifo_input_is_refused_not_waited_on(tmp_path, tokenizer_dir, command):
+    """(train on a FIFO hung, even with a writer: the file is opened more than once.)"""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    argv = {
+        "train": ["train", str(fifo), "--vocab-size", "300", "--out", str(tmp_path / "t")],
+        "encode": ["encode", "--tokenizer", str(tokenizer_dir), str(fifo), str(tmp_path / "x.npy")],
+    }[command]
+    result = subprocess.run(
+        [sys.executable, "-m", "lmproject.tokenizer", *argv], capture_output=True, text=True, timeout=60,
+        env=os.environ | {"PYTHONPATH": str(Path(__file__).parents[1])},
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"lmproject-bpe: error: {fifo}: is a FIFO (named pipe); the text file must be a regular file "
+        "(it is read more than once)\n"
+    )

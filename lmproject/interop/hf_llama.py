@@ -73,6 +73,7 @@ _LLAMA_SIZES = (
     "vocab_size", "max_position_embeddings", "hidden_size", "num_hidden_layers", "num_attention_heads",
     "intermediate_size",
 )  # fmt: skip
+MAX_IMPORT_POSITIONS = 1 << 20  # Llama 3.1's 131,072 fits 8 times; 1e10 would mean a 40 GB RoPE table
 _IGNORED_ON_IMPORT = "rotary_emb.inv_freq"  # a buffer some older Llama checkpoints saved; recomputed here
 
 
@@ -198,6 +199,14 @@ def arch_from_llama(config: dict[str, Any], where: Path) -> ModelConfig:
         if isinstance(config.get(field), bool) or not isinstance(config.get(field), int) or config[field] < 1:
             raise UserError(f"{where}: {field} is {config.get(field)!r}, expected a positive integer")
     heads = config["num_attention_heads"]
+    if config["max_position_embeddings"] > MAX_IMPORT_POSITIONS:
+        raise UserError(
+            f"{where}: max_position_embeddings is {config['max_position_embeddings']:,}, more than the "
+            f"{MAX_IMPORT_POSITIONS:,} positions lmproject imports (its RoPE tables and KV cache hold "
+            "every position)"
+        )
+    kv_heads = config.get("num_key_value_heads")
+    kv_heads = heads if kv_heads is None else kv_heads  # Hugging Face's null: as many as the heads
     rope = config.get("rope_parameters") or {}
     theta_field = "rope_parameters.rope_theta" if "rope_theta" in rope else "rope_theta"
     theta = rope.get("rope_theta", config.get("rope_theta", 10000.0))
@@ -208,8 +217,8 @@ def arch_from_llama(config: dict[str, Any], where: Path) -> ModelConfig:
         raise UserError(f"{where}: tie_word_embeddings is {tied!r}, expected true or false")
     refusals = [
         (config.get("model_type") != "llama", f"model_type is {config.get('model_type')!r}, not 'llama'"),
-        (config.get("num_key_value_heads", heads) != heads,
-         f"num_key_value_heads={config.get('num_key_value_heads')} differs from num_attention_heads={heads} "
+        (kv_heads != heads,
+         f"num_key_value_heads={kv_heads} differs from num_attention_heads={heads} "
          "(grouped-query attention)"),
         (bool(config.get("rope_scaling")) or rope.get("rope_type", "default") != "default",
          f"rope_scaling is {config.get('rope_scaling') or rope!r} (only plain RoPE)"),

@@ -5,7 +5,6 @@ reports on a model that training would refuse."""
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from dataclasses import MISSING, asdict, fields
@@ -13,7 +12,7 @@ from pathlib import Path
 from typing import get_args, get_type_hints
 
 from lmproject.accounting import PRESETS, read_config, report, steps_for_tokens
-from lmproject.errors import UserError, run_cli
+from lmproject.errors import ArgumentParser, UserError, run_cli
 from lmproject.lit.module import default_settings
 from lmproject.memory import memory_report
 from lmproject.nn.config import ModelConfig
@@ -34,8 +33,8 @@ def _check_model(config: ModelConfig, settings: dict) -> None:
     check_settings("model", {**defaults, **settings, "arch": asdict(config)})
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def _parser() -> ArgumentParser:
+    p = ArgumentParser(
         prog="lmproject accounting",
         description="Parameters, FLOPs, AdamW memory and training time of a Transformer LM.",
     )
@@ -111,6 +110,8 @@ def _run(argv: list[str]) -> int:
     tokens = defaults.get("train_tokens")
     if args.steps is None and tokens:  # the config's train_tokens sets max_steps, as in `lmproject fit`
         steps = steps_for_tokens(tokens, batch, config.context_length, accumulation, devices)
+    if args.loss_chunk_tokens is not None and args.loss_chunk_tokens < 1:
+        raise UserError(f"--loss-chunk-tokens must be a positive integer, got {args.loss_chunk_tokens}")
     numbers = (args.mfu, args.peak_flops, args.memory_gb)
     if not all(map(math.isfinite, numbers)) or not 0 < args.mfu <= 1 or min(numbers) <= 0:
         raise UserError("--mfu must be in (0, 1]; --peak-flops and --memory-gb must be positive and finite")

@@ -346,7 +346,7 @@ class LMCLI(LightningCLI):
             )
         if ckpt_path is None:
             print("lmproject: no --ckpt_path: sampling from an untrained model", file=sys.stderr)
-        options.check_model(model.model)
+        options.check_model(model.model, self.trainer.strategy.root_device)
         check_dtype(options.sampling.torch_dtype, self.trainer.strategy.root_device, "predict: --dtype")
         prompts = requests(options, tokenizer)
         single = len(prompts) == 1 and options.num_samples == 1 and self.trainer.world_size == 1

@@ -5,7 +5,6 @@ on the run's device, under bf16 autocast when the run trains in bf16: as one tex
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -13,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lmproject.atomic import atomic_write, check_writable
-from lmproject.errors import UserError, run_cli
+from lmproject.atomic import atomic_write, check_writable, naming_output
+from lmproject.errors import ArgumentParser, UserError, run_cli
 from lmproject.evaluate import encode_text_file, results, score, score_documents, split_documents, token_bytes
 from lmproject.lit.cli import parse_run_config
 from lmproject.lit.datamodule import TokenDataModule
@@ -31,8 +30,8 @@ def main(argv: list[str]) -> int:
     return run_cli(lambda: _evaluate(argv), "lmproject")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def _parser() -> ArgumentParser:
+    parser = ArgumentParser(
         prog="lmproject evaluate",
         allow_abbrev=False,
         description="Loss, perplexity and bits per byte on every token of a file. By default the file is one "
@@ -117,7 +116,7 @@ def _evaluate(argv: list[str]) -> int:
     text = json.dumps(report, indent=2)
     print(text)
     if args.output is not None:
-        with atomic_write(args.output) as file:
+        with naming_output(f"--output {args.output}"), atomic_write(args.output) as file:
             file.write(text + "\n")
         print(f"wrote {args.output}", file=sys.stderr)
     return 0

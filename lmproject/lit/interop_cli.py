@@ -5,12 +5,13 @@ loads like any other."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from lmproject.atomic import check_new_folder, check_writable
-from lmproject.errors import UserError, run_cli
+from safetensors import SafetensorError
+
+from lmproject.atomic import check_new_folder, check_writable, naming_output
+from lmproject.errors import ArgumentParser, UserError, run_cli
 from lmproject.interop.gguf import GGUF_DTYPES, export_gguf
 from lmproject.interop.hf_llama import check_llama_expressible, export_folder, import_folder
 from lmproject.lit.cli import parse_run_config
@@ -34,7 +35,7 @@ def import_main(argv: list[str]) -> int:
 
 
 def _export(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="lmproject export",
         allow_abbrev=False,
         description="Write a checkpoint as a Hugging Face Llama folder (transformers, vLLM) or, with "
@@ -76,13 +77,14 @@ def _export(argv: list[str]) -> int:
     weights = {name.removeprefix("model."): tensor for name, tensor in checkpoint["state_dict"].items()}
     tokenizer = Tokenizer.from_dir(TokenDataModule(**config.data.as_dict()).tokenizer_dir)
     write = export_gguf if args.format == "gguf" else export_folder
-    write(arch, weights, tokenizer, args.out, args.dtype)
+    with naming_output(args.out, also=(SafetensorError,)):
+        write(arch, weights, tokenizer, args.out, args.dtype)
     print(f"wrote {args.out} from {path} ({args.dtype})")
     return 0
 
 
 def _import(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="lmproject import",
         allow_abbrev=False,
         description="Turn a Hugging Face Llama folder (config.json, *.safetensors, tokenizer.json) into a "
@@ -94,7 +96,8 @@ def _import(argv: list[str]) -> int:
     if not args.source.is_dir():
         raise UserError(f"{args.source}: not a directory")
     check_new_folder(args.out)
-    arch = import_folder(args.source, args.out, default_settings())
+    with naming_output(args.out):
+        arch = import_folder(args.source, args.out, default_settings())
     if not (args.out / "tokenizer").is_dir():
         print(f"lmproject: {args.source} has no {TOKENIZER_JSON}: the run has no tokenizer", file=sys.stderr)
     print(

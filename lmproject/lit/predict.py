@@ -26,10 +26,11 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LightningArgumentParser
 
-from lmproject.atomic import check_writable
-from lmproject.errors import UserError
+from lmproject.atomic import check_writable, naming_output
+from lmproject.errors import UserError, check_regular_file, utf8_argument
 from lmproject.nn import TransformerLM
-from lmproject.sampling.config import SamplingConfig, SamplingError
+from lmproject.sampling.config import SamplingConfig, SamplingError, memory_shortfall
+from lmproject.settings import MAX_SEED
 from lmproject.tokenizer import EOS_TOKEN, Tokenizer
 
 PER_REQUEST = ("seed", "eos_id")  # the SamplingConfig settings predict sets itself: no flags of their own
@@ -93,23 +94,39 @@ class PredictOptions:
         as the SamplingConfig is made)."""
         if (self.prompt is None) == (self.prompts_file is None):
             raise UserError("predict: give exactly one of --prompt or --prompts_file")
+        if self.prompt is not None:
+            utf8_argument(self.prompt, "predict: --prompt")
         if self.prompt is not None and not self.prompt.strip():
             shown = "empty" if not self.prompt else f"only whitespace ({self.prompt!r})"
             raise UserError(f"predict: --prompt is {shown}: give some text to continue")
         if self.prompts_file is not None and Path(self.prompts_file).is_dir():
             raise UserError(f"{self.prompts_file}: is a directory, expected a prompts file (one per line)")
+        if self.prompts_file is not None:
+            check_regular_file(self.prompts_file, "prompts file")
         if self.prompts_file is not None and not Path(self.prompts_file).is_file():
             raise UserError(f"{self.prompts_file}: prompts file not found")
         if self.num_samples < 1:
             raise UserError(f"predict: --num_samples must be >= 1, got {self.num_samples}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise UserError(f"predict: --seed must be an integer in [0, {MAX_SEED}], got {self.seed}")
         if self.output is not None:
             check_writable(Path(self.output))
         self.prompts()  # an unreadable or empty prompts file fails here, before a model is loaded
 
-    def check_model(self, model: TransformerLM) -> None:
-        """Refuse sampling settings this model cannot sample with (e.g. a window_slide beyond its context)."""
+    def check_model(self, model: TransformerLM, device: torch.device) -> None:
+        """Refuse sampling settings this model cannot sample with (e.g. a window_slide beyond its context),
+        and a request too large for the memory of `device` (where the model will sample), before any."""
         with _naming_flags():
             self.sampling.check(model)
+        # a prompt longer than the context is mostly cropped: its length is not known before tokenizing
+        positions = model.config.context_length + self.sampling.max_new_tokens
+        dtype = self.sampling.torch_dtype or model.lm_head.weight.dtype
+        shortfall = memory_shortfall(model.config, self.num_samples, positions, dtype, device)
+        if shortfall:
+            raise UserError(
+                f"predict: --num_samples {self.num_samples} with --max_new_tokens "
+                f"{self.sampling.max_new_tokens} {shortfall}: ask for fewer"
+            )
 
     def prompts(self) -> list[str]:
         if self.prompt is not None:
@@ -231,13 +248,28 @@ class CompletionWriter(BasePredictionWriter):
         """Print one completion and append it to the JSONL file."""
         index = record.pop("index")
         if self.options.output is not None:
-            if self._fd is None:  # at the first completion: an earlier failure leaves any old file
-                self._fd = os.open(self.options.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-            _write_all(self._fd, (json.dumps(record, ensure_ascii=False) + "\n").encode())
-            self.written += 1
+            with naming_output(f"--output {self.options.output}"):
+                self._append(record)
         if printed:
             header = f"--- prompt {index + 1}, sample {record['sample'] + 1} ---"
             print(f"{header}\n{record['prompt']}{record['completion']}\n", flush=True)
+
+    def _append(self, record: dict[str, Any]) -> None:
+        """One JSON line at the end of the file. A failed write (a full disk) leaves the whole lines before
+        it, and no file at all when it was the first."""
+        if self._fd is None:  # at the first completion: an earlier failure leaves any old file
+            self._fd = os.open(self.options.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        end = os.lseek(self._fd, 0, os.SEEK_CUR)
+        try:
+            _write_all(self._fd, (json.dumps(record, ensure_ascii=False) + "\n").encode())
+        except OSError:
+            os.ftruncate(self._fd, end)
+            if not self.written:
+                os.close(self._fd)
+                self._fd = None
+                os.unlink(self.options.output)
+            raise
+        self.written += 1
 
     def _close(self, finished: bool) -> None:
         if self._fd is not None:

@@ -13,6 +13,7 @@ import torch
 from jsonargparse import Namespace
 
 import lmproject
+from lmproject.config_yaml import load_config_yaml
 from lmproject.errors import UserError
 from lmproject.lit.checkpoints import check_checkpoint, find_last
 from lmproject.lit.module import LanguageModel
@@ -88,31 +89,42 @@ def resolve_checkpoint(ckpt_path: str, config: Namespace) -> tuple[Path, dict[st
 NEGATIVE_NUMBER = re.compile(r"-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|-inf|-nan", re.IGNORECASE)
 
 
+SECTION_FLAGS = ("--model", "--data", "--trainer")  # each also takes a whole section as inline YAML
+
+
 def prepare_words(words: list[str]) -> list[str]:
     """The command line as the parser should read it: each --config found (find_config) and checked to be
-    text, and negative numbers joined to their flag."""
+    text, an inline YAML section (`--model '{lr_max: 1e-3}'`) checked as a config file is, and negative
+    numbers joined to their flag."""
     prepared: list[str] = []
-    expects_config = False
+    previous = ""
     for word in words:
-        if expects_config:
+        flag, _, value = word.partition("=") if word.startswith("-") else ("", "", word)
+        if previous in ("--config", "-c"):
             word = _checked_config(word)
-        elif word.startswith(("--config=", "-c=")):
-            flag, value = word.split("=", 1)
+        elif flag in ("--config", "-c") and value:
             word = f"{flag}={_checked_config(value)}"
-        expects_config = word in ("--config", "-c")
+        elif previous in SECTION_FLAGS and value.lstrip().startswith("{"):
+            load_config_yaml(value, f"{previous} (inline YAML)")
+        elif flag in SECTION_FLAGS and value.lstrip().startswith("{"):
+            load_config_yaml(value, f"{flag} (inline YAML)")
+        previous = word
         prepared.append(word)
     return join_negative_numbers(prepared)
 
 
 def _checked_config(value: str) -> str:
-    """find_config's file, refused with its name when it cannot be read as text (a binary, a directory):
-    jsonargparse would raise a UnicodeDecodeError."""
+    """find_config's file, refused with its name when it cannot be read as text (a binary, a directory:
+    jsonargparse would raise a UnicodeDecodeError), is empty, is not valid YAML or gives a key twice
+    (load_config_yaml); inline YAML is checked the same way."""
     path = find_config(value)
-    if Path(path).exists():
-        try:
-            read_text(path)
-        except UserError as err:
-            raise UserError(f"--config {err}") from None
+    if not Path(path).exists():
+        load_config_yaml(path, "--config (inline YAML)")
+        return path
+    try:
+        load_config_yaml(read_text(path), path)
+    except UserError as err:
+        raise UserError(f"--config {err}") from None
     return path
 
 
@@ -136,10 +148,38 @@ UNKNOWN_KEY = re.compile(
 )
 
 
+UNION = re.compile(
+    r'Parser key "(?P<key>[^"]+)": Does not validate against any of the Union subtypes Subtypes: '
+    r"\[(?P<types>.*?)\] Errors: .* Given value: (?P<value>.*)$"
+)
+SUBTYPE = re.compile(r"typing\.Literal\[(?P<values>[^\]]*)\]|<class '(?P<name>[\w.]+)'>")
+TYPE_WORDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}
+
+
+def _allowed_values(found: re.Match[str]) -> str:
+    """A value no type of a Union takes, as one line: the key, the value and what is allowed instead (the
+    whole of jsonargparse's message listed every subtype and every subtype's error)."""
+    allowed: list[str] = []
+    for subtype in SUBTYPE.finditer(found["types"]):
+        if subtype["values"] is not None:
+            allowed += [value.strip() for value in subtype["values"].split(",")]
+        else:
+            allowed.append(
+                "null" if subtype["name"] == "NoneType" else TYPE_WORDS.get(subtype["name"], subtype["name"])
+            )
+    allowed = [word for i, word in enumerate(allowed) if word not in allowed[:i]]
+    expected = f"{', '.join(allowed[:-1])} or {allowed[-1]}" if len(allowed) > 1 else "".join(allowed)
+    return f"{found['key']}: got {found['value']}; expected {expected}"
+
+
 def one_line(err: Exception, valid_keys: list[str] | None = None) -> str:
     """jsonargparse's multi-line parse errors as one line (`model.arch.d_model: expected int, got None`),
-    with the closest valid key for an unknown one (`did you mean --model.arch.d_model?`)."""
+    with the closest valid key for an unknown one (`did you mean --model.arch.d_model?`), and a value that
+    no type of a Union takes as what is allowed (`trainer.precision: got bogus; expected 64, ... or null`)."""
     text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    union = UNION.search(text)
+    if union:
+        return _allowed_values(union)
     text = re.sub(
         r'Parser key "([^"]+)": Expected a <class \'(\w+)\'>\. Got value: (.*)',
         r"\1: expected \2, got \3",

@@ -28,7 +28,7 @@ from lmproject.nn import TransformerLM
 from lmproject.nn.functional import softmax
 from lmproject.precision import check_dtype
 from lmproject.sampling.compiled_step import CompiledStep
-from lmproject.sampling.config import SamplingConfig
+from lmproject.sampling.config import SamplingConfig, SamplingError, memory_shortfall
 from lmproject.sampling.cuda_graph import CUDAGraphStep
 from lmproject.sampling.kv_cache import KVCache
 
@@ -140,6 +140,10 @@ def generate_steps(
     check_dtype(dtype, model.lm_head.weight.device, "generate: dtype")
     if max_new_tokens == 0:
         return
+    positions = max(len(prompt) for prompt in prompt_ids) + max_new_tokens
+    shortfall = memory_shortfall(model.config, len(prompt_ids), positions, dtype, model.lm_head.weight.device)
+    if shortfall:
+        raise SamplingError(f"max_new_tokens={max_new_tokens} for {len(prompt_ids)} prompts {shortfall}")
     compiled = None
     if compiled_step:  # its own decoding copy prefills too: none is made per call
         compiled = CompiledStep.for_model(

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import pairwise
 from typing import TypeVar
 
 from tqdm import tqdm
 
-from lmproject.errors import UserError
+from lmproject.errors import UserError, check_regular_file
 from lmproject.tokenizer.pretokenize import find_chunk_boundaries
 
 MAX_CHUNK_BYTES = 8 << 20
@@ -56,6 +57,7 @@ def plan_chunks(
         raise UserError(f"chunk_bytes must be positive, got {max_chunk_bytes}")
     if os.path.isdir(path):
         raise UserError(f"{os.fspath(path)}: is a directory, expected a text file")
+    check_regular_file(path, "text file")
     try:
         size = os.path.getsize(path)
         target = max(MIN_CHUNK_BYTES, -(-size // (4 * num_workers)))
@@ -84,8 +86,17 @@ def map_chunks(
                 initializer(*initargs)
             yield from _advancing(map(function, jobs), bounds, bar)
         else:
-            with multiprocessing.Pool(min(num_workers, len(jobs)), initializer, initargs) as pool:
+            workers = min(num_workers, len(jobs))
+            with multiprocessing.Pool(workers, _quiet_worker, (initializer, initargs)) as pool:
                 yield from _advancing(pool.imap(function, jobs), bounds, bar)
+
+
+def _quiet_worker(initializer: Callable[..., None] | None, initargs: tuple) -> None:
+    """Start a pool worker that ignores SIGINT: Ctrl-C reaches the whole process group, and the parent
+    alone answers it (leaving the `with` block terminates the pool), so the workers print no tracebacks."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if initializer is not None:
+        initializer(*initargs)
 
 
 def _advancing(results: Iterable[Result], bounds: list[int], bar: tqdm) -> Iterator[Result]:

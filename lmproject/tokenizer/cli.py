@@ -20,7 +20,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from lmproject.errors import UserError, run_cli
+from lmproject.atomic import naming_output
+from lmproject.errors import ArgumentParser, UserError, run_cli, utf8_argument
 from lmproject.tokenizer.encode_file import encode_file, token_dtype
 from lmproject.tokenizer.files import iter_text_blocks
 from lmproject.tokenizer.hf_json import save_tokenizer_json
@@ -40,8 +41,8 @@ def _run(argv: list[str] | None) -> int:
     return args.command(args)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="Byte-level BPE: train, encode, inspect, export.")
+def _parser() -> ArgumentParser:
+    parser = ArgumentParser(prog=PROG, description="Byte-level BPE: train, encode, inspect, export.")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     train = commands.add_parser("train", help="train a tokenizer on a UTF-8 text file")
@@ -110,13 +111,16 @@ def _check_output_folder(out: Path) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    for token in args.special_token:
+        utf8_argument(token, "--special-token")
     _check_output_folder(args.out)
     started = time.perf_counter()
     errors = "replace" if args.replace_invalid_utf8 else "strict"
     vocab, merges = train_bpe(
         args.input, args.vocab_size, args.special_token, num_workers=args.workers, errors=errors
     )
-    Tokenizer(vocab, merges, args.special_token).save(args.out)
+    with naming_output(args.out):
+        Tokenizer(vocab, merges, args.special_token).save(args.out)
     seconds = time.perf_counter() - started
     print(f"wrote {args.out}: {len(vocab):,} tokens, {len(merges):,} merges in {seconds:.1f} s")
     return 0
@@ -161,7 +165,8 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     tokenizer = Tokenizer.from_dir(args.tokenizer)
-    save_tokenizer_json(args.out, tokenizer.vocab, tokenizer.merges, tokenizer.special_tokens)
+    with naming_output(args.out):
+        save_tokenizer_json(args.out, tokenizer.vocab, tokenizer.merges, tokenizer.special_tokens)
     print(f"wrote {args.out}: {len(tokenizer.vocab):,} tokens, {len(tokenizer.merges):,} merges")
     return 0
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lmproject.atomic import atomic_write, temp_folder
+from lmproject.atomic import atomic_write, naming_output, temp_folder
 from lmproject.errors import UserError
 from lmproject.tokenizer.chunks import MAX_CHUNK_BYTES, check_options, map_chunks, plan_chunks
 from lmproject.tokenizer.pretokenize import read_chunk
@@ -59,7 +59,15 @@ def encode_file(
     parts_dir = temp_folder(output_path)  # also removes what a killed run left for this output
     try:
         jobs = [
-            (str(input_path), start, end, errors, str(parts_dir / f"{index:06d}.bin"), dtype.str)
+            (
+                str(input_path),
+                start,
+                end,
+                errors,
+                str(parts_dir / f"{index:06d}.bin"),
+                dtype.str,
+                str(output_path),
+            )
             for index, (start, end) in enumerate(pairwise(bounds))
         ]
         counts = map_chunks(
@@ -73,7 +81,8 @@ def encode_file(
             initargs=(tokenizer,),
         )
         length = sum(counts)
-        _assemble([job[4] for job in jobs], length, dtype, output_path)
+        with naming_output(output_path):  # a full disk: named as the output, not as the temp file
+            _assemble([job[4] for job in jobs], length, dtype, output_path)
         return length
     finally:
         shutil.rmtree(parts_dir, ignore_errors=True)
@@ -97,10 +106,11 @@ def _init_worker(tokenizer: Tokenizer) -> None:
     _worker_tokenizer = tokenizer
 
 
-def _encode_chunk(job: tuple[str, int, int, str, str, str]) -> int:
-    """Encode bytes [start, end) of the file into a raw part file; return the number of ids."""
-    path, start, end, errors, part_path, dtype = job
+def _encode_chunk(job: tuple[str, int, int, str, str, str, str]) -> int:
+    """Encode bytes [start, end) of the file into a raw part file of the output; return the number of ids."""
+    path, start, end, errors, part_path, dtype, output = job
     text = read_chunk(path, start, end, errors)
     ids = np.array(_worker_tokenizer.encode(text), dtype=dtype)
-    ids.tofile(part_path)
+    with naming_output(output):
+        ids.tofile(part_path)
     return len(ids)

@@ -177,21 +177,30 @@ class Tokenizer:
         """Write vocab.json, merges.txt and special_tokens.json into `directory` (created if missing).
 
         All three are written to a temp folder inside `directory` first and only then renamed into place,
-        so a failure while writing leaves the previous set whole rather than a mix of old and new files.
+        so a failure while writing leaves the previous set whole rather than a mix of old and new files, and
+        no folder that it made for them.
         """
         directory = Path(directory)
+        made = next(
+            (folder for folder in reversed((directory, *directory.parents)) if not folder.exists()), None
+        )
         directory.mkdir(parents=True, exist_ok=True)
-        staging = temp_folder(directory / VOCAB_FILE)
         try:
-            save_vocab(self.vocab, staging / VOCAB_FILE)
-            save_merges(self.merges, staging / MERGES_FILE)
-            with atomic_write(staging / SPECIAL_TOKENS_FILE) as file:
-                json.dump(self.special_tokens, file, ensure_ascii=False)
-                file.write("\n")
-            for name in (VOCAB_FILE, MERGES_FILE, SPECIAL_TOKENS_FILE):
-                os.replace(staging / name, directory / name)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            staging = temp_folder(directory / VOCAB_FILE)
+            try:
+                save_vocab(self.vocab, staging / VOCAB_FILE)
+                save_merges(self.merges, staging / MERGES_FILE)
+                with atomic_write(staging / SPECIAL_TOKENS_FILE) as file:
+                    json.dump(self.special_tokens, file, ensure_ascii=False)
+                    file.write("\n")
+                for name in (VOCAB_FILE, MERGES_FILE, SPECIAL_TOKENS_FILE):
+                    os.replace(staging / name, directory / name)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        except BaseException:
+            if made is not None:  # the folders it made for the failed set (e.g. a full disk) go too
+                shutil.rmtree(made, ignore_errors=True)
+            raise
 
     @property
     def vocab_size(self) -> int:

@@ -22,7 +22,7 @@ from operator import is_not
 
 from tqdm import tqdm
 
-from lmproject.errors import UserError
+from lmproject.errors import UserError, utf8_argument
 from lmproject.tokenizer.chunks import MAX_CHUNK_BYTES, check_options, map_chunks, plan_chunks
 from lmproject.tokenizer.pretokenize import (
     find_pretokens,
@@ -77,9 +77,11 @@ def train_bpe(
 
 def _check_vocab_size(vocab_size: int, special_tokens: list[str]) -> None:
     """Refuse a vocab_size that cannot hold the initial vocab, and special tokens that are already in it
-    (one byte: the vocab would hold the same bytes under two ids)."""
+    (one byte: the vocab would hold the same bytes under two ids), or that are not UTF-8 text."""
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
+        raise UserError(f"vocab_size must be an integer, got {vocab_size!r}")
     for token in special_tokens:
-        if len(token.encode("utf-8")) == 1:
+        if len(utf8_argument(token, f"special token {token!r}").encode("utf-8")) == 1:
             raise UserError(
                 f"special token {token!r} is a single byte, already one of the 256 byte tokens "
                 "(special tokens look like <|endoftext|>)"

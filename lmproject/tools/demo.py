@@ -17,7 +17,6 @@ refuses to touch a folder the demo did not make.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shlex
@@ -29,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmproject.atomic import atomic_write
-from lmproject.errors import TIME_LIMIT, UserError, run_cli
+from lmproject.errors import TIME_LIMIT, ArgumentParser, UserError, run_cli
 
 MARKER = ".lmproject-demo"
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
@@ -201,7 +200,7 @@ def _summary(out: Path, seconds: dict[str, float], sample: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m lmproject.tools.demo [--out DIR] [--tiny]`."""
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m lmproject.tools.demo",
         description="Run the whole pipeline offline on generated stories: corpus, BPE, tokens, fit, "
         "validate, predict, plot.",

@@ -16,7 +16,6 @@ and the digest is then recorded in `<name>.sha256` (`sha256sum -c` format). Wher
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import hashlib
 import http.client
@@ -35,7 +34,7 @@ from typing import BinaryIO
 from tqdm import tqdm
 
 from lmproject.atomic import atomic_write
-from lmproject.errors import UserError, run_cli
+from lmproject.errors import ArgumentParser, UserError, run_cli
 
 _TINYSTORIES = "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main"
 _OWT_SAMPLE = "https://huggingface.co/datasets/stanford-cs336/owt-sample/resolve/main"
@@ -247,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m lmproject.tools.download DATASET --dest DIR [--mirror URL]`."""
 
     def run() -> int:
-        parser = argparse.ArgumentParser(prog="python -m lmproject.tools.download", description=_DESCRIPTION)
+        parser = ArgumentParser(prog="python -m lmproject.tools.download", description=_DESCRIPTION)
         parser.add_argument("dataset", choices=sorted(DATASETS), help="which corpus")
         parser.add_argument("--dest", type=Path, required=True, help="directory to put the files in")
         parser.add_argument("--mirror", help="base URL to fetch the same file names from instead")

@@ -1,4 +1,4 @@
-"""`lmproject plot RUN_DIR... --out PNG`: learning curves of several runs in one picture.
+"""`lmproject plot RUN_DIR... --out PICTURE`: learning curves of several runs in one picture.
 
 Each run is read from its Lightning CSVLogger files (every metrics.csv below RUN_DIR, one per invocation,
 joined in version order so a resumed run is one curve), or from a metrics.csv given directly. A folder that
@@ -12,12 +12,15 @@ exceeds DIVERGENCE_FACTOR times the lowest running mean before (val losses, alre
 unsmoothed), so one noisy small-batch step is not a divergence; the step reported is the first exploded
 loss in that window. That point gets an X and the legend says at which step. A run whose fit.status
 (written by experiments.mk) holds a non-zero exit status stopped early, e.g. on a NaN loss: its last step
-gets the X.
+gets the X; one that stopped so early that it logged no row at all (fit.status but no metrics.csv) is listed
+in the legend with its exit status. Logs without train or val loss (`lmproject test`'s, predict's) are left
+out of a run's curves.
+
+The picture's format is the one --out's suffix names (png, pdf, svg, ...: those matplotlib writes).
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import math
@@ -25,8 +28,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lmproject.atomic import atomic_write
-from lmproject.errors import UserError, run_cli
+from lmproject.atomic import atomic_write, naming_output
+from lmproject.errors import ArgumentParser, UserError, run_cli
 from lmproject.tokenizer.files import read_text
 
 TRAIN_COLUMNS = ("train/loss", "train/loss_step", "train_loss")
@@ -49,6 +52,8 @@ class Run:
 
     def verdict(self) -> tuple[int | None, str]:
         """(step to mark with an X or None, one-line summary): diverged, stopped by an error, or fine."""
+        if not self.train and not self.val:
+            return None, f"stopped before its first logged step (fit exit status {self.exit_status})"
         step = self.diverged_at()
         kind = "val" if self.val else "train"
         last_step, last_loss = (self.val or self.train)[-1]
@@ -118,6 +123,8 @@ def expand_runs(path: Path) -> list[tuple[Path, str]]:
     every run directory below it, named by its path relative to `path`."""
     if path.is_file():
         return [(path, path.stem)]
+    if _failed_unlogged(path):
+        return [(path, path.name)]
     roots = sorted({_run_root(metrics) for metrics in find_metrics(path)})
     if len(roots) == 1:
         return [(path, path.name)]
@@ -125,6 +132,13 @@ def expand_runs(path: Path) -> list[tuple[Path, str]]:
         nested = ", ".join(str(root.relative_to(path)) for root in roots if root != path)
         raise UserError(f"{path}: holds its own logs and other runs' ({nested}); plot them separately")
     return [(root, str(root.relative_to(path))) for root in roots]
+
+
+def _failed_unlogged(run_dir: Path) -> bool:
+    """Whether `run_dir` is a run that fit left with a non-zero exit status before it logged any row (a loss
+    that diverged at once): a result of a sweep, not a missing run."""
+    status = run_dir / "fit.status"
+    return status.is_file() and _read_status(status) != 0 and not any(run_dir.rglob("metrics.csv"))
 
 
 def _read_status(path: Path) -> int:
@@ -143,14 +157,18 @@ def _first_present(header: list[str], names: tuple[str, ...]) -> str | None:
     return next((name for name in names if name in header), None)
 
 
-def read_metrics(path: Path, name: str) -> Run:
+def read_metrics(path: Path, name: str, other_logs: bool = False) -> Run | None:
     """The losses and wall clock in one metrics.csv. A last row with fewer fields than the header (the
-    file of a run killed while writing it) is left out with a note; such a row elsewhere is an error."""
+    file of a run killed while writing it) is left out with a note; such a row elsewhere is an error.
+    A log without a step and a train or val loss column is an error, or None with `other_logs` (a run's
+    folder also holds the logs of test and predict)."""
     rows = csv.reader(io.StringIO(read_text(path), newline=""))
     header = next(rows, [])
     train_col, val_col = _first_present(header, TRAIN_COLUMNS), _first_present(header, VAL_COLUMNS)
     clock_col = _first_present(header, WALL_CLOCK_COLUMNS)
     if "step" not in header or not (train_col or val_col):
+        if other_logs:
+            return None
         raise UserError(
             f"{path}: expected a 'step' column and a loss column ({TRAIN_COLUMNS[0]} or {VAL_COLUMNS[0]})"
         )
@@ -164,10 +182,12 @@ def read_metrics(path: Path, name: str) -> Run:
             raise UserError(f"{path}, line {number}: {len(fields)} fields, the header has {len(header)}")
         row = dict(zip(header, fields, strict=True))
         try:
-            step = int(float(row["step"]))
+            step = float(row["step"])
+            if not step.is_integer() or step < 0:  # int(inf) was an OverflowError traceback
+                raise UserError(f"{path}, line {number}: step is {row['step']}, expected a whole number >= 0")
             for column, curve in ((train_col, run.train), (val_col, run.val), (clock_col, run.clock)):
                 if column and row[column]:
-                    curve.append((step, float(row[column])))
+                    curve.append((int(step), float(row[column])))
         except ValueError as err:
             raise UserError(f"{path}, line {number}: not a number ({err})") from None
     return run
@@ -178,12 +198,18 @@ def read_run(run_dir: Path, name: str | None = None) -> Run:
     clock continues where the previous log's stopped; logs without train loss (validate, predict) are left
     out unless no log has any."""
     name = name or (run_dir.name if run_dir.is_dir() else run_dir.stem)
-    parts = [read_metrics(path, name) for path in find_metrics(run_dir)]
+    status = run_dir / "fit.status"
+    run = Run(name, exit_status=_read_status(status) if status.is_file() else None)
+    if _failed_unlogged(run_dir):
+        return run
+    paths = find_metrics(run_dir)
+    parts = [read_metrics(path, name, other_logs=len(paths) > 1) for path in paths]
+    if not any(parts):
+        read_metrics(paths[-1], name)  # its error: no loss column in any log
+    parts = [part for part in parts if part is not None]
     fits = [part for part in parts if part.train] or [part for part in parts if part.val]
     if not fits:
         raise UserError(f"{run_dir}: no loss values logged yet")
-    status = run_dir / "fit.status"
-    run = Run(name, exit_status=_read_status(status) if status.is_file() else None)
     for part in fits:
         first = min(step for step, _ in part.train + part.val)
         run.train = [p for p in run.train if p[0] < first] + part.train
@@ -213,7 +239,8 @@ def _draw(ax, run: Run, color: str, use_clock: bool) -> None:
 
 
 def plot_runs(runs: list[Run], out: Path, title: str | None = None) -> None:
-    """Write the two-panel PNG atomically (a reader never sees a half-written file)."""
+    """Write the two-panel picture atomically (a reader never sees a half-written file), in the format
+    `out`'s suffix names."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -227,7 +254,7 @@ def plot_runs(runs: list[Run], out: Path, title: str | None = None) -> None:
     for i, run in enumerate(runs):
         color = colors[i % len(colors)]
         step, summary = run.verdict()
-        label = run.name + (f" ({summary})" if step is not None else "")
+        label = run.name + (f" ({summary})" if step is not None or not (run.train or run.val) else "")
         by_step.plot([], [], color=color, label=label)
         _draw(by_step, run, color, use_clock=False)
         if run.clock:
@@ -244,25 +271,45 @@ def plot_runs(runs: list[Run], out: Path, title: str | None = None) -> None:
     fig.suptitle(title or "learning curves")
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with atomic_write(out, "wb") as f:
-            fig.savefig(f, format="png", dpi=110)
+        with naming_output(out), atomic_write(out, "wb") as f:
+            fig.savefig(f, format=picture_format(out), dpi=110)
     finally:
         plt.close(fig)
 
 
+def picture_format(out: Path) -> str:
+    """The format --out's suffix names, refused unless matplotlib can write it (a .txt got PNG bytes)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    formats = FigureCanvasAgg.get_supported_filetypes()
+    suffix = out.suffix.lower().removeprefix(".")
+    if suffix not in formats:
+        given = f"a .{suffix} name" if suffix else "no suffix"
+        raise UserError(
+            f"--out {out}: {given}; give a picture name: {', '.join(f'.{f}' for f in sorted(formats))}"
+        )
+    return suffix
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`lmproject plot RUN_DIR... [--out PNG] [--title TEXT]`."""
+    """`lmproject plot RUN_DIR... [--out PICTURE] [--title TEXT]`."""
     import sys
 
-    p = argparse.ArgumentParser(prog="lmproject plot", description="Plot the learning curves of runs.")
+    p = ArgumentParser(prog="lmproject plot", description="Plot the learning curves of runs.")
     p.add_argument(
         "runs", nargs="+", type=Path, metavar="RUN_DIR", help="runs, folders of runs, or metrics.csv"
     )
-    p.add_argument("--out", type=Path, default=Path("learning_curves.png"), help="PNG to write")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("learning_curves.png"),
+        help="picture to write (.png, .pdf, .svg, ...)",
+    )
     p.add_argument("--title", help="figure title")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
 
     def run() -> int:
+        picture_format(args.out)  # before reading any run
         runs = [read_run(run_dir, name) for path in args.runs for run_dir, name in expand_runs(path)]
         plot_runs(runs, args.out, args.title)
         for r in runs:

@@ -13,7 +13,6 @@ Documents are separated by `<|endoftext|>` on its own line, as in the TinyStorie
 
 from __future__ import annotations
 
-import argparse
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from lmproject.atomic import atomic_write
-from lmproject.errors import UserError, run_cli
+from lmproject.errors import ArgumentParser, UserError, run_cli
 
 SEPARATOR = "<|endoftext|>"
 
@@ -261,7 +260,7 @@ def write_corpus(out: Path, size_mb: float, seed: int, progress: bool = True) ->
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m lmproject.tools.stories --out FILE --size-mb N --seed S`."""
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m lmproject.tools.stories",
         description="Write procedurally generated children's stories (a stand-in for TinyStories).",
     )

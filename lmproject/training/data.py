@@ -21,12 +21,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from lmproject.errors import UserError
+from lmproject.errors import UserError, check_regular_file
 from lmproject.settings import TOKEN_DTYPES
 
 NPY_MAGIC = b"\x93NUMPY"
-VOCAB_SAMPLE_CHUNKS = 16
-VOCAB_SAMPLE_CHUNK_TOKENS = 1 << 16
+ID_CHECK_CHUNK_TOKENS = 1 << 22  # 8-16 MB read at a time: bounds the memory whatever the file size
 
 
 def open_tokens(path: str | Path, dtype: str | None = None) -> np.ndarray:
@@ -34,6 +33,7 @@ def open_tokens(path: str | Path, dtype: str | None = None) -> np.ndarray:
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path}: is a directory, expected a token file")
+    check_regular_file(path, "token file")
     if not path.is_file():
         raise UserError(f"{path}: token file not found")
     if path.suffix == ".npy":
@@ -70,27 +70,36 @@ def open_tokens(path: str | Path, dtype: str | None = None) -> np.ndarray:
 
 
 def check_tokens(tokens: np.ndarray, path: str | Path, context_length: int, vocab_size: int) -> None:
-    """Fail early when a token file cannot feed this model: too short, or ids outside the vocabulary.
+    """Fail early when a token file cannot feed this model: too short, or any id outside the vocabulary.
 
-    The id check reads a few evenly spaced chunks (about a million tokens), not the whole file.
+    Every id is checked, a chunk of the memory map at a time (np.max runs at about the memory's bandwidth:
+    bench/RESULTS.md, "Token-file id check"); a bad id anywhere would otherwise fail mid-run.
     """
     if len(tokens) <= context_length + 1:
         raise UserError(
             f"{path}: {len(tokens)} tokens is too short for context_length={context_length} "
             f"(need more than {context_length + 1})"
         )
-    starts = np.linspace(
-        0, max(len(tokens) - VOCAB_SAMPLE_CHUNK_TOKENS, 0), VOCAB_SAMPLE_CHUNKS, dtype=np.int64
+    for start in range(0, len(tokens), ID_CHECK_CHUNK_TOKENS):
+        if int(np.asarray(tokens[start : start + ID_CHECK_CHUNK_TOKENS]).max()) >= vocab_size:
+            _refuse_ids(tokens, path, vocab_size, start)
+
+
+def _refuse_ids(tokens: np.ndarray, path: str | Path, vocab_size: int, start: int) -> None:
+    """The error for a token file whose ids from chunk `start` on are not all below vocab_size: the first
+    such id, how many more there are and the largest (a second pass over the rest of the file)."""
+    count, largest, first = 0, 0, None
+    for at in range(start, len(tokens), ID_CHECK_CHUNK_TOKENS):
+        chunk = np.asarray(tokens[at : at + ID_CHECK_CHUNK_TOKENS])
+        bad = np.flatnonzero(chunk >= vocab_size)
+        if len(bad):
+            first = at + int(bad[0]) if first is None else first
+            count, largest = count + len(bad), max(largest, int(chunk.max()))
+    more = f", nor are {count - 1:,} more, up to token id {largest}" if count > 1 else ""
+    raise UserError(
+        f"{path}: token id {int(tokens[first])} at position {first} is not below the vocab_size={vocab_size}"
+        f"{more} (was the file encoded with a different tokenizer?)"
     )
-    for start in np.unique(starts):
-        chunk = np.asarray(tokens[start : start + VOCAB_SAMPLE_CHUNK_TOKENS])
-        top = int(chunk.max())
-        if top >= vocab_size:
-            where = int(start + chunk.argmax())
-            raise UserError(
-                f"{path}: token id {top} at position {where} is not below the vocab_size={vocab_size} "
-                "(was the file encoded with a different tokenizer?)"
-            )
 
 
 def windows(tokens: np.ndarray, starts: np.ndarray, context_length: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -29,6 +29,7 @@ class _HashingWriter:
 
     def __init__(self, file: IO[bytes]):
         self.file, self.hash, self.tail = file, hashlib.sha256(), b""
+        self.error: OSError | None = None  # torch's zip writer turns it into a RuntimeError without it
 
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
@@ -40,7 +41,11 @@ class _HashingWriter:
             joined = self.tail + bytes(view)
             self.hash.update(joined[:-END_RECORD_SIZE])
             self.tail = joined[-END_RECORD_SIZE:]
-        return self.file.write(data)
+        try:
+            return self.file.write(data)
+        except OSError as err:
+            self.error = err
+            raise
 
     def flush(self) -> None:
         self.file.flush()
@@ -49,7 +54,12 @@ class _HashingWriter:
 def save_with_digest(obj: Any, file: IO[bytes]) -> None:
     """torch.save `obj` into `file` (opened for writing at its start, seekable) with the digest comment."""
     writer = _HashingWriter(file)
-    torch.save(obj, writer)
+    try:
+        torch.save(obj, writer)
+    except RuntimeError:
+        if writer.error is not None:  # e.g. a full disk: "unexpected pos 43776 vs 43728" from torch
+            raise writer.error from None
+        raise
     tail = writer.tail
     if not (tail.startswith(END_RECORD) and tail.endswith(b"\x00\x00")):
         return  # not the zip layout this expects (no end record, or a comment already): leave it as is
