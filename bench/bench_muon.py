@@ -18,32 +18,22 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from reference_model import reference_orthogonalize  # noqa: E402
+
 from lmproject.nn import ModelConfig, TransformerLM
-from lmproject.training.muon import NEWTON_SCHULZ, UPDATE_RMS, Muon, muon_param_groups
+from lmproject.training.muon import UPDATE_RMS, Muon, muon_param_groups
 from lmproject.training.optim import AdamW
 
 ROOT = Path(__file__).resolve().parent.parent
 PRODUCTS = {"aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm"}
-
-
-def per_matrix_orthogonalize(matrix: torch.Tensor, steps: int) -> torch.Tensor:
-    """Newton–Schulz of one matrix, as Muon ran it before issue 23 (float32 on the CPU)."""
-    a, b, c = NEWTON_SCHULZ
-    x = matrix.float()
-    wide = x.shape[-2] <= x.shape[-1]
-    if not wide:
-        x = x.mT
-    x = x / (torch.linalg.matrix_norm(x, keepdim=True) + 1e-7)
-    for _ in range(steps):
-        gram = x @ x.mT
-        x = a * x + (b * gram + c * gram @ gram) @ x
-    return (x if wide else x.mT).to(matrix.dtype)
 
 
 class PerMatrixMuon(Muon):
@@ -59,7 +49,7 @@ class PerMatrixMuon(Muon):
                 state["momentum_buffer"] = torch.zeros_like(p)
             buffer = state["momentum_buffer"]
             buffer.mul_(mu).add_(p.grad)
-            update = per_matrix_orthogonalize(p.grad.add(buffer, alpha=mu), group["ns_steps"])
+            update = reference_orthogonalize(p.grad.add(buffer, alpha=mu), group["ns_steps"])
             p.mul_(1 - lr * decay)
             p.add_(update, alpha=-lr * UPDATE_RMS * math.sqrt(max(p.shape)))
 

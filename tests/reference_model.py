@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from lmproject.nn import ModelConfig
+from lmproject.training.muon import NEWTON_SCHULZ
 
 
 def rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
@@ -135,3 +136,18 @@ def greedy_recompute(model, prompt: list[int], max_new_tokens: int, window_slide
             window = torch.tensor(ids[start:], device=device)[None]
             ids.append(int(model(window)[0, -1].argmax()))
     return ids[len(prompt) :]
+
+
+def reference_orthogonalize(matrix: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """Newton–Schulz of one matrix, as Muon ran it matrix by matrix before it batched them (float32): the
+    reference of tests/test_muon.py and bench/bench_muon.py."""
+    a, b, c = NEWTON_SCHULZ
+    x = matrix.float()
+    wide = x.shape[-2] <= x.shape[-1]
+    if not wide:
+        x = x.mT
+    x = x / (torch.linalg.matrix_norm(x, keepdim=True) + 1e-7)
+    for _ in range(steps):
+        gram = x @ x.mT
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x if wide else x.mT

@@ -10,31 +10,18 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from reference_model import reference_orthogonalize
 from tiny_fit import TINY_ARCH
 
 import lmproject.sampling.compiled_step
 from lmproject.lit.module import LanguageModel
 from lmproject.nn import ModelConfig, cross_entropy
-from lmproject.training.muon import NEWTON_SCHULZ, UPDATE_RMS, Muon
+from lmproject.training.muon import UPDATE_RMS, Muon
 from lmproject.training.muon_math import Batches
 
 # Several shapes, the same ones transposed and a square one: three batches, 5 + 3 + 2 matrices
 SHAPES = [(8, 24), (24, 8), (8, 24), (16, 16), (24, 8), (8, 24), (16, 16), (12, 20), (20, 12), (12, 20)]
 LR, MOMENTUM, DECAY = 0.1, 0.9, 0.5
-
-
-def reference_orthogonalize(matrix: torch.Tensor, steps: int = 5) -> torch.Tensor:
-    """Newton–Schulz of one matrix as Muon ran it before issue 23, in float32."""
-    a, b, c = NEWTON_SCHULZ
-    x = matrix.float()
-    wide = x.shape[-2] <= x.shape[-1]
-    if not wide:
-        x = x.mT
-    x = x / (torch.linalg.matrix_norm(x, keepdim=True) + 1e-7)
-    for _ in range(steps):
-        gram = x @ x.mT
-        x = a * x + (b * gram + c * gram @ gram) @ x
-    return x if wide else x.mT
 
 
 def reference_step(params, buffers, grads, lr, momentum=MOMENTUM, decay=DECAY) -> None:

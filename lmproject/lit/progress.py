@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 
 
 class StepProgressBar(TQDMProgressBar):
@@ -19,23 +21,23 @@ class StepProgressBar(TQDMProgressBar):
     This one starts a resumed run at its restored step, so the total, the ETA and the rate (steps of this
     process only) stay right; the `v_num` field is left out of the bar."""
 
-    def _on_stderr(self, make: Any) -> Any:
+    def _on_stderr(self, make: Callable[[], Tqdm]) -> Tqdm:
         with contextlib.redirect_stdout(sys.stderr):  # Lightning's bars are made with file=sys.stdout
             return make()
 
-    def init_sanity_tqdm(self):
+    def init_sanity_tqdm(self) -> Tqdm:
         return self._on_stderr(super().init_sanity_tqdm)
 
-    def init_train_tqdm(self):
+    def init_train_tqdm(self) -> Tqdm:
         return self._on_stderr(super().init_train_tqdm)
 
-    def init_validation_tqdm(self):
+    def init_validation_tqdm(self) -> Tqdm:
         return self._on_stderr(super().init_validation_tqdm)
 
-    def init_test_tqdm(self):
+    def init_test_tqdm(self) -> Tqdm:
         return self._on_stderr(super().init_test_tqdm)
 
-    def init_predict_tqdm(self):
+    def init_predict_tqdm(self) -> Tqdm:
         return self._on_stderr(super().init_predict_tqdm)
 
     def on_train_epoch_start(self, trainer: L.Trainer, *_: Any) -> None:
