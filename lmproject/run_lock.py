@@ -3,6 +3,7 @@ ended up holding one run's weights, or the second resumed the first's checkpoint
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import os
 from pathlib import Path
@@ -12,6 +13,12 @@ from lmproject.errors import UserError
 
 LOCK_FILE = ".fit.lock"
 _held: dict[Path, IO[str]] = {}  # open for the life of the process: the OS releases the lock at exit
+
+
+@atexit.register
+def _close_held() -> None:
+    for file in _held.values():
+        file.close()
 
 
 def hold_run_lock(run_dir: str | os.PathLike[str]) -> None:

@@ -160,7 +160,7 @@ def test_a_test_log_beside_the_training_logs_is_left_out(tmp_path, capsys):
     (logs / "version_1").mkdir()
     (logs / "version_1" / "metrics.csv").write_text("epoch,step,test/loss,test/perplexity\n0,0,3.9,49.4\n")
     assert plot.main([str(tmp_path / "run"), "--out", str(tmp_path / "c.png")]) == 0
-    assert "run: last loss" in capsys.readouterr().out
+    assert "run: last val loss 4.2000 at step 9" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(("suffix", "magic"), [(".pdf", b"%PDF"), (".svg", b"<?xml"), (".PNG", b"\x89PNG")])
