@@ -170,7 +170,8 @@ def _mapping_with(node: object, key: str) -> dict:
     return {}
 
 
-def _load_yaml(path: Path) -> dict:
+def load_config_file(path: Path) -> dict:
+    """One LightningCLI YAML file as a mapping; a missing, unreadable or malformed file is a UserError."""
     import yaml
 
     if not path.is_file():
@@ -213,8 +214,12 @@ def read_config(paths: list[Path]) -> tuple[dict, dict]:
     devices, steps) from LightningCLI YAMLs."""
     config: dict = {}
     for path in paths:
-        config = merge_configs(config, _load_yaml(path))
-    names = " + ".join(str(p) for p in paths)
+        config = merge_configs(config, load_config_file(path))
+    return config_settings(config, " + ".join(str(p) for p in paths))
+
+
+def config_settings(config: dict, names: str) -> tuple[dict, dict]:
+    """read_config's figures from a merged config; `names` (its files) heads the errors."""
     model = _mapping_with(config.get("model"), "arch")
     if not isinstance(model.get("arch"), dict):
         raise UserError(f"{names}: no architecture (d_model, ...) under `model: arch:`")

@@ -7,8 +7,8 @@ from test_checkpoint import zero_middle
 from test_cli import BATCH, SigintAt, fails, one_thread, write_config, write_tokens  # noqa: F401
 
 from lmproject.atomic import remove_stale_temps
-from lmproject.lit.checkpoints import checkpoint_step, find_last
 from lmproject.lit.commands import main
+from lmproject.training.checkpoint_files import checkpoint_step, find_last
 
 DEAD_PID = 99_999_999  # above Linux's largest pid (4,194,304): no process has it
 

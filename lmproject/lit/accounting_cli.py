@@ -1,7 +1,7 @@
 """`lmproject accounting`: the command line over lmproject.accounting's figures and lmproject.memory's
 prediction, for a run's config (its `model.arch` and training settings), a GPT-2 preset or flags. The
-config's other model settings are checked as `fit` checks them, against LanguageModel, so accounting never
-reports on a model that training would refuse."""
+config's other model settings are checked as `fit` checks them (lmproject.lit.plain_config), so accounting
+never reports on a model that training would refuse."""
 
 from __future__ import annotations
 
@@ -14,24 +14,9 @@ from typing import get_args, get_type_hints
 
 from lmproject.accounting import PRESETS, read_config, report, steps_for_tokens
 from lmproject.errors import UserError, run_cli
-from lmproject.lit.module import default_settings
+from lmproject.lit.plain_config import check_model_section
 from lmproject.memory import memory_report
 from lmproject.nn.config import ModelConfig
-from lmproject.settings import check_settings, did_you_mean
-
-
-def _check_model(config: ModelConfig, settings: dict) -> None:
-    """The checks `lmproject fit` makes on the model section besides the architecture (which ModelConfig
-    checks; the LanguageModel defaults fill the gaps)."""
-    defaults = default_settings()
-    unknown = [name for name in settings if name not in defaults]
-    if unknown:
-        valid = [f"model.{name}" for name in defaults] + [f"model.arch.{name}" for name in asdict(config)]
-        raise UserError(
-            f"model.{unknown[0]} is not a setting of the model (lmproject.lit.module.LanguageModel)"
-            + did_you_mean(f"model.{unknown[0]}", valid)
-        )
-    check_settings("model", {**defaults, **settings, "arch": asdict(config)})
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -103,7 +88,7 @@ def _run(argv: list[str]) -> int:
         flags = ", ".join("--" + n.replace("_", "-") for n in missing)
         raise UserError(f"missing model hyperparameters {flags} (give --config, --preset or the flags)")
     config = ModelConfig(**arch)
-    _check_model(config, defaults.get("model", {}))
+    check_model_section(config, defaults.get("model", {}))
     batch = _count("--batch-size", args.batch_size, defaults.get("batch_size"))
     accumulation = _count("--accumulation", args.accumulation, defaults.get("accumulation"))
     devices = _count("--devices", args.devices, defaults.get("devices"))

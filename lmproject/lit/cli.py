@@ -25,7 +25,6 @@ from torch.utils.data import DataLoader
 from lmproject.accounting import steps_for_tokens
 from lmproject.errors import UserError, run_cli
 from lmproject.lit.callbacks import GracefulInterrupt, RunCheckpoint, ThroughputMonitor
-from lmproject.lit.checkpoints import find_last
 from lmproject.lit.compat import set_max_steps
 from lmproject.lit.datamodule import TokenDataModule
 from lmproject.lit.module import LanguageModel, NonFiniteLossError
@@ -41,6 +40,7 @@ from lmproject.lit.sharding import STATE_DICT_TYPES, fsdp_strategy, is_sharded_c
 from lmproject.precision import check_dtype, cpu_supports_bf16
 from lmproject.settings import check_settings
 from lmproject.tokenizer import Tokenizer
+from lmproject.training.checkpoint_files import find_last
 
 DEFAULT_RUN_DIR = "runs/default"
 CSV_LOGGER = "lightning.pytorch.loggers.CSVLogger"

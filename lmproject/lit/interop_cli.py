@@ -1,7 +1,8 @@
 """`lmproject export` and `lmproject import`: the command lines over lmproject.interop.hf_llama. Export reads
-the run's config and checkpoint as `fit` does (lmproject.lit.run_config); import saves LanguageModel's
-default training settings beside the imported architecture, so the run directory it writes loads like any
-other."""
+the run's config as plain YAML and its checkpoint as `fit` finds it (lmproject.lit.plain_config,
+lmproject.lit.run_config); import saves the default training settings beside the imported architecture, so
+the run directory it writes loads like any other. Neither imports Lightning: they start in about the time
+torch takes to import."""
 
 from __future__ import annotations
 
@@ -12,14 +13,19 @@ from pathlib import Path
 from lmproject.atomic import check_new_folder
 from lmproject.errors import UserError, run_cli
 from lmproject.interop.hf_llama import check_llama_expressible, export_folder, import_folder
-from lmproject.lit.cli import parse_run_config
-from lmproject.lit.datamodule import TokenDataModule
-from lmproject.lit.module import default_settings
-from lmproject.lit.run_config import add_run_arguments, resolve_checkpoint
-from lmproject.nn import ModelConfig
+from lmproject.lit.plain_config import (
+    checkpoint_dir,
+    data_section,
+    model_arch,
+    overrides,
+    read_run_config,
+    tokenizer_dir,
+)
+from lmproject.lit.run_config import add_run_arguments, checked_checkpoint
 from lmproject.precision import DTYPES
 from lmproject.tokenizer import Tokenizer
 from lmproject.tokenizer.hf_json import TOKENIZER_JSON
+from lmproject.training.settings import default_settings
 
 
 def export_main(argv: list[str]) -> int:
@@ -44,14 +50,14 @@ def _export(argv: list[str]) -> int:
     parser.add_argument(
         "--dtype", choices=list(DTYPES), default="float32", help="weights' dtype in the folder"
     )
-    args, overrides = parser.parse_known_args(argv)
+    args, rest = parser.parse_known_args(argv)
     check_new_folder(args.out)
-    config = parse_run_config(args.config, overrides)
-    arch = ModelConfig(**config.model.arch.as_dict())
+    config = read_run_config(args.config, overrides(rest))
+    arch = model_arch(config, " + ".join(args.config))
     check_llama_expressible(arch)  # before the checkpoint: its error would only say the model differs
-    path, checkpoint = resolve_checkpoint(args.ckpt_path, config)
+    path, checkpoint = checked_checkpoint(args.ckpt_path, arch, checkpoint_dir(config))
     weights = {name.removeprefix("model."): tensor for name, tensor in checkpoint["state_dict"].items()}
-    tokenizer = Tokenizer.from_dir(TokenDataModule(**config.data.as_dict()).tokenizer_dir)
+    tokenizer = Tokenizer.from_dir(tokenizer_dir(data_section(config)))
     export_folder(arch, weights, tokenizer, args.out, args.dtype)
     print(f"wrote {args.out} from {path} ({args.dtype})")
     return 0

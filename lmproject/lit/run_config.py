@@ -1,24 +1,27 @@
 """What every command that reads a run needs before Lightning builds anything: the command-line words
 made ready for the parser (config names found, negative numbers kept with their flag), checkpoint
-resolution, and parse errors as one line with the closest valid key."""
+resolution, and parse errors as one line with the closest valid key. No Lightning here: export and the
+checks made before Lightning loads (lmproject.lit.commands) use it too."""
 
 from __future__ import annotations
 
 import argparse
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from jsonargparse import Namespace
 
 import lmproject
 from lmproject.errors import UserError
-from lmproject.lit.checkpoints import check_checkpoint, find_last
-from lmproject.lit.module import LanguageModel
 from lmproject.lit.sharding import consolidate, is_sharded_checkpoint
+from lmproject.nn import ModelConfig, TransformerLM
 from lmproject.settings import did_you_mean
 from lmproject.tokenizer.files import read_text
+from lmproject.training.checkpoint_files import check_checkpoint, find_last
+
+if TYPE_CHECKING:
+    from jsonargparse import Namespace
 
 CONFIG_SUFFIXES = ("", ".yaml")
 
@@ -69,20 +72,29 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_checkpoint(ckpt_path: str, config: Namespace) -> tuple[Path, dict[str, Any]]:
-    """The checkpoint `--ckpt_path` names (`last`: the newest last*.ckpt of the run), checked against the
-    configured model, and its contents (memory-mapped)."""
+    """checked_checkpoint for a config as LightningCLI parsed and completed it."""
+    arch = ModelConfig(**config.model.arch.as_dict())
+    return checked_checkpoint(ckpt_path, arch, Path(config.checkpoint.dirpath))
+
+
+def checked_checkpoint(
+    ckpt_path: str, arch: ModelConfig, checkpoint_dir: Path
+) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint `--ckpt_path` names (`last`: the newest last*.ckpt in checkpoint_dir), checked against
+    a model of architecture `arch` (LanguageModel's state dict: `model.` + TransformerLM's), and its contents
+    (memory-mapped)."""
     path = Path(ckpt_path)
     if ckpt_path == "last":
-        found = find_last(Path(config.checkpoint.dirpath))
+        found = find_last(checkpoint_dir)
         if found is None:
-            raise UserError(f"--ckpt_path last: no last checkpoint in {config.checkpoint.dirpath}")
+            raise UserError(f"--ckpt_path last: no last checkpoint in {checkpoint_dir}")
         path = found
     if is_sharded_checkpoint(path):  # written with --trainer.strategy fsdp_sharded
         path = consolidate(path)
     with torch.device("meta"):  # shapes only: no memory, no initialization
-        module = LanguageModel(**config.model.as_dict())
-    shapes = {name: t.shape for name, t in module.state_dict().items()}
-    return path, check_checkpoint(path, module.model.config, shapes)
+        model = TransformerLM(arch)
+    shapes = {f"model.{name}": t.shape for name, t in model.state_dict().items()}
+    return path, check_checkpoint(path, arch, shapes)
 
 
 NEGATIVE_NUMBER = re.compile(r"-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|-inf|-nan", re.IGNORECASE)
@@ -95,16 +107,16 @@ def prepare_words(words: list[str]) -> list[str]:
     expects_config = False
     for word in words:
         if expects_config:
-            word = _checked_config(word)
+            word = checked_config_file(word)
         elif word.startswith(("--config=", "-c=")):
             flag, value = word.split("=", 1)
-            word = f"{flag}={_checked_config(value)}"
+            word = f"{flag}={checked_config_file(value)}"
         expects_config = word in ("--config", "-c")
         prepared.append(word)
     return join_negative_numbers(prepared)
 
 
-def _checked_config(value: str) -> str:
+def checked_config_file(value: str) -> str:
     """find_config's file, refused with its name when it cannot be read as text (a binary, a directory):
     jsonargparse would raise a UnicodeDecodeError."""
     path = find_config(value)
