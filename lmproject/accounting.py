@@ -43,6 +43,7 @@ from lmproject.tokenizer.files import read_text
 BYTES_PER_FLOAT = 4
 GB = 1e9
 ADAMW_FLOPS_PER_PARAM = 14
+A100_FLOAT32 = 19.5e12  # FLOP/s: the default peak of the training-time estimate
 FFN_MATRICES = {"swiglu": 3, "silu": 2, "relu2": 2}
 # RMSNorms per layer and after the last layer: pre-norm has ln1, ln2 and ln_final; post-norm has no ln_final.
 NORM_COUNTS = {"pre": (2, 1), "post": (2, 0), "none": (0, 0)}
@@ -302,10 +303,16 @@ def report(
                 ",.2f",
             )
             + f"\n  = {per_seq:.2f} * batch + {fixed:.2f} {unit}; largest batch in {memory_gb:g} GB: "
-            f"{max_batch_size(config, memory_gb * GB)}",
+            f"{max_batch_size(config, memory_gb * GB)}\n  total: the handout's estimate of a float32 AdamW "
+            "step (its list of tensors);\n  what this implementation needs: the predicted peak below",
             f"training time for {steps:,} steps of {batch_line} at {100 * mfu:g}% MFU of "
-            f"{peak / 1e12:g} TFLOP/s{' per device' if devices > 1 else ''}: "
-            f"{seconds:,.0f} s = {seconds / 3600:,.2f} h = "
-            f"{seconds / 86400:,.1f} days",
+            f"{peak / 1e12:g} TFLOP/s{' per device' if devices > 1 else ''}"
+            f"{' (assumed: an A100, float32; --peak-flops, --mfu)' if peak == A100_FLOAT32 else ''}: "
+            + duration(seconds),
         ]
     )
+
+
+def duration(seconds: float) -> str:
+    """`seconds` in seconds, hours and days, as the report prints a training time."""
+    return f"{seconds:,.0f} s = {seconds / 3600:,.2f} h = {seconds / 86400:,.1f} days"

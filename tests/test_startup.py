@@ -34,7 +34,7 @@ def run_fresh(argv: list[str], cwd=None) -> dict:
 
 
 def test_accounting_and_plot_never_import_lightning(tmp_path):
-    accounting = run_fresh(["accounting", "--preset", "gpt2-small"])
+    accounting = run_fresh(["accounting", "--preset", "gpt2-small", "--measure-seconds", "0.05"])
     assert accounting == {"status": 0, "lightning": []}
     write_metrics(tmp_path / "run", [3.0, 2.5, 2.0, 1.8, 1.7, 1.6])
     plot = run_fresh(["plot", str(tmp_path / "run"), "--out", str(tmp_path / "curves.png")])

@@ -1,7 +1,8 @@
 """`lmproject accounting`: the command line over lmproject.accounting's figures and lmproject.memory's
 prediction, for a run's config (its `model.arch` and training settings), a GPT-2 preset or flags. The
 config's other model settings are checked as `fit` checks them (lmproject.lit.plain_config), so accounting
-never reports on a model that training would refuse."""
+never reports on a model that training would refuse. Besides the time on the GPU it assumes (--peak-flops,
+--mfu), it prints the time on this machine's own device at the matmul rate it measures there."""
 
 from __future__ import annotations
 
@@ -12,9 +13,18 @@ from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 from typing import get_args, get_type_hints
 
-from lmproject.accounting import PRESETS, read_config, report, steps_for_tokens
+from lmproject.accounting import (
+    A100_FLOAT32,
+    PRESETS,
+    duration,
+    read_config,
+    report,
+    steps_for_tokens,
+    training_seconds,
+)
 from lmproject.errors import UserError, run_cli
 from lmproject.lit.plain_config import check_model_section
+from lmproject.matmul_rate import device_name, local_device, measure_matmul_flops
 from lmproject.memory import memory_report
 from lmproject.nn.config import ModelConfig
 
@@ -53,7 +63,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--memory-gb", type=float, default=80.0, help="accelerator memory, GB = 1e9 bytes")
     p.add_argument("--mfu", type=float, default=0.5, help="model FLOPs utilization, 0 < mfu <= 1")
-    p.add_argument("--peak-flops", type=float, default=19.5e12, help="peak FLOP/s (default A100 float32)")
+    p.add_argument(
+        "--peak-flops", type=float, default=A100_FLOAT32, help="peak FLOP/s (default A100 float32)"
+    )
+    p.add_argument(
+        "--measure-seconds",
+        type=float,
+        default=1.0,
+        help="time spent measuring this machine's float32 matmul rate for the local estimate (0: skip it)",
+    )
     p.add_argument("--steps", type=int, help="default: the config's max_steps or train_tokens, else 1")
     p.add_argument(
         "--precision",
@@ -97,6 +115,8 @@ def _run(argv: list[str]) -> int:
     if args.steps is None and tokens:  # the config's train_tokens sets max_steps, as in `lmproject fit`
         steps = steps_for_tokens(tokens, batch, config.context_length, accumulation, devices)
     numbers = (args.mfu, args.peak_flops, args.memory_gb)
+    if not (math.isfinite(args.measure_seconds) and args.measure_seconds >= 0):
+        raise UserError(f"--measure-seconds must be a number >= 0, got {args.measure_seconds}")
     if not all(map(math.isfinite, numbers)) or not 0 < args.mfu <= 1 or min(numbers) <= 0:
         raise UserError("--mfu must be in (0, 1]; --peak-flops and --memory-gb must be positive and finite")
     if args.config and args.devices is None and defaults.get("devices") is None:
@@ -106,6 +126,8 @@ def _run(argv: list[str]) -> int:
             file=sys.stderr,
         )
     print(report(config, batch, args.memory_gb, args.mfu, args.peak_flops, steps, accumulation, devices))
+    if args.measure_seconds > 0:
+        print(_local_estimate(config, batch * accumulation * devices, steps, args.measure_seconds))
     print()
     precision = args.precision or defaults.get("precision") or "32-true"
     chunk = (
@@ -115,6 +137,18 @@ def _run(argv: list[str]) -> int:
     )
     print(_predicted_peaks(config, batch, precision, chunk))
     return 0
+
+
+def _local_estimate(config: ModelConfig, step_batch: int, steps: int, seconds: float) -> str:
+    """The training time on this machine's device (one of them), if the run's FLOPs went at the float32
+    matmul rate measured here for `seconds` (other programs' load lowers it)."""
+    device = local_device()
+    rate = measure_matmul_flops(device, seconds)
+    time = training_seconds(config, step_batch, steps, 1.0, rate)
+    return (
+        f"training time on this machine: {device_name(device)}, at the float32 matmul rate measured now "
+        f"({rate / 1e9:,.1f} GFLOP/s; a busy machine measures less): {duration(time)}"
+    )
 
 
 def _predicted_peaks(config: ModelConfig, batch: int, precision: str, loss_chunk_tokens: int | None) -> str:
