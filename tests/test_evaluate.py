@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 from test_cli import fails, one_thread  # noqa: F401 (autouse fixture)
+from test_startup import run_fresh
 from tiny_run import load_ours, make_run
 
 from lmproject.evaluate import window_plan
@@ -142,3 +143,10 @@ def test_a_bf16_config_scores_under_bf16_autocast(run, tmp_path):
     bf16 = evaluate(run, tmp_path, *tokens, "--trainer.precision", "bf16-mixed")
     assert bf16["loss"] != float32["loss"]  # the matmuls did run in bfloat16
     assert bf16["loss"] == pytest.approx(float32["loss"], rel=2e-2)
+
+
+def test_evaluate_never_imports_lightning(run, tmp_path):
+    config = ["--config", str(run / "config.yaml"), "--ckpt_path", "last"]
+    argv = ["evaluate", *config, "--tokens", str(run / "valid.npy"), "--output", str(tmp_path / "r.json")]
+    assert run_fresh(argv) == {"status": 0, "lightning": []}
+    assert json.loads((tmp_path / "r.json").read_text())["checkpoint"].endswith("last.ckpt")

@@ -297,9 +297,7 @@ def test_an_out_folder_that_cannot_be_made_is_refused_before_any_work(
     monkeypatch.setattr(
         "lmproject.interop.hf_llama._load_safetensors", lambda *args: pytest.fail("read the weights")
     )
-    monkeypatch.setattr(
-        "lmproject.lit.interop_cli.read_run_config", lambda *args: pytest.fail("read the config")
-    )
+    monkeypatch.setattr("lmproject.lit.interop_cli.read_run", lambda *args: pytest.fail("read the config"))
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken/keep.txt").write_text("mine")
     assert "already exists" in fails(["import", str(exported), "--out", str(tmp_path / "taken")], capsys)

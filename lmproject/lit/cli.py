@@ -28,6 +28,7 @@ from lmproject.lit.callbacks import GracefulInterrupt, RunCheckpoint, Throughput
 from lmproject.lit.compat import set_max_steps
 from lmproject.lit.datamodule import TokenDataModule
 from lmproject.lit.module import LanguageModel, NonFiniteLossError
+from lmproject.lit.plain_config import DEFAULT_RUN_DIR
 from lmproject.lit.predict import (
     CompletionWriter,
     PredictOptions,
@@ -42,7 +43,6 @@ from lmproject.settings import check_settings
 from lmproject.tokenizer import Tokenizer
 from lmproject.training.checkpoint_files import find_last
 
-DEFAULT_RUN_DIR = "runs/default"
 CSV_LOGGER = "lightning.pytorch.loggers.CSVLogger"
 DESCRIPTION = (
     "Train, validate and sample small language models: fit, validate, test, predict (LightningCLI: "

@@ -1,7 +1,7 @@
 """`lmproject COMMAND ...`: the command table. fit, validate, test and predict are LightningCLI's
 (lmproject.lit.cli); the others have their own modules and --help. A command's module is imported only when
-it runs, so each command pays only for what it uses: accounting, plot, export and import never import
-Lightning (seconds of start-up), and fit, validate, test and predict check their config and token files
+it runs, so each command pays only for what it uses: accounting, plot, evaluate, export and import never
+import Lightning (seconds of start-up), and fit, validate, test and predict check their config and token files
 before they import it (lmproject.lit.early_checks).
 
 Exit status: 0 done; 2 bad input (a one-line error); 3 training diverged (the loss or gradient norm became
@@ -23,7 +23,7 @@ COMMANDS = {
     "export": ("lmproject.lit.interop_cli", "export_main"),
     "import": ("lmproject.lit.interop_cli", "import_main"),
 }
-LIGHTNING_FREE = frozenset({"accounting", "plot", "export", "import"})  # never import Lightning
+LIGHTNING_FREE = frozenset({"accounting", "plot", "evaluate", "export", "import"})  # never import Lightning
 LIGHTNING_CLI = ("lmproject.lit.cli", "main")  # fit, validate, test, predict and --help
 RUN_COMMANDS = ("fit", "validate", "test", "predict")  # checked before Lightning loads
 

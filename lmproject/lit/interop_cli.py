@@ -13,14 +13,7 @@ from pathlib import Path
 from lmproject.atomic import check_new_folder
 from lmproject.errors import UserError, run_cli
 from lmproject.interop.hf_llama import check_llama_expressible, export_folder, import_folder
-from lmproject.lit.plain_config import (
-    checkpoint_dir,
-    data_section,
-    model_arch,
-    overrides,
-    read_run_config,
-    tokenizer_dir,
-)
+from lmproject.lit.plain_config import checkpoint_dir, data_section, read_run, tokenizer_dir
 from lmproject.lit.run_config import add_run_arguments, checked_checkpoint
 from lmproject.precision import DTYPES
 from lmproject.tokenizer import Tokenizer
@@ -52,8 +45,7 @@ def _export(argv: list[str]) -> int:
     )
     args, rest = parser.parse_known_args(argv)
     check_new_folder(args.out)
-    config = read_run_config(args.config, overrides(rest))
-    arch = model_arch(config, " + ".join(args.config))
+    config, arch = read_run(args.config, rest)
     check_llama_expressible(arch)  # before the checkpoint: its error would only say the model differs
     path, checkpoint = checked_checkpoint(args.ckpt_path, arch, checkpoint_dir(config))
     weights = {name.removeprefix("model."): tensor for name, tensor in checkpoint["state_dict"].items()}

@@ -84,6 +84,12 @@ def read_run_config(configs: list[str], override: dict) -> dict:
     return merge_configs(merged, override)
 
 
+def read_run(configs: list[str], words: list[str]) -> tuple[dict, ModelConfig]:
+    """The run's config (the files, then the overrides in words, strictly) and its checked architecture."""
+    config = read_run_config(configs, overrides(words))
+    return config, model_arch(config, " + ".join(configs))
+
+
 def run_dir(config: dict) -> Path:
     """trainer.default_root_dir, as fit completes it."""
     return Path((config.get("trainer") or {}).get("default_root_dir") or DEFAULT_RUN_DIR)

@@ -15,10 +15,10 @@ import torch
 import lmproject
 from lmproject.errors import UserError
 from lmproject.lit.sharding import consolidate, is_sharded_checkpoint
-from lmproject.nn import ModelConfig, TransformerLM
+from lmproject.nn import ModelConfig
 from lmproject.settings import did_you_mean
 from lmproject.tokenizer.files import read_text
-from lmproject.training.checkpoint_files import check_checkpoint, find_last
+from lmproject.training.checkpoint_files import check_checkpoint, find_last, model_shapes
 
 if TYPE_CHECKING:
     from jsonargparse import Namespace
@@ -66,7 +66,7 @@ def runs_on_cpu(trainer: Namespace) -> bool:
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """--config and --ckpt_path, for the commands outside LightningCLI's subcommands (export, evaluate);
-    they pass their other arguments (--model.*, --data.*, --trainer.*) to parse_run_config."""
+    they read their other arguments (--model.*, --data.*, --trainer.*) with lmproject.lit.plain_config."""
     parser.add_argument("--config", action="append", required=True, help="the run's config (repeatable)")
     parser.add_argument("--ckpt_path", required=True, help="a .ckpt file, or `last` (the run's last.ckpt)")
 
@@ -91,9 +91,7 @@ def checked_checkpoint(
         path = found
     if is_sharded_checkpoint(path):  # written with --trainer.strategy fsdp_sharded
         path = consolidate(path)
-    with torch.device("meta"):  # shapes only: no memory, no initialization
-        model = TransformerLM(arch)
-    shapes = {f"model.{name}": t.shape for name, t in model.state_dict().items()}
+    shapes = {f"model.{name}": shape for name, shape in model_shapes(arch).items()}
     return path, check_checkpoint(path, arch, shapes)
 
 

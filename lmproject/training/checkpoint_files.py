@@ -6,17 +6,27 @@ from __future__ import annotations
 
 import zipfile
 from collections.abc import Mapping
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from lmproject.errors import UserError
+from lmproject.nn import TransformerLM
 from lmproject.nn.config import ModelConfig
 from lmproject.training.digest import digest_status
 
 LAST = "last.ckpt"  # what `--ckpt_path last` means
+
+
+def model_shapes(arch: ModelConfig) -> dict[str, torch.Size]:
+    """The names and shapes of TransformerLM's state dict for `arch`, from a model on the meta device (no
+    memory, no initialization). RoPE's tables are buffers outside the state dict, so the model is built
+    without them: on the meta device their torch.arange alone imports torch._dynamo, about a second."""
+    with torch.device("meta"):
+        model = TransformerLM(replace(arch, position="none"))
+    return {name: tensor.shape for name, tensor in model.state_dict().items()}
 
 
 def checkpoint_step(path: Path) -> int:
