@@ -1,8 +1,8 @@
 """A run's config read as plain YAML, without LightningCLI and so without Lightning: the `--config` files
 merged as LightningCLI layers them, the command line's `--model.*`, `--data.*`, `--trainer.*` and
-`--checkpoint.*` overrides on top, and the run's directories as `fit` lays them out. `lmproject export`
-reads runs this way, and lmproject.lit.commands checks the files of fit/validate/test/predict with it before
-Lightning loads (Lightning alone takes seconds to import)."""
+`--checkpoint.*` overrides on top, and the run's directories as `fit` lays them out. `lmproject export` and
+`evaluate` read runs this way, and lmproject.lit.early_checks checks the files of fit/validate/test/predict
+with it before Lightning loads (Lightning alone takes seconds to import)."""
 
 from __future__ import annotations
 
@@ -41,7 +41,10 @@ def flag_values(words: list[str], flags: tuple[str, ...]) -> list[str]:
 def _value(text: str) -> Any:
     """A command-line value as LightningCLI reads it: YAML (true, null, [0.9, 0.95], 64), and numbers in
     scientific notation, which YAML 1.1 leaves as strings (1e-3)."""
-    value = yaml.safe_load(text) if text else text
+    try:
+        value = yaml.safe_load(text) if text else text
+    except yaml.YAMLError:  # e.g. a path with a colon and a bracket: a string, as for a str setting
+        return text
     return float(value) if isinstance(value, str) and NUMBER.fullmatch(value) else value
 
 
@@ -77,7 +80,10 @@ def read_run_config(configs: list[str], override: dict) -> dict:
         if Path(path).exists():
             layer = load_config_file(Path(path))
         else:  # inline YAML, e.g. --config '{trainer: {max_steps: 10}}'
-            layer = yaml.safe_load(path)
+            try:
+                layer = yaml.safe_load(path)
+            except yaml.YAMLError:
+                layer = None
             if not isinstance(layer, dict):
                 raise UserError(f"--config {value}: neither a file nor a YAML mapping")
         merged = merge_configs(merged, layer)
