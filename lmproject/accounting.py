@@ -43,6 +43,7 @@ from lmproject.tokenizer.files import read_text
 BYTES_PER_FLOAT = 4
 GB = 1e9
 ADAMW_FLOPS_PER_PARAM = 14
+A100_FLOAT32 = 19.5e12  # FLOP/s: the default peak of the training-time estimate
 FFN_MATRICES = {"swiglu": 3, "silu": 2, "relu2": 2}
 # RMSNorms per layer and after the last layer: pre-norm has ln1, ln2 and ln_final; post-norm has no ln_final.
 NORM_COUNTS = {"pre": (2, 1), "post": (2, 0), "none": (0, 0)}
@@ -170,7 +171,9 @@ def _mapping_with(node: object, key: str) -> dict:
     return {}
 
 
-def _load_yaml(path: Path) -> dict:
+def load_config_file(path: Path) -> dict:
+    """One LightningCLI YAML file as a mapping; a missing, unreadable or malformed file (an empty one, a key
+    given twice: lmproject.config_yaml) is a UserError naming it."""
     from lmproject.config_yaml import load_config_yaml  # imports yaml: only for a --config
 
     if not path.is_file():
@@ -210,8 +213,12 @@ def read_config(paths: list[Path]) -> tuple[dict, dict]:
     devices, steps) from LightningCLI YAMLs."""
     config: dict = {}
     for path in paths:
-        config = merge_configs(config, _load_yaml(path))
-    names = " + ".join(str(p) for p in paths)
+        config = merge_configs(config, load_config_file(path))
+    return config_settings(config, " + ".join(str(p) for p in paths))
+
+
+def config_settings(config: dict, names: str) -> tuple[dict, dict]:
+    """read_config's figures from a merged config; `names` (its files) heads the errors."""
     model = _mapping_with(config.get("model"), "arch")
     if not isinstance(model.get("arch"), dict):
         raise UserError(f"{names}: no architecture (d_model, ...) under `model: arch:`")
@@ -294,10 +301,16 @@ def report(
                 ",.2f",
             )
             + f"\n  = {per_seq:.2f} * batch + {fixed:.2f} {unit}; largest batch in {memory_gb:g} GB: "
-            f"{max_batch_size(config, memory_gb * GB)}",
+            f"{max_batch_size(config, memory_gb * GB)}\n  total: the handout's estimate of a float32 AdamW "
+            "step (its list of tensors);\n  what this implementation needs: the predicted peak below",
             f"training time for {steps:,} steps of {batch_line} at {100 * mfu:g}% MFU of "
-            f"{peak / 1e12:g} TFLOP/s{' per device' if devices > 1 else ''}: "
-            f"{seconds:,.0f} s = {seconds / 3600:,.2f} h = "
-            f"{seconds / 86400:,.1f} days",
+            f"{peak / 1e12:g} TFLOP/s{' per device' if devices > 1 else ''}"
+            f"{' (assumed: an A100, float32; --peak-flops, --mfu)' if peak == A100_FLOAT32 else ''}: "
+            + duration(seconds),
         ]
     )
+
+
+def duration(seconds: float) -> str:
+    """`seconds` in seconds, hours and days, as the report prints a training time."""
+    return f"{seconds:,.0f} s = {seconds / 3600:,.2f} h = {seconds / 86400:,.1f} days"

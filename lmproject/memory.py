@@ -129,6 +129,10 @@ def memory_report(config: ModelConfig, batch_size: int, precision: str, loss_chu
                 f"  {kind:<11} {'on' if checkpointing else 'off':<13} {fixed / GB:13.3f} "
                 f"{parts['activations and loss'] / GB:11.3f} {parts['peak'] / GB:9.3f}"
             )
+    lines.append(
+        "  peak: what `lmproject fit` needs on one device with these settings (this implementation's "
+        "tensors;\n  the handout's total above counts its own list)"
+    )
     return "\n".join(lines)
 
 

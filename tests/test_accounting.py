@@ -3,12 +3,22 @@
 from dataclasses import replace
 
 import pytest
+import torch
 import yaml
 
 from lmproject import accounting as acc
 from lmproject.lit.accounting_cli import main
+from lmproject.matmul_rate import measure_matmul_flops
 
 XL = acc.PRESETS["gpt2-xl"]
+LOCAL_RATE = 2.5e10  # FLOP/s that the CLI's tests measure on "this machine"
+
+
+@pytest.fixture(autouse=True)
+def fixed_local_rate(monkeypatch):
+    """The CLI's local estimate at a known rate, without spending a second measuring it in every test."""
+    monkeypatch.setattr("lmproject.lit.accounting_cli.measure_matmul_flops", lambda *args: LOCAL_RATE)
+    monkeypatch.setattr("lmproject.lit.accounting_cli.local_device", lambda: torch.device("cpu"))
 
 
 def test_gpt2_xl_parameters_and_forward_flops():
@@ -248,3 +258,38 @@ def test_cli_rejects_numbers_that_are_not_finite(capsys, flag, value):
         main(["--preset", "gpt2-small", flag, value])
     assert exit_info.value.code == 2
     assert "--peak-flops and --memory-gb must be positive" in capsys.readouterr().err
+
+
+def test_the_time_is_estimated_for_the_assumed_gpu_and_for_this_machine(capsys):
+    """A run that took minutes on the CPU was estimated at "1 s": the A100 assumption is now said, and
+    beside it stands the time at the matmul rate measured on this machine."""
+    assert main(["--preset", "gpt2-small", "--batch-size", "2", "--steps", "3"]) == 0
+    out = capsys.readouterr().out
+    gpu = acc.training_seconds(acc.PRESETS["gpt2-small"], 2, 3, 0.5, 19.5e12)
+    assert f"at 50% MFU of 19.5 TFLOP/s (assumed: an A100, float32; --peak-flops, --mfu): {gpu:,.0f} s" in out
+    here = acc.training_seconds(acc.PRESETS["gpt2-small"], 2, 3, 1.0, LOCAL_RATE)
+    assert f"training time on this machine: the CPU, {torch.get_num_threads()} threads" in out
+    assert f"(25.0 GFLOP/s; a busy machine measures less): {acc.duration(here)}" in out
+    assert main(["--preset", "gpt2-small", "--peak-flops", "1e15", "--measure-seconds", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "(assumed: an A100" not in out and "on this machine" not in out
+
+
+def test_each_memory_total_says_what_it_answers(capsys):
+    assert main(["--preset", "gpt2-xl", "--batch-size", "1024", "--measure-seconds", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "total                         15,924.21" in out
+    assert "total: the handout's estimate of a float32 AdamW step" in out
+    assert "what this implementation needs: the predicted peak below" in out
+    assert "10458.495" in out and "peak: what `lmproject fit` needs on one device" in out
+
+
+def test_the_matmul_rate_is_measured_on_the_cpu():
+    assert measure_matmul_flops(torch.device("cpu"), seconds=0.05) > 1e6
+
+
+def test_a_negative_measuring_time_is_refused(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--preset", "gpt2-small", "--measure-seconds", "-1"])
+    assert exit_info.value.code == 2
+    assert "--measure-seconds must be a number >= 0, got -1.0" in capsys.readouterr().err

@@ -302,5 +302,6 @@ def test_smoke_config_fits_and_validates_end_to_end(tmp_path):
     assert missing.returncode == 2
     assert (
         missing.stderr.strip().splitlines()[-1]
-        == "lmproject: error: data/smoke/valid.npy: token file not found"
+        == "lmproject: error: data/smoke/valid.npy: token file not found (data.val_path); "
+        "make it with `make smoke-data`"
     )

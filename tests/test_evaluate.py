@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from fresh_run import run_fresh
 from hypothesis import given
 from hypothesis import strategies as st
 from tiny_fit import fails
@@ -212,3 +213,10 @@ def test_documents_need_an_endoftext_and_at_least_one_document(run, tmp_path, ca
         [*config, "--text", str(tmp_path / "empty.txt"), "--data.tokenizer_dir", str(tmp_path / "bytes")],
         capsys,
     )
+
+
+def test_evaluate_never_imports_lightning(run, tmp_path):
+    config = ["--config", str(run / "config.yaml"), "--ckpt_path", "last"]
+    argv = ["evaluate", *config, "--tokens", str(run / "valid.npy"), "--output", str(tmp_path / "r.json")]
+    assert run_fresh(argv) == {"status": 0, "lightning": []}
+    assert json.loads((tmp_path / "r.json").read_text())["checkpoint"].endswith("last.ckpt")

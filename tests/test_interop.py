@@ -11,6 +11,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from fresh_run import run_fresh
 from readme_snippets import shrunk, snippets
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -24,7 +25,6 @@ from lmproject.interop.hf_llama import (
     halves_to_pairs,
     pairs_to_halves,
 )
-from lmproject.lit.checkpoints import find_last
 from lmproject.lit.cli import run_lightning
 from lmproject.lit.commands import main
 from lmproject.lit.module import LanguageModel
@@ -34,6 +34,7 @@ from lmproject.sampling.config import SamplingConfig
 from lmproject.sampling.generate import generate
 from lmproject.tokenizer import Tokenizer
 from lmproject.training import checkpoint as checkpoint_module
+from lmproject.training.checkpoint_files import find_last
 from lmproject.training.optim import AdamW
 
 transformers = pytest.importorskip("transformers")
@@ -315,14 +316,33 @@ def test_an_out_folder_that_cannot_be_made_is_refused_before_any_work(
     monkeypatch.setattr(
         "lmproject.interop.hf_llama._load_safetensors", lambda *args: pytest.fail("read the weights")
     )
-    monkeypatch.setattr(
-        "lmproject.lit.interop_cli.parse_run_config", lambda *args: pytest.fail("read the config")
-    )
+    monkeypatch.setattr("lmproject.lit.interop_cli.read_run", lambda *args: pytest.fail("read the config"))
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken/keep.txt").write_text("mine")
     assert "already exists" in fails(["import", str(exported), "--out", str(tmp_path / "taken")], capsys)
     message = fails(export_argv(run, tmp_path / "taken/keep.txt/hf"), capsys)
     assert f"{tmp_path / 'taken/keep.txt'} is not a directory" in message
+
+
+def test_export_and_import_never_import_lightning(run, exported, tmp_path):
+    assert run_fresh(export_argv(run, tmp_path / "hf")) == {"status": 0, "lightning": []}
+    assert (tmp_path / "hf/model.safetensors").is_file()
+    argv = ["import", str(exported), "--out", str(tmp_path / "imported")]
+    assert run_fresh(argv) == {"status": 0, "lightning": []}
+    assert (tmp_path / "imported/checkpoints/last.ckpt").is_file()
+
+
+def test_export_reads_overrides_and_refuses_a_bad_setting_in_one_line(run, tmp_path, capsys):
+    argv = export_argv(run, tmp_path / "x")
+    message = fails([*argv, "--checkpoint.dirpath", str(tmp_path)], capsys)
+    assert message == f"lmproject: error: --ckpt_path last: no last checkpoint in {tmp_path}"
+    message = fails([*argv, "--model.arch.d_modle=8"], capsys)
+    assert "model.arch.d_modle is not an architecture field" in message
+    assert message.endswith("(did you mean --model.arch.d_model?)")
+    assert "model.lr_min=-1: must be in [0, lr_max=0.01]" in fails([*argv, "--model.lr_min", "-1"], capsys)
+    assert "--prompt: not a setting" in fails([*argv, "--prompt", "x"], capsys)
+    assert "checkpoint of a different architecture" in fails([*argv, "--model.arch.d_ff", "96"], capsys)
+    assert not (tmp_path / "x").exists()
 
 
 def test_export_appears_whole_or_not_at_all(run, tmp_path, capsys, monkeypatch):

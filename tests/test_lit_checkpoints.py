@@ -7,9 +7,9 @@ from conftest import zero_middle
 from tiny_fit import SigintAt, fails, write_config, write_tokens
 
 from lmproject.atomic import remove_stale_temps
-from lmproject.lit.checkpoints import checkpoint_step, find_last
 from lmproject.lit.commands import main
 from lmproject.training.checkpoint import DIGEST_KEY
+from lmproject.training.checkpoint_files import checkpoint_step, find_last
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -16,10 +16,10 @@ import yaml
 from tiny_fit import BATCH, TINY_ARCH, SigintAt, fails, write_config, write_tokens
 
 from lmproject.errors import DIVERGED, INTERRUPTED, TERMINATED, TIME_LIMIT
-from lmproject.lit.checkpoints import find_last
 from lmproject.lit.commands import main
 from lmproject.run_lock import LOCK_FILE
 from lmproject.training.checkpoint import write_checkpoint
+from lmproject.training.checkpoint_files import find_last
 from lmproject.training.digest import COMMENT_LENGTH
 
 pytestmark = pytest.mark.usefixtures("one_thread")

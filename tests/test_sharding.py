@@ -12,7 +12,6 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from tiny_fit import TINY_ARCH, fails, write_config, write_tokens
 
-from lmproject.lit.checkpoints import check_checkpoint
 from lmproject.lit.commands import main
 from lmproject.lit.module import LanguageModel
 from lmproject.lit.sharding import (
@@ -24,6 +23,7 @@ from lmproject.lit.sharding import (
     wrap_policy,
 )
 from lmproject.nn import ModelConfig, RMSNorm, TransformerBlock, cross_entropy
+from lmproject.training.checkpoint_files import check_checkpoint
 from lmproject.training.optim import AdamW, clip_gradients
 
 CONFIG = ModelConfig(**TINY_ARCH)

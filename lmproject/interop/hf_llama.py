@@ -34,12 +34,13 @@ from safetensors.torch import load_file, save_file
 
 from lmproject.atomic import atomic_dir, usual_permissions
 from lmproject.errors import UserError
-from lmproject.nn import ModelConfig, TransformerLM
+from lmproject.nn import ModelConfig
 from lmproject.nn.layers import RMS_NORM_EPS
 from lmproject.precision import DTYPES
 from lmproject.tokenizer import EOS_TOKEN, Tokenizer
 from lmproject.tokenizer.hf_json import TOKENIZER_JSON, load_tokenizer_json, save_tokenizer_json
 from lmproject.training.checkpoint import write_checkpoint
+from lmproject.training.checkpoint_files import model_shapes
 
 # Each model switch Llama can express, with the one value it can express and why. A switch added to the
 # model gets its entry here; export refuses any other value with a one-line error naming the switch.
@@ -286,9 +287,7 @@ def import_folder(source: Path, out: Path, settings: Mapping[str, Any]) -> Model
     config_path = source / "config.json"
     config = _read_json(config_path)
     arch = arch_from_llama(config, config_path)
-    with torch.device("meta"):  # shapes only: no memory, no initialization
-        shapes = {name: tensor.shape for name, tensor in TransformerLM(arch).state_dict().items()}
-    weights = from_llama(_load_safetensors(source), arch, shapes, source)
+    weights = from_llama(_load_safetensors(source), arch, model_shapes(arch), source)
     tokenizer = None
     if (source / TOKENIZER_JSON).is_file():
         try:

@@ -1,7 +1,8 @@
 """`lmproject accounting`: the command line over lmproject.accounting's figures and lmproject.memory's
 prediction, for a run's config (its `model.arch` and training settings), a GPT-2 preset or flags. The
-config's other model settings are checked as `fit` checks them, against LanguageModel, so accounting never
-reports on a model that training would refuse."""
+config's other model settings are checked as `fit` checks them (lmproject.lit.plain_config), so accounting
+never reports on a model that training would refuse. Besides the time on the GPU it assumes (--peak-flops,
+--mfu), it prints the time on this machine's own device at the matmul rate it measures there."""
 
 from __future__ import annotations
 
@@ -11,26 +12,20 @@ from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 from typing import get_args, get_type_hints
 
-from lmproject.accounting import PRESETS, read_config, report, steps_for_tokens
+from lmproject.accounting import (
+    A100_FLOAT32,
+    PRESETS,
+    duration,
+    read_config,
+    report,
+    steps_for_tokens,
+    training_seconds,
+)
 from lmproject.errors import ArgumentParser, UserError, run_cli
-from lmproject.lit.module import default_settings
+from lmproject.lit.plain_config import check_model_section
+from lmproject.matmul_rate import device_name, local_device, measure_matmul_flops
 from lmproject.memory import memory_report
 from lmproject.nn.config import ModelConfig
-from lmproject.settings import check_settings, did_you_mean
-
-
-def _check_model(config: ModelConfig, settings: dict) -> None:
-    """The checks `lmproject fit` makes on the model section besides the architecture (which ModelConfig
-    checks; the LanguageModel defaults fill the gaps)."""
-    defaults = default_settings()
-    unknown = [name for name in settings if name not in defaults]
-    if unknown:
-        valid = [f"model.{name}" for name in defaults] + [f"model.arch.{name}" for name in asdict(config)]
-        raise UserError(
-            f"model.{unknown[0]} is not a setting of the model (lmproject.lit.module.LanguageModel)"
-            + did_you_mean(f"model.{unknown[0]}", valid)
-        )
-    check_settings("model", {**defaults, **settings, "arch": asdict(config)})
 
 
 def _parser() -> ArgumentParser:
@@ -67,7 +62,15 @@ def _parser() -> ArgumentParser:
     )
     p.add_argument("--memory-gb", type=float, default=80.0, help="accelerator memory, GB = 1e9 bytes")
     p.add_argument("--mfu", type=float, default=0.5, help="model FLOPs utilization, 0 < mfu <= 1")
-    p.add_argument("--peak-flops", type=float, default=19.5e12, help="peak FLOP/s (default A100 float32)")
+    p.add_argument(
+        "--peak-flops", type=float, default=A100_FLOAT32, help="peak FLOP/s (default A100 float32)"
+    )
+    p.add_argument(
+        "--measure-seconds",
+        type=float,
+        default=1.0,
+        help="time spent measuring this machine's float32 matmul rate for the local estimate (0: skip it)",
+    )
     p.add_argument("--steps", type=int, help="default: the config's max_steps or train_tokens, else 1")
     p.add_argument(
         "--precision",
@@ -102,7 +105,7 @@ def _run(argv: list[str]) -> int:
         flags = ", ".join("--" + n.replace("_", "-") for n in missing)
         raise UserError(f"missing model hyperparameters {flags} (give --config, --preset or the flags)")
     config = ModelConfig(**arch)
-    _check_model(config, defaults.get("model", {}))
+    check_model_section(config, defaults.get("model", {}))
     batch = _count("--batch-size", args.batch_size, defaults.get("batch_size"))
     accumulation = _count("--accumulation", args.accumulation, defaults.get("accumulation"))
     devices = _count("--devices", args.devices, defaults.get("devices"))
@@ -113,6 +116,8 @@ def _run(argv: list[str]) -> int:
     if args.loss_chunk_tokens is not None and args.loss_chunk_tokens < 1:
         raise UserError(f"--loss-chunk-tokens must be a positive integer, got {args.loss_chunk_tokens}")
     numbers = (args.mfu, args.peak_flops, args.memory_gb)
+    if not (math.isfinite(args.measure_seconds) and args.measure_seconds >= 0):
+        raise UserError(f"--measure-seconds must be a number >= 0, got {args.measure_seconds}")
     if not all(map(math.isfinite, numbers)) or not 0 < args.mfu <= 1 or min(numbers) <= 0:
         raise UserError("--mfu must be in (0, 1]; --peak-flops and --memory-gb must be positive and finite")
     if args.config and args.devices is None and defaults.get("devices") is None:
@@ -122,6 +127,8 @@ def _run(argv: list[str]) -> int:
             file=sys.stderr,
         )
     print(report(config, batch, args.memory_gb, args.mfu, args.peak_flops, steps, accumulation, devices))
+    if args.measure_seconds > 0:
+        print(_local_estimate(config, batch * accumulation * devices, steps, args.measure_seconds))
     print()
     precision = args.precision or defaults.get("precision") or "32-true"
     chunk = (
@@ -131,6 +138,18 @@ def _run(argv: list[str]) -> int:
     )
     print(_predicted_peaks(config, batch, precision, chunk))
     return 0
+
+
+def _local_estimate(config: ModelConfig, step_batch: int, steps: int, seconds: float) -> str:
+    """The training time on this machine's device (one of them), if the run's FLOPs went at the float32
+    matmul rate measured here for `seconds` (other programs' load lowers it)."""
+    device = local_device()
+    rate = measure_matmul_flops(device, seconds)
+    time = training_seconds(config, step_batch, steps, 1.0, rate)
+    return (
+        f"training time on this machine: {device_name(device)}, at the float32 matmul rate measured now "
+        f"({rate / 1e9:,.1f} GFLOP/s; a busy machine measures less): {duration(time)}"
+    )
 
 
 def _predicted_peaks(config: ModelConfig, batch: int, precision: str, loss_chunk_tokens: int | None) -> str:

@@ -28,10 +28,10 @@ from torch.utils.data import DataLoader
 from lmproject.accounting import steps_for_tokens
 from lmproject.errors import DIVERGED, INTERRUPTED, TERMINATED, TIME_LIMIT, UserError, run_cli
 from lmproject.lit.callbacks import RunCheckpoint, RunStop, RunStopped, ThroughputMonitor
-from lmproject.lit.checkpoints import find_last
 from lmproject.lit.compat import set_max_steps
 from lmproject.lit.datamodule import TokenDataModule
 from lmproject.lit.module import LanguageModel, NonFiniteLossError
+from lmproject.lit.plain_config import DEFAULT_RUN_DIR
 from lmproject.lit.predict import (
     CompletionWriter,
     PredictOptions,
@@ -54,9 +54,9 @@ from lmproject.precision import check_dtype, cpu_supports_bf16
 from lmproject.run_lock import hold_run_lock
 from lmproject.settings import check_settings
 from lmproject.tokenizer import Tokenizer
+from lmproject.training.checkpoint_files import find_last
 
 T = TypeVar("T")
-DEFAULT_RUN_DIR = "runs/default"
 CSV_LOGGER = "lightning.pytorch.loggers.CSVLogger"
 DESCRIPTION = (
     "Train, validate and sample small language models: fit, validate, test, predict (LightningCLI: "

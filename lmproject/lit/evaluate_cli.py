@@ -1,7 +1,9 @@
-"""`lmproject evaluate`: the command line over lmproject.evaluate's scoring. It reads the run's config and
-checkpoint as `fit` does (lmproject.lit.run_config), encodes the file with the run's tokenizer and scores it
-on the run's device, under bf16 autocast when the run trains in bf16: as one text with overlapping windows
-(the default), or with --documents as lm-evaluation-harness's rolling loglikelihood of each document."""
+"""`lmproject evaluate`: the command line over lmproject.evaluate's scoring. It reads the run's config as
+plain YAML and its checkpoint as `fit` finds it (lmproject.lit.plain_config, lmproject.lit.run_config),
+encodes the file with the run's tokenizer and scores the model (lmproject.nn) on the run's device, under
+bf16 autocast when the run trains in bf16 on a device that has it: as one text with overlapping windows
+(the default), or with --documents as lm-evaluation-harness's rolling loglikelihood of each document. It
+does not import Lightning."""
 
 from __future__ import annotations
 
@@ -15,12 +17,13 @@ import torch
 from lmproject.atomic import atomic_write, check_writable, naming_output
 from lmproject.errors import ArgumentParser, UserError, run_cli
 from lmproject.evaluate import encode_text_file, results, score, score_documents, split_documents, token_bytes
-from lmproject.lit.cli import parse_run_config
-from lmproject.lit.datamodule import TokenDataModule
-from lmproject.lit.module import LanguageModel
-from lmproject.lit.run_config import add_run_arguments, resolve_checkpoint, runs_on_cpu
+from lmproject.lit.plain_config import checkpoint_dir, data_section, read_run, tokenizer_dir
+from lmproject.lit.run_config import add_run_arguments, checked_checkpoint, runs_on_cpu
+from lmproject.nn import TransformerLM
+from lmproject.precision import cpu_supports_bf16
 from lmproject.tokenizer import EOS_TOKEN, Tokenizer
 from lmproject.training.data import open_tokens
+from lmproject.training.settings import DEFAULTS
 
 AUTOCAST = {"bf16": torch.bfloat16, "16": torch.float16}  # Lightning precision's prefix -> autocast dtype
 
@@ -59,53 +62,55 @@ def _parser() -> ArgumentParser:
 
 
 def _evaluate(argv: list[str]) -> int:
-    args, overrides = _parser().parse_known_args(argv)
-    config = parse_run_config(args.config, overrides)
-    context_length = config.model.arch.context_length
+    args, rest = _parser().parse_known_args(argv)
+    config, arch = read_run(args.config, rest)
+    data, trainer = data_section(config), config.get("trainer") or {}
+    context_length = arch.context_length
     if args.documents:
         stride = context_length
     else:
         stride = max(1, context_length // 2) if args.stride is None else args.stride
-    batch_size = config.data.batch_size if args.batch_size is None else args.batch_size
+    batch_size = data.get("batch_size") if args.batch_size is None else args.batch_size
     if not 1 <= stride <= context_length:
         raise UserError(f"--stride must be between 1 and context_length={context_length}, got {stride}")
-    if batch_size < 1:
-        raise UserError(f"--batch_size must be >= 1, got {batch_size}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise UserError(f"--batch_size must be >= 1 (default: data.batch_size), got {batch_size}")
     if args.output is not None:
         check_writable(args.output)  # before the scoring, not after it
-    path, checkpoint = resolve_checkpoint(args.ckpt_path, config)
-    data = TokenDataModule(**config.data.as_dict())
-    tokenizer = Tokenizer.from_dir(data.tokenizer_dir)
-    vocab_size = config.model.arch.vocab_size
-    if tokenizer.vocab_size > vocab_size:
+    path, checkpoint = checked_checkpoint(args.ckpt_path, arch, checkpoint_dir(config))
+    tokenizer = Tokenizer.from_dir(tokenizer_dir(data))
+    if tokenizer.vocab_size > arch.vocab_size:
         raise UserError(
-            f"{data.tokenizer_dir}: the tokenizer has {tokenizer.vocab_size} ids, more than the model's "
-            f"vocab_size={vocab_size}: not the tokenizer this model was trained with"
+            f"{tokenizer_dir(data)}: the tokenizer has {tokenizer.vocab_size} ids, more than the model's "
+            f"vocab_size={arch.vocab_size}: not the tokenizer this model was trained with"
         )
     if args.text is not None:
         tokens, size = encode_text_file(tokenizer, args.text), args.text.stat().st_size
     else:
-        tokens = open_tokens(args.tokens, data.dtype)
+        tokens = open_tokens(args.tokens, data.get("dtype"))
         size = token_bytes(tokens, tokenizer, args.tokens)
     source = args.text or args.tokens
     documents = None
     if args.documents:
-        documents, eos_id, size = _split(tokens, size, tokenizer, data.tokenizer_dir, source)
+        documents, eos_id, size = _split(tokens, size, tokenizer, tokenizer_dir(data), source)
     elif len(tokens) < 2:
         raise UserError(f"{source}: {len(tokens)} token(s): too short to score (at least 2 are needed)")
 
-    module = LanguageModel(**config.model.as_dict())
-    module.load_state_dict(checkpoint["state_dict"])
-    if runs_on_cpu(config.trainer):
+    model = TransformerLM(arch, attention=(config.get("model") or {}).get("attention", DEFAULTS.attention))
+    model.load_state_dict({name.removeprefix("model."): t for name, t in checkpoint["state_dict"].items()})
+    on_cpu = runs_on_cpu(trainer)
+    if on_cpu:
         device = torch.device("cpu")
     elif torch.cuda.is_available():
         device = torch.device("cuda")
     else:
         raise UserError(
-            f"trainer.accelerator={config.trainer.accelerator}: no GPU here (use --trainer.accelerator cpu)"
+            f"trainer.accelerator={trainer.get('accelerator')}: no GPU here (use --trainer.accelerator cpu)"
         )
-    model = module.model.to(device).eval()
-    autocast = AUTOCAST.get(str(config.trainer.precision).split("-")[0])
+    model = model.to(device).eval()
+    autocast = AUTOCAST.get(str(trainer.get("precision")).split("-")[0])
+    if autocast is torch.bfloat16 and on_cpu and not cpu_supports_bf16():
+        autocast = None  # as fit: float32 on a CPU without native bfloat16
     if documents is None:
         nats = score(model, tokens, stride, batch_size, autocast, progress=True)
         report = results(nats, len(tokens) - 1, size, stride, str(path))

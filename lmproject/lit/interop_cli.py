@@ -1,7 +1,8 @@
 """`lmproject export` and `lmproject import`: the command lines over lmproject.interop (hf_llama, gguf).
-Export reads the run's config and checkpoint as `fit` does (lmproject.lit.run_config); import saves
-LanguageModel's default training settings beside the imported architecture, so the run directory it writes
-loads like any other."""
+Export reads the run's config as plain YAML and its checkpoint as `fit` finds it (lmproject.lit.plain_config,
+lmproject.lit.run_config); import saves the default training settings beside the imported architecture, so
+the run directory it writes loads like any other. Neither imports Lightning: they start in about the time
+torch takes to import."""
 
 from __future__ import annotations
 
@@ -14,14 +15,12 @@ from lmproject.atomic import check_new_folder, check_writable, naming_output
 from lmproject.errors import ArgumentParser, UserError, run_cli
 from lmproject.interop.gguf import GGUF_DTYPES, export_gguf
 from lmproject.interop.hf_llama import check_llama_expressible, export_folder, import_folder
-from lmproject.lit.cli import parse_run_config
-from lmproject.lit.datamodule import TokenDataModule
-from lmproject.lit.module import default_settings
-from lmproject.lit.run_config import add_run_arguments, resolve_checkpoint
-from lmproject.nn import ModelConfig
+from lmproject.lit.plain_config import checkpoint_dir, data_section, read_run, tokenizer_dir
+from lmproject.lit.run_config import add_run_arguments, checked_checkpoint
 from lmproject.precision import DTYPES
 from lmproject.tokenizer import Tokenizer
 from lmproject.tokenizer.hf_json import TOKENIZER_JSON
+from lmproject.training.settings import default_settings
 
 
 def export_main(argv: list[str]) -> int:
@@ -61,7 +60,7 @@ def _export(argv: list[str]) -> int:
         default="float32",
         help=f"the weights' dtype: {', '.join(DTYPES)} for hf; {', '.join(GGUF_DTYPES)} for gguf",
     )
-    args, overrides = parser.parse_known_args(argv)
+    args, rest = parser.parse_known_args(argv)
     if args.dtype not in (GGUF_DTYPES if args.format == "gguf" else DTYPES):
         raise UserError(f"--dtype {args.dtype} is not available for --format {args.format}")
     if args.format == "gguf":
@@ -70,12 +69,11 @@ def _export(argv: list[str]) -> int:
             raise UserError(f"{args.out}: already exists: choose another output file or remove it")
     else:
         check_new_folder(args.out)
-    config = parse_run_config(args.config, overrides)
-    arch = ModelConfig(**config.model.arch.as_dict())
+    config, arch = read_run(args.config, rest)
     check_llama_expressible(arch)  # before the checkpoint: its error would only say the model differs
-    path, checkpoint = resolve_checkpoint(args.ckpt_path, config)
+    path, checkpoint = checked_checkpoint(args.ckpt_path, arch, checkpoint_dir(config))
     weights = {name.removeprefix("model."): tensor for name, tensor in checkpoint["state_dict"].items()}
-    tokenizer = Tokenizer.from_dir(TokenDataModule(**config.data.as_dict()).tokenizer_dir)
+    tokenizer = Tokenizer.from_dir(tokenizer_dir(data_section(config)))
     write = export_gguf if args.format == "gguf" else export_folder
     with naming_output(args.out, also=(SafetensorError,)):
         write(arch, weights, tokenizer, args.out, args.dtype)

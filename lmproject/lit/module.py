@@ -12,7 +12,6 @@ averaged over DDP ranks when it is logged).
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable
 from dataclasses import asdict
@@ -34,6 +33,7 @@ from lmproject.sampling.generate import for_decoding, generate, generate_steps
 from lmproject.settings import check_settings
 from lmproject.training.muon import FSDP_PREFIX, Muon, describe_groups, muon_param_groups
 from lmproject.training.optim import AdamW, cosine_lr, wsd_lr
+from lmproject.training.settings import DEFAULTS
 
 
 class NonFiniteLossError(UserError):
@@ -46,24 +46,24 @@ class LanguageModel(L.LightningModule):
     def __init__(
         self,
         arch: ModelConfig,
-        attention: str = "fused",
-        zero_init: bool = False,
-        activation_checkpointing: bool = False,
-        optimizer: str = "adamw",
-        muon_momentum: float = 0.95,
-        schedule: str = "cosine",
-        wsd_decay_fraction: float = 0.2,
-        lr_max: float = 1e-3,
-        lr_min: float = 1e-4,
-        warmup_iters: int = 100,
-        cosine_cycle_iters: int | None = None,
-        betas: tuple[float, float] = (0.9, 0.95),
-        eps: float = 1e-8,
-        weight_decay: float = 0.1,
-        max_grad_norm: float | None = 1.0,
-        compile: bool = False,
-        compile_mode: str | None = None,
-        loss_chunk_tokens: int | None = None,
+        attention: str = DEFAULTS.attention,
+        zero_init: bool = DEFAULTS.zero_init,
+        activation_checkpointing: bool = DEFAULTS.activation_checkpointing,
+        optimizer: str = DEFAULTS.optimizer,
+        muon_momentum: float = DEFAULTS.muon_momentum,
+        schedule: str = DEFAULTS.schedule,
+        wsd_decay_fraction: float = DEFAULTS.wsd_decay_fraction,
+        lr_max: float = DEFAULTS.lr_max,
+        lr_min: float = DEFAULTS.lr_min,
+        warmup_iters: int = DEFAULTS.warmup_iters,
+        cosine_cycle_iters: int | None = DEFAULTS.cosine_cycle_iters,
+        betas: tuple[float, float] = DEFAULTS.betas,
+        eps: float = DEFAULTS.eps,
+        weight_decay: float = DEFAULTS.weight_decay,
+        max_grad_norm: float | None = DEFAULTS.max_grad_norm,
+        compile: bool = DEFAULTS.compile,
+        compile_mode: str | None = DEFAULTS.compile_mode,
+        loss_chunk_tokens: int | None = DEFAULTS.loss_chunk_tokens,
     ):
         """
         Args:
@@ -310,11 +310,3 @@ class LanguageModel(L.LightningModule):
         optimizer = self._muon(settings) if hp.optimizer == "muon" else AdamW(self.parameters(), **settings)
         schedule = LambdaLR(optimizer, lambda step: self._lr_factor(step))  # a function: not saved
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
-
-
-def default_settings() -> dict[str, Any]:
-    """LanguageModel's settings besides the architecture, at their defaults: the names a run config's `model:`
-    section may hold, and the training settings saved beside imported weights (a Hugging Face folder has
-    none)."""
-    parameters = inspect.signature(LanguageModel.__init__).parameters.values()
-    return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}

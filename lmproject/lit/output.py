@@ -1,6 +1,7 @@
-"""What Lightning prints around a command.
+"""What Lightning prints around a command that imports it (accounting, plot, evaluate, export and import do
+not: lmproject.lit.commands runs them outside this).
 
-The commands whose output is a result (validate, test, predict, evaluate, export, import, accounting) hide
+The commands whose output is a result (validate, test, predict) hide
 Lightning's informational lines ("GPU available: ...", "TPU available: ...", "Seed set to 0", "Restoring
 states from the checkpoint path ...") unless run with `--verbose`; `fit` keeps them, with its progress bar.
 Every command hides the lines that never help: Lightning's advertisement for its cloud logger, a
@@ -26,7 +27,7 @@ NOISE_WARNINGS = (
     r".*isinstance\(treespec, LeafSpec\)",
     r"Checkpoint directory .* exists and is not empty",
 )
-RESULT_COMMANDS = frozenset({"validate", "test", "predict", "evaluate", "export", "import", "accounting"})
+RESULT_COMMANDS = frozenset({"validate", "test", "predict"})
 
 
 class _DropNoise(logging.Filter):

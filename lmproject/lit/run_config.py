@@ -1,25 +1,28 @@
 """What every command that reads a run needs before Lightning builds anything: the command-line words
 made ready for the parser (config names found, negative numbers kept with their flag), checkpoint
-resolution, and parse errors as one line with the closest valid key."""
+resolution, and parse errors as one line with the closest valid key. No Lightning here: export and the
+checks made before Lightning loads (lmproject.lit.commands) use it too."""
 
 from __future__ import annotations
 
 import argparse
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from jsonargparse import Namespace
 
 import lmproject
 from lmproject.config_yaml import load_config_yaml
 from lmproject.errors import UserError
-from lmproject.lit.checkpoints import check_checkpoint, find_last
-from lmproject.lit.module import LanguageModel
 from lmproject.lit.sharding import consolidate, is_sharded_checkpoint
+from lmproject.nn import ModelConfig
 from lmproject.settings import did_you_mean
 from lmproject.tokenizer.files import read_text
+from lmproject.training.checkpoint_files import check_checkpoint, find_last, model_shapes
+
+if TYPE_CHECKING:
+    from jsonargparse import Namespace
 
 CONFIG_SUFFIXES = ("", ".yaml")
 
@@ -64,26 +67,33 @@ def runs_on_cpu(trainer: Namespace) -> bool:
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """--config and --ckpt_path, for the commands outside LightningCLI's subcommands (export, evaluate);
-    they pass their other arguments (--model.*, --data.*, --trainer.*) to parse_run_config."""
+    they read their other arguments (--model.*, --data.*, --trainer.*) with lmproject.lit.plain_config."""
     parser.add_argument("--config", action="append", required=True, help="the run's config (repeatable)")
     parser.add_argument("--ckpt_path", required=True, help="a .ckpt file, or `last` (the run's last.ckpt)")
 
 
 def resolve_checkpoint(ckpt_path: str, config: Namespace) -> tuple[Path, dict[str, Any]]:
-    """The checkpoint `--ckpt_path` names (`last`: the newest last*.ckpt of the run), checked against the
-    configured model, and its contents (memory-mapped)."""
+    """checked_checkpoint for a config as LightningCLI parsed and completed it."""
+    arch = ModelConfig(**config.model.arch.as_dict())
+    return checked_checkpoint(ckpt_path, arch, Path(config.checkpoint.dirpath))
+
+
+def checked_checkpoint(
+    ckpt_path: str, arch: ModelConfig, checkpoint_dir: Path
+) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint `--ckpt_path` names (`last`: the newest last*.ckpt in checkpoint_dir), checked against
+    a model of architecture `arch` (LanguageModel's state dict: `model.` + TransformerLM's), and its contents
+    (memory-mapped)."""
     path = Path(ckpt_path)
     if ckpt_path == "last":
-        found = find_last(Path(config.checkpoint.dirpath))
+        found = find_last(checkpoint_dir)
         if found is None:
-            raise UserError(f"--ckpt_path last: no last checkpoint in {config.checkpoint.dirpath}")
+            raise UserError(f"--ckpt_path last: no last checkpoint in {checkpoint_dir}")
         path = found
     if is_sharded_checkpoint(path):  # written with --trainer.strategy fsdp_sharded
         path = consolidate(path)
-    with torch.device("meta"):  # shapes only: no memory, no initialization
-        module = LanguageModel(**config.model.as_dict())
-    shapes = {name: t.shape for name, t in module.state_dict().items()}
-    return path, check_checkpoint(path, module.model.config, shapes)
+    shapes = {f"model.{name}": shape for name, shape in model_shapes(arch).items()}
+    return path, check_checkpoint(path, arch, shapes)
 
 
 NEGATIVE_NUMBER = re.compile(r"-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|-inf|-nan", re.IGNORECASE)
@@ -101,9 +111,9 @@ def prepare_words(words: list[str]) -> list[str]:
     for word in words:
         flag, _, value = word.partition("=") if word.startswith("-") else ("", "", word)
         if previous in ("--config", "-c"):
-            word = _checked_config(word)
+            word = checked_config_file(word)
         elif flag in ("--config", "-c") and value:
-            word = f"{flag}={_checked_config(value)}"
+            word = f"{flag}={checked_config_file(value)}"
         elif previous in SECTION_FLAGS and value.lstrip().startswith("{"):
             load_config_yaml(value, f"{previous} (inline YAML)")
         elif flag in SECTION_FLAGS and value.lstrip().startswith("{"):
@@ -113,7 +123,7 @@ def prepare_words(words: list[str]) -> list[str]:
     return join_negative_numbers(prepared)
 
 
-def _checked_config(value: str) -> str:
+def checked_config_file(value: str) -> str:
     """find_config's file, refused with its name when it cannot be read as text (a binary, a directory:
     jsonargparse would raise a UnicodeDecodeError), is empty, is not valid YAML or gives a key twice
     (load_config_yaml); inline YAML is checked the same way."""
