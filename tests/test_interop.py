@@ -293,6 +293,18 @@ def test_import_names_a_tensor_of_the_wrong_shape(exported, tmp_path, capsys):
     assert f"{name} has shape ({d_out - 4}, {d_in}), config.json implies ({d_out}, {d_in})" in message
 
 
+def test_import_refuses_non_finite_weights_by_name(exported, tmp_path, capsys):
+    folder = tmp_path / "hf"
+    shutil.copytree(exported, folder)
+    tensors = load_file(folder / "model.safetensors")
+    name = "model.layers.0.mlp.down_proj.weight"
+    tensors[name][0, 0] = float("nan")
+    save_file(tensors, folder / "model.safetensors")
+    message = fails(["import", str(folder), "--out", str(tmp_path / "run")], capsys)
+    assert message.endswith("layers.0.ffn.w2.weight holds NaN or infinite values: not a usable model")
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize(
     ("switch", "value"), [("norm", "post"), ("norm", "none"), ("position", "none"), ("ffn", "silu")]
 )

@@ -39,7 +39,7 @@ from lmproject.nn.layers import RMS_NORM_EPS
 from lmproject.precision import DTYPES
 from lmproject.tokenizer import EOS_TOKEN, Tokenizer
 from lmproject.tokenizer.hf_json import TOKENIZER_JSON, load_tokenizer_json, save_tokenizer_json
-from lmproject.training.checkpoint import write_checkpoint
+from lmproject.training.checkpoint import first_non_finite, write_checkpoint
 from lmproject.training.checkpoint_files import model_shapes
 
 # Each model switch Llama can express, with the one value it can express and why. A switch added to the
@@ -288,6 +288,9 @@ def import_folder(source: Path, out: Path, settings: Mapping[str, Any]) -> Model
     config = _read_json(config_path)
     arch = arch_from_llama(config, config_path)
     weights = from_llama(_load_safetensors(source), arch, model_shapes(arch), source)
+    bad = first_non_finite(weights)
+    if bad is not None:
+        raise UserError(f"{source}: the weight {bad} holds NaN or infinite values: not a usable model")
     tokenizer = None
     if (source / TOKENIZER_JSON).is_file():
         try:
