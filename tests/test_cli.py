@@ -19,6 +19,7 @@ import yaml
 from tiny_fit import BATCH, TINY_ARCH, PoisonAt, SigintAt, fails, train_losses, write_config, write_tokens
 
 from lmproject.accounting import train_flops_per_token
+from lmproject.errors import UserError
 from lmproject.lit.checkpoints import AtomicCheckpointIO
 from lmproject.lit.commands import main
 from lmproject.nn import ModelConfig
@@ -273,6 +274,24 @@ def test_a_failed_checkpoint_save_leaves_the_previous_checkpoint_intact(tmp_path
         AtomicCheckpointIO().save_checkpoint({"step": 2, "unpicklable": lambda: None}, path)
     assert torch.load(path, weights_only=True) == {"step": 1, DIGEST_KEY: "sha256"}
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left behind
+
+
+def test_a_checkpoint_save_on_a_full_disk_is_one_line_naming_the_checkpoint(tmp_path, monkeypatch):
+    import errno
+
+    from lmproject.training import checkpoint as checkpoint_module
+
+    def full_disk(state, file):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    path = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"step": 1}, path)
+    monkeypatch.setattr(checkpoint_module, "save_with_digest", full_disk)
+    with pytest.raises(UserError) as err:
+        AtomicCheckpointIO().save_checkpoint({"step": 2}, path)
+    assert str(err.value) == f"{path}: cannot write it: the disk is full"
+    assert torch.load(path, weights_only=True)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
 
 
 def lmproject(*args, cwd):

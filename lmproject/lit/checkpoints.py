@@ -7,6 +7,7 @@ from typing import Any
 
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from lmproject.atomic import naming_output
 from lmproject.training.checkpoint import write_checkpoint
 
 
@@ -14,7 +15,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint to a temporary file in the same directory, then renames it into place, so a
     crash or Ctrl-C during a save never leaves a truncated checkpoint under the final name; the file carries
     a digest of its bytes (lmproject.training.digest) so later damage is caught on load. Every Lightning
-    checkpoint of the project is written here."""
+    checkpoint of the project is written here. A failed write (a full disk) is one line naming the
+    checkpoint, and the previous file of that name stays as it was."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
-        write_checkpoint(checkpoint, path)
+        with naming_output(path):
+            write_checkpoint(checkpoint, path)
