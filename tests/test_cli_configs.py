@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 from shipped_configs import CONFIGS, build
-from tiny_fit import fails
+from tiny_fit import fails, write_config, write_tokens
 from tiny_run import make_run
 
 from lmproject.accounting import parameter_counts
@@ -156,8 +156,9 @@ def test_an_empty_broken_or_twice_keyed_config_file_is_named_with_its_line(tmp_p
         ("--train_tokens", "1e30", "train_tokens: got 1e30; expected an integer or null"),
     ],
 )  # fmt: skip
-def test_a_value_outside_a_union_says_what_is_allowed_in_one_line(capsys, flag, value, message):
+def test_a_value_outside_a_union_says_what_is_allowed_in_one_line(tmp_path, capsys, flag, value, message):
     """(jsonargparse's message listed every subtype and every subtype's error.)"""
-    line = fails(["fit", "--config", "smoke", flag, value], capsys)
+    write_tokens(tmp_path)
+    line = fails(["fit", "--config", str(write_config(tmp_path, tmp_path / "run")), flag, value], capsys)
     assert line == f"lmproject: error: {line.removeprefix('lmproject: error: ')}" and message in line
     assert "Subtypes" not in line and "Errors" not in line

@@ -1,8 +1,8 @@
-"""The checks `lmproject fit|validate|test|predict` make before Lightning loads, so that a missing file fails
-in about the time torch takes to import instead of after Lightning's seconds: a `--config` is given, exists
-and is text, a `--ckpt_path` file exists, and the token files the command reads exist (the error names the
-command that makes them).
-Everything else is LightningCLI's to check, with the config parsed as the run will use it."""
+"""The checks `lmproject fit|validate|test|predict` make before Lightning loads, so that bad input fails in
+about the time torch takes to import instead of after Lightning's seconds: a `--config` is given, exists and
+is well-formed YAML (as is inline YAML), a `--ckpt_path` file exists, and the token files the command reads
+exist (the error names the command that makes them). Everything else is LightningCLI's to check, with the
+config parsed as the run will use it."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from lmproject.lit.plain_config import (
     read_run_config,
     tokenizer_dir,
 )
+from lmproject.lit.run_config import prepare_words
 
 # the token files each command reads, by their data.* setting (test falls back to val_path)
 TOKEN_FILES = {"fit": ("train_path", "val_path"), "validate": ("val_path",), "test": ("test_path",)}
@@ -34,6 +35,7 @@ def check_run_words(command: str, words: list[str]) -> None:
     config or token files are missing; help and --print_config are left to LightningCLI."""
     if any(word.partition("=")[0] in NO_CHECK_FLAGS for word in words):
         return
+    prepare_words(words)  # each config file and inline YAML read strictly: empty, malformed, keys twice
     configs = flag_values(words, CONFIG_FLAGS)
     if not configs:
         raise UserError(
