@@ -111,6 +111,7 @@ def test_token_budget_counts_gradient_accumulation_and_mfu_uses_the_accounting_f
     assert 0 < elapsed[0] < elapsed[1] < elapsed[2]
 
 
+@pytest.mark.slow
 def test_training_values_are_logged_together_every_log_every_n_steps(data_dir):
     """Loss, learning rate and gradient norm are logged only on the steps that write logs (self.log is
     slow), and all three land on each of those rows."""
@@ -124,6 +125,7 @@ def test_training_values_are_logged_together_every_log_every_n_steps(data_dir):
         assert float(row["lr"]) > 0 and float(row["grad_norm"]) > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("accumulation", [1, 2])  # checked once per optimizer step, not per micro-batch
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(data_dir, capsys, accumulation):
     run = data_dir / "run"
@@ -136,6 +138,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(data_
     assert all(torch.isfinite(w).all() for w in last["state_dict"].values())
 
 
+@pytest.mark.slow
 def test_16_mixed_skips_a_step_with_inf_gradients_instead_of_stopping(data_dir):
     run = data_dir / "run"
     config = write_config(data_dir, run, callbacks=[(InfGradientAt, {"step": 2})])
@@ -216,6 +219,7 @@ def test_bad_input_gets_one_line_errors(data_dir, capsys):
         )
 
 
+@pytest.mark.slow
 def test_a_wrong_key_gets_one_line_with_the_closest_valid_key(data_dir, capsys):
     """Any unknown key, on the command line or in a config file, is refused with the valid key it most
     likely means, before anything runs."""
@@ -243,6 +247,7 @@ def test_help_lists_the_architecture_flags_with_their_meaning(capsys):
     assert "--model.arch.qk_norm {true,false}" in shown and "--model.lr_max LR_MAX" in shown
 
 
+@pytest.mark.slow
 def test_checkpoints_keep_the_architecture_as_plain_data(data_dir, capsys):
     """A checkpoint's hyperparameters hold model.arch as a dict (weights_only loading, a readable
     hparams.yaml) from which load_from_checkpoint rebuilds the ModelConfig, and by which a checkpoint is

@@ -30,6 +30,7 @@ OVERLAYS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "configs",
     [[name] for name in BASES] + [["tinystories.yaml", name] for name in SHIPPED if name not in BASES],

@@ -142,6 +142,7 @@ def test_predict_under_ddp_writes_every_prompt_once_in_order_as_one_process_does
     assert ddp_printed == single_printed
 
 
+@pytest.mark.slow
 def test_a_process_group_the_caller_made_outlives_the_command(tmp_path):
     """run_lightning leaves only the process group it made: a script that joined one first keeps it."""
     write_tokens(tmp_path)

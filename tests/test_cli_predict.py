@@ -51,6 +51,7 @@ def predict(run, *args):
     main(["predict", "--config", str(run / "config.yaml"), "--ckpt_path", str(checkpoint), *args])
 
 
+@pytest.mark.slow
 def test_greedy_completions_equal_generate_on_the_checkpoint_and_go_to_jsonl(run, capsys):
     out = run / "greedy.jsonl"
     predict(run, "--prompts_file", str(run / "prompts.txt"), "--num_samples", "2", "--temperature", "0",
@@ -196,6 +197,7 @@ def test_a_stream_of_no_tokens_prints_the_prompt_alone(monkeypatch):
         (["--prompt", "Hi", "--num_samples", "1000000000000"], "--num_samples 1000000000000 with"),
     ],
 )
+@pytest.mark.slow
 def test_bad_sampling_arguments_are_one_line_errors_and_write_nothing(run, capsys, args, message):
     out = run / "bad.jsonl"
     with pytest.raises(SystemExit) as exit_info:
@@ -206,6 +208,7 @@ def test_bad_sampling_arguments_are_one_line_errors_and_write_nothing(run, capsy
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_bfloat16_sampling_equals_generate_in_bfloat16_or_is_refused_without_native_bf16(
     run, capsys, monkeypatch
 ):
@@ -301,6 +304,7 @@ class SigintAtPredictBatch(L.Callback):
             os.kill(os.getpid(), signal.SIGINT)
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_the_finished_completions_as_whole_lines_and_exits_130(run, capsys):
     prompts = run / "four_prompts.txt"
     prompts.write_text("Once upon a time\nTom and his dog\nThe sun\nA cat\n")
@@ -345,6 +349,7 @@ def test_compiled_step_completions_equal_the_op_by_op_ones(run):
     assert outputs["true"].read_text() == outputs["false"].read_text()
 
 
+@pytest.mark.slow
 def test_stdout_holds_only_the_completions_when_piped(run):
     """The progress bars went to stdout among the completions, so `> out.txt` kept them."""
     import subprocess
@@ -364,6 +369,7 @@ def test_stdout_holds_only_the_completions_when_piped(run):
     assert "Predicting" in result.stderr  # the bar is there, on stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fails_at", [1, 2])
 def test_a_full_disk_names_the_output_and_keeps_only_whole_lines(run, capsys, monkeypatch, fails_at):
     """(`[Errno 28] No space left on device` named no file and left an empty or cut-off s.jsonl.)"""

@@ -50,6 +50,7 @@ def test_an_unknown_name_lists_the_shipped_configs(tmp_path, monkeypatch):
     assert {"demo", "tinystories", "owt", "recipes/modern"} <= set(shipped_config_names())
 
 
+@pytest.mark.slow
 def test_fit_by_name_prints_its_config_from_an_empty_directory(tmp_path):
     result = lmproject("fit", "--config", "tinystories.yaml", "--print_config", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -61,6 +62,7 @@ def test_fit_by_name_prints_its_config_from_an_empty_directory(tmp_path):
     assert "optimizer: muon" in overlay.stdout
 
 
+@pytest.mark.slow
 def test_a_misplaced_key_gets_the_closest_valid_one(tmp_path):
     result = lmproject(
         "fit", "--config", "demo.yaml", "--model.d_model", "64", "--print_config", cwd=tmp_path

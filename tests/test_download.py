@@ -76,6 +76,7 @@ def test_checksum_mismatch_leaves_no_file(tmp_path, source, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
 
 
+@pytest.mark.slow
 def test_part_longer_than_the_source_starts_over(tmp_path, source):
     (tmp_path / "data.txt.part").write_bytes(CONTENT + b"left over from another file")
     fetch(RemoteFile(source.as_uri()), tmp_path / "data.txt", progress=False)  # no digest to catch it
@@ -180,6 +181,7 @@ def hub_like_server(stated_sha: str):
         server.server_close()
 
 
+@pytest.mark.slow
 def test_http_resume_with_range_and_server_stated_checksum(tmp_path, capsys):
     path = tmp_path / "data.txt"
     (tmp_path / "data.txt.part").write_bytes(CONTENT[:12_345])

@@ -215,6 +215,7 @@ def test_documents_need_an_endoftext_and_at_least_one_document(run, tmp_path, ca
     )
 
 
+@pytest.mark.slow
 def test_evaluate_never_imports_lightning(run, tmp_path):
     config = ["--config", str(run / "config.yaml"), "--ckpt_path", "last"]
     argv = ["evaluate", *config, "--tokens", str(run / "valid.npy"), "--output", str(tmp_path / "r.json")]

@@ -232,6 +232,7 @@ def test_the_files_vocabulary_and_merges_rebuild_our_tokenizer(run, exported):
     assert rebuilt.encode(text) == ours.encode(text) and EOT in rebuilt.special_tokens
 
 
+@pytest.mark.slow
 def test_gpt2s_vocabulary_rebuilds_from_the_file(tmp_path):
     """The CS336 fixtures: GPT-2's 50257 tokens and 50000 merges through the file, on the fixture texts."""
     gpt2 = Tokenizer.from_files(shared("gpt2_vocab.json"), shared("gpt2_merges.txt"), [EOT])

@@ -179,6 +179,7 @@ def val_loss(config, *args) -> float:
     return float(cli.trainer.callback_metrics["val/loss"])
 
 
+@pytest.mark.slow
 def test_an_imported_run_validates_predicts_and_trains_as_is(run, exported, tmp_path, capsys):
     imported = tmp_path / "imported"
     main(["import", str(exported), "--out", str(imported)])
@@ -336,6 +337,7 @@ def test_an_out_folder_that_cannot_be_made_is_refused_before_any_work(
     assert f"{tmp_path / 'taken/keep.txt'} is not a directory" in message
 
 
+@pytest.mark.slow
 def test_export_and_import_never_import_lightning(run, exported, tmp_path):
     assert run_fresh(export_argv(run, tmp_path / "hf")) == {"status": 0, "lightning": []}
     assert (tmp_path / "hf/model.safetensors").is_file()

@@ -39,6 +39,7 @@ def test_checkpointing_and_the_chunked_loss_lower_the_prediction_and_batch_raise
         training_memory(WIDE, 16, "64-true")
 
 
+@pytest.mark.slow
 def test_accounting_prints_the_predicted_peaks_for_the_configs_precision(tmp_path, capsys):
     config = tmp_path / "c.yaml"
     config.write_text(
@@ -53,6 +54,7 @@ def test_accounting_prints_the_predicted_peaks_for_the_configs_precision(tmp_pat
         assert float(row[-1]) == pytest.approx(expected, abs=5e-4)
 
 
+@pytest.mark.slow
 def test_accounting_refuses_a_precision_it_cannot_predict(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--preset", "gpt2-small", "--precision", "64-true"])

@@ -108,6 +108,7 @@ def test_matrices_held_flat_step_as_their_whole_shape():
         torch.testing.assert_close(p.detach(), expected.flatten(), rtol=0, atol=2e-6)
 
 
+@pytest.mark.slow
 def test_a_learning_rate_schedule_does_not_recompile_the_step(monkeypatch):
     from torch._dynamo.testing import CompileCounter
 

@@ -33,6 +33,7 @@ def run_snippet(code: str, page: str, scope: dict | None = None) -> dict:
     return scope
 
 
+@pytest.mark.slow
 def test_the_tokenizer_snippet(tmp_path, monkeypatch):
     text = f"\n{EOT}\n".join(itertools.islice(generate_stories(seed=0), 40))
     (tmp_path / "corpus.txt").write_text(text, encoding="utf-8")
@@ -62,6 +63,7 @@ def test_the_plain_pytorch_snippet():
     assert len(scope["completions"]) == 1 and 1 <= len(scope["completions"][0]) <= 5
 
 
+@pytest.mark.slow
 def test_the_sampling_snippet():
     scope = run_snippet(shrunk(snippets("docs/sampling.md")["Settings"], SMALL_MODEL), "docs/sampling.md")
     assert [len(completion) for completion in scope["greedy"]] == [20, 20]
@@ -142,6 +144,7 @@ def help_text(words: tuple[str, ...]) -> str:
     return HELP[words]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("page", PAGES)
 def test_command_lines_name_real_commands_and_flags(page):
     from lmproject.lit.commands import COMMANDS

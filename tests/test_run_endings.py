@@ -89,6 +89,7 @@ def test_sigterm_saves_the_step_reached_and_exits_143(data_dir):
     assert step_of(run / "checkpoints" / "last.ckpt") == reached
 
 
+@pytest.mark.slow
 def test_a_time_capped_run_says_so_exits_124_and_a_resume_gets_the_full_time_again(data_dir, capsys):
     run = data_dir / "run"
     config = str(long_run(data_dir, run, max_time="00:00:00:01", val_check_interval=1000))
@@ -105,6 +106,7 @@ def test_a_time_capped_run_says_so_exits_124_and_a_resume_gets_the_full_time_aga
     assert step_of(run / "checkpoints" / "last.ckpt") > first
 
 
+@pytest.mark.slow
 def test_a_finished_fit_prints_its_summary_with_the_next_commands(data_dir, capsys):
     run = data_dir / "run"
     config = str(write_config(data_dir, run))
@@ -119,6 +121,7 @@ def test_a_finished_fit_prints_its_summary_with_the_next_commands(data_dir, caps
     assert "lmproject: model: " in captured.err and "GFLOPs per training token" in captured.err
 
 
+@pytest.mark.slow
 def test_the_row_a_stop_writes_holds_values_measured_for_it(data_dir):
     """The last row of an interrupted run repeated the previous row's throughput and elapsed time."""
     run = data_dir / "run"
@@ -134,6 +137,7 @@ def test_the_row_a_stop_writes_holds_values_measured_for_it(data_dir):
     assert rows[-1]["throughput/tokens_per_s"] != rows[-2]["throughput/tokens_per_s"]
 
 
+@pytest.mark.slow
 def test_a_resume_applies_a_changed_schedule_and_refuses_a_changed_optimizer(data_dir, capsys):
     run = data_dir / "run"
     config = str(write_config(data_dir, run))
@@ -175,6 +179,7 @@ def test_a_resume_applies_a_changed_schedule_and_refuses_a_changed_optimizer(dat
     assert "cannot change on a resume" in message
 
 
+@pytest.mark.slow
 def test_a_diverged_run_writes_no_checkpoint_with_non_finite_weights(data_dir, capsys):
     run = data_dir / "run"
     config = str(write_config(data_dir, run))
@@ -199,6 +204,7 @@ def test_a_diverged_run_writes_no_checkpoint_with_non_finite_weights(data_dir, c
         assert all(bool(torch.isfinite(tensor).all()) for tensor in weights.values()), path
 
 
+@pytest.mark.slow
 def test_validate_refuses_a_checkpoint_with_non_finite_weights_by_name(data_dir, capsys):
     run = data_dir / "run"
     config = str(write_config(data_dir, run))
@@ -210,6 +216,7 @@ def test_validate_refuses_a_checkpoint_with_non_finite_weights_by_name(data_dir,
     assert "model.layers.1.ffn.w2.weight holds NaN or infinite values" in message
 
 
+@pytest.mark.slow
 def test_a_second_fit_on_a_run_directory_in_use_is_refused_naming_the_holder(data_dir):
     run = data_dir / "run"
     config = write_config(data_dir, run)
@@ -228,6 +235,7 @@ def test_a_second_fit_on_a_run_directory_in_use_is_refused_naming_the_holder(dat
     assert not (run / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_last_is_the_newest_checkpoint_when_a_kill_cut_the_rewrite_of_last_ckpt(data_dir):
     run, checkpoints = data_dir / "run", data_dir / "run" / "checkpoints"
     config = str(write_config(data_dir, run))
@@ -238,6 +246,7 @@ def test_last_is_the_newest_checkpoint_when_a_kill_cut_the_rewrite_of_last_ckpt(
     assert find_last(checkpoints) == checkpoints / "epoch=0-step=4.ckpt"
 
 
+@pytest.mark.slow
 def test_a_checkpoint_damaged_in_its_bytes_and_its_digest_mark_is_refused(data_dir, capsys):
     run = data_dir / "run"
     config = str(write_config(data_dir, run))

@@ -67,6 +67,7 @@ BAD_SETTINGS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("args", "message"), BAD_SETTINGS)
 def test_a_bad_setting_is_refused_before_any_work(tmp_path, capsys, args, message):
     write_tokens(tmp_path)

@@ -11,6 +11,7 @@ from metrics_files import write_metrics
 from tiny_fit import fails
 
 
+@pytest.mark.slow
 def test_accounting_and_plot_never_import_lightning(tmp_path):
     accounting = run_fresh(["accounting", "--preset", "gpt2-small", "--measure-seconds", "0.05"])
     assert accounting == {"status": 0, "lightning": []}
@@ -21,6 +22,7 @@ def test_accounting_and_plot_never_import_lightning(tmp_path):
     assert run_fresh(["plot", str(tmp_path / "missing")]) == {"status": 2, "lightning": []}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "argv",
     [

@@ -89,6 +89,7 @@ def test_empty_text_encodes_to_an_empty_array(tmp_path, tokenizer_dir, capsys):
     assert "no tokens (empty text)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_python_dash_m_runs_the_same_cli(tmp_path, corpus, tokenizer_dir):
     out = tmp_path / "m.npy"
     command = [sys.executable, "-m", "lmproject.tokenizer", "encode", "--tokenizer", str(tokenizer_dir)]
@@ -233,6 +234,7 @@ run_cli(work, "lmproject-bpe")
 """
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_worker_pool_without_their_tracebacks(tmp_path):
     """Ctrl-C in a terminal reaches the whole process group: the workers printed KeyboardInterrupt
     tracebacks beside the parent's one line."""

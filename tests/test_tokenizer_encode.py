@@ -104,6 +104,7 @@ def test_decode_inverts_encode(text):
     assert tokenizer.decode(tokenizer.encode(text)) == text
 
 
+@pytest.mark.slow
 @settings(max_examples=500, deadline=None)
 @given(st.text(st.characters(max_codepoint=127)) | st.lists(st.sampled_from(list(ASCII_EDGES))).map("".join))
 def test_ascii_fast_path_pre_tokenizes_like_the_gpt2_regex(text):
@@ -134,6 +135,7 @@ def test_encode_iterable_matches_encode_for_any_chunking(text, cuts, overlapping
         assert list(tokenizer.encode_iterable(chunks)) == tokenizer.encode(text)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("line", "lines"),
     [

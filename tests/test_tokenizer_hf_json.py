@@ -78,6 +78,7 @@ def test_auto_tokenizer_gives_our_ids_for_a_tokenizer_trained_here(stories_token
     assert theirs.convert_tokens_to_ids(EOT) == stories_tokenizer.encode(EOT)[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["gpt2", "corpus_tokenizer"])
 def test_auto_tokenizer_gives_our_ids_on_the_cs336_fixtures(which, request, tmp_path):
     ours = request.getfixturevalue(which)

@@ -82,6 +82,7 @@ def test_sparse_large_ids_and_repeated_pairs():
     assert compiled.encode("abc") == [900_000]
 
 
+@pytest.mark.slow
 @needs_compiled
 def test_gpt2_vocab_on_real_text():
     build = lambda: Tokenizer.from_files(shared("gpt2_vocab.json"), shared("gpt2_merges.txt"), [EOT])  # noqa: E731

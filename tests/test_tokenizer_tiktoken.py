@@ -76,6 +76,7 @@ def test_gpt2_vocab_size_and_known_ids(gpt2):
 ALPHABET = list("aZé ß\n\t\r .,'!?-0123456789日本語дом١٢٣́ͅ\u00a0\u3000🙂✓") + ["'s", "'ll", "<|", "|>", EOT]
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.sampled_from(ALPHABET), max_size=60).map("".join))
 def test_same_ids_as_tiktoken_on_random_text(gpt2, gpt2_tiktoken, text):
