@@ -253,11 +253,11 @@ class RunStop(StepBoundary):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx):
         if not self.stepped(trainer):
             return  # only stop between optimizer steps, never inside gradient accumulation
-        signalled = trainer.strategy.reduce_boolean_decision(self.requested is not None, all=False)
         over_time = self.max_time is not None and time.monotonic() - self._train_start >= self.max_time
-        over_time = trainer.strategy.reduce_boolean_decision(over_time, all=False)
-        if not (signalled or over_time):
+        # one collective per step: whether any rank stops; which reason, only once one does
+        if not trainer.strategy.reduce_boolean_decision(self.requested is not None or over_time, all=False):
             return
+        signalled = trainer.strategy.reduce_boolean_decision(self.requested is not None, all=False)
         self.saved = self._save(trainer)
         trainer.should_stop = True  # this step's row is logged; then Lightning would validate once more
         if signalled:
